@@ -1,0 +1,70 @@
+// Aggregation: per model x benchmark scores and the leaderboard (SPEC.md "Aggregation").
+// The coordinator keeps a CellAggregate per model x benchmark, updated incrementally as results
+// are committed, so a leaderboard costs O(models x benchmarks), never O(shards).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace evald {
+
+// Running sums for one metric: sum(value_i * count_i) and sum(count_i) over succeeded shards that
+// reported this metric.
+struct MetricSum {
+  double weighted_sum = 0;
+  int64_t weight = 0;
+};
+
+struct CellAggregate {
+  std::map<std::string, MetricSum> metrics;
+  int64_t examples_scored = 0;  // sum of count over succeeded shards
+  int64_t shards_succeeded = 0;
+  int64_t shards_total = 0;
+
+  // Adds one succeeded shard's result.
+  void add(const std::vector<std::pair<std::string, double>>& shard_metrics, int64_t count);
+  // The example-weighted mean of a metric, or nullopt if no succeeded shard scored any example
+  // for it.
+  std::optional<double> mean(const std::string& metric) const;
+  bool complete() const { return shards_total > 0 && shards_succeeded == shards_total; }
+};
+
+struct BenchmarkColumn {
+  std::string name;
+  std::string metric;
+  bool higher_is_better = true;
+};
+
+struct LeaderboardScore {
+  std::string metric;
+  std::optional<double> value;
+  int64_t count = 0;
+  bool complete = false;
+  std::map<std::string, double> all_metrics;  // every metric's weighted mean
+};
+
+struct LeaderboardRow {
+  std::string model;
+  int rank = 0;
+  std::optional<double> average;
+  int firsts = 0;
+  std::vector<LeaderboardScore> scores;  // in benchmark column order
+};
+
+// cells[m][b] is model m's aggregate on benchmark b. Rows come back sorted by rank (then by
+// model name). Ranking: higher average first; equal averages share a rank (1, 1, 3); a model
+// with any missing score has no average and ranks after every model that has one.
+std::vector<LeaderboardRow> compute_leaderboard(const std::vector<std::string>& models,
+                                                const std::vector<BenchmarkColumn>& benchmarks,
+                                                const std::vector<std::vector<CellAggregate>>& cells);
+
+// The "models" array of SPEC.md's results JSON.
+nlohmann::json leaderboard_to_json(const std::vector<LeaderboardRow>& rows,
+                                   const std::vector<BenchmarkColumn>& benchmarks);
+
+}  // namespace evald

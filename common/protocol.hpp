@@ -1,0 +1,135 @@
+// The coordinator <-> worker wire protocol. This header is the one place every message is defined.
+//
+// Transport: the coordinator binds a ZeroMQ ROUTER, each worker connects a DEALER whose routing id
+// is the worker's name. Every message is a single frame (plus the routing-id frame the ROUTER adds):
+//
+//   byte 0..1  magic "EV"
+//   byte 2     protocol version (kProtocolVersion); other versions are refused with a log line
+//   byte 3     MessageType
+//   byte 4..   body, little-endian binary (common/binary_codec.hpp); Hello and CampaignInfo carry
+//              JSON strings for their open-ended parts (GPUs, labels, the campaign spec)
+//
+// Conversation:
+//   worker -> HELLO (name, slots, GPUs, labels, attempts it still runs or holds results for)
+//   coord  -> WELCOME (heartbeat and timeout it expects)
+//   coord  -> CAMPAIGN (once per campaign per connection, before the first ASSIGN of it)
+//   coord  -> ASSIGN (leases; never more than the worker's free slots: credit-based flow)
+//   worker -> RESULTS (one or more finished attempts; each frees a slot)
+//   coord  -> ACK (attempt ids whose results are durably committed; the worker may forget them)
+//   coord  -> CANCEL (attempt ids the worker must stop: campaign cancelled or lease revoked)
+//   both   -> HEARTBEAT when idle; any message counts as one
+//   worker -> DRAIN (stop sending me work; used on graceful shutdown)
+//   coord  -> REHELLO (I do not know you: a restarted coordinator, or a worker declared lost)
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "common/result.hpp"
+
+namespace evald::protocol {
+
+inline constexpr uint8_t kProtocolVersion = 1;
+inline constexpr size_t kHeaderBytes = 4;
+
+enum class MessageType : uint8_t {
+  kHello = 1,
+  kHeartbeat = 2,
+  kResults = 3,
+  kDrain = 4,
+  kWelcome = 10,
+  kCampaign = 11,
+  kAssign = 12,
+  kAck = 13,
+  kCancel = 14,
+  kReHello = 15,
+};
+
+const char* to_string(MessageType type);
+
+// worker -> coordinator
+struct Hello {
+  std::string name;
+  std::string instance;  // random per worker process start; tells a restart from a reconnect
+  uint32_t slots = 1;
+  nlohmann::json gpus = nlohmann::json::array();     // [{"index":0,"name":"...","memory_mb":N}]
+  nlohmann::json labels = nlohmann::json::object();  // {"k":"v"}
+  std::vector<uint64_t> running;                     // attempt ids still running on the worker
+};
+
+struct Heartbeat {};
+struct Drain {};
+struct ReHello {};
+
+struct ShardResult {
+  uint64_t attempt_id = 0;
+  uint32_t campaign = 0;  // the coordinator's numeric campaign key (CampaignInfo::campaign)
+  uint32_t model = 0;     // index into the spec's models
+  uint32_t benchmark = 0;  // index into the spec's benchmarks
+  uint32_t shard = 0;
+  bool ok = false;
+  int64_t count = 0;  // examples scored
+  std::vector<std::pair<std::string, double>> metrics;
+  std::string error;  // for a failed attempt: what happened and the stderr tail
+  uint32_t duration_ms = 0;
+  std::string samples_json;  // optional per-example records as a JSON array, "" if none
+};
+
+struct Results {
+  std::vector<ShardResult> results;
+};
+
+// coordinator -> worker
+struct Welcome {
+  uint32_t heartbeat_ms = 1000;
+  uint32_t worker_timeout_ms = 5000;
+  uint64_t coordinator_epoch = 0;
+};
+
+struct CampaignInfo {
+  uint32_t campaign = 0;
+  std::string campaign_id;  // the id people see
+  std::string spec_json;    // the validated spec, as JSON
+};
+
+struct Assignment {
+  uint64_t attempt_id = 0;
+  uint32_t campaign = 0;
+  uint32_t model = 0;
+  uint32_t benchmark = 0;
+  uint32_t shard = 0;
+  int64_t start = 0;
+  int64_t end = 0;
+  uint32_t attempt = 1;       // 1-based attempt number, for {attempt}
+  std::vector<uint32_t> gpus;  // GPU indexes given to this attempt (CUDA_VISIBLE_DEVICES)
+};
+
+struct Assign {
+  std::vector<Assignment> assignments;
+};
+
+struct Ack {
+  std::vector<uint64_t> attempt_ids;
+};
+
+struct Cancel {
+  std::vector<uint64_t> attempt_ids;
+};
+
+using Message = std::variant<Hello, Heartbeat, Results, Drain, Welcome, CampaignInfo, Assign, Ack,
+                             Cancel, ReHello>;
+
+std::string encode(const Message& message);
+// Never throws on bad input: a frame that is short, has the wrong magic or version, an unknown
+// type or trailing bytes comes back as an error naming the problem.
+Result<Message> decode(std::string_view frame);
+
+MessageType type_of(const Message& message);
+
+}  // namespace evald::protocol

@@ -1,0 +1,80 @@
+// CampaignSpec: the validated form of a campaign spec (SPEC.md "Campaign spec"), and how a
+// model x benchmark is split into shards. Used by the coordinator (validation at submit, sharding,
+// recovery), the worker (runner context) and evalctl (local validation before submit).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.hpp"
+
+namespace evald {
+
+// Hard limits that keep one spec from exhausting the coordinator; named in the error message.
+inline constexpr size_t kMaxModels = 1000;
+inline constexpr size_t kMaxBenchmarks = 1000;
+inline constexpr int64_t kMaxShardsPerCampaign = 50'000'000;
+inline constexpr size_t kMaxNameLength = 128;
+
+struct ModelSpec {
+  std::string name;
+  nlohmann::json params = nlohmann::json::object();
+};
+
+struct BenchmarkSpec {
+  std::string name;
+  int64_t examples = 0;
+  int64_t shard_size = 0;
+  std::string metric = "accuracy";  // the primary metric, used for ranking
+  bool higher_is_better = true;
+  nlohmann::json params = nlohmann::json::object();
+
+  int64_t shard_count() const { return (examples + shard_size - 1) / shard_size; }
+};
+
+enum class RunnerType { kExec, kNoop };
+
+struct RunnerSpec {
+  RunnerType type = RunnerType::kExec;
+  std::vector<std::string> command;  // exec only; may contain {placeholders}
+  double timeout_s = 3600;
+  nlohmann::json env = nlohmann::json::object();  // extra environment for exec, string values
+};
+
+struct CampaignSpec {
+  std::string name;
+  std::string description;
+  std::vector<ModelSpec> models;
+  std::vector<BenchmarkSpec> benchmarks;
+  RunnerSpec runner;
+  int max_attempts = 3;
+  int priority = 0;
+
+  int64_t total_shards() const;
+};
+
+// Half-open example range [start, end) of one shard.
+struct ShardRange {
+  int64_t start = 0;
+  int64_t end = 0;
+};
+
+ShardRange shard_range(const BenchmarkSpec& benchmark, int64_t index);
+
+// Validates the whole spec; on failure the error names the field, e.g.
+// "benchmarks[2].shard_size: must be a positive integer". Unknown fields are refused too, so a
+// typo cannot silently change what is evaluated.
+Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json);
+// Same, from text; a JSON syntax error is reported with its byte offset.
+Result<CampaignSpec> parse_campaign_spec_text(std::string_view text);
+
+// The canonical JSON form (all defaults filled in); parse_campaign_spec(to_json(s)) == s.
+nlohmann::json to_json(const CampaignSpec& spec);
+
+const char* to_string(RunnerType type);
+
+}  // namespace evald
