@@ -3,10 +3,9 @@
 // are committed, so a leaderboard costs O(models x benchmarks), never O(shards).
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -59,9 +58,9 @@ struct LeaderboardRow {
 // cells[m][b] is model m's aggregate on benchmark b. Rows come back sorted by rank (then by
 // model name). Ranking: higher average first; equal averages share a rank (1, 1, 3); a model
 // with any missing score has no average and ranks after every model that has one.
-std::vector<LeaderboardRow> compute_leaderboard(const std::vector<std::string>& models,
-                                                const std::vector<BenchmarkColumn>& benchmarks,
-                                                const std::vector<std::vector<CellAggregate>>& cells);
+std::vector<LeaderboardRow> compute_leaderboard(
+    const std::vector<std::string>& models, const std::vector<BenchmarkColumn>& benchmarks,
+    const std::vector<std::vector<CellAggregate>>& cells);
 
 // The "models" array of SPEC.md's results JSON.
 nlohmann::json leaderboard_to_json(const std::vector<LeaderboardRow>& rows,

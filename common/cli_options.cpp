@@ -1,8 +1,7 @@
 #include "common/cli_options.hpp"
 
-#include <nlohmann/json.hpp>
-
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 namespace evald {
@@ -47,7 +46,8 @@ void store_config_file(const std::string& path, const po::options_description& o
   for (const auto& [key, value] : json.items()) {
     if (key == "config") throw UsageError("config file '" + path + "': 'config' cannot nest");
     const auto* option = options.find_nothrow(key, /*approx=*/false);
-    if (option == nullptr) throw UsageError("config file '" + path + "': unknown key '" + key + "'");
+    if (option == nullptr)
+      throw UsageError("config file '" + path + "': unknown key '" + key + "'");
     const bool is_switch = option->semantic()->max_tokens() == 0;
     if (is_switch) {
       if (!value.is_boolean()) throw UsageError("config key '" + key + "': must be true or false");
@@ -74,8 +74,8 @@ void store_config_file(const std::string& path, const po::options_description& o
 ParsedArgs parse_args(int argc, const char* const* argv, po::options_description& options,
                       bool allow_positional) {
   options.add_options()("help,h", "print this help and exit")(
-      "version", "print the version and exit")(
-      "config", po::value<std::string>(), "JSON file whose keys mirror the long flags");
+      "version", "print the version and exit")("config", po::value<std::string>(),
+                                               "JSON file whose keys mirror the long flags");
   ParsedArgs parsed;
   try {
     auto parser = po::command_line_parser(argc, argv).options(options);

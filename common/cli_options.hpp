@@ -4,7 +4,6 @@
 #pragma once
 
 #include <boost/program_options.hpp>
-
 #include <stdexcept>
 #include <string>
 #include <vector>

@@ -14,8 +14,8 @@ constexpr size_t kMinResultBytes = 8 + 4 * 4 + 1 + 8 + 4 + 4 + 4 + 4;
 constexpr size_t kMinAssignmentBytes = 8 + 4 * 4 + 8 + 8 + 4 + 4;
 
 void encode_body(BinaryWriter& w, const Hello& m) {
-  nlohmann::json body = {{"name", m.name},     {"instance", m.instance}, {"slots", m.slots},
-                         {"gpus", m.gpus},     {"labels", m.labels},     {"running", m.running}};
+  nlohmann::json body = {{"name", m.name}, {"instance", m.instance}, {"slots", m.slots},
+                         {"gpus", m.gpus}, {"labels", m.labels},     {"running", m.running}};
   w.str(body.dump());
 }
 void encode_body(BinaryWriter& /*w*/, const Heartbeat& /*m*/) {}
@@ -70,14 +70,19 @@ void encode_ids(BinaryWriter& w, const std::vector<uint64_t>& ids) {
   w.u32(static_cast<uint32_t>(ids.size()));
   for (uint64_t id : ids) w.u64(id);
 }
-void encode_body(BinaryWriter& w, const Ack& m) { encode_ids(w, m.attempt_ids); }
-void encode_body(BinaryWriter& w, const Cancel& m) { encode_ids(w, m.attempt_ids); }
+void encode_body(BinaryWriter& w, const Ack& m) {
+  encode_ids(w, m.attempt_ids);
+}
+void encode_body(BinaryWriter& w, const Cancel& m) {
+  encode_ids(w, m.attempt_ids);
+}
 
 Result<Message> decode_hello(BinaryReader& r) {
   std::string text;
   if (!r.str(text)) return make_error("HELLO: truncated body");
   auto body = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded() || !body.is_object()) return make_error("HELLO: body is not a JSON object");
+  if (body.is_discarded() || !body.is_object())
+    return make_error("HELLO: body is not a JSON object");
   Hello m;
   try {
     m.name = body.at("name").get<std::string>();
@@ -154,16 +159,26 @@ bool decode_ids(BinaryReader& r, std::vector<uint64_t>& ids) {
 
 const char* to_string(MessageType type) {
   switch (type) {
-    case MessageType::kHello: return "hello";
-    case MessageType::kHeartbeat: return "heartbeat";
-    case MessageType::kResults: return "results";
-    case MessageType::kDrain: return "drain";
-    case MessageType::kWelcome: return "welcome";
-    case MessageType::kCampaign: return "campaign";
-    case MessageType::kAssign: return "assign";
-    case MessageType::kAck: return "ack";
-    case MessageType::kCancel: return "cancel";
-    case MessageType::kReHello: return "rehello";
+    case MessageType::kHello:
+      return "hello";
+    case MessageType::kHeartbeat:
+      return "heartbeat";
+    case MessageType::kResults:
+      return "results";
+    case MessageType::kDrain:
+      return "drain";
+    case MessageType::kWelcome:
+      return "welcome";
+    case MessageType::kCampaign:
+      return "campaign";
+    case MessageType::kAssign:
+      return "assign";
+    case MessageType::kAck:
+      return "ack";
+    case MessageType::kCancel:
+      return "cancel";
+    case MessageType::kReHello:
+      return "rehello";
   }
   return "unknown";
 }
@@ -200,7 +215,8 @@ std::string encode(const Message& message) {
 
 Result<Message> decode(std::string_view frame) {
   if (frame.size() < kHeaderBytes) return make_error("frame shorter than the 4-byte header");
-  if (frame[0] != kMagic0 || frame[1] != kMagic1) return make_error("bad magic (not an evald frame)");
+  if (frame[0] != kMagic0 || frame[1] != kMagic1)
+    return make_error("bad magic (not an evald frame)");
   const auto version = static_cast<uint8_t>(frame[2]);
   if (version != kProtocolVersion) {
     return make_error("unsupported protocol version " + std::to_string(version) + " (expected " +
@@ -208,15 +224,27 @@ Result<Message> decode(std::string_view frame) {
   }
   const auto type = static_cast<MessageType>(static_cast<uint8_t>(frame[3]));
   BinaryReader r(frame.substr(kHeaderBytes));
-  Result<Message> decoded = make_error("unknown message type " +
-                                       std::to_string(static_cast<int>(static_cast<uint8_t>(frame[3]))));
+  Result<Message> decoded = make_error(
+      "unknown message type " + std::to_string(static_cast<int>(static_cast<uint8_t>(frame[3]))));
   switch (type) {
-    case MessageType::kHello: decoded = decode_hello(r); break;
-    case MessageType::kHeartbeat: decoded = Message{Heartbeat{}}; break;
-    case MessageType::kDrain: decoded = Message{Drain{}}; break;
-    case MessageType::kReHello: decoded = Message{ReHello{}}; break;
-    case MessageType::kResults: decoded = decode_results(r); break;
-    case MessageType::kAssign: decoded = decode_assign(r); break;
+    case MessageType::kHello:
+      decoded = decode_hello(r);
+      break;
+    case MessageType::kHeartbeat:
+      decoded = Message{Heartbeat{}};
+      break;
+    case MessageType::kDrain:
+      decoded = Message{Drain{}};
+      break;
+    case MessageType::kReHello:
+      decoded = Message{ReHello{}};
+      break;
+    case MessageType::kResults:
+      decoded = decode_results(r);
+      break;
+    case MessageType::kAssign:
+      decoded = decode_assign(r);
+      break;
     case MessageType::kWelcome: {
       Welcome m;
       if (!r.u32(m.heartbeat_ms) || !r.u32(m.worker_timeout_ms) || !r.u64(m.coordinator_epoch))

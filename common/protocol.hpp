@@ -1,7 +1,8 @@
 // The coordinator <-> worker wire protocol. This header is the one place every message is defined.
 //
 // Transport: the coordinator binds a ZeroMQ ROUTER, each worker connects a DEALER whose routing id
-// is the worker's name. Every message is a single frame (plus the routing-id frame the ROUTER adds):
+// is the worker's name. Every message is a single frame (plus the routing-id frame the ROUTER
+// adds):
 //
 //   byte 0..1  magic "EV"
 //   byte 2     protocol version (kProtocolVersion); other versions are refused with a log line
@@ -22,9 +23,8 @@
 //   coord  -> REHELLO (I do not know you: a restarted coordinator, or a worker declared lost)
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -69,8 +69,8 @@ struct ReHello {};
 
 struct ShardResult {
   uint64_t attempt_id = 0;
-  uint32_t campaign = 0;  // the coordinator's numeric campaign key (CampaignInfo::campaign)
-  uint32_t model = 0;     // index into the spec's models
+  uint32_t campaign = 0;   // the coordinator's numeric campaign key (CampaignInfo::campaign)
+  uint32_t model = 0;      // index into the spec's models
   uint32_t benchmark = 0;  // index into the spec's benchmarks
   uint32_t shard = 0;
   bool ok = false;
@@ -106,7 +106,7 @@ struct Assignment {
   uint32_t shard = 0;
   int64_t start = 0;
   int64_t end = 0;
-  uint32_t attempt = 1;       // 1-based attempt number, for {attempt}
+  uint32_t attempt = 1;        // 1-based attempt number, for {attempt}
   std::vector<uint32_t> gpus;  // GPU indexes given to this attempt (CUDA_VISIBLE_DEVICES)
 };
 

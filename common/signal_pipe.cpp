@@ -13,7 +13,8 @@ namespace evald {
 namespace {
 
 // Reached only from the signal handler; see the header for why it must be process-wide.
-std::atomic<int> g_signal_write_fd{-1};  // NOLINT(cppcoreguidelines-avoid-non-const-global-variables)
+std::atomic<int> g_signal_write_fd{
+    -1};  // NOLINT(cppcoreguidelines-avoid-non-const-global-variables)
 
 extern "C" void on_signal(int signo) {
   const int fd = g_signal_write_fd.load();

@@ -9,7 +9,7 @@ namespace evald {
 
 class SignalPipe {
  public:
-  SignalPipe();  // installs handlers for SIGTERM and SIGINT; throws std::system_error on failure
+  SignalPipe();   // installs handlers for SIGTERM and SIGINT; throws std::system_error on failure
   ~SignalPipe();  // restores the default handlers and closes the pipe
   SignalPipe(const SignalPipe&) = delete;
   SignalPipe& operator=(const SignalPipe&) = delete;

@@ -1,0 +1,474 @@
+// Campaign spec validation and sharding.
+//
+// A spec arrives from outside (evalctl, the HTTP API), so every field is checked for presence,
+// type and range before anything is read from it; nlohmann's throwing accessors are only called
+// after the matching is_*() check, which is what makes parse_campaign_spec exception-free on any
+// JSON value. Each object is first checked for unknown keys, so a typo such as "shardsize" is
+// reported as the typo rather than as the missing "shard_size" it leaves behind. Only the first
+// problem is reported; its message starts with the field path ("benchmarks[2].shard_size: ...").
+//
+// Sizes: examples and shard_size are capped at kMaxExamples, so examples + shard_size fits in
+// int64 and BenchmarkSpec::shard_count() cannot overflow. The campaign total (up to
+// kMaxModels x kMaxBenchmarks x kMaxExamples, about 1e24) does not fit in int64, so the limit check
+// counts in 128 bits and reports the exact number.
+#include "common/spec.hpp"
+
+#include <spdlog/fmt/fmt.h>
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <utility>
+
+namespace evald {
+namespace {
+
+using nlohmann::json;
+
+// GCC/Clang extension; __extension__ keeps -Wpedantic quiet about it.
+__extension__ typedef __int128 Int128;
+
+std::string to_decimal(Int128 value) {
+  if (value == 0) return "0";
+  const bool negative = value < 0;
+  std::string digits;
+  while (value != 0) {
+    const auto digit = static_cast<int>(value % 10);
+    digits.push_back(static_cast<char>('0' + (negative ? -digit : digit)));
+    value /= 10;
+  }
+  if (negative) digits.push_back('-');
+  std::reverse(digits.begin(), digits.end());
+  return digits;
+}
+
+std::string join(std::string_view path, std::string_view key) {
+  if (path.empty()) return std::string(key);
+  return fmt::format("{}.{}", path, key);
+}
+
+std::string index_path(std::string_view path, size_t index) {
+  return fmt::format("{}[{}]", path, index);
+}
+
+// Keys come from the user and end up in an error message that is logged and shown in a terminal:
+// keep them printable and short.
+std::string printable(std::string_view text) {
+  constexpr size_t kMaxShown = 64;
+  std::string out;
+  for (const char c : text.substr(0, kMaxShown)) {
+    const bool visible = c >= 0x20 && c < 0x7f;
+    out.push_back(visible ? c : '?');
+  }
+  if (text.size() > kMaxShown) out += "...";
+  return out;
+}
+
+Error field_error(std::string_view path, std::string_view problem) {
+  return make_error(fmt::format("{}: {}", path, problem));
+}
+
+// Refuses any key of `object` (which must be an object) that is not in `known`.
+std::optional<Error> check_known_fields(const json& object, std::string_view path,
+                                        std::initializer_list<std::string_view> known) {
+  for (const auto& item : object.items()) {
+    if (std::find(known.begin(), known.end(), item.key()) == known.end()) {
+      return field_error(join(path, printable(item.key())), "unknown field");
+    }
+  }
+  return std::nullopt;
+}
+
+const json* find_field(const json& object, std::string_view key) {
+  const auto it = object.find(key);
+  return it == object.end() ? nullptr : &*it;
+}
+
+// A JSON number that is an integer. Integral floats (3.0, 1e15) count, since JSON itself does not
+// tell the two apart and generators often write large numbers in exponent form; 3.5, booleans and
+// everything else do not. Values beyond int64 are clamped, so range checks still refuse them.
+std::optional<int64_t> read_integer(const json& value) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  constexpr int64_t kMin = std::numeric_limits<int64_t>::min();
+  if (value.is_number_unsigned()) {
+    const auto u = value.get<uint64_t>();
+    return u > static_cast<uint64_t>(kMax) ? kMax : static_cast<int64_t>(u);
+  }
+  if (value.is_number_integer()) return value.get<int64_t>();
+  if (value.is_number_float()) {
+    const double d = value.get<double>();
+    if (!std::isfinite(d) || std::trunc(d) != d) return std::nullopt;
+    constexpr double kTwoTo63 = 9223372036854775808.0;
+    if (d >= kTwoTo63) return kMax;
+    if (d < -kTwoTo63) return kMin;
+    return static_cast<int64_t>(d);
+  }
+  return std::nullopt;
+}
+
+// Names appear in metric labels, store keys and file names, hence the narrow alphabet; "." and
+// ".." are refused too because they mean something else as a path component.
+Result<std::string> read_name(const json& object, std::string_view path) {
+  const std::string field = join(path, "name");
+  const json* value = find_field(object, "name");
+  if (value == nullptr) return field_error(field, "is required");
+  if (!value->is_string()) return field_error(field, "must be a string");
+  const auto& name = value->get_ref<const std::string&>();
+  if (name.empty()) return field_error(field, "must not be empty");
+  if (name.size() > kMaxNameLength) {
+    return field_error(field, fmt::format("must be at most {} characters", kMaxNameLength));
+  }
+  const bool allowed = std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+  if (!allowed) {
+    return field_error(field, "may contain only letters, digits, '.', '_' and '-'");
+  }
+  if (name == "." || name == "..") return field_error(field, "must not be '.' or '..'");
+  return name;
+}
+
+// An optional object-valued field; absent means {}.
+Result<json> read_optional_object(const json& object, std::string_view key, std::string_view path) {
+  const json* value = find_field(object, key);
+  if (value == nullptr) return json::object();
+  if (!value->is_object()) return field_error(join(path, key), "must be an object");
+  return *value;
+}
+
+// A required integer in [1, max].
+Result<int64_t> read_positive_integer(const json& object, std::string_view key,
+                                      std::string_view path, int64_t max) {
+  const std::string field = join(path, key);
+  const json* value = find_field(object, key);
+  if (value == nullptr) return field_error(field, "is required");
+  const auto number = read_integer(*value);
+  if (!number || *number <= 0) return field_error(field, "must be a positive integer");
+  if (*number > max) return field_error(field, fmt::format("must be at most {}", max));
+  return *number;
+}
+
+// An optional integer in [min, max].
+Result<int> read_bounded_integer(const json& object, std::string_view key, int fallback, int min,
+                                 int max) {
+  const json* value = find_field(object, key);
+  if (value == nullptr) return fallback;
+  const auto number = read_integer(*value);
+  if (!number || *number < min || *number > max) {
+    return field_error(key, fmt::format("must be an integer from {} to {}", min, max));
+  }
+  return static_cast<int>(*number);
+}
+
+Result<std::vector<ModelSpec>> parse_models(const json& spec) {
+  const json* models = find_field(spec, "models");
+  if (models == nullptr) return field_error("models", "is required");
+  if (!models->is_array() || models->empty()) {
+    return field_error("models", "must be a non-empty array");
+  }
+  if (models->size() > kMaxModels) {
+    return field_error("models",
+                       fmt::format("has {} entries; the limit is {}", models->size(), kMaxModels));
+  }
+  std::vector<ModelSpec> out;
+  out.reserve(models->size());
+  std::unordered_set<std::string> seen;
+  for (size_t i = 0; i < models->size(); ++i) {
+    const json& entry = (*models)[i];
+    const std::string path = index_path("models", i);
+    if (!entry.is_object()) return field_error(path, "must be an object");
+    // "resources" is accepted for the scheduler work that will use it; it is not kept yet.
+    if (auto error = check_known_fields(entry, path, {"name", "params", "resources"})) {
+      return *std::move(error);
+    }
+    auto name = read_name(entry, path);
+    if (!name) return name.error();
+    if (!seen.insert(name.value()).second) {
+      return field_error(join(path, "name"),
+                         fmt::format("duplicate model name '{}'", name.value()));
+    }
+    auto params = read_optional_object(entry, "params", path);
+    if (!params) return params.error();
+    auto resources = read_optional_object(entry, "resources", path);
+    if (!resources) return resources.error();
+    out.push_back(ModelSpec{std::move(name).value(), std::move(params).value()});
+  }
+  return out;
+}
+
+Result<BenchmarkSpec> parse_benchmark(const json& entry, const std::string& path) {
+  if (!entry.is_object()) return field_error(path, "must be an object");
+  if (auto error = check_known_fields(
+          entry, path,
+          {"name", "examples", "shard_size", "metric", "higher_is_better", "params"})) {
+    return *std::move(error);
+  }
+  BenchmarkSpec benchmark;
+  auto name = read_name(entry, path);
+  if (!name) return name.error();
+  benchmark.name = std::move(name).value();
+
+  auto examples = read_positive_integer(entry, "examples", path, kMaxExamples);
+  if (!examples) return examples.error();
+  benchmark.examples = examples.value();
+
+  auto shard_size = read_positive_integer(entry, "shard_size", path, kMaxExamples);
+  if (!shard_size) return shard_size.error();
+  benchmark.shard_size = shard_size.value();
+
+  if (const json* metric = find_field(entry, "metric")) {
+    const std::string field = join(path, "metric");
+    if (!metric->is_string() || metric->get_ref<const std::string&>().empty()) {
+      return field_error(field, "must be a non-empty string");
+    }
+    if (metric->get_ref<const std::string&>().size() > kMaxNameLength) {
+      return field_error(field, fmt::format("must be at most {} characters", kMaxNameLength));
+    }
+    benchmark.metric = metric->get<std::string>();
+  }
+
+  if (const json* higher = find_field(entry, "higher_is_better")) {
+    if (!higher->is_boolean()) {
+      return field_error(join(path, "higher_is_better"), "must be true or false");
+    }
+    benchmark.higher_is_better = higher->get<bool>();
+  }
+
+  auto params = read_optional_object(entry, "params", path);
+  if (!params) return params.error();
+  benchmark.params = std::move(params).value();
+  return benchmark;
+}
+
+Result<std::vector<BenchmarkSpec>> parse_benchmarks(const json& spec) {
+  const json* benchmarks = find_field(spec, "benchmarks");
+  if (benchmarks == nullptr) return field_error("benchmarks", "is required");
+  if (!benchmarks->is_array() || benchmarks->empty()) {
+    return field_error("benchmarks", "must be a non-empty array");
+  }
+  if (benchmarks->size() > kMaxBenchmarks) {
+    return field_error("benchmarks", fmt::format("has {} entries; the limit is {}",
+                                                 benchmarks->size(), kMaxBenchmarks));
+  }
+  std::vector<BenchmarkSpec> out;
+  out.reserve(benchmarks->size());
+  std::unordered_set<std::string> seen;
+  for (size_t i = 0; i < benchmarks->size(); ++i) {
+    const std::string path = index_path("benchmarks", i);
+    auto benchmark = parse_benchmark((*benchmarks)[i], path);
+    if (!benchmark) return benchmark.error();
+    if (!seen.insert(benchmark->name).second) {
+      return field_error(join(path, "name"),
+                         fmt::format("duplicate benchmark name '{}'", benchmark->name));
+    }
+    out.push_back(std::move(benchmark).value());
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> parse_command(const json& command) {
+  if (!command.is_array() || command.empty()) {
+    return field_error("runner.command", "must be a non-empty array of strings");
+  }
+  std::vector<std::string> out;
+  out.reserve(command.size());
+  for (size_t i = 0; i < command.size(); ++i) {
+    const std::string path = index_path("runner.command", i);
+    if (!command[i].is_string()) return field_error(path, "must be a string");
+    if (command[i].get_ref<const std::string&>().empty()) {
+      return field_error(path, "must not be empty");
+    }
+    out.push_back(command[i].get<std::string>());
+  }
+  return out;
+}
+
+Result<json> parse_env(const json& runner) {
+  const json* env = find_field(runner, "env");
+  if (env == nullptr) return json::object();
+  if (!env->is_object()) return field_error("runner.env", "must be an object");
+  for (const auto& item : env->items()) {
+    const std::string& key = item.key();
+    // setenv() refuses these, and a NUL would silently cut the name short.
+    if (key.empty() || key.find('=') != std::string::npos || key.find('\0') != std::string::npos) {
+      return field_error("runner.env",
+                         fmt::format("'{}' is not a valid variable name", printable(key)));
+    }
+    if (!item.value().is_string()) {
+      return field_error(join("runner.env", printable(key)), "must be a string");
+    }
+  }
+  return *env;
+}
+
+Result<RunnerSpec> parse_runner(const json& spec) {
+  const json* runner = find_field(spec, "runner");
+  if (runner == nullptr) return field_error("runner", "is required");
+  if (!runner->is_object()) return field_error("runner", "must be an object");
+  if (auto error = check_known_fields(*runner, "runner", {"type", "command", "timeout_s", "env"})) {
+    return *std::move(error);
+  }
+  RunnerSpec out;
+  if (const json* type = find_field(*runner, "type")) {
+    const bool is_exec = type->is_string() && type->get_ref<const std::string&>() == "exec";
+    const bool is_noop = type->is_string() && type->get_ref<const std::string&>() == "noop";
+    if (!is_exec && !is_noop) return field_error("runner.type", R"(must be "exec" or "noop")");
+    out.type = is_exec ? RunnerType::kExec : RunnerType::kNoop;
+  }
+
+  // The noop runner starts no process, so a command there is ignored rather than refused: that
+  // lets a user switch an exec spec to noop (to measure the control plane) by changing one word.
+  if (out.type == RunnerType::kExec) {
+    const json* command = find_field(*runner, "command");
+    if (command == nullptr) return field_error("runner.command", "is required for the exec runner");
+    auto parsed = parse_command(*command);
+    if (!parsed) return parsed.error();
+    out.command = std::move(parsed).value();
+  }
+
+  if (const json* timeout = find_field(*runner, "timeout_s")) {
+    if (!timeout->is_number() || !std::isfinite(timeout->get<double>()) ||
+        timeout->get<double>() <= 0) {
+      return field_error("runner.timeout_s", "must be a positive number of seconds");
+    }
+    if (timeout->get<double>() > kMaxRunnerTimeoutS) {
+      return field_error("runner.timeout_s",
+                         fmt::format("must be at most {} (7 days)", kMaxRunnerTimeoutS));
+    }
+    out.timeout_s = timeout->get<double>();
+  }
+
+  auto env = parse_env(*runner);
+  if (!env) return env.error();
+  out.env = std::move(env).value();
+  return out;
+}
+
+Int128 count_shards(const std::vector<ModelSpec>& models,
+                    const std::vector<BenchmarkSpec>& benchmarks) {
+  Int128 per_model = 0;
+  for (const auto& benchmark : benchmarks) per_model += benchmark.shard_count();
+  return per_model * static_cast<Int128>(models.size());
+}
+
+}  // namespace
+
+int64_t CampaignSpec::total_shards() const {
+  const Int128 total = count_shards(models, benchmarks);
+  constexpr auto kMax = std::numeric_limits<int64_t>::max();
+  return total > kMax ? kMax : static_cast<int64_t>(total);
+}
+
+ShardRange shard_range(const BenchmarkSpec& benchmark, int64_t index) {
+  // Written as start + min(shard_size, examples - start) so that no intermediate exceeds
+  // examples, whatever shard_size is.
+  const int64_t start = index * benchmark.shard_size;
+  const int64_t end = start + std::min(benchmark.shard_size, benchmark.examples - start);
+  return ShardRange{start, end};
+}
+
+Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
+  if (!json.is_object()) return make_error("spec: must be a JSON object");
+  if (auto error = check_known_fields(
+          json, "",
+          {"name", "description", "models", "benchmarks", "runner", "max_attempts", "priority"})) {
+    return *std::move(error);
+  }
+  CampaignSpec spec;
+  auto name = read_name(json, "");
+  if (!name) return name.error();
+  spec.name = std::move(name).value();
+
+  if (const auto* description = find_field(json, "description")) {
+    if (!description->is_string()) return field_error("description", "must be a string");
+    spec.description = description->get<std::string>();
+  }
+
+  auto models = parse_models(json);
+  if (!models) return models.error();
+  spec.models = std::move(models).value();
+
+  auto benchmarks = parse_benchmarks(json);
+  if (!benchmarks) return benchmarks.error();
+  spec.benchmarks = std::move(benchmarks).value();
+
+  auto runner = parse_runner(json);
+  if (!runner) return runner.error();
+  spec.runner = std::move(runner).value();
+
+  auto max_attempts = read_bounded_integer(json, "max_attempts", 3, 1, 100);
+  if (!max_attempts) return max_attempts.error();
+  spec.max_attempts = max_attempts.value();
+
+  auto priority = read_bounded_integer(json, "priority", 0, -1'000'000, 1'000'000);
+  if (!priority) return priority.error();
+  spec.priority = priority.value();
+
+  const Int128 shards = count_shards(spec.models, spec.benchmarks);
+  if (shards > kMaxShardsPerCampaign) {
+    return make_error(fmt::format("campaign has {} shards; the limit is {}", to_decimal(shards),
+                                  kMaxShardsPerCampaign));
+  }
+  return spec;
+}
+
+Result<CampaignSpec> parse_campaign_spec_text(std::string_view text) {
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.what() reads "[json.exception.parse_error.101] parse error at line 1, column 5: ...";
+    // the bracketed id means nothing to a user, the byte offset helps with one-line specs.
+    std::string message = e.what();
+    if (const auto pos = message.find("] ");
+        !message.empty() && message[0] == '[' && pos != std::string::npos) {
+      message.erase(0, pos + 2);
+    }
+    return make_error(fmt::format("spec is not valid JSON: {} (byte offset {})", message, e.byte));
+  } catch (const nlohmann::json::exception& e) {
+    // For example a number too large for a double ("1e400"), reported as out_of_range.
+    return make_error(fmt::format("spec is not valid JSON: {}", e.what()));
+  }
+  return parse_campaign_spec(json);
+}
+
+nlohmann::json to_json(const CampaignSpec& spec) {
+  json models = json::array();
+  for (const auto& model : spec.models) {
+    models.push_back({{"name", model.name}, {"params", model.params}});
+  }
+  json benchmarks = json::array();
+  for (const auto& benchmark : spec.benchmarks) {
+    benchmarks.push_back({{"name", benchmark.name},
+                          {"examples", benchmark.examples},
+                          {"shard_size", benchmark.shard_size},
+                          {"metric", benchmark.metric},
+                          {"higher_is_better", benchmark.higher_is_better},
+                          {"params", benchmark.params}});
+  }
+  json runner = {{"type", to_string(spec.runner.type)},
+                 {"timeout_s", spec.runner.timeout_s},
+                 {"env", spec.runner.env}};
+  if (spec.runner.type == RunnerType::kExec) runner["command"] = spec.runner.command;
+  return json{{"name", spec.name},           {"description", spec.description},
+              {"models", std::move(models)}, {"benchmarks", std::move(benchmarks)},
+              {"runner", std::move(runner)}, {"max_attempts", spec.max_attempts},
+              {"priority", spec.priority}};
+}
+
+const char* to_string(RunnerType type) {
+  switch (type) {
+    case RunnerType::kExec:
+      return "exec";
+    case RunnerType::kNoop:
+      return "noop";
+  }
+  return "unknown";
+}
+
+}  // namespace evald

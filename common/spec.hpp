@@ -3,9 +3,8 @@
 // recovery), the worker (runner context) and evalctl (local validation before submit).
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,10 +18,15 @@ inline constexpr size_t kMaxModels = 1000;
 inline constexpr size_t kMaxBenchmarks = 1000;
 inline constexpr int64_t kMaxShardsPerCampaign = 50'000'000;
 inline constexpr size_t kMaxNameLength = 128;
+// Caps examples and shard_size so that shard arithmetic (examples + shard_size) cannot overflow.
+inline constexpr int64_t kMaxExamples = 1'000'000'000'000'000'000;
+inline constexpr double kMaxRunnerTimeoutS = 7 * 24 * 3600;
 
 struct ModelSpec {
   std::string name;
   nlohmann::json params = nlohmann::json::object();
+
+  bool operator==(const ModelSpec&) const = default;
 };
 
 struct BenchmarkSpec {
@@ -34,6 +38,7 @@ struct BenchmarkSpec {
   nlohmann::json params = nlohmann::json::object();
 
   int64_t shard_count() const { return (examples + shard_size - 1) / shard_size; }
+  bool operator==(const BenchmarkSpec&) const = default;
 };
 
 enum class RunnerType { kExec, kNoop };
@@ -43,6 +48,8 @@ struct RunnerSpec {
   std::vector<std::string> command;  // exec only; may contain {placeholders}
   double timeout_s = 3600;
   nlohmann::json env = nlohmann::json::object();  // extra environment for exec, string values
+
+  bool operator==(const RunnerSpec&) const = default;
 };
 
 struct CampaignSpec {
@@ -54,7 +61,9 @@ struct CampaignSpec {
   int max_attempts = 3;
   int priority = 0;
 
+  // Saturates at INT64_MAX instead of overflowing; a validated spec is far below that.
   int64_t total_shards() const;
+  bool operator==(const CampaignSpec&) const = default;
 };
 
 // Half-open example range [start, end) of one shard.

@@ -1,1 +1,71 @@
-int main() { return 0; }
+// evald-coordinator: parses flags and runs the coordinator (coordinator/server.hpp).
+#include <iostream>
+
+#include "common/cli_options.hpp"
+#include "common/log.hpp"
+#include "common/version.hpp"
+#include "coordinator/server.hpp"
+
+int main(int argc, char** argv) {
+  using evald::po::value;
+  evald::po::options_description options("evald-coordinator options");
+  options.add_options()("data-dir", value<std::string>()->default_value("./evald-data"),
+                        "RocksDB directory (created if missing)")(
+      "bind", value<std::string>()->default_value("tcp://0.0.0.0:5555"),
+      "ZeroMQ endpoint for workers; port 0 picks a free port")(
+      "http", value<std::string>()->default_value("127.0.0.1:8080"),
+      "HTTP API and /metrics address; port 0 picks a free port")(
+      "heartbeat-ms", value<int64_t>()->default_value(1000), "heartbeat interval to workers")(
+      "worker-timeout-ms", value<int64_t>()->default_value(5000),
+      "a worker silent this long is lost and its shards are queued again")(
+      "retry-backoff-ms", value<int64_t>()->default_value(1000),
+      "first retry delay after a failed attempt; doubles per attempt, at most 60 s")(
+      "max-body-bytes", value<int64_t>()->default_value(16 << 20),
+      "largest HTTP request body; larger gets 413")(
+      "max-message-bytes", value<int64_t>()->default_value(64 << 20),
+      "largest worker message accepted")("log-level", value<std::string>()->default_value("info"),
+                                         "trace, debug, info, warn or error");
+  evald::ParsedArgs args;
+  try {
+    args = evald::parse_args(argc, argv, options);
+  } catch (const evald::UsageError& e) {
+    std::cerr << "evald-coordinator: " << e.what() << "\n(see evald-coordinator --help)\n";
+    return evald::kExitUsage;
+  }
+  if (args.help) {
+    std::cout
+        << "Usage: evald-coordinator [options]\n\n"
+           "Keeps the campaign queue in RocksDB, hands shards to workers over ZeroMQ and\n"
+           "serves the HTTP API. Prints {\"bind\": ..., \"http\": ...} on stdout once serving.\n\n"
+        << options << '\n';
+    return evald::kExitOk;
+  }
+  if (args.version) {
+    std::cout << "evald-coordinator " << evald::kVersion << '\n';
+    return evald::kExitOk;
+  }
+  const auto& v = args.values;
+  evald::coordinator::CoordinatorConfig config;
+  config.data_dir = v["data-dir"].as<std::string>();
+  config.bind = v["bind"].as<std::string>();
+  config.http = v["http"].as<std::string>();
+  config.heartbeat = std::chrono::milliseconds(v["heartbeat-ms"].as<int64_t>());
+  config.worker_timeout = std::chrono::milliseconds(v["worker-timeout-ms"].as<int64_t>());
+  config.retry_backoff = std::chrono::milliseconds(v["retry-backoff-ms"].as<int64_t>());
+  const auto body = v["max-body-bytes"].as<int64_t>();
+  const auto message = v["max-message-bytes"].as<int64_t>();
+  if (config.heartbeat.count() <= 0 || config.worker_timeout <= config.heartbeat ||
+      config.retry_backoff.count() < 0 || body <= 0 || message <= 0) {
+    std::cerr << "evald-coordinator: --heartbeat-ms, --max-body-bytes and --max-message-bytes "
+                 "must be positive, --worker-timeout-ms greater than --heartbeat-ms, "
+                 "--retry-backoff-ms not negative\n";
+    return evald::kExitUsage;
+  }
+  config.max_body_bytes = static_cast<size_t>(body);
+  config.max_message_bytes = static_cast<size_t>(message);
+  if (!evald::init_logging("evald-coordinator", v["log-level"].as<std::string>())) {
+    std::cerr << "evald-coordinator: --log-level: unknown level\n";
+    return evald::kExitUsage;
+  }
+  return evald::coordinator::run_coordinator(config);
+}

@@ -44,8 +44,15 @@ TEST_CASE("hello and assign round-trip", "[unit][protocol]") {
   CHECK(std::get<Hello>(hello.value()).running == std::vector<uint64_t>{5, 6});
   CHECK(std::get<Hello>(hello.value()).labels["gpu"] == "h100");
 
-  Assignment a{.attempt_id = 9, .campaign = 1, .model = 0, .benchmark = 1, .shard = 3,
-               .start = 1500, .end = 1700, .attempt = 2, .gpus = {0, 1}};
+  Assignment a{.attempt_id = 9,
+               .campaign = 1,
+               .model = 0,
+               .benchmark = 1,
+               .shard = 3,
+               .start = 1500,
+               .end = 1700,
+               .attempt = 2,
+               .gpus = {0, 1}};
   auto assign = decode(encode(Message{Assign{{a}}}));
   REQUIRE(assign.ok());
   const auto& got = std::get<Assign>(assign.value()).assignments.at(0);

@@ -1,0 +1,363 @@
+#include "coordinator/api.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <ctime>
+#include <map>
+
+namespace evald::coordinator {
+namespace {
+
+HttpResponse json_response(int status, const nlohmann::json& body) {
+  return HttpResponse{status, "application/json", body.dump()};
+}
+
+HttpResponse error_response(int status, const std::string& message) {
+  return json_response(status, {{"error", message}});
+}
+
+std::vector<std::string> split_path(std::string_view path) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= path.size()) {
+    const size_t slash = path.find('/', start);
+    const size_t end = slash == std::string_view::npos ? path.size() : slash;
+    if (end > start) parts.emplace_back(path.substr(start, end - start));
+    if (slash == std::string_view::npos) break;
+    start = slash + 1;
+  }
+  return parts;
+}
+
+std::string percent_decode(std::string_view in) {
+  std::string out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '%' && i + 2 < in.size()) {
+      const auto hex = std::string(in.substr(i + 1, 2));
+      char* end = nullptr;
+      const long v = std::strtol(hex.c_str(), &end, 16);
+      if (end == hex.c_str() + 2) {
+        out.push_back(static_cast<char>(v));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(in[i] == '+' ? ' ' : in[i]);
+  }
+  return out;
+}
+
+std::map<std::string, std::string> parse_query(std::string_view query) {
+  std::map<std::string, std::string> out;
+  size_t start = 0;
+  while (start < query.size()) {
+    size_t amp = query.find('&', start);
+    if (amp == std::string_view::npos) amp = query.size();
+    const auto item = query.substr(start, amp - start);
+    const auto eq = item.find('=');
+    if (!item.empty()) {
+      out[percent_decode(item.substr(0, eq))] =
+          eq == std::string_view::npos ? "" : percent_decode(item.substr(eq + 1));
+    }
+    start = amp + 1;
+  }
+  return out;
+}
+
+nlohmann::json optional_number(std::optional<double> v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+}  // namespace
+
+std::string rfc3339_utc(int64_t epoch_ms) {
+  const std::time_t seconds = static_cast<std::time_t>(epoch_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Api::Api(Scheduler& scheduler, Metrics& metrics) : scheduler_(scheduler), metrics_(metrics) {}
+
+HttpResponse Api::handle(const HttpRequest& request) {
+  std::string route_name = "unknown";
+  HttpResponse response;
+  try {
+    response = route(request, route_name);
+  } catch (const std::exception& e) {
+    // A bug in our own rendering must not take the coordinator down with it: answer 500 and log.
+    spdlog::error("http handler failed method={} target={} error=\"{}\"", request.method,
+                  request.target, e.what());
+    response = error_response(500, std::string("internal error: ") + e.what());
+  }
+  metrics_.http_requests.Add({{"route", route_name}, {"status", std::to_string(response.status)}})
+      .Increment();
+  return response;
+}
+
+HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
+  const auto qmark = request.target.find('?');
+  const std::string path = request.target.substr(0, qmark);
+  const std::string query = qmark == std::string::npos ? "" : request.target.substr(qmark + 1);
+  const auto parts = split_path(path);
+  const auto& method = request.method;
+  auto wrong_method = [&](const char* allowed) {
+    return error_response(
+        405, "method " + method + " not allowed on " + path + " (use " + allowed + ")");
+  };
+
+  if (parts.size() == 1 && parts[0] == "healthz") {
+    route_name = "/healthz";
+    return json_response(200, {{"status", "ok"}});
+  }
+  if (parts.size() >= 2 && parts[0] == "v1" && parts[1] == "workers" && parts.size() == 2) {
+    route_name = "/v1/workers";
+    if (method != "GET") return wrong_method("GET");
+    return list_workers();
+  }
+  if (parts.size() >= 2 && parts[0] == "v1" && parts[1] == "campaigns") {
+    if (parts.size() == 2) {
+      route_name = "/v1/campaigns";
+      if (method == "POST") return submit(request);
+      if (method == "GET") return list_campaigns();
+      return wrong_method("GET or POST");
+    }
+    const Campaign* c = scheduler_.find_campaign(parts[2]);
+    if (parts.size() == 3) {
+      route_name = "/v1/campaigns/{id}";
+      if (method != "GET") return wrong_method("GET");
+      if (c == nullptr) return error_response(404, "unknown campaign '" + parts[2] + "'");
+      return get_campaign(*c);
+    }
+    if (parts.size() == 4) {
+      const std::string& action = parts[3];
+      route_name = "/v1/campaigns/{id}/" + action;
+      const bool is_get = action == "shards" || action == "results";
+      const bool is_post = action == "rerun" || action == "cancel";
+      if (!is_get && !is_post) {
+        route_name = "unknown";
+        return error_response(404, "no route for " + method + " " + path);
+      }
+      if (is_get && method != "GET") return wrong_method("GET");
+      if (is_post && method != "POST") return wrong_method("POST");
+      if (c == nullptr) return error_response(404, "unknown campaign '" + parts[2] + "'");
+      if (action == "shards") return get_shards(*c, query);
+      if (action == "results") return get_results(*c);
+      if (action == "rerun") return rerun(*c, request);
+      return cancel(*c);
+    }
+  }
+  return error_response(404, "no route for " + method + " " + path);
+}
+
+HttpResponse Api::submit(const HttpRequest& request) {
+  if (request.body.empty())
+    return error_response(400, "request body is empty; expected a campaign spec");
+  auto spec = parse_campaign_spec_text(request.body);
+  if (!spec.ok()) return error_response(400, spec.error().message);
+  auto id = scheduler_.submit(spec.value());
+  if (!id.ok()) return error_response(400, id.error().message);
+  return json_response(201, {{"id", id.value()}});
+}
+
+nlohmann::json Api::campaign_json(const Campaign& c) const {
+  nlohmann::json shards = nlohmann::json::object();
+  for (size_t s = 0; s < kShardStateCount; ++s) {
+    shards[to_string(static_cast<ShardState>(s))] = c.counts[s];
+  }
+  const auto now = scheduler_.clock().now();
+  std::optional<double> eta;
+  if (c.state == CampaignState::kRunning) {
+    eta = c.eta_seconds(now);
+  } else {
+    eta = 0.0;
+  }
+  nlohmann::json out = {
+      {"id", c.id},
+      {"name", c.spec.name},
+      {"state", to_string(c.state)},
+      {"created_at", rfc3339_utc(c.created_at_ms)},
+      {"finished_at", c.finished_at_ms > 0 ? nlohmann::json(rfc3339_utc(c.finished_at_ms))
+                                           : nlohmann::json(nullptr)},
+      {"shards", shards},
+      {"total", c.total},
+      {"progress",
+       c.total == 0 ? 1.0 : static_cast<double>(c.finished()) / static_cast<double>(c.total)},
+      {"eta_s", optional_number(eta)},
+      {"priority", c.spec.priority},
+      {"max_attempts", c.spec.max_attempts},
+      {"models", c.spec.models.size()},
+      {"benchmarks", c.spec.benchmarks.size()},
+  };
+  return out;
+}
+
+HttpResponse Api::list_campaigns() {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& [key, c] : scheduler_.campaigns()) list.push_back(campaign_json(*c));
+  return json_response(200, {{"campaigns", list}});
+}
+
+HttpResponse Api::get_campaign(const Campaign& c) {
+  return json_response(200, campaign_json(c));
+}
+
+HttpResponse Api::get_shards(const Campaign& c, const std::string& query) {
+  const auto params = parse_query(query);
+  std::optional<ShardState> filter;
+  if (auto it = params.find("state"); it != params.end() && !it->second.empty()) {
+    ShardState s{};
+    if (!parse_shard_state(it->second, s)) {
+      return error_response(400,
+                            "unknown state '" + it->second +
+                                "'; expected pending, running, succeeded, failed or cancelled");
+    }
+    filter = s;
+  }
+  // Details live in the store (rendered after this turn's commit, so it matches memory).
+  std::map<std::pair<uint32_t, uint32_t>, ShardRecord> records;
+  auto status = scheduler_.store().scan_shards(c.key, [&](const ShardKey& k, const ShardRecord& r) {
+    if (!filter || r.state == *filter) records.emplace(std::make_pair(k.group, k.shard), r);
+  });
+  if (!status.ok()) return error_response(500, status.error().message);
+  std::map<std::pair<uint32_t, uint32_t>, nlohmann::json> history;
+  status = scheduler_.store().scan_attempts(
+      c.key, [&](const ShardKey& k, uint64_t attempt_id, const AttemptRecord& a) {
+        auto& list = history[{k.group, k.shard}];
+        list.push_back({{"attempt_id", attempt_id},
+                        {"attempt", a.attempt},
+                        {"outcome", to_string(a.outcome)},
+                        {"worker", a.worker},
+                        {"ended_at", rfc3339_utc(a.ended_at_ms)},
+                        {"duration_s", a.duration_ms / 1000.0},
+                        {"error", a.error}});
+      });
+  if (!status.ok()) return error_response(500, status.error().message);
+
+  nlohmann::json shards = nlohmann::json::array();
+  const auto workers = scheduler_.workers();
+  for (uint32_t gi = 0; gi < c.groups.size(); ++gi) {
+    const Group& g = c.groups[gi];
+    const auto& bench = c.spec.benchmarks[g.benchmark];
+    for (uint32_t i = 0; i < g.shards.size(); ++i) {
+      const Shard& s = g.shards[i];
+      if (filter && s.state != *filter) continue;
+      const auto range = shard_range(bench, i);
+      nlohmann::json item = {{"model", c.spec.models[g.model].name},
+                             {"benchmark", bench.name},
+                             {"index", i},
+                             {"start", range.start},
+                             {"end", range.end},
+                             {"state", to_string(s.state)},
+                             {"attempts", s.attempts},
+                             {"total_attempts", s.total_attempts},
+                             {"worker", nullptr},
+                             {"duration_s", nullptr},
+                             {"last_error", nullptr}};
+      if (auto it = records.find({gi, i}); it != records.end()) {
+        const ShardRecord& r = it->second;
+        if (!r.worker.empty()) item["worker"] = r.worker;
+        if (r.state == ShardState::kSucceeded) {
+          item["duration_s"] = r.duration_ms / 1000.0;
+          item["count"] = r.count;
+          nlohmann::json metrics = nlohmann::json::object();
+          for (const auto& [name, value] : r.metrics) metrics[name] = value;
+          item["metrics"] = metrics;
+        }
+        if (r.state == ShardState::kRunning) item["attempt_id"] = r.attempt_id;
+      }
+      if (const auto& err = scheduler_.last_error(c, gi, i); !err.empty()) item["last_error"] = err;
+      if (auto h = history.find({gi, i}); h != history.end()) item["history"] = h->second;
+      shards.push_back(std::move(item));
+    }
+  }
+  return json_response(200, {{"campaign", c.id}, {"shards", shards}});
+}
+
+HttpResponse Api::get_results(const Campaign& c) {
+  std::vector<std::string> models;
+  for (const auto& m : c.spec.models) models.push_back(m.name);
+  std::vector<BenchmarkColumn> columns;
+  nlohmann::json bench_names = nlohmann::json::array();
+  for (const auto& b : c.spec.benchmarks) {
+    columns.push_back({b.name, b.metric, b.higher_is_better});
+    bench_names.push_back(b.name);
+  }
+  std::vector<std::vector<CellAggregate>> cells(models.size());
+  for (const auto& g : c.groups) cells[g.model].push_back(g.cell);
+  const auto rows = compute_leaderboard(models, columns, cells);
+  return json_response(200, {{"campaign", c.id},
+                             {"name", c.spec.name},
+                             {"state", to_string(c.state)},
+                             {"benchmarks", bench_names},
+                             {"models", leaderboard_to_json(rows, columns)}});
+}
+
+HttpResponse Api::rerun(const Campaign& c, const HttpRequest& request) {
+  RerunSelector selector;
+  if (!request.body.empty()) {
+    auto body = nlohmann::json::parse(request.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) {
+      return error_response(400, "rerun body must be a JSON object like {\"failed\": true}");
+    }
+    for (const auto& [key, value] : body.items()) {
+      if (key == "failed") {
+        if (!value.is_boolean()) return error_response(400, "failed: must be true or false");
+        selector.failed_only = value.get<bool>();
+      } else if (key == "model" || key == "benchmark") {
+        if (!value.is_string()) return error_response(400, key + ": must be a string");
+        (key == "model" ? selector.model : selector.benchmark) = value.get<std::string>();
+      } else {
+        return error_response(400, key + ": unknown field");
+      }
+    }
+  }
+  if (c.state == CampaignState::kCancelled) {
+    return error_response(409,
+                          "campaign " + c.id + " is cancelled; a cancelled campaign is not rerun");
+  }
+  auto requeued = scheduler_.rerun(c.id, selector);
+  if (!requeued.ok()) return error_response(400, requeued.error().message);
+  return json_response(200, {{"requeued", requeued.value()}});
+}
+
+HttpResponse Api::cancel(const Campaign& c) {
+  if (c.state != CampaignState::kRunning) {
+    return error_response(409, "campaign " + c.id + " is already " + to_string(c.state));
+  }
+  auto cancelled = scheduler_.cancel(c.id);
+  if (!cancelled.ok()) return error_response(409, cancelled.error().message);
+  return json_response(200, {{"cancelled", cancelled.value()}});
+}
+
+HttpResponse Api::list_workers() {
+  const auto now = scheduler_.clock().now();
+  nlohmann::json list = nlohmann::json::array();
+  for (const WorkerInfo* w : scheduler_.workers()) {
+    nlohmann::json current = nlohmann::json::array();
+    for (const auto& [attempt_id, key] : w->leases) {
+      nlohmann::json item = {{"attempt_id", attempt_id}, {"shard", key.shard}};
+      for (const auto& [ck, c] : scheduler_.campaigns()) {
+        if (ck != key.campaign) continue;
+        const Group& g = c->groups[key.group];
+        item["campaign"] = c->id;
+        item["model"] = c->spec.models[g.model].name;
+        item["benchmark"] = c->spec.benchmarks[g.benchmark].name;
+      }
+      current.push_back(std::move(item));
+    }
+    list.push_back({{"name", w->name},
+                    {"state", to_string(w->state)},
+                    {"slots", w->slots},
+                    {"running", w->leases.size()},
+                    {"gpus", w->gpus},
+                    {"labels", w->labels},
+                    {"last_heartbeat_s", std::chrono::duration<double>(now - w->last_seen).count()},
+                    {"shards", current}});
+  }
+  return json_response(200, {{"workers", list}});
+}
+
+}  // namespace evald::coordinator

@@ -1,0 +1,136 @@
+#include "coordinator/metrics.hpp"
+
+#include <prometheus/text_serializer.h>
+
+namespace evald::coordinator {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+prometheus::Histogram::BucketBoundaries latency_buckets() {
+  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,    0.1,    0.25,    0.5,    1,     2.5,    5,     10};
+}
+
+}  // namespace
+
+prometheus::Histogram::BucketBoundaries shard_duration_buckets() {
+  return {0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200};
+}
+
+Metrics::Metrics()
+    : registry(std::make_shared<prometheus::Registry>()),
+      campaign_shards(BuildGauge()
+                          .Name("evald_campaign_shards")
+                          .Help("Shards of a campaign by state")
+                          .Register(*registry)),
+      campaign_progress(BuildGauge()
+                            .Name("evald_campaign_progress_ratio")
+                            .Help("Shards in a final state / all shards of the campaign")
+                            .Register(*registry)),
+      campaign_eta(BuildGauge()
+                       .Name("evald_campaign_eta_seconds")
+                       .Help("Estimated seconds until the campaign ends (-1 while unknown)")
+                       .Register(*registry)),
+      campaign_info(BuildGauge()
+                        .Name("evald_campaign_info")
+                        .Help("1 for each campaign, with its name and state as labels")
+                        .Register(*registry)),
+      shards_completed(BuildCounter()
+                           .Name("evald_shards_completed_total")
+                           .Help("Shards that succeeded")
+                           .Register(*registry)),
+      shard_attempts_failed(BuildCounter()
+                                .Name("evald_shard_attempts_failed_total")
+                                .Help("Attempts that failed (runner failure or worker lost)")
+                                .Register(*registry)),
+      shards_retried(BuildCounter()
+                         .Name("evald_shards_retried_total")
+                         .Help("Shards queued again after a failed attempt or a rerun")
+                         .Register(*registry)),
+      shards_failed(BuildCounter()
+                        .Name("evald_shards_failed_total")
+                        .Help("Shards that ended failed (attempts exhausted)")
+                        .Register(*registry)),
+      stale_results(BuildCounter()
+                        .Name("evald_stale_results_total")
+                        .Help("Results of attempts already given up; stored, never counted")
+                        .Register(*registry)),
+      shard_duration(BuildHistogram()
+                         .Name("evald_shard_duration_seconds")
+                         .Help("Run time of succeeded shard attempts")
+                         .Register(*registry)),
+      dispatch_latency(BuildHistogram()
+                           .Name("evald_dispatch_latency_seconds")
+                           .Help("Time from a shard becoming ready to its lease being committed")
+                           .Register(*registry)
+                           .Add({}, latency_buckets())),
+      workers(BuildGauge().Name("evald_workers").Help("Workers by state").Register(*registry)),
+      worker_slots(BuildGauge()
+                       .Name("evald_worker_slots")
+                       .Help("Worker slots, kind=used|total")
+                       .Register(*registry)),
+      worker_heartbeat_age(BuildGauge()
+                               .Name("evald_worker_last_heartbeat_age_seconds")
+                               .Help("Seconds since the worker was last heard from")
+                               .Register(*registry)),
+      workers_lost(BuildCounter()
+                       .Name("evald_workers_lost_total")
+                       .Help("Times a worker was declared lost")
+                       .Register(*registry)),
+      store_commit_latency(BuildHistogram()
+                               .Name("evald_store_commit_seconds")
+                               .Help("Latency of one synced RocksDB batch commit")
+                               .Register(*registry)
+                               .Add({}, latency_buckets())),
+      store_commits(BuildCounter()
+                        .Name("evald_store_commits_total")
+                        .Help("Synced batch commits")
+                        .Register(*registry)
+                        .Add({})),
+      store_keys_written(BuildCounter()
+                             .Name("evald_store_keys_written_total")
+                             .Help("Keys written in committed batches")
+                             .Register(*registry)
+                             .Add({})),
+      store_size(BuildGauge()
+                     .Name("evald_store_size_bytes")
+                     .Help("RocksDB live SST size plus memtables")
+                     .Register(*registry)
+                     .Add({})),
+      messages_received(BuildCounter()
+                            .Name("evald_messages_received_total")
+                            .Help("Worker messages received, by type")
+                            .Register(*registry)),
+      messages_sent(BuildCounter()
+                        .Name("evald_messages_sent_total")
+                        .Help("Messages sent to workers, by type")
+                        .Register(*registry)),
+      messages_malformed(BuildCounter()
+                             .Name("evald_messages_malformed_total")
+                             .Help("Worker messages dropped because they did not decode")
+                             .Register(*registry)
+                             .Add({})),
+      http_requests(BuildCounter()
+                        .Name("evald_http_requests_total")
+                        .Help("HTTP requests by route and status")
+                        .Register(*registry)),
+      queue_ready(BuildGauge()
+                      .Name("evald_queue_ready_shards")
+                      .Help("Pending shards ready to dispatch")
+                      .Register(*registry)
+                      .Add({})),
+      turn_seconds_max(BuildGauge()
+                           .Name("evald_core_turn_seconds_max")
+                           .Help("Longest core event-loop turn since the last scrape")
+                           .Register(*registry)
+                           .Add({})) {}
+
+std::string Metrics::serialize() const {
+  const prometheus::TextSerializer serializer;
+  return serializer.Serialize(registry->Collect());
+}
+
+}  // namespace evald::coordinator

@@ -1,0 +1,197 @@
+#include "coordinator/records.hpp"
+
+#include "common/binary_codec.hpp"
+
+namespace evald::coordinator {
+namespace {
+
+// Each record starts with a format version so the layout can evolve without a migration tool.
+constexpr uint8_t kShardRecordVersion = 1;
+constexpr uint8_t kAttemptRecordVersion = 1;
+constexpr uint8_t kCellVersion = 1;
+
+void write_metrics(BinaryWriter& w, const std::vector<std::pair<std::string, double>>& metrics) {
+  w.u32(static_cast<uint32_t>(metrics.size()));
+  for (const auto& [name, value] : metrics) {
+    w.str(name);
+    w.f64(value);
+  }
+}
+
+bool read_metrics(BinaryReader& r, std::vector<std::pair<std::string, double>>& metrics) {
+  uint32_t n = 0;
+  if (!r.count(n, 12)) return false;
+  metrics.resize(n);
+  for (auto& [name, value] : metrics) {
+    if (!r.str(name) || !r.f64(value)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* to_string(ShardState state) {
+  switch (state) {
+    case ShardState::kPending:
+      return "pending";
+    case ShardState::kRunning:
+      return "running";
+    case ShardState::kSucceeded:
+      return "succeeded";
+    case ShardState::kFailed:
+      return "failed";
+    case ShardState::kCancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+bool parse_shard_state(std::string_view text, ShardState& out) {
+  for (uint8_t i = 0; i < kShardStateCount; ++i) {
+    if (text == to_string(static_cast<ShardState>(i))) {
+      out = static_cast<ShardState>(i);
+      return true;
+    }
+  }
+  return false;
+}
+
+const char* to_string(CampaignState state) {
+  switch (state) {
+    case CampaignState::kRunning:
+      return "running";
+    case CampaignState::kSucceeded:
+      return "succeeded";
+    case CampaignState::kFailed:
+      return "failed";
+    case CampaignState::kCancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+const char* to_string(AttemptOutcome outcome) {
+  switch (outcome) {
+    case AttemptOutcome::kFailed:
+      return "failed";
+    case AttemptOutcome::kLost:
+      return "lost";
+    case AttemptOutcome::kStale:
+      return "stale";
+    case AttemptOutcome::kCancelled:
+      return "cancelled";
+    case AttemptOutcome::kOrphaned:
+      return "orphaned";
+  }
+  return "unknown";
+}
+
+std::string encode(const ShardRecord& record) {
+  std::string out;
+  out.reserve(64 + record.worker.size() + record.last_error.size());
+  BinaryWriter w(out);
+  w.u8(kShardRecordVersion);
+  w.u8(static_cast<uint8_t>(record.state));
+  w.u32(record.attempts);
+  w.u32(record.total_attempts);
+  w.u64(record.attempt_id);
+  w.str(record.worker);
+  w.i64(record.started_at_ms);
+  w.u32(record.duration_ms);
+  w.i64(record.count);
+  write_metrics(w, record.metrics);
+  w.str(record.last_error);
+  return out;
+}
+
+Result<ShardRecord> decode_shard_record(std::string_view bytes) {
+  BinaryReader r(bytes);
+  ShardRecord rec;
+  uint8_t version = 0;
+  uint8_t state = 0;
+  if (!r.u8(version) || version != kShardRecordVersion) {
+    return make_error("shard record: unknown format version");
+  }
+  if (!r.u8(state) || state >= kShardStateCount || !r.u32(rec.attempts) ||
+      !r.u32(rec.total_attempts) || !r.u64(rec.attempt_id) || !r.str(rec.worker) ||
+      !r.i64(rec.started_at_ms) || !r.u32(rec.duration_ms) || !r.i64(rec.count) ||
+      !read_metrics(r, rec.metrics) || !r.str(rec.last_error) || !r.at_end()) {
+    return make_error("shard record: truncated or corrupt");
+  }
+  rec.state = static_cast<ShardState>(state);
+  return rec;
+}
+
+std::string encode(const AttemptRecord& record) {
+  std::string out;
+  BinaryWriter w(out);
+  w.u8(kAttemptRecordVersion);
+  w.u8(static_cast<uint8_t>(record.outcome));
+  w.u32(record.attempt);
+  w.str(record.worker);
+  w.i64(record.ended_at_ms);
+  w.u32(record.duration_ms);
+  w.str(record.error);
+  w.u8(record.result_ok ? 1 : 0);
+  w.i64(record.count);
+  write_metrics(w, record.metrics);
+  return out;
+}
+
+Result<AttemptRecord> decode_attempt_record(std::string_view bytes) {
+  BinaryReader r(bytes);
+  AttemptRecord rec;
+  uint8_t version = 0;
+  uint8_t outcome = 0;
+  uint8_t ok = 0;
+  if (!r.u8(version) || version != kAttemptRecordVersion) {
+    return make_error("attempt record: unknown format version");
+  }
+  if (!r.u8(outcome) || outcome > static_cast<uint8_t>(AttemptOutcome::kOrphaned) ||
+      !r.u32(rec.attempt) || !r.str(rec.worker) || !r.i64(rec.ended_at_ms) ||
+      !r.u32(rec.duration_ms) || !r.str(rec.error) || !r.u8(ok) || !r.i64(rec.count) ||
+      !read_metrics(r, rec.metrics) || !r.at_end()) {
+    return make_error("attempt record: truncated or corrupt");
+  }
+  rec.outcome = static_cast<AttemptOutcome>(outcome);
+  rec.result_ok = ok != 0;
+  return rec;
+}
+
+std::string encode(const CellAggregate& cell) {
+  std::string out;
+  BinaryWriter w(out);
+  w.u8(kCellVersion);
+  w.i64(cell.examples_scored);
+  w.i64(cell.shards_succeeded);
+  w.u32(static_cast<uint32_t>(cell.metrics.size()));
+  for (const auto& [name, sum] : cell.metrics) {
+    w.str(name);
+    w.f64(sum.weighted_sum);
+    w.i64(sum.weight);
+  }
+  return out;
+}
+
+Result<CellAggregate> decode_cell(std::string_view bytes) {
+  BinaryReader r(bytes);
+  CellAggregate cell;
+  uint8_t version = 0;
+  uint32_t n = 0;
+  if (!r.u8(version) || version != kCellVersion || !r.i64(cell.examples_scored) ||
+      !r.i64(cell.shards_succeeded) || !r.count(n, 20)) {
+    return make_error("cell aggregate: truncated or corrupt");
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    std::string name;
+    MetricSum sum;
+    if (!r.str(name) || !r.f64(sum.weighted_sum) || !r.i64(sum.weight)) {
+      return make_error("cell aggregate: truncated metric");
+    }
+    cell.metrics[name] = sum;
+  }
+  if (!r.at_end()) return make_error("cell aggregate: trailing bytes");
+  return cell;
+}
+
+}  // namespace evald::coordinator

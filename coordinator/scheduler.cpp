@@ -1,0 +1,906 @@
+#include "coordinator/scheduler.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace evald::coordinator {
+namespace {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+constexpr auto kMaxRetryBackoff = std::chrono::seconds(60);
+constexpr auto kGaugeRefreshInterval = std::chrono::milliseconds(250);
+
+double seconds_between(SteadyTime from, SteadyTime to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+std::string campaign_id_for(uint32_t key) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "c%06u", key);
+  return buf;
+}
+
+// Validates what a worker claims before it can touch an aggregate.
+std::optional<std::string> invalid_result(const protocol::ShardResult& r) {
+  if (r.count < 0) return "negative count";
+  if (r.metrics.empty()) return "no metrics";
+  for (const auto& [name, value] : r.metrics) {
+    if (name.empty()) return "empty metric name";
+    if (!std::isfinite(value)) return "metric '" + name + "' is not a finite number";
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Outgoing
+
+void Outgoing::send(const std::string& identity, protocol::Message message) {
+  by_identity_[identity].ordered.push_back(std::move(message));
+}
+void Outgoing::ack(const std::string& identity, uint64_t attempt_id) {
+  by_identity_[identity].ack.attempt_ids.push_back(attempt_id);
+}
+void Outgoing::cancel(const std::string& identity, uint64_t attempt_id) {
+  by_identity_[identity].cancel.attempt_ids.push_back(attempt_id);
+}
+void Outgoing::assign(const std::string& identity, protocol::Assignment assignment) {
+  by_identity_[identity].assign.assignments.push_back(std::move(assignment));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Campaign / worker helpers
+
+std::optional<double> Campaign::eta_seconds(SteadyTime now) const {
+  const int64_t remaining = total - finished();
+  if (remaining <= 0) return 0.0;
+  const int64_t done = finished() - final_at_rate_since;
+  const double elapsed = seconds_between(rate_since, now);
+  if (done <= 0 || elapsed <= 0) return std::nullopt;
+  return static_cast<double>(remaining) * elapsed / static_cast<double>(done);
+}
+
+const char* to_string(WorkerState state) {
+  switch (state) {
+    case WorkerState::kConnected:
+      return "connected";
+    case WorkerState::kDraining:
+      return "draining";
+    case WorkerState::kLost:
+      return "lost";
+  }
+  return "unknown";
+}
+
+Scheduler::Scheduler(Store& store, const Clock& clock, Metrics& metrics, SchedulerOptions options)
+    : store_(store), clock_(clock), metrics_(metrics), options_(options) {}
+
+Campaign* Scheduler::campaign_by_key(uint32_t key) {
+  auto it = campaigns_.find(key);
+  return it == campaigns_.end() ? nullptr : it->second.get();
+}
+
+const Campaign* Scheduler::find_campaign(const std::string& id) const {
+  auto it = campaign_by_id_.find(id);
+  if (it == campaign_by_id_.end()) return nullptr;
+  return campaigns_.at(it->second).get();
+}
+
+WorkerInfo* Scheduler::find_worker(const std::string& name) {
+  auto it = worker_by_name_.find(name);
+  return it == worker_by_name_.end() ? nullptr : workers_[it->second].get();
+}
+
+WorkerInfo* Scheduler::worker_at(uint32_t index) {
+  return index < workers_.size() ? workers_[index].get() : nullptr;
+}
+
+std::vector<const WorkerInfo*> Scheduler::workers() const {
+  std::vector<const WorkerInfo*> out;
+  for (const auto& w : workers_) {
+    if (w) out.push_back(w.get());
+  }
+  std::sort(out.begin(), out.end(),
+            [](const WorkerInfo* a, const WorkerInfo* b) { return a->name < b->name; });
+  return out;
+}
+
+const std::string& Scheduler::last_error(const Campaign& c, uint32_t group, uint32_t shard) const {
+  static const std::string kNone;
+  const auto& errors = c.groups[group].last_errors;
+  auto it = errors.find(shard);
+  return it == errors.end() ? kNone : it->second;
+}
+
+int64_t Scheduler::ready_shards() const {
+  int64_t pending = 0;
+  for (const auto& [key, c] : campaigns_) {
+    if (c->state == CampaignState::kRunning) pending += c->count(ShardState::kPending);
+  }
+  return std::max<int64_t>(0, pending - static_cast<int64_t>(delayed_.size()));
+}
+
+Campaign& Scheduler::create_campaign(uint32_t key, std::string id, CampaignSpec spec,
+                                     int64_t created_at_ms) {
+  auto c = std::make_unique<Campaign>();
+  c->key = key;
+  c->id = std::move(id);
+  c->spec_json = to_json(spec).dump();
+  c->spec = std::move(spec);
+  c->created_at_ms = created_at_ms;
+  const auto now = clock_.now();
+  c->cursor_ready_since = now;
+  c->rate_since = now;
+  const auto& models = c->spec.models;
+  const auto& benchmarks = c->spec.benchmarks;
+  c->groups.resize(models.size() * benchmarks.size());
+  for (uint32_t m = 0; m < models.size(); ++m) {
+    for (uint32_t b = 0; b < benchmarks.size(); ++b) {
+      Group& g = c->groups[m * benchmarks.size() + b];
+      g.model = m;
+      g.benchmark = b;
+      g.shards.resize(static_cast<size_t>(benchmarks[b].shard_count()));
+      g.cell.shards_total = static_cast<int64_t>(g.shards.size());
+      c->total += g.cell.shards_total;
+      const prometheus::Labels labels{
+          {"campaign", c->id}, {"model", models[m].name}, {"benchmark", benchmarks[b].name}};
+      g.completed = &metrics_.shards_completed.Add(labels);
+      g.attempts_failed = &metrics_.shard_attempts_failed.Add(labels);
+      g.retried = &metrics_.shards_retried.Add(labels);
+      g.failed = &metrics_.shards_failed.Add(labels);
+      g.duration = &metrics_.shard_duration.Add({{"benchmark", benchmarks[b].name}},
+                                                shard_duration_buckets());
+    }
+  }
+  c->counts[static_cast<size_t>(ShardState::kPending)] = c->total;
+  Campaign& ref = *c;
+  campaign_by_id_[ref.id] = key;
+  campaigns_[key] = std::move(c);
+  return ref;
+}
+
+void Scheduler::write_campaign(const Campaign& c) {
+  nlohmann::json record = {{"id", c.id},
+                           {"spec", nlohmann::json::parse(c.spec_json)},
+                           {"created_at_ms", c.created_at_ms},
+                           {"finished_at_ms", c.finished_at_ms},
+                           {"state", to_string(c.state)}};
+  batch_.put_campaign(c.key, record.dump());
+}
+
+void Scheduler::write_shard(const Campaign& c, uint32_t group, uint32_t index,
+                            const WorkerInfo* worker, const protocol::ShardResult* result) {
+  const Shard& s = c.groups[group].shards[index];
+  ShardRecord rec;
+  rec.state = s.state;
+  rec.attempts = s.attempts;
+  rec.total_attempts = s.total_attempts;
+  rec.attempt_id = s.attempt_id;
+  if (worker != nullptr) rec.worker = worker->name;
+  rec.started_at_ms = clock_.wall_ms();
+  rec.last_error = last_error(c, group, index);
+  if (result != nullptr) {
+    rec.duration_ms = result->duration_ms;
+    rec.count = result->count;
+    rec.metrics = result->metrics;
+  }
+  batch_.put_shard(ShardKey{c.key, group, index}, rec);
+}
+
+void Scheduler::set_state(Campaign& c, Shard& s, ShardState to) {
+  c.counts[static_cast<size_t>(s.state)] -= 1;
+  c.counts[static_cast<size_t>(to)] += 1;
+  s.state = to;
+}
+
+void Scheduler::maybe_finish(Campaign& c) {
+  if (c.state != CampaignState::kRunning) return;
+  if (c.count(ShardState::kPending) > 0 || c.count(ShardState::kRunning) > 0) return;
+  c.state = c.count(ShardState::kSucceeded) == c.total ? CampaignState::kSucceeded
+                                                       : CampaignState::kFailed;
+  c.finished_at_ms = clock_.wall_ms();
+  write_campaign(c);
+  spdlog::info("campaign finished campaign={} name={} state={} succeeded={} failed={}", c.id,
+               c.spec.name, to_string(c.state), c.count(ShardState::kSucceeded),
+               c.count(ShardState::kFailed));
+}
+
+void Scheduler::requeue(Campaign& c, uint32_t group, uint32_t index, bool with_backoff) {
+  Group& g = c.groups[group];
+  Shard& s = g.shards[index];
+  set_state(c, s, ShardState::kPending);
+  g.retried->Increment();
+  const auto now = clock_.now();
+  if (with_backoff && options_.retry_backoff.count() > 0) {
+    auto delay = options_.retry_backoff;
+    for (int i = 1; i < s.attempts && delay < kMaxRetryBackoff; ++i) delay *= 2;
+    delay = std::min<milliseconds>(delay, kMaxRetryBackoff);
+    delayed_.emplace(now + delay, ShardKey{c.key, group, index});
+  } else if (!c.ahead_of_cursor(group, index)) {
+    c.requeued.push_back(ReadyRef{group, index, now});
+  }
+}
+
+void Scheduler::fail_attempt(Campaign& c, uint32_t group, uint32_t index, AttemptOutcome outcome,
+                             const std::string& error, const std::string& worker_name,
+                             uint32_t duration_ms, bool counts_as_attempt) {
+  Group& g = c.groups[group];
+  Shard& s = g.shards[index];
+  AttemptRecord rec;
+  rec.outcome = outcome;
+  rec.attempt = s.attempts;
+  rec.worker = worker_name;
+  rec.ended_at_ms = clock_.wall_ms();
+  rec.duration_ms = duration_ms;
+  rec.error = error;
+  batch_.put_attempt(ShardKey{c.key, group, index}, s.attempt_id, rec);
+  if (!counts_as_attempt && s.attempts > 0) --s.attempts;
+  g.last_errors[index] = error;
+  if (counts_as_attempt) g.attempts_failed->Increment();
+  s.worker = kNoWorker;
+  const bool exhausted = counts_as_attempt && s.attempts >= c.spec.max_attempts;
+  spdlog::info(
+      "attempt ended campaign={} model={} benchmark={} shard={} attempt_id={} outcome={} "
+      "attempt={}/{} final={} error=\"{}\"",
+      c.id, c.spec.models[g.model].name, c.spec.benchmarks[g.benchmark].name, index, s.attempt_id,
+      to_string(outcome), rec.attempt, c.spec.max_attempts, exhausted, error.substr(0, 200));
+  if (exhausted) {
+    set_state(c, s, ShardState::kFailed);
+    g.failed->Increment();
+    write_shard(c, group, index, nullptr);
+    maybe_finish(c);
+    return;
+  }
+  // Runner failures back off (the cause is often transient: OOM, a busy file system); shards of a
+  // lost worker go back at once, because nothing about them says they will fail again.
+  requeue(c, group, index, /*with_backoff=*/outcome == AttemptOutcome::kFailed);
+  write_shard(c, group, index, nullptr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+Status Scheduler::recover() {
+  const auto started = std::chrono::steady_clock::now();
+  epoch_ = store_.get_meta_u64("epoch").value_or(0) + 1;
+  next_campaign_key_ = static_cast<uint32_t>(store_.get_meta_u64("next_campaign").value_or(1));
+  batch_.put_meta_u64("epoch", epoch_);
+  if (auto s = store_.commit(batch_); !s.ok()) return s;
+
+  Status bad = Ok{};
+  auto scanned = store_.scan_campaigns([&](uint32_t key, std::string_view json) {
+    if (!bad.ok()) return;
+    auto doc = nlohmann::json::parse(json, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object() || !doc.contains("spec")) {
+      bad = make_error("campaign record " + std::to_string(key) + " is not valid JSON");
+      return;
+    }
+    auto spec = parse_campaign_spec(doc["spec"]);
+    if (!spec.ok()) {
+      bad = make_error("campaign record " + std::to_string(key) + ": " + spec.error().message);
+      return;
+    }
+    Campaign& c = create_campaign(key, doc.value("id", campaign_id_for(key)),
+                                  std::move(spec.value()), doc.value("created_at_ms", int64_t{0}));
+    c.finished_at_ms = doc.value("finished_at_ms", int64_t{0});
+    const auto state = doc.value("state", std::string("running"));
+    if (state == "succeeded") c.state = CampaignState::kSucceeded;
+    if (state == "failed") c.state = CampaignState::kFailed;
+    if (state == "cancelled") c.state = CampaignState::kCancelled;
+    next_campaign_key_ = std::max(next_campaign_key_, key + 1);
+  });
+  if (!scanned.ok()) return scanned;
+  if (!bad.ok()) return bad;
+
+  const auto now = clock_.now();
+  int64_t records = 0;
+  scanned = store_.scan_shards(std::nullopt, [&](const ShardKey& key, const ShardRecord& rec) {
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr || key.group >= c->groups.size() ||
+        key.shard >= c->groups[key.group].shards.size()) {
+      spdlog::warn("recovery skipped shard record of unknown shard campaign={} group={} shard={}",
+                   key.campaign, key.group, key.shard);
+      return;
+    }
+    ++records;
+    Group& g = c->groups[key.group];
+    Shard& s = g.shards[key.shard];
+    set_state(*c, s, rec.state);
+    s.attempts = static_cast<uint16_t>(rec.attempts);
+    s.total_attempts = static_cast<uint16_t>(rec.total_attempts);
+    s.attempt_id = rec.attempt_id;
+    if (!rec.last_error.empty()) g.last_errors[key.shard] = rec.last_error;
+    if (rec.state == ShardState::kRunning) {
+      orphans_[rec.attempt_id] = Orphan{key, rec.worker, now + options_.worker_timeout};
+    }
+  });
+  if (!scanned.ok()) return scanned;
+  scanned = store_.scan_cells([&](uint32_t campaign, uint32_t group, const CellAggregate& cell) {
+    Campaign* c = campaign_by_key(campaign);
+    if (c == nullptr || group >= c->groups.size()) return;
+    const int64_t total = c->groups[group].cell.shards_total;
+    c->groups[group].cell = cell;
+    c->groups[group].cell.shards_total = total;
+  });
+  if (!scanned.ok()) return scanned;
+  for (auto& [key, c] : campaigns_) {
+    if (c->state == CampaignState::kRunning) {
+      c->final_at_rate_since = c->finished();
+      maybe_finish(*c);
+    }
+  }
+  batch_.put_meta_u64("next_campaign", next_campaign_key_);
+  if (auto s = store_.commit(batch_); !s.ok()) return s;
+  spdlog::info("recovered epoch={} campaigns={} shard_records={} orphaned_leases={} took_ms={}",
+               epoch_, campaigns_.size(), records, orphans_.size(),
+               duration_cast<milliseconds>(std::chrono::steady_clock::now() - started).count());
+  return Ok{};
+}
+
+// ---------------------------------------------------------------------------------------------
+// API operations
+
+Result<std::string> Scheduler::submit(const CampaignSpec& spec) {
+  const uint32_t key = next_campaign_key_++;
+  batch_.put_meta_u64("next_campaign", next_campaign_key_);
+  Campaign& c = create_campaign(key, campaign_id_for(key), spec, clock_.wall_ms());
+  write_campaign(c);
+  spdlog::info(
+      "campaign submitted campaign={} name={} models={} benchmarks={} shards={} "
+      "priority={}",
+      c.id, c.spec.name, c.spec.models.size(), c.spec.benchmarks.size(), c.total, c.spec.priority);
+  maybe_finish(c);  // a campaign cannot be empty today, but keep the invariant obvious
+  return c.id;
+}
+
+Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSelector& selector) {
+  auto it = campaign_by_id_.find(campaign_id);
+  if (it == campaign_by_id_.end()) return make_error("unknown campaign '" + campaign_id + "'");
+  Campaign& c = *campaigns_.at(it->second);
+  if (c.state == CampaignState::kCancelled) {
+    return make_error("campaign " + c.id + " is cancelled; a cancelled campaign is not rerun");
+  }
+  std::optional<uint32_t> model;
+  std::optional<uint32_t> benchmark;
+  if (selector.model) {
+    for (uint32_t m = 0; m < c.spec.models.size(); ++m) {
+      if (c.spec.models[m].name == *selector.model) model = m;
+    }
+    if (!model) return make_error("campaign " + c.id + " has no model '" + *selector.model + "'");
+  }
+  if (selector.benchmark) {
+    for (uint32_t b = 0; b < c.spec.benchmarks.size(); ++b) {
+      if (c.spec.benchmarks[b].name == *selector.benchmark) benchmark = b;
+    }
+    if (!benchmark) {
+      return make_error("campaign " + c.id + " has no benchmark '" + *selector.benchmark + "'");
+    }
+  }
+  int64_t requeued = 0;
+  std::vector<uint32_t> recompute;
+  const auto now = clock_.now();
+  for (uint32_t gi = 0; gi < c.groups.size(); ++gi) {
+    Group& g = c.groups[gi];
+    if ((model && g.model != *model) || (benchmark && g.benchmark != *benchmark)) continue;
+    bool had_success = false;
+    for (uint32_t i = 0; i < g.shards.size(); ++i) {
+      Shard& s = g.shards[i];
+      const bool selected =
+          selector.failed_only ? s.state == ShardState::kFailed : is_final(s.state);
+      if (!selected) continue;
+      had_success |= s.state == ShardState::kSucceeded;
+      set_state(c, s, ShardState::kPending);
+      s.attempts = 0;  // a fresh attempt budget
+      g.retried->Increment();
+      if (!c.ahead_of_cursor(gi, i)) c.requeued.push_back(ReadyRef{gi, i, now});
+      write_shard(c, gi, i, nullptr);
+      ++requeued;
+    }
+    if (had_success) recompute.push_back(gi);
+  }
+  // Succeeded shards that run again must leave the aggregate; rebuild those cells from the
+  // committed shard records of the shards that stay succeeded.
+  for (uint32_t gi : recompute) {
+    Group& g = c.groups[gi];
+    CellAggregate cell;
+    cell.shards_total = g.cell.shards_total;
+    auto s = store_.scan_shards(c.key, [&](const ShardKey& key, const ShardRecord& rec) {
+      if (key.group == gi && key.shard < g.shards.size() &&
+          g.shards[key.shard].state == ShardState::kSucceeded &&
+          rec.state == ShardState::kSucceeded) {
+        cell.add(rec.metrics, rec.count);
+      }
+    });
+    if (!s.ok()) return make_error("rerun could not rebuild aggregates: " + s.error().message);
+    g.cell = cell;
+    if (!g.cell_dirty) {
+      g.cell_dirty = true;
+      dirty_cells_.emplace_back(c.key, gi);
+    }
+  }
+  if (requeued > 0 && c.state != CampaignState::kRunning) {
+    c.state = CampaignState::kRunning;
+    c.finished_at_ms = 0;
+    c.rate_since = now;
+    c.final_at_rate_since = c.finished();
+    write_campaign(c);
+  }
+  spdlog::info("rerun campaign={} failed_only={} model={} benchmark={} requeued={}", c.id,
+               selector.failed_only, selector.model.value_or("*"), selector.benchmark.value_or("*"),
+               requeued);
+  return requeued;
+}
+
+Result<int64_t> Scheduler::cancel(const std::string& campaign_id) {
+  auto it = campaign_by_id_.find(campaign_id);
+  if (it == campaign_by_id_.end()) return make_error("unknown campaign '" + campaign_id + "'");
+  Campaign& c = *campaigns_.at(it->second);
+  if (c.state != CampaignState::kRunning) {
+    return make_error("campaign " + c.id + " is already " + to_string(c.state));
+  }
+  int64_t cancelled = 0;
+  for (uint32_t gi = 0; gi < c.groups.size(); ++gi) {
+    Group& g = c.groups[gi];
+    for (uint32_t i = 0; i < g.shards.size(); ++i) {
+      Shard& s = g.shards[i];
+      if (s.state == ShardState::kRunning) {
+        WorkerInfo* holder = worker_at(s.worker);
+        std::string worker_name;
+        if (holder != nullptr) {
+          holder->leases.erase(s.attempt_id);
+          outgoing_.cancel(holder->name, s.attempt_id);
+          worker_name = holder->name;
+        } else if (auto o = orphans_.find(s.attempt_id); o != orphans_.end()) {
+          worker_name = o->second.worker;
+          orphans_.erase(o);
+        }
+        AttemptRecord rec;
+        rec.outcome = AttemptOutcome::kCancelled;
+        rec.attempt = s.attempts;
+        rec.worker = worker_name;
+        rec.ended_at_ms = clock_.wall_ms();
+        rec.error = "cancelled";
+        batch_.put_attempt(ShardKey{c.key, gi, i}, s.attempt_id, rec);
+        s.worker = kNoWorker;
+      } else if (s.state != ShardState::kPending) {
+        continue;
+      }
+      set_state(c, s, ShardState::kCancelled);
+      write_shard(c, gi, i, nullptr);
+      ++cancelled;
+    }
+  }
+  c.requeued.clear();
+  c.state = CampaignState::kCancelled;
+  c.finished_at_ms = clock_.wall_ms();
+  write_campaign(c);
+  spdlog::info("campaign cancelled campaign={} shards_cancelled={}", c.id, cancelled);
+  return cancelled;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker messages
+
+void Scheduler::on_message(const std::string& identity, protocol::Message message) {
+  const auto type = static_cast<size_t>(protocol::type_of(message));
+  if (type < received_by_type_.size()) {
+    if (received_by_type_[type] == nullptr) {
+      received_by_type_[type] = &metrics_.messages_received.Add(
+          {{"type", protocol::to_string(protocol::type_of(message))}});
+    }
+    received_by_type_[type]->Increment();
+  }
+  WorkerInfo* w = find_worker(identity);
+  const bool known = w != nullptr && w->state != WorkerState::kLost;
+  if (std::holds_alternative<protocol::Hello>(message)) {
+    on_hello(identity, std::move(std::get<protocol::Hello>(message)));
+  } else if (std::holds_alternative<protocol::Results>(message)) {
+    if (known) w->last_seen = clock_.now();
+    on_results(identity, std::move(std::get<protocol::Results>(message)));
+    if (!known) outgoing_.send(identity, protocol::ReHello{});
+  } else if (std::holds_alternative<protocol::Heartbeat>(message)) {
+    if (known) {
+      w->last_seen = clock_.now();
+    } else {
+      outgoing_.send(identity, protocol::ReHello{});
+    }
+  } else if (std::holds_alternative<protocol::Drain>(message)) {
+    if (known) {
+      w->last_seen = clock_.now();
+      w->state = WorkerState::kDraining;
+      spdlog::info("worker draining worker={} running={}", w->name, w->leases.size());
+    } else {
+      outgoing_.send(identity, protocol::ReHello{});
+    }
+  } else {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn("dropped message worker={} reason=\"{} is not a worker-to-coordinator message\"",
+                 identity, protocol::to_string(protocol::type_of(message)));
+  }
+}
+
+void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
+  const auto now = clock_.now();
+  if (hello.name != identity) {
+    spdlog::warn("hello name differs from routing id name={} routing_id={}; using the routing id",
+                 hello.name, identity);
+  }
+  if (hello.slots == 0) {
+    spdlog::warn("hello with 0 slots worker={}; treating it as 1", identity);
+    hello.slots = 1;
+  }
+  WorkerInfo* w = find_worker(identity);
+  const bool restarted = w != nullptr && w->instance != hello.instance;
+  if (w == nullptr) {
+    uint32_t index = 0;
+    while (index < workers_.size() && workers_[index]) ++index;
+    if (index == workers_.size()) workers_.emplace_back();
+    workers_[index] = std::make_unique<WorkerInfo>();
+    w = workers_[index].get();
+    w->index = index;
+    w->name = identity;
+    worker_by_name_[identity] = index;
+    w->slots_used = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "used"}});
+    w->slots_total = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "total"}});
+    w->heartbeat_age = &metrics_.worker_heartbeat_age.Add({{"worker", identity}});
+  }
+  const std::unordered_set<uint64_t> still_running(hello.running.begin(), hello.running.end());
+  // Leases this worker held that it no longer has: it restarted, or an ASSIGN never reached it.
+  std::vector<std::pair<uint64_t, ShardKey>> dropped;
+  for (const auto& [id, key] : w->leases) {
+    if (!still_running.contains(id)) dropped.emplace_back(id, key);
+  }
+  for (const auto& [id, key] : dropped) {
+    w->leases.erase(id);
+    // The ASSIGN may still be in flight behind this HELLO; tell the worker not to run it, so
+    // both sides agree on its free slots.
+    outgoing_.cancel(identity, id);
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kLost,
+                 restarted ? "worker lost: " + w->name + " (restarted while running it)"
+                           : "worker lost: " + w->name + " (assignment not received)",
+                 w->name, 0, /*counts_as_attempt=*/restarted);
+  }
+  // Attempts it runs that are not its leases: reclaim orphans from before our restart, stop the
+  // rest (their results, if any, will be recorded as stale).
+  for (uint64_t id : hello.running) {
+    if (w->leases.contains(id)) continue;
+    auto o = orphans_.find(id);
+    if (o != orphans_.end()) {
+      const ShardKey key = o->second.key;
+      orphans_.erase(o);
+      Campaign* c = campaign_by_key(key.campaign);
+      if (c != nullptr) {
+        Shard& s = c->groups[key.group].shards[key.shard];
+        if (s.state == ShardState::kRunning && s.attempt_id == id) {
+          s.worker = w->index;
+          w->leases[id] = key;
+          spdlog::info("lease reclaimed worker={} campaign={} attempt_id={}", w->name, c->id, id);
+          continue;
+        }
+      }
+    }
+    outgoing_.cancel(identity, id);
+  }
+  w->instance = hello.instance;
+  w->state = WorkerState::kConnected;
+  w->slots = hello.slots;
+  w->gpus = std::move(hello.gpus);
+  w->labels = std::move(hello.labels);
+  w->last_seen = now;
+  w->last_sent = now;
+  w->campaigns_sent.clear();
+  lost_at_.erase(w->index);
+  outgoing_.send(identity,
+                 protocol::Welcome{static_cast<uint32_t>(options_.heartbeat.count()),
+                                   static_cast<uint32_t>(options_.worker_timeout.count()), epoch_});
+  spdlog::info("worker connected worker={} slots={} gpus={} running={} restarted={}", w->name,
+               w->slots, w->gpus.size(), w->leases.size(), restarted);
+}
+
+void Scheduler::on_results(const std::string& identity, protocol::Results results) {
+  WorkerInfo* w = find_worker(identity);
+  for (auto& r : results.results) on_result(w, identity, r);
+}
+
+void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::ShardResult& r) {
+  outgoing_.ack(identity, r.attempt_id);  // sent only after this turn's commit
+  Campaign* c = campaign_by_key(r.campaign);
+  const size_t benchmarks = c == nullptr ? 0 : c->spec.benchmarks.size();
+  if (c == nullptr || r.model >= c->spec.models.size() || r.benchmark >= benchmarks ||
+      r.shard >= c->groups[r.model * benchmarks + r.benchmark].shards.size()) {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn(
+        "dropped result of unknown shard worker={} campaign={} model={} benchmark={} "
+        "shard={} attempt_id={}",
+        identity, r.campaign, r.model, r.benchmark, r.shard, r.attempt_id);
+    return;
+  }
+  const auto gi = static_cast<uint32_t>(r.model * benchmarks + r.benchmark);
+  Group& g = c->groups[gi];
+  Shard& s = g.shards[r.shard];
+  const ShardKey key{c->key, gi, r.shard};
+  if (s.state != ShardState::kRunning || s.attempt_id != r.attempt_id) {
+    AttemptRecord rec;
+    rec.outcome = AttemptOutcome::kStale;
+    rec.worker = identity;
+    rec.ended_at_ms = clock_.wall_ms();
+    rec.duration_ms = r.duration_ms;
+    rec.error = r.ok ? "late result of an attempt already given up; not counted" : r.error;
+    rec.result_ok = r.ok;
+    rec.count = r.count;
+    rec.metrics = r.metrics;
+    batch_.put_attempt(key, r.attempt_id, rec);
+    metrics_.stale_results.Add({{"campaign", c->id}}).Increment();
+    spdlog::info(
+        "stale result stored campaign={} shard={} attempt_id={} worker={} "
+        "current_attempt_id={} state={}",
+        c->id, r.shard, r.attempt_id, identity, s.attempt_id, to_string(s.state));
+    return;
+  }
+  WorkerInfo* holder = worker_at(s.worker);
+  if (holder != nullptr) {
+    holder->leases.erase(r.attempt_id);
+  } else {
+    orphans_.erase(r.attempt_id);
+  }
+  const std::string& worker_name = holder != nullptr ? holder->name : identity;
+  if (r.ok) {
+    if (auto why = invalid_result(r)) {
+      fail_attempt(*c, gi, r.shard, AttemptOutcome::kFailed, "invalid result: " + *why, worker_name,
+                   r.duration_ms, true);
+      return;
+    }
+    set_state(*c, s, ShardState::kSucceeded);
+    s.worker = kNoWorker;
+    g.cell.add(r.metrics, r.count);
+    if (!g.cell_dirty) {
+      g.cell_dirty = true;
+      dirty_cells_.emplace_back(c->key, gi);
+    }
+    write_shard(*c, gi, r.shard, holder != nullptr ? holder : w, &r);
+    if (!r.samples_json.empty()) batch_.put_samples(key, r.samples_json);
+    g.completed->Increment();
+    g.duration->Observe(r.duration_ms / 1000.0);
+    maybe_finish(*c);
+    return;
+  }
+  fail_attempt(*c, gi, r.shard, AttemptOutcome::kFailed,
+               r.error.empty() ? "runner failed without an error message" : r.error, worker_name,
+               r.duration_ms, true);
+}
+
+void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
+  spdlog::warn("worker lost worker={} reason=\"{}\" leases={}", w.name, reason, w.leases.size());
+  metrics_.workers_lost.Add({{"worker", w.name}}).Increment();
+  w.state = WorkerState::kLost;
+  lost_at_[w.index] = clock_.now();
+  auto leases = std::move(w.leases);
+  w.leases.clear();
+  w.campaigns_sent.clear();
+  for (const auto& [id, key] : leases) {
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kLost, "worker lost: " + w.name, w.name,
+                 0, /*counts_as_attempt=*/true);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch and timers
+
+std::optional<ReadyRef> Scheduler::next_ready(Campaign& c) {
+  while (!c.requeued.empty()) {
+    ReadyRef ref = c.requeued.front();
+    c.requeued.pop_front();
+    if (c.groups[ref.group].shards[ref.shard].state == ShardState::kPending) return ref;
+  }
+  while (c.cursor_group < c.groups.size()) {
+    auto& shards = c.groups[c.cursor_group].shards;
+    if (c.cursor_shard >= shards.size()) {
+      ++c.cursor_group;
+      c.cursor_shard = 0;
+      continue;
+    }
+    const uint32_t index = c.cursor_shard++;
+    if (shards[index].state == ShardState::kPending) {
+      return ReadyRef{c.cursor_group, index, c.cursor_ready_since};
+    }
+  }
+  return std::nullopt;
+}
+
+void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w) {
+  Group& g = c.groups[ref.group];
+  Shard& s = g.shards[ref.shard];
+  set_state(c, s, ShardState::kRunning);
+  ++s.attempts;
+  ++s.total_attempts;
+  s.attempt_id = next_attempt_id();
+  s.worker = w.index;
+  w.leases[s.attempt_id] = ShardKey{c.key, ref.group, ref.shard};
+  write_shard(c, ref.group, ref.shard, &w);
+  if (!w.campaigns_sent.contains(c.key)) {
+    outgoing_.send(w.name, protocol::CampaignInfo{c.key, c.id, c.spec_json});
+    w.campaigns_sent.insert(c.key);
+  }
+  const auto range = shard_range(c.spec.benchmarks[g.benchmark], ref.shard);
+  outgoing_.assign(w.name, protocol::Assignment{.attempt_id = s.attempt_id,
+                                                .campaign = c.key,
+                                                .model = g.model,
+                                                .benchmark = g.benchmark,
+                                                .shard = ref.shard,
+                                                .start = range.start,
+                                                .end = range.end,
+                                                .attempt = s.attempts,
+                                                .gpus = {}});
+  metrics_.dispatch_latency.Observe(seconds_between(ref.ready_since, clock_.now()));
+}
+
+void Scheduler::dispatch() {
+  std::vector<WorkerInfo*> idle;
+  for (auto& w : workers_) {
+    if (w && w->state == WorkerState::kConnected && w->free_slots() > 0) idle.push_back(w.get());
+  }
+  if (idle.empty()) return;
+  std::vector<Campaign*> active;
+  for (auto& [key, c] : campaigns_) {
+    if (c->state == CampaignState::kRunning && c->count(ShardState::kPending) > 0) {
+      active.push_back(c.get());
+    }
+  }
+  if (active.empty()) return;
+  // Highest priority first; equal priorities take turns shard by shard, so they share the
+  // cluster evenly. Workers also take turns, one shard per pass, so no worker hoards the queue.
+  std::stable_sort(active.begin(), active.end(), [](const Campaign* a, const Campaign* b) {
+    return a->spec.priority > b->spec.priority;
+  });
+  const size_t rotate = dispatch_rr_++ % idle.size();
+  std::rotate(idle.begin(), idle.begin() + static_cast<std::ptrdiff_t>(rotate), idle.end());
+  size_t tier_begin = 0;
+  size_t turn = 0;
+  bool progress = true;
+  while (progress && tier_begin < active.size()) {
+    progress = false;
+    for (WorkerInfo* w : idle) {
+      if (w->free_slots() == 0) continue;
+      std::optional<ReadyRef> ref;
+      Campaign* from = nullptr;
+      while (!ref && tier_begin < active.size()) {
+        size_t tier_end = tier_begin;
+        while (tier_end < active.size() &&
+               active[tier_end]->spec.priority == active[tier_begin]->spec.priority) {
+          ++tier_end;
+        }
+        const size_t tier_size = tier_end - tier_begin;
+        for (size_t k = 0; k < tier_size && !ref; ++k) {
+          const size_t pick = tier_begin + (turn + k) % tier_size;
+          if (active[pick] == nullptr) continue;
+          ref = next_ready(*active[pick]);
+          if (ref) {
+            from = active[pick];
+          } else {
+            active[pick] = nullptr;  // nothing ready in this campaign this turn
+          }
+        }
+        ++turn;
+        if (!ref) tier_begin = tier_end;
+      }
+      if (!ref) break;
+      lease(*from, *ref, *w);
+      progress = true;
+    }
+  }
+}
+
+void Scheduler::tick() {
+  const auto now = clock_.now();
+  for (auto& slot : workers_) {
+    if (!slot) continue;
+    WorkerInfo& w = *slot;
+    if (w.state != WorkerState::kLost) {
+      if (now - w.last_seen > options_.worker_timeout) {
+        lose_worker(
+            w, "silent for more than " + std::to_string(options_.worker_timeout.count()) + " ms");
+      } else if (now - w.last_sent >= options_.heartbeat) {
+        outgoing_.send(w.name, protocol::Heartbeat{});
+        w.last_sent = now;
+      }
+    } else if (w.leases.empty() && now - lost_at_[w.index] > options_.forget_lost_workers_after) {
+      spdlog::info("forgetting lost worker worker={}", w.name);
+      worker_by_name_.erase(w.name);
+      lost_at_.erase(w.index);
+      slot.reset();
+    }
+  }
+  for (auto it = orphans_.begin(); it != orphans_.end();) {
+    if (it->second.deadline > now) {
+      ++it;
+      continue;
+    }
+    const uint64_t id = it->first;
+    const Orphan orphan = it->second;
+    it = orphans_.erase(it);
+    Campaign* c = campaign_by_key(orphan.key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[orphan.key.group].shards[orphan.key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    fail_attempt(*c, orphan.key.group, orphan.key.shard, AttemptOutcome::kOrphaned,
+                 "lease not reclaimed after coordinator restart (worker " + orphan.worker + ")",
+                 orphan.worker, 0, /*counts_as_attempt=*/false);
+  }
+  while (!delayed_.empty() && delayed_.begin()->first <= now) {
+    const ShardKey key = delayed_.begin()->second;
+    delayed_.erase(delayed_.begin());
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    if (c->groups[key.group].shards[key.shard].state == ShardState::kPending) {
+      c->requeued.push_back(ReadyRef{key.group, key.shard, now});
+    }
+  }
+  if (now - last_gauges_ >= kGaugeRefreshInterval) {
+    last_gauges_ = now;
+    refresh_gauges();
+  }
+}
+
+void Scheduler::stage_dirty_cells() {
+  for (const auto& [campaign, group] : dirty_cells_) {
+    Campaign* c = campaign_by_key(campaign);
+    if (c == nullptr) continue;
+    Group& g = c->groups[group];
+    batch_.put_cell(campaign, group, g.cell);
+    g.cell_dirty = false;
+  }
+  dirty_cells_.clear();
+}
+
+void Scheduler::refresh_gauges() {
+  const auto now = clock_.now();
+  for (const auto& [key, c] : campaigns_) {
+    for (size_t s = 0; s < kShardStateCount; ++s) {
+      metrics_.campaign_shards
+          .Add({{"campaign", c->id}, {"state", to_string(static_cast<ShardState>(s))}})
+          .Set(static_cast<double>(c->counts[s]));
+    }
+    metrics_.campaign_progress.Add({{"campaign", c->id}})
+        .Set(c->total == 0 ? 1.0
+                           : static_cast<double>(c->finished()) / static_cast<double>(c->total));
+    const auto eta = c->state == CampaignState::kRunning ? c->eta_seconds(now) : 0.0;
+    metrics_.campaign_eta.Add({{"campaign", c->id}}).Set(eta.value_or(-1));
+    for (auto state : {CampaignState::kRunning, CampaignState::kSucceeded, CampaignState::kFailed,
+                       CampaignState::kCancelled}) {
+      metrics_.campaign_info
+          .Add({{"campaign", c->id}, {"name", c->spec.name}, {"state", to_string(state)}})
+          .Set(c->state == state ? 1 : 0);
+    }
+  }
+  std::array<int, 3> by_state{};
+  for (const auto& slot : workers_) {
+    if (!slot) continue;
+    const WorkerInfo& w = *slot;
+    by_state[static_cast<size_t>(w.state)] += 1;
+    w.slots_used->Set(static_cast<double>(w.leases.size()));
+    w.slots_total->Set(w.state == WorkerState::kLost ? 0 : w.slots);
+    w.heartbeat_age->Set(seconds_between(w.last_seen, now));
+  }
+  for (auto state : {WorkerState::kConnected, WorkerState::kDraining, WorkerState::kLost}) {
+    metrics_.workers.Add({{"state", to_string(state)}}).Set(by_state[static_cast<size_t>(state)]);
+  }
+  metrics_.queue_ready.Set(static_cast<double>(ready_shards()));
+  metrics_.store_size.Set(static_cast<double>(store_.approximate_size_bytes()));
+}
+
+}  // namespace evald::coordinator

@@ -1,0 +1,267 @@
+// Scheduler: the coordinator's in-memory state machine for campaigns, shards, workers and leases.
+//
+// It owns every piece of scheduling state and is driven by the core thread only (no locks). Each
+// operation changes memory, stages the matching store writes in batch() and the messages for
+// workers in outgoing(); the core commits the batch (one fsync per event-loop turn) and only then
+// sends the messages and answers HTTP. So nobody is ever told about a state change that a crash
+// could take back.
+//
+// Invariants (after every operation):
+//  * A shard is `running` iff exactly one lease (attempt id) for it exists, held by a worker or,
+//    right after a restart, by the orphan table until its worker reclaims it or the grace expires.
+//  * A result counts only if its attempt id is the shard's current lease; anything else is stored
+//    as a stale attempt. Re-delivery of a result is therefore harmless (exactly-once counting).
+//  * A worker never holds more leases than the slots it announced (credit-based flow).
+//  * Every pending shard is ahead of its campaign's dispatch cursor, in the requeued deque, or in
+//    the retry-backoff queue; queue entries are re-checked on pop, so stale entries are harmless.
+//
+// Crash behaviour: memory is rebuilt by recover() from the store. Shards stored as running become
+// orphans: a worker that comes back within --worker-timeout-ms and lists the attempt in its HELLO
+// keeps it; otherwise the shard is queued again without using up an attempt.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "common/aggregation.hpp"
+#include "common/clock.hpp"
+#include "common/protocol.hpp"
+#include "common/result.hpp"
+#include "common/spec.hpp"
+#include "coordinator/metrics.hpp"
+#include "coordinator/records.hpp"
+#include "coordinator/store.hpp"
+
+namespace evald::coordinator {
+
+struct SchedulerOptions {
+  std::chrono::milliseconds heartbeat{1000};
+  std::chrono::milliseconds worker_timeout{5000};
+  std::chrono::milliseconds retry_backoff{1000};  // doubles per failed attempt, capped at 60 s
+  std::chrono::milliseconds forget_lost_workers_after{std::chrono::hours(1)};
+};
+
+// Messages for workers, gathered during a turn and sent after the commit. ACK, CANCEL and ASSIGN
+// are coalesced into one message each per worker and turn; other messages keep their order and go
+// first, so a CAMPAIGN always precedes the ASSIGN that refers to it.
+class Outgoing {
+ public:
+  void send(const std::string& identity, protocol::Message message);
+  void ack(const std::string& identity, uint64_t attempt_id);
+  void cancel(const std::string& identity, uint64_t attempt_id);
+  void assign(const std::string& identity, protocol::Assignment assignment);
+  bool empty() const { return by_identity_.empty(); }
+  // Calls send(identity, message) for everything, in order, and clears.
+  template <typename Send>
+  void drain(Send&& send_one) {
+    for (auto& [identity, box] : by_identity_) {
+      for (auto& m : box.ordered) send_one(identity, m);
+      if (!box.ack.attempt_ids.empty()) send_one(identity, protocol::Message{std::move(box.ack)});
+      if (!box.cancel.attempt_ids.empty()) {
+        send_one(identity, protocol::Message{std::move(box.cancel)});
+      }
+      if (!box.assign.assignments.empty()) {
+        send_one(identity, protocol::Message{std::move(box.assign)});
+      }
+    }
+    by_identity_.clear();
+  }
+
+ private:
+  struct Box {
+    std::vector<protocol::Message> ordered;
+    protocol::Ack ack;
+    protocol::Cancel cancel;
+    protocol::Assign assign;
+  };
+  std::unordered_map<std::string, Box> by_identity_;
+};
+
+inline constexpr uint32_t kNoWorker = UINT32_MAX;
+
+struct Shard {
+  ShardState state = ShardState::kPending;
+  uint16_t attempts = 0;        // started within the current budget
+  uint16_t total_attempts = 0;  // ever started
+  uint32_t worker = kNoWorker;  // running: index of the worker holding the lease
+  uint64_t attempt_id = 0;      // running: the lease; otherwise the last attempt
+};
+
+struct Group {  // one model x benchmark
+  uint32_t model = 0;
+  uint32_t benchmark = 0;
+  std::vector<Shard> shards;
+  CellAggregate cell;
+  bool cell_dirty = false;
+  std::unordered_map<uint32_t, std::string> last_errors;  // shard -> last failed attempt's error
+  prometheus::Counter* completed = nullptr;
+  prometheus::Counter* attempts_failed = nullptr;
+  prometheus::Counter* retried = nullptr;
+  prometheus::Counter* failed = nullptr;
+  prometheus::Histogram* duration = nullptr;
+};
+
+struct ReadyRef {
+  uint32_t group = 0;
+  uint32_t shard = 0;
+  std::chrono::steady_clock::time_point ready_since;
+};
+
+struct Campaign {
+  uint32_t key = 0;
+  std::string id;
+  CampaignSpec spec;
+  std::string spec_json;
+  int64_t created_at_ms = 0;
+  int64_t finished_at_ms = 0;
+  CampaignState state = CampaignState::kRunning;
+  std::vector<Group> groups;  // index = model * benchmarks + benchmark
+  std::array<int64_t, kShardStateCount> counts{};
+  int64_t total = 0;
+  // Dispatch order: requeued shards first, then the cursor over never-dispatched shards.
+  std::deque<ReadyRef> requeued;
+  uint32_t cursor_group = 0;
+  uint32_t cursor_shard = 0;
+  std::chrono::steady_clock::time_point cursor_ready_since;
+  // ETA: progress rate since the campaign last (re)started running.
+  std::chrono::steady_clock::time_point rate_since;
+  int64_t final_at_rate_since = 0;
+
+  int64_t count(ShardState s) const { return counts[static_cast<size_t>(s)]; }
+  int64_t finished() const {
+    return count(ShardState::kSucceeded) + count(ShardState::kFailed) +
+           count(ShardState::kCancelled);
+  }
+  std::optional<double> eta_seconds(std::chrono::steady_clock::time_point now) const;
+  bool ahead_of_cursor(uint32_t group, uint32_t shard) const {
+    return group > cursor_group || (group == cursor_group && shard >= cursor_shard);
+  }
+};
+
+enum class WorkerState : uint8_t { kConnected, kDraining, kLost };
+const char* to_string(WorkerState state);
+
+struct WorkerInfo {
+  uint32_t index = 0;
+  std::string name;  // also its ZeroMQ routing id
+  std::string instance;
+  WorkerState state = WorkerState::kConnected;
+  uint32_t slots = 1;
+  nlohmann::json gpus = nlohmann::json::array();
+  nlohmann::json labels = nlohmann::json::object();
+  std::chrono::steady_clock::time_point last_seen;
+  std::chrono::steady_clock::time_point last_sent;
+  std::unordered_map<uint64_t, ShardKey> leases;  // attempt id -> shard
+  std::unordered_set<uint32_t> campaigns_sent;    // CAMPAIGN already sent on this connection
+  prometheus::Gauge* slots_used = nullptr;
+  prometheus::Gauge* slots_total = nullptr;
+  prometheus::Gauge* heartbeat_age = nullptr;
+
+  uint32_t free_slots() const {
+    return leases.size() >= slots ? 0 : slots - static_cast<uint32_t>(leases.size());
+  }
+};
+
+struct RerunSelector {
+  bool failed_only = true;  // false: every shard in a final state that matches the filters
+  std::optional<std::string> model;
+  std::optional<std::string> benchmark;
+};
+
+class Scheduler {
+ public:
+  Scheduler(Store& store, const Clock& clock, Metrics& metrics, SchedulerOptions options);
+
+  // Rebuilds memory from the store and starts a new epoch (attempt ids of this run can never
+  // collide with an earlier run's). Commits the epoch before returning.
+  Status recover();
+
+  // --- operations; each stages store writes in batch() and messages in outgoing() ---
+  void on_message(const std::string& identity, protocol::Message message);
+  // Returns the new campaign's id.
+  Result<std::string> submit(const CampaignSpec& spec);
+  Result<int64_t> rerun(const std::string& campaign_id, const RerunSelector& selector);
+  Result<int64_t> cancel(const std::string& campaign_id);
+  // Liveness, heartbeats, orphan and backoff expiry, gauges. Cheap; call every turn.
+  void tick();
+  // Hands ready shards to workers with free slots.
+  void dispatch();
+
+  Store::Batch& batch() { return batch_; }
+  Outgoing& outgoing() { return outgoing_; }
+  // Stages the aggregate cells changed this turn; call right before committing.
+  void stage_dirty_cells();
+
+  // --- read access for the API (core thread) ---
+  const Campaign* find_campaign(const std::string& id) const;
+  const std::map<uint32_t, std::unique_ptr<Campaign>>& campaigns() const { return campaigns_; }
+  std::vector<const WorkerInfo*> workers() const;
+  const Store& store() const { return store_; }
+  const Clock& clock() const { return clock_; }
+  const std::string& last_error(const Campaign& c, uint32_t group, uint32_t shard) const;
+  int64_t ready_shards() const;
+
+ private:
+  Campaign& create_campaign(uint32_t key, std::string id, CampaignSpec spec, int64_t created_at_ms);
+  void write_campaign(const Campaign& c);
+  void write_shard(const Campaign& c, uint32_t group, uint32_t index, const WorkerInfo* worker,
+                   const protocol::ShardResult* result = nullptr);
+  void set_state(Campaign& c, Shard& s, ShardState to);
+  void maybe_finish(Campaign& c);
+  void requeue(Campaign& c, uint32_t group, uint32_t index, bool with_backoff);
+  // Ends the current attempt of a running shard as a failure: retried or failed for good.
+  void fail_attempt(Campaign& c, uint32_t group, uint32_t index, AttemptOutcome outcome,
+                    const std::string& error, const std::string& worker_name, uint32_t duration_ms,
+                    bool counts_as_attempt);
+  std::optional<ReadyRef> next_ready(Campaign& c);
+  void lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w);
+
+  void on_hello(const std::string& identity, protocol::Hello hello);
+  void on_results(const std::string& identity, protocol::Results results);
+  void on_result(WorkerInfo* w, const std::string& identity, protocol::ShardResult& r);
+  void lose_worker(WorkerInfo& w, const std::string& reason);
+  WorkerInfo* find_worker(const std::string& name);
+  Campaign* campaign_by_key(uint32_t key);
+  void refresh_gauges();
+  uint64_t next_attempt_id() { return (epoch_ << 32) | ++attempt_seq_; }
+  WorkerInfo* worker_at(uint32_t index);
+
+  Store& store_;
+  const Clock& clock_;
+  Metrics& metrics_;
+  SchedulerOptions options_;
+  Store::Batch batch_;
+  Outgoing outgoing_;
+
+  uint64_t epoch_ = 0;
+  uint32_t attempt_seq_ = 0;
+  uint32_t next_campaign_key_ = 1;
+  std::map<uint32_t, std::unique_ptr<Campaign>> campaigns_;
+  std::unordered_map<std::string, uint32_t> campaign_by_id_;
+  std::vector<std::unique_ptr<WorkerInfo>>
+      workers_;  // slots reused after a lost worker is forgotten
+  std::unordered_map<std::string, uint32_t> worker_by_name_;
+  struct Orphan {
+    ShardKey key;
+    std::string worker;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::unordered_map<uint64_t, Orphan> orphans_;
+  std::multimap<std::chrono::steady_clock::time_point, ShardKey> delayed_;
+  std::unordered_map<uint32_t, std::chrono::steady_clock::time_point> lost_at_;  // worker index
+  std::vector<std::pair<uint32_t, uint32_t>> dirty_cells_;
+  size_t dispatch_rr_ = 0;
+  std::array<prometheus::Counter*, 32> received_by_type_{};
+  std::chrono::steady_clock::time_point last_gauges_{};
+};
+
+}  // namespace evald::coordinator

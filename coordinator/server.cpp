@@ -1,0 +1,82 @@
+#include "coordinator/server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "common/clock.hpp"
+#include "common/http_server.hpp"
+#include "common/signal_pipe.hpp"
+#include "coordinator/api.hpp"
+#include "coordinator/core.hpp"
+#include "coordinator/metrics.hpp"
+#include "coordinator/scheduler.hpp"
+#include "coordinator/store.hpp"
+
+namespace evald::coordinator {
+
+int run_coordinator(const CoordinatorConfig& config) {
+  spdlog::debug(
+      "config data_dir={} bind={} http={} heartbeat_ms={} worker_timeout_ms={} "
+      "retry_backoff_ms={} max_body_bytes={} max_message_bytes={}",
+      config.data_dir, config.bind, config.http, config.heartbeat.count(),
+      config.worker_timeout.count(), config.retry_backoff.count(), config.max_body_bytes,
+      config.max_message_bytes);
+  try {
+    SignalPipe signals;
+    auto opened = Store::open(config.data_dir);
+    if (!opened.ok()) {
+      spdlog::error("startup failed error=\"{}\"", opened.error().message);
+      return 1;
+    }
+    Store& store = *opened.value();
+    SystemClock clock;
+    Metrics metrics;
+    Scheduler scheduler(store, clock, metrics,
+                        SchedulerOptions{.heartbeat = config.heartbeat,
+                                         .worker_timeout = config.worker_timeout,
+                                         .retry_backoff = config.retry_backoff});
+    if (auto recovered = scheduler.recover(); !recovered.ok()) {
+      spdlog::error("recovery failed data_dir={} error=\"{}\"", config.data_dir,
+                    recovered.error().message);
+      return 1;
+    }
+    Api api(scheduler, metrics);
+    Core core(CoreOptions{.bind = config.bind, .max_message_bytes = config.max_message_bytes},
+              store, scheduler, api, metrics);
+    HttpServer http(
+        config.http, config.max_body_bytes,
+        [&core, &metrics](HttpRequest request, HttpRespond respond) {
+          // /metrics is served from the HTTP thread: prometheus-cpp metrics are
+          // atomics, and a scrape should not cost the core a turn.
+          if (request.method == "GET" && request.target == "/metrics") {
+            metrics.http_requests.Add({{"route", "/metrics"}, {"status", "200"}}).Increment();
+            respond(
+                HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", metrics.serialize()});
+            return;
+          }
+          core.post(std::move(request), std::move(respond));
+        });
+    http.start();
+    // The one line scripts and tests wait for: both endpoints with their real ports.
+    std::cout
+        << nlohmann::json{{"bind", core.bound_endpoint()}, {"http", http.local_address()}}.dump()
+        << std::endl;
+    spdlog::info("serving bind={} http={} data_dir={}", core.bound_endpoint(), http.local_address(),
+                 config.data_dir);
+    core.run(signals);
+    http.stop();
+    if (auto flushed = store.flush(); !flushed.ok()) {
+      spdlog::error("shutdown flush failed error=\"{}\"", flushed.error().message);
+      return 1;
+    }
+    spdlog::info("stopped cleanly");
+    return 0;
+  } catch (const std::exception& e) {
+    spdlog::error("coordinator failed error=\"{}\"", e.what());
+    return 1;
+  }
+}
+
+}  // namespace evald::coordinator

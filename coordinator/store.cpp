@@ -1,0 +1,253 @@
+#include "coordinator/store.hpp"
+
+#include <rocksdb/options.h>
+#include <rocksdb/table.h>
+
+#include <array>
+
+namespace evald::coordinator {
+namespace {
+
+// One-byte key prefixes; the full layout is in store_layout.md.
+constexpr char kMetaPrefix = 'm';
+constexpr char kCampaignPrefix = 'c';
+constexpr char kShardPrefix = 's';
+constexpr char kAttemptPrefix = 'a';
+constexpr char kCellPrefix = 'g';
+constexpr char kSamplesPrefix = 'x';
+
+void append_be32(std::string& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+void append_be64(std::string& out, uint64_t v) {
+  for (int shift = 56; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+uint32_t read_be32(std::string_view s, size_t at) {
+  uint32_t v = 0;
+  for (size_t i = 0; i < 4; ++i) v = (v << 8) | static_cast<uint8_t>(s[at + i]);
+  return v;
+}
+uint64_t read_be64(std::string_view s, size_t at) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(s[at + i]);
+  return v;
+}
+
+std::string shard_key(char prefix, const ShardKey& key) {
+  std::string out(1, prefix);
+  out.reserve(13);
+  append_be32(out, key.campaign);
+  append_be32(out, key.group);
+  append_be32(out, key.shard);
+  return out;
+}
+
+ShardKey parse_shard_key(std::string_view k) {
+  return ShardKey{read_be32(k, 1), read_be32(k, 5), read_be32(k, 9)};
+}
+
+std::string hex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (char c : bytes) {
+    out.push_back(kDigits[(static_cast<uint8_t>(c) >> 4) & 0xf]);
+    out.push_back(kDigits[static_cast<uint8_t>(c) & 0xf]);
+  }
+  return out;
+}
+
+// Iterates every key that starts with `prefix`.
+template <typename Visit>
+Status scan_prefix(rocksdb::DB& db, const std::string& prefix, Visit&& visit) {
+  rocksdb::ReadOptions options;
+  options.fill_cache = false;  // recovery scans everything once; keep the cache for lookups
+  std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(options));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    Status s = visit(std::string_view(it->key().data(), it->key().size()),
+                     std::string_view(it->value().data(), it->value().size()));
+    if (!s.ok()) return s;
+  }
+  if (!it->status().ok()) return make_error("store scan failed: " + it->status().ToString());
+  return Ok{};
+}
+
+}  // namespace
+
+void Store::Batch::put_meta_u64(std::string_view name, uint64_t value) {
+  std::string key(1, kMetaPrefix);
+  key.append(name);
+  std::string v;
+  append_be64(v, value);
+  batch_.Put(key, v);
+  ++puts_;
+}
+
+void Store::Batch::put_campaign(uint32_t campaign, const std::string& json) {
+  std::string key(1, kCampaignPrefix);
+  append_be32(key, campaign);
+  batch_.Put(key, json);
+  ++puts_;
+}
+
+void Store::Batch::put_shard(const ShardKey& key, const ShardRecord& record) {
+  batch_.Put(shard_key(kShardPrefix, key), encode(record));
+  ++puts_;
+}
+
+void Store::Batch::put_attempt(const ShardKey& key, uint64_t attempt_id,
+                               const AttemptRecord& record) {
+  std::string k = shard_key(kAttemptPrefix, key);
+  append_be64(k, attempt_id);
+  batch_.Put(k, encode(record));
+  ++puts_;
+}
+
+void Store::Batch::put_cell(uint32_t campaign, uint32_t group, const CellAggregate& cell) {
+  std::string key(1, kCellPrefix);
+  append_be32(key, campaign);
+  append_be32(key, group);
+  batch_.Put(key, encode(cell));
+  ++puts_;
+}
+
+void Store::Batch::put_samples(const ShardKey& key, const std::string& samples_json) {
+  batch_.Put(shard_key(kSamplesPrefix, key), samples_json);
+  ++puts_;
+}
+
+void Store::Batch::clear() {
+  batch_.Clear();
+  puts_ = 0;
+}
+
+Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return make_error("data dir '" + dir.string() + "': " + ec.message());
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.IncreaseParallelism(2);
+  // Big memtables: the hot path writes each shard record twice within milliseconds, and most
+  // overwrites should die in the memtable instead of being flushed and compacted.
+  options.write_buffer_size = 64 << 20;
+  options.max_write_buffer_number = 3;
+  rocksdb::BlockBasedTableOptions table;
+  table.block_size = 16 << 10;
+  options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  rocksdb::DB* raw = nullptr;
+  const auto status = rocksdb::DB::Open(options, dir.string(), &raw);
+  if (!status.ok()) {
+    return make_error("cannot open RocksDB in '" + dir.string() + "': " + status.ToString());
+  }
+  return std::unique_ptr<Store>(new Store(std::unique_ptr<rocksdb::DB>(raw)));
+}
+
+Store::Store(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+
+Store::~Store() {
+  if (db_) {
+    // Close() reports errors that the destructor would hide; there is nobody left to tell but
+    // the log, which the core does on its graceful-stop path via flush().
+    [[maybe_unused]] auto s = db_->Close();
+  }
+}
+
+Status Store::commit(Batch& batch) {
+  if (batch.empty()) return Ok{};
+  rocksdb::WriteOptions options;
+  options.sync = true;
+  const auto start = std::chrono::steady_clock::now();
+  const auto status = db_->Write(options, &batch.batch_);
+  last_commit_latency_ = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::steady_clock::now() - start);
+  batch.clear();
+  if (!status.ok()) return make_error("store commit failed: " + status.ToString());
+  return Ok{};
+}
+
+std::optional<uint64_t> Store::get_meta_u64(std::string_view name) const {
+  std::string key(1, kMetaPrefix);
+  key.append(name);
+  std::string value;
+  if (!db_->Get(rocksdb::ReadOptions(), key, &value).ok() || value.size() != 8) return std::nullopt;
+  return read_be64(value, 0);
+}
+
+std::optional<std::string> Store::get_samples(const ShardKey& key) const {
+  std::string value;
+  if (!db_->Get(rocksdb::ReadOptions(), shard_key(kSamplesPrefix, key), &value).ok()) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+Status Store::scan_campaigns(
+    const std::function<void(uint32_t campaign, std::string_view json)>& visit) const {
+  return scan_prefix(*db_, std::string(1, kCampaignPrefix),
+                     [&](std::string_view k, std::string_view v) -> Status {
+                       if (k.size() != 5) return make_error("bad campaign key " + hex(k));
+                       visit(read_be32(k, 1), v);
+                       return Ok{};
+                     });
+}
+
+Status Store::scan_shards(
+    std::optional<uint32_t> campaign,
+    const std::function<void(const ShardKey&, const ShardRecord&)>& visit) const {
+  std::string prefix(1, kShardPrefix);
+  if (campaign) append_be32(prefix, *campaign);
+  return scan_prefix(*db_, prefix, [&](std::string_view k, std::string_view v) -> Status {
+    if (k.size() != 13) return make_error("bad shard key " + hex(k));
+    auto rec = decode_shard_record(v);
+    if (!rec.ok()) return make_error(rec.error().message + " at key " + hex(k));
+    visit(parse_shard_key(k), rec.value());
+    return Ok{};
+  });
+}
+
+Status Store::scan_attempts(
+    uint32_t campaign,
+    const std::function<void(const ShardKey&, uint64_t, const AttemptRecord&)>& visit) const {
+  std::string prefix(1, kAttemptPrefix);
+  append_be32(prefix, campaign);
+  return scan_prefix(*db_, prefix, [&](std::string_view k, std::string_view v) -> Status {
+    if (k.size() != 21) return make_error("bad attempt key " + hex(k));
+    auto rec = decode_attempt_record(v);
+    if (!rec.ok()) return make_error(rec.error().message + " at key " + hex(k));
+    visit(parse_shard_key(k), read_be64(k, 13), rec.value());
+    return Ok{};
+  });
+}
+
+Status Store::scan_cells(
+    const std::function<void(uint32_t, uint32_t, const CellAggregate&)>& visit) const {
+  return scan_prefix(*db_, std::string(1, kCellPrefix),
+                     [&](std::string_view k, std::string_view v) -> Status {
+                       if (k.size() != 9) return make_error("bad cell key " + hex(k));
+                       auto cell = decode_cell(v);
+                       if (!cell.ok())
+                         return make_error(cell.error().message + " at key " + hex(k));
+                       visit(read_be32(k, 1), read_be32(k, 5), cell.value());
+                       return Ok{};
+                     });
+}
+
+uint64_t Store::approximate_size_bytes() const {
+  uint64_t live = 0;
+  uint64_t memtables = 0;
+  db_->GetIntProperty(rocksdb::DB::Properties::kTotalSstFilesSize, &live);
+  db_->GetIntProperty(rocksdb::DB::Properties::kCurSizeAllMemTables, &memtables);
+  return live + memtables;
+}
+
+Status Store::flush() {
+  auto s = db_->Flush(rocksdb::FlushOptions());
+  if (!s.ok()) return make_error("store flush failed: " + s.ToString());
+  s = db_->FlushWAL(/*sync=*/true);
+  if (!s.ok()) return make_error("store WAL flush failed: " + s.ToString());
+  return Ok{};
+}
+
+}  // namespace evald::coordinator

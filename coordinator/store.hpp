@@ -1,0 +1,91 @@
+// Store: the coordinator's RocksDB database. It knows the key layout (coordinator/store_layout.md)
+// and nothing of scheduling. All writes go through a Batch that is committed with sync=true, so a
+// state change is either durable as a whole or absent after a crash; the core commits one batch
+// per event-loop turn (group commit) and only then tells anybody about it.
+//
+// Thread: owned by the coordinator's core thread; not thread-safe by design.
+#pragma once
+
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/aggregation.hpp"
+#include "common/result.hpp"
+#include "coordinator/records.hpp"
+
+namespace evald::coordinator {
+
+struct ShardKey {
+  uint32_t campaign = 0;
+  uint32_t group = 0;  // model index * benchmark count + benchmark index
+  uint32_t shard = 0;
+  bool operator==(const ShardKey&) const = default;
+};
+
+class Store {
+ public:
+  class Batch {
+   public:
+    void put_meta_u64(std::string_view name, uint64_t value);
+    void put_campaign(uint32_t campaign, const std::string& json);
+    void put_shard(const ShardKey& key, const ShardRecord& record);
+    void put_attempt(const ShardKey& key, uint64_t attempt_id, const AttemptRecord& record);
+    void put_cell(uint32_t campaign, uint32_t group, const CellAggregate& cell);
+    void put_samples(const ShardKey& key, const std::string& samples_json);
+    bool empty() const { return puts_ == 0; }
+    size_t size() const { return puts_; }
+    void clear();
+
+   private:
+    friend class Store;
+    rocksdb::WriteBatch batch_;
+    size_t puts_ = 0;
+  };
+
+  // Opens (creating if missing) the database in `dir`. The error names the directory and
+  // RocksDB's reason (permissions, a lock held by another coordinator, corruption).
+  static Result<std::unique_ptr<Store>> open(const std::filesystem::path& dir);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Writes the batch with sync=true and clears it. A failure means nothing of it is durable.
+  Status commit(Batch& batch);
+  // Time the last commit took, for metrics.
+  std::chrono::microseconds last_commit_latency() const { return last_commit_latency_; }
+
+  std::optional<uint64_t> get_meta_u64(std::string_view name) const;
+  std::optional<std::string> get_samples(const ShardKey& key) const;
+
+  // Scans call `visit` in key order; a record that does not decode stops the scan with an error
+  // that names its key.
+  Status scan_campaigns(
+      const std::function<void(uint32_t campaign, std::string_view json)>& visit) const;
+  Status scan_shards(std::optional<uint32_t> campaign,
+                     const std::function<void(const ShardKey&, const ShardRecord&)>& visit) const;
+  Status scan_attempts(uint32_t campaign,
+                       const std::function<void(const ShardKey&, uint64_t attempt_id,
+                                                const AttemptRecord&)>& visit) const;
+  Status scan_cells(const std::function<void(uint32_t campaign, uint32_t group,
+                                             const CellAggregate&)>& visit) const;
+
+  // RocksDB's estimate of live data plus memtables, for the size metric.
+  uint64_t approximate_size_bytes() const;
+  // Flushes memtables and the WAL; used on graceful stop so the next start replays nothing.
+  Status flush();
+
+ private:
+  explicit Store(std::unique_ptr<rocksdb::DB> db);
+  std::unique_ptr<rocksdb::DB> db_;
+  std::chrono::microseconds last_commit_latency_{0};
+};
+
+}  // namespace evald::coordinator

@@ -1,0 +1,527 @@
+// Parsing is two-pass: the global flags are taken from anywhere on the line (so
+// `evalctl results ID --json` works), everything else is handed, in order, to the subcommand's
+// own parser, which knows its flags and positional arguments.
+#include "evalctl/commands.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <sstream>
+#include <thread>
+
+#include "common/cli_options.hpp"
+#include "common/http_client.hpp"
+#include "common/spec.hpp"
+#include "common/version.hpp"
+#include "evalctl/format.hpp"
+
+namespace evald::evalctl {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kDefaultServer = "http://127.0.0.1:8080";
+// Options must be spelled out: with guessing, a subcommand flag could be taken for a prefix of a
+// global one.
+constexpr int kParseStyle =
+    po::command_line_style::unix_style ^ po::command_line_style::allow_guessing;
+// `watch` rides out a coordinator restart (SPEC.md "Durability") for this long before giving up.
+constexpr auto kWatchReconnectWindow = std::chrono::seconds(60);
+constexpr const char* kShardStates[] = {"pending", "running", "succeeded", "failed", "cancelled"};
+
+struct CommandInfo {
+  const char* name;
+  const char* usage;
+  const char* summary;
+};
+
+constexpr CommandInfo kCommands[] = {
+    {"submit", "submit FILE", "validate a campaign spec, submit it, print its id"},
+    {"status", "status [ID]", "one campaign's shard counts and ETA, or all campaigns"},
+    {"watch", "watch ID [--interval-ms MS]", "live progress; exit 0 only if every shard succeeded"},
+    {"results", "results ID [--format table|json|csv|markdown]", "the campaign's leaderboard"},
+    {"shards", "shards ID [--state STATE]", "shards: attempts, worker, duration, last error"},
+    {"rerun", "rerun ID [--failed|--all] [--model M] [--benchmark B]",
+     "queue failed (or selected) shards again"},
+    {"cancel", "cancel ID", "stop a campaign; running shards are told to stop"},
+    {"workers", "workers", "connected workers: slots, GPUs, heartbeat, shards"},
+};
+
+const CommandInfo* find_command(const std::string& name) {
+  for (const auto& command : kCommands) {
+    if (name == command.name) return &command;
+  }
+  return nullptr;
+}
+
+po::options_description global_options() {
+  po::options_description options("Global options");
+  options.add_options()("server", po::value<std::string>()->value_name("URL"),
+                        "coordinator API (default: $EVALD_SERVER, else http://127.0.0.1:8080)")(
+      "json", "print the server's JSON on stdout (for scripts)")(
+      "config", po::value<std::string>()->value_name("FILE"),
+      "JSON file whose keys mirror the global long flags")(
+      "help,h", "show help; after a command, that command's options")("version",
+                                                                      "print the version and exit");
+  return options;
+}
+
+std::string main_help() {
+  std::ostringstream text;
+  text << "Usage: evalctl [--server URL] [--json] COMMAND [ARGS]\n\n"
+          "Client for the evald coordinator's HTTP API.\n\nCommands:\n";
+  size_t width = 0;
+  for (const auto& command : kCommands) width = std::max(width, std::strlen(command.usage));
+  for (const auto& command : kCommands) {
+    text << "  " << command.usage << std::string(width - std::strlen(command.usage) + 2, ' ')
+         << command.summary << "\n";
+  }
+  text << "\n"
+       << global_options() << "\n"
+       << "Run 'evalctl COMMAND --help' for a command's options.\n"
+          "Exit codes: 0 ok, 1 runtime failure, 2 usage error.\n";
+  return text.str();
+}
+
+// A subcommand's flags (shown in its help) and its positional arguments (named in its usage).
+struct CommandSpec {
+  po::options_description visible{"Options"};
+  po::options_description hidden;
+  po::positional_options_description positional;
+};
+
+void describe_command(const std::string& name, CommandSpec& spec) {
+  if (name == "submit") {
+    spec.hidden.add_options()("file", po::value<std::string>(), "");
+    spec.positional.add("file", 1);
+    return;
+  }
+  if (name == "workers") return;
+  spec.hidden.add_options()("id", po::value<std::string>(), "");
+  spec.positional.add("id", 1);
+  if (name == "watch") {
+    spec.visible.add_options()("interval-ms",
+                               po::value<int>()->default_value(500)->value_name("MS"),
+                               "how often to ask the server, in milliseconds");
+  } else if (name == "results") {
+    spec.visible.add_options()(
+        "format", po::value<std::string>()->default_value("table")->value_name("FORMAT"),
+        "table, json, csv or markdown (--json is --format json)");
+  } else if (name == "shards") {
+    spec.visible.add_options()("state", po::value<std::string>()->value_name("STATE"),
+                               "only shards in this state: pending, running, succeeded, failed, "
+                               "cancelled");
+  } else if (name == "rerun") {
+    spec.visible.add_options()("failed", "select the failed shards (the default)")(
+        "all",
+        "select every finished shard, succeeded ones included (they are evaluated again and "
+        "leave the leaderboard until then)")("model", po::value<std::string>()->value_name("M"),
+                                             "only shards of this model")(
+        "benchmark", po::value<std::string>()->value_name("B"), "only shards of this benchmark");
+  }
+}
+
+std::string command_help(const CommandInfo& info, const CommandSpec& spec) {
+  std::ostringstream text;
+  std::string summary = info.summary;
+  summary.front() = static_cast<char>(std::toupper(static_cast<unsigned char>(summary.front())));
+  text << "Usage: evalctl " << info.usage << "\n\n" << summary << ".\n";
+  if (!spec.visible.options().empty()) text << "\n" << spec.visible;
+  text << "\nGlobal options (--server URL, --json) work with every command; see 'evalctl "
+          "--help'.\n";
+  return text.str();
+}
+
+po::variables_map parse_command_args(const CommandInfo& info, const CommandSpec& spec,
+                                     const std::vector<std::string>& args) {
+  po::options_description all;
+  all.add(spec.visible).add(spec.hidden);
+  po::variables_map values;
+  try {
+    po::store(po::command_line_parser(args)
+                  .options(all)
+                  .positional(spec.positional)
+                  .style(kParseStyle)
+                  .run(),
+              values);
+    po::notify(values);
+  } catch (const po::error& e) {
+    throw UsageError(std::string(info.name) + ": " + e.what());
+  }
+  return values;
+}
+
+std::string require_positional(const CommandInfo& info, const po::variables_map& values,
+                               const char* key, const char* what) {
+  if (values.count(key) == 0) {
+    throw UsageError(std::string(info.name) + ": missing " + what + " (usage: evalctl " +
+                     info.usage + ")");
+  }
+  return values[key].as<std::string>();
+}
+
+// Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a query
+// value.
+std::string url_encode(const std::string& text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string encoded;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (std::isalnum(byte) != 0 || c == '-' || c == '.' || c == '_' || c == '~') {
+      encoded += c;
+    } else {
+      encoded += '%';
+      encoded += kHex[byte >> 4];
+      encoded += kHex[byte & 0xF];
+    }
+  }
+  return encoded;
+}
+
+struct Context {
+  HttpUrl server;
+  bool json_output = false;
+  bool tty = false;
+  std::ostream& out;
+  std::ostream& err;
+};
+
+int fail(const Context& context, const std::string& message) {
+  context.err << "evalctl: " << message << "\n";
+  return kExitFailure;
+}
+
+// One API call: transport failures, HTTP errors and non-JSON answers all become the message
+// to show.
+Result<json> call(const Context& context, const std::string& method, const std::string& target,
+                  const std::string& body = "") {
+  auto response = http_request(context.server, method, target, body);
+  if (!response) return response.error();
+  if (response->status < 200 || response->status >= 300) {
+    return make_error(http_error_message(response->status, response->body));
+  }
+  auto parsed = json::parse(response->body, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded() || !parsed.is_object()) {
+    return make_error("unexpected answer to " + method + " " + target + ": not a JSON object");
+  }
+  return parsed;
+}
+
+std::string string_field(const json& object, const char* key) {
+  const auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::optional<int64_t> integer_field(const json& object, const char* key) {
+  const auto it = object.find(key);
+  if (it == object.end()) return std::nullopt;
+  if (it->is_number_integer()) return it->get<int64_t>();
+  // A count sent as 3.0 is still a count; anything out of range is not.
+  if (!it->is_number_float()) return std::nullopt;
+  const double value = it->get<double>();
+  if (!std::isfinite(value) || std::fabs(value) > 9.0e15) return std::nullopt;
+  return static_cast<int64_t>(std::llround(value));
+}
+
+void print_json(const Context& context, const json& value) {
+  context.out << value.dump(2) << "\n";
+}
+
+int submit(const Context& context, const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status)) {
+    return fail(context, "cannot read campaign spec '" + path + "': No such file or directory");
+  }
+  if (std::filesystem::is_directory(status)) {
+    return fail(context, "cannot read campaign spec '" + path + "': is a directory");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return fail(context, "cannot read campaign spec '" + path + "': " + std::strerror(errno));
+  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return fail(context, "cannot read campaign spec '" + path + "': read error");
+
+  // Refused locally with the field named, so nothing half-valid reaches the coordinator.
+  const auto spec = parse_campaign_spec_text(text);
+  if (!spec) return fail(context, path + ": " + spec.error().message);
+
+  const auto reply = call(context, "POST", "/v1/campaigns", text);
+  if (!reply) return fail(context, reply.error().message);
+  if (context.json_output) {
+    print_json(context, *reply);
+  } else {
+    const std::string id = string_field(*reply, "id");
+    if (id.empty()) return fail(context, "unexpected answer to submit: no campaign id");
+    context.out << id << "\n";
+  }
+  return kExitOk;
+}
+
+int status(const Context& context, const std::optional<std::string>& id) {
+  const auto reply = id ? call(context, "GET", "/v1/campaigns/" + url_encode(*id))
+                        : call(context, "GET", "/v1/campaigns");
+  if (!reply) return fail(context, reply.error().message);
+  if (context.json_output) {
+    print_json(context, *reply);
+  } else {
+    context.out << (id ? format_campaign(*reply) : format_campaigns(*reply));
+  }
+  return kExitOk;
+}
+
+int watch(const Context& context, const std::string& id, std::chrono::milliseconds interval) {
+  const std::string target = "/v1/campaigns/" + url_encode(id);
+  std::optional<json> last;
+  std::optional<std::chrono::steady_clock::time_point> failing_since;
+  bool line_open = false;  // a progress line drawn with \r and not yet ended
+  const auto end_line = [&] {
+    if (line_open) context.out << "\n" << std::flush;
+    line_open = false;
+  };
+  std::string state;
+  for (;;) {
+    auto response = http_request(context.server, "GET", target);
+    if (!response) {
+      // The coordinator may be restarting; keep asking for a while before giving up.
+      const auto now = std::chrono::steady_clock::now();
+      if (!failing_since) {
+        failing_since = now;
+        end_line();
+        context.err << "evalctl: " << response.error().message << " (retrying)\n";
+      } else if (now - *failing_since > kWatchReconnectWindow) {
+        return fail(context, response.error().message);
+      }
+      std::this_thread::sleep_for(interval);
+      continue;
+    }
+    failing_since.reset();
+    if (response->status < 200 || response->status >= 300) {
+      end_line();
+      return fail(context, http_error_message(response->status, response->body));
+    }
+    auto campaign = json::parse(response->body, nullptr, /*allow_exceptions=*/false);
+    state = campaign.is_object() ? string_field(campaign, "state") : std::string();
+    if (state.empty()) {
+      end_line();
+      return fail(context, "unexpected answer to GET " + target + ": no campaign state");
+    }
+    const bool changed = !last || watch_counts_changed(*last, campaign);
+    if (context.json_output) {
+      if (changed) context.out << campaign.dump() << "\n" << std::flush;
+    } else if (context.tty) {
+      // \r returns to the line start, ESC[K clears what a longer previous line left behind.
+      context.out << "\r" << format_watch_line(campaign) << "\x1b[K" << std::flush;
+      line_open = true;
+    } else if (changed) {
+      context.out << format_watch_line(campaign) << "\n" << std::flush;
+    }
+    last = std::move(campaign);
+    if (state != "running") break;
+    std::this_thread::sleep_for(interval);
+  }
+  end_line();
+  if (!context.json_output) context.out << "campaign " << id << " " << state << "\n";
+  return state == "succeeded" ? kExitOk : kExitFailure;
+}
+
+int results(const Context& context, const std::string& id, ResultsFormat format) {
+  const auto reply = call(context, "GET", "/v1/campaigns/" + url_encode(id) + "/results");
+  if (!reply) return fail(context, reply.error().message);
+  context.out << format_results(*reply, format);
+  return kExitOk;
+}
+
+int shards(const Context& context, const std::string& id, const std::optional<std::string>& state) {
+  std::string target = "/v1/campaigns/" + url_encode(id) + "/shards";
+  if (state) target += "?state=" + url_encode(*state);
+  const auto reply = call(context, "GET", target);
+  if (!reply) return fail(context, reply.error().message);
+  if (context.json_output) {
+    print_json(context, *reply);
+  } else {
+    context.out << format_shards(*reply);
+  }
+  return kExitOk;
+}
+
+// rerun and cancel: a POST whose answer is one count.
+int post_count(const Context& context, const std::string& target, const json& body,
+               const char* count_key, const char* verb) {
+  const auto reply = call(context, "POST", target, body.dump());
+  if (!reply) return fail(context, reply.error().message);
+  if (context.json_output) {
+    print_json(context, *reply);
+    return kExitOk;
+  }
+  const auto count = integer_field(*reply, count_key);
+  if (!count)
+    return fail(context, std::string("unexpected answer: no \"") + count_key + "\" count");
+  context.out << verb << " " << *count << " shards\n";
+  return kExitOk;
+}
+
+int workers(const Context& context) {
+  const auto reply = call(context, "GET", "/v1/workers");
+  if (!reply) return fail(context, reply.error().message);
+  if (context.json_output) {
+    print_json(context, *reply);
+  } else {
+    context.out << format_workers(*reply);
+  }
+  return kExitOk;
+}
+
+HttpUrl resolve_server(const po::variables_map& values, const Environment& environment) {
+  std::string source = "--server";
+  std::string url = kDefaultServer;
+  if (values.count("server") > 0) {
+    url = values["server"].as<std::string>();
+  } else if (environment.server) {
+    url = *environment.server;
+    source = "EVALD_SERVER";
+  }
+  auto parsed = parse_http_url(url);
+  if (!parsed) throw UsageError(source + ": " + parsed.error().message);
+  return parsed.value();
+}
+
+int run_command(const CommandInfo& info, const std::vector<std::string>& args,
+                const po::variables_map& global, bool help, std::ostream& out, std::ostream& err,
+                const Environment& environment) {
+  CommandSpec spec;
+  describe_command(info.name, spec);
+  if (help) {
+    out << command_help(info, spec);
+    return kExitOk;
+  }
+  const auto values = parse_command_args(info, spec, args);
+  const std::string name = info.name;
+  Context context{resolve_server(global, environment), global.count("json") > 0,
+                  environment.stdout_is_tty, out, err};
+
+  if (name == "submit") return submit(context, require_positional(info, values, "file", "FILE"));
+  if (name == "workers") return workers(context);
+  if (name == "status") {
+    std::optional<std::string> id;
+    if (values.count("id") > 0) id = values["id"].as<std::string>();
+    return status(context, id);
+  }
+  const std::string id = require_positional(info, values, "id", "campaign ID");
+  if (name == "watch") {
+    const int interval_ms = values["interval-ms"].as<int>();
+    if (interval_ms <= 0) throw UsageError("watch: --interval-ms must be a positive integer");
+    return watch(context, id, std::chrono::milliseconds(interval_ms));
+  }
+  if (name == "results") {
+    auto format = parse_results_format(values["format"].as<std::string>());
+    if (!format) throw UsageError("results: " + format.error().message);
+    return results(context, id, context.json_output ? ResultsFormat::kJson : format.value());
+  }
+  if (name == "shards") {
+    std::optional<std::string> state;
+    if (values.count("state") > 0) {
+      state = values["state"].as<std::string>();
+      if (std::find(std::begin(kShardStates), std::end(kShardStates), *state) ==
+          std::end(kShardStates)) {
+        throw UsageError("shards: --state: '" + *state +
+                         "' is not one of pending, running, succeeded, failed, cancelled");
+      }
+    }
+    return shards(context, id, state);
+  }
+  if (name == "rerun") {
+    json body = json::object();
+    if (values.count("failed") > 0 && values.count("all") > 0) {
+      context.err << "evalctl: rerun: --failed and --all cannot be used together\n";
+      return kExitUsage;
+    }
+    if (values.count("failed") > 0) body["failed"] = true;
+    if (values.count("all") > 0) body["failed"] = false;
+    if (values.count("model") > 0) body["model"] = values["model"].as<std::string>();
+    if (values.count("benchmark") > 0) body["benchmark"] = values["benchmark"].as<std::string>();
+    return post_count(context, "/v1/campaigns/" + url_encode(id) + "/rerun", body, "requeued",
+                      "requeued");
+  }
+  // cancel: the body is empty JSON so that a server which parses every POST body is content.
+  return post_count(context, "/v1/campaigns/" + url_encode(id) + "/cancel", json::object(),
+                    "cancelled", "cancelled");
+}
+
+// `command` is set once the subcommand is known, so a usage error can point at its help.
+int run_checked(const std::vector<std::string>& args, std::ostream& out, std::ostream& err,
+                const Environment& environment, const CommandInfo*& command_seen) {
+  const po::options_description global = global_options();
+  po::variables_map values;
+  std::vector<std::string> rest;
+  try {
+    const auto parsed =
+        po::command_line_parser(args).options(global).style(kParseStyle).allow_unregistered().run();
+    po::store(parsed, values);
+    rest = po::collect_unrecognized(parsed.options, po::include_positional);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+  const bool help = values.count("help") > 0;
+  if (values.count("version") > 0) {
+    out << "evalctl " << kVersion << "\n";
+    return kExitOk;
+  }
+  if (values.count("config") > 0 && !help) {
+    store_config_file(values["config"].as<std::string>(), global, values);
+  }
+  try {
+    po::notify(values);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+
+  if (rest.empty()) {
+    if (help) {
+      out << main_help();
+      return kExitOk;
+    }
+    err << "evalctl: a command is required\n\n" << main_help();
+    return kExitUsage;
+  }
+  const std::string command = rest.front();
+  rest.erase(rest.begin());
+  if (!command.empty() && command.front() == '-') {
+    throw UsageError("unrecognised option '" + command + "'");
+  }
+  const CommandInfo* info = find_command(command);
+  if (info == nullptr) throw UsageError("unknown command '" + command + "'");
+  command_seen = info;
+  return run_command(*info, rest, values, help, out, err, environment);
+}
+
+}  // namespace
+
+int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err,
+        const Environment& environment) {
+  const CommandInfo* command = nullptr;
+  try {
+    return run_checked(args, out, err, environment, command);
+  } catch (const UsageError& e) {
+    const std::string help = command != nullptr
+                                 ? "evalctl " + std::string(command->name) + " --help"
+                                 : std::string("evalctl --help");
+    err << "evalctl: " << e.what() << "\nRun '" << help << "' for usage.\n";
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    // Only our own bugs land here; the command's failures are already reported as values.
+    err << "evalctl: internal error: " << e.what() << "\n";
+    return kExitFailure;
+  }
+}
+
+}  // namespace evald::evalctl

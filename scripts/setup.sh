@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs what evald needs to build (only the Debian packages that are missing), configures
+# build/ once and builds incrementally. Safe to run again and again: a second run installs
+# nothing, does not reconfigure, and rebuilds only what changed.
+#
+# Usage: scripts/setup.sh [TARGET...]
+#   TARGET  extra CMake targets to build besides the default ones (e.g. benchmarks).
+# Environment:
+#   EVALD_BUILD_DIR  build directory (default: <repo>/build)
+#   EVALD_JOBS       parallel build jobs (default: 2, the size of the development machine)
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_dir="${EVALD_BUILD_DIR:-${repo_root}/build}"
+jobs="${EVALD_JOBS:-2}"
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libzmq3-dev cppzmq-dev
+  libboost-dev libboost-program-options-dev libboost-filesystem-dev
+  librocksdb-dev nlohmann-json3-dev prometheus-cpp-dev catch2 libspdlog-dev
+  python3 procps
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() {
+  printf 'setup: error: %s\n' "$*" >&2
+  exit 1
+}
+
+case "${1:-}" in
+  -h | --help)
+    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+esac
+
+is_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+install_missing_packages() {
+  command -v dpkg-query >/dev/null || die "this script needs a Debian/Ubuntu system (no dpkg-query)"
+  local missing=() pkg
+  for pkg in "${packages[@]}"; do
+    is_installed "${pkg}" || missing+=("${pkg}")
+  done
+  if ((${#missing[@]} == 0)); then
+    log "all ${#packages[@]} required packages are installed"
+    return
+  fi
+  local sudo=()
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null ||
+      die "missing packages (${missing[*]}) and not root and no sudo; install them as root"
+    sudo=(sudo)
+  fi
+  log "installing missing packages: ${missing[*]}"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+configure() {
+  if [[ ! -f "${build_dir}/CMakeCache.txt" ]]; then
+    log "configuring ${build_dir} (Ninja, RelWithDebInfo)"
+    cmake -S "${repo_root}" -B "${build_dir}" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  elif [[ ! -f "${build_dir}/build.ninja" && ! -f "${build_dir}/Makefile" ]]; then
+    # A configure step that was interrupted leaves a cache but no build files; finish it with
+    # the generator recorded in the cache instead of forcing a new one.
+    log "finishing the interrupted configure of ${build_dir}"
+    cmake -S "${repo_root}" -B "${build_dir}"
+  else
+    log "${build_dir} is already configured"
+  fi
+}
+
+build() {
+  local targets=("$@")
+  if ((${#targets[@]} > 0)); then
+    log "building (jobs=${jobs}) default targets and: ${targets[*]}"
+    cmake --build "${build_dir}" -j"${jobs}" --target all "${targets[@]}"
+  else
+    log "building (jobs=${jobs})"
+    cmake --build "${build_dir}" -j"${jobs}"
+  fi
+}
+
+install_missing_packages
+configure
+build "$@"
+log "done; binaries are in ${build_dir}/bin"

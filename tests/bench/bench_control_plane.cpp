@@ -1,0 +1,223 @@
+// evald-bench-control-plane: durable shards per second through the real binaries, with the noop
+// runner so only the control plane is measured (ZeroMQ dispatch, group commit in RocksDB,
+// aggregation). For each worker count and repetition: a fresh data dir, a coordinator on port 0,
+// N workers, ONE campaign of --shards shards; wall time from the submit's 201 to the campaign
+// being succeeded (polled every 20 ms), and the coordinator's peak RSS (VmHWM) before it stops.
+// Prints one line per run, then a summary table, then the store counters of the last run (shards
+// per fsync shows group commit at work). Exit 1 if any campaign does not succeed.
+//
+// Not a ctest test: its numbers depend on the machine and its load. Run it by hand:
+//   build/bin/evald-bench-control-plane --workers 1,2,4 --runs 3 --shards 100000
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/cli_options.hpp"
+#include "tests/support/cluster.hpp"
+
+namespace {
+
+using evald::testing::Cluster;
+using evald::testing::ClusterOptions;
+using Clock = std::chrono::steady_clock;
+
+struct BenchConfig {
+  std::vector<size_t> workers = {1, 2, 4};
+  int runs = 3;
+  int64_t shards = 100000;
+  int64_t models = 1;
+  int64_t benchmarks = 1;
+  uint32_t slots = 512;
+  int64_t heartbeat_ms = 1000;
+  std::chrono::seconds timeout{300};
+};
+
+struct RunResult {
+  size_t workers = 0;
+  int run = 0;
+  bool succeeded = false;
+  double seconds = 0;
+  double shards_per_s = 0;
+  double peak_rss_mib = 0;
+  double store_commits = 0;
+  double keys_written = 0;
+};
+
+std::vector<size_t> parse_counts(const std::string& text) {
+  std::vector<size_t> counts;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    size_t used = 0;
+    const long value = std::stol(item, &used);
+    if (used != item.size() || value <= 0) throw std::invalid_argument(item);
+    counts.push_back(static_cast<size_t>(value));
+  }
+  if (counts.empty()) throw std::invalid_argument(text);
+  return counts;
+}
+
+// VmHWM (peak resident set) of a live process, in MiB; 0 if it cannot be read.
+double peak_rss_mib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      return static_cast<double>(std::stoll(line.substr(6))) / 1024.0;  // the value is in kB
+    }
+  }
+  return 0;
+}
+
+nlohmann::json bench_spec(const BenchConfig& config) {
+  // shards split evenly over models x benchmarks, shard_size 1: examples = shards per cell.
+  const int64_t cells = config.models * config.benchmarks;
+  const int64_t per_cell = (config.shards + cells - 1) / cells;
+  nlohmann::json spec = {{"name", "bench-control-plane"},
+                         {"models", nlohmann::json::array()},
+                         {"benchmarks", nlohmann::json::array()},
+                         {"runner", {{"type", "noop"}}},
+                         {"max_attempts", 1}};
+  for (int64_t m = 0; m < config.models; ++m) {
+    spec["models"].push_back({{"name", "model-" + std::to_string(m)}});
+  }
+  for (int64_t b = 0; b < config.benchmarks; ++b) {
+    spec["benchmarks"].push_back(
+        {{"name", "bench-" + std::to_string(b)}, {"examples", per_cell}, {"shard_size", 1}});
+  }
+  return spec;
+}
+
+RunResult run_once(const BenchConfig& config, size_t workers, int run) {
+  RunResult result{workers, run, false, 0, 0, 0, 0, 0};
+  ClusterOptions options;
+  options.workers = workers;
+  options.slots = config.slots;
+  options.worker_heartbeat_ms = config.heartbeat_ms;
+  options.coordinator.heartbeat_ms = config.heartbeat_ms;
+  options.coordinator.worker_timeout_ms = 5 * config.heartbeat_ms;
+  options.coordinator.retry_backoff_ms = 1000;
+  options.coordinator.log_level = "warn";
+  options.dir_prefix = "evald-bench";
+  Cluster cluster(options);  // returns once every worker shows in GET /v1/workers
+  const auto api = cluster.api();
+  const auto spec = bench_spec(config);
+  const int64_t total =
+      spec["benchmarks"][0]["examples"].get<int64_t>() * config.models * config.benchmarks;
+
+  const std::string id = api.submit(spec);
+  const auto start = Clock::now();
+  std::string state;
+  while (true) {
+    state = api.campaign(id).at("state").get<std::string>();
+    if (state != "running" || Clock::now() - start > config.timeout) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.succeeded = state == "succeeded";
+  result.shards_per_s = static_cast<double>(total) / result.seconds;
+  result.peak_rss_mib = peak_rss_mib(cluster.coordinator().process().pid());
+  result.store_commits = api.metric("evald_store_commits_total");
+  result.keys_written = api.metric("evald_store_keys_written_total");
+  std::printf(
+      "run workers=%zu run=%d shards=%lld state=%s seconds=%.3f shards_per_s=%.0f "
+      "peak_rss_mib=%.1f store_commits=%.0f keys_written=%.0f shards_per_commit=%.1f\n",
+      workers, run, static_cast<long long>(total), state.c_str(), result.seconds,
+      result.shards_per_s, result.peak_rss_mib, result.store_commits, result.keys_written,
+      result.store_commits > 0 ? static_cast<double>(total) / result.store_commits : 0.0);
+  std::fflush(stdout);
+  return result;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  namespace po = evald::po;
+  po::options_description options("evald-bench-control-plane options");
+  options.add_options()("workers", po::value<std::string>()->default_value("1,2,4"),
+                        "comma-separated worker counts")("runs", po::value<int>()->default_value(3),
+                                                         "repetitions per worker count")(
+      "shards", po::value<int64_t>()->default_value(100000), "shards in the one campaign")(
+      "models", po::value<int64_t>()->default_value(1), "models (shards are split evenly)")(
+      "benchmarks", po::value<int64_t>()->default_value(1), "benchmarks")(
+      "slots", po::value<uint32_t>()->default_value(512), "--slots of every worker")(
+      "heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat of all daemons")(
+      "timeout-s", po::value<int64_t>()->default_value(300), "give up on a campaign after this");
+  evald::ParsedArgs args;
+  BenchConfig config;
+  try {
+    args = evald::parse_args(argc, argv, options);
+    if (args.help) {
+      std::cout << "Usage: evald-bench-control-plane [options]\n\n"
+                   "Durable shards/s of the coordinator with the noop runner. Uses the binaries\n"
+                   "next to it; data dirs go under $TMPDIR (default /tmp).\n\n"
+                << options << '\n';
+      return 0;
+    }
+    const auto& v = args.values;
+    config.workers = parse_counts(v["workers"].as<std::string>());
+    config.runs = v["runs"].as<int>();
+    config.shards = v["shards"].as<int64_t>();
+    config.models = v["models"].as<int64_t>();
+    config.benchmarks = v["benchmarks"].as<int64_t>();
+    config.slots = v["slots"].as<uint32_t>();
+    config.heartbeat_ms = v["heartbeat-ms"].as<int64_t>();
+    config.timeout = std::chrono::seconds(v["timeout-s"].as<int64_t>());
+    if (config.runs <= 0 || config.shards <= 0 || config.models <= 0 || config.benchmarks <= 0 ||
+        config.slots == 0 || config.heartbeat_ms <= 0 || config.timeout.count() <= 0) {
+      throw std::invalid_argument("every number must be positive");
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "evald-bench-control-plane: " << e.what()
+              << "\n(see evald-bench-control-plane --help)\n";
+    return 2;
+  }
+
+  std::vector<RunResult> results;
+  try {
+    for (const size_t workers : config.workers) {
+      for (int run = 1; run <= config.runs; ++run)
+        results.push_back(run_once(config, workers, run));
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "evald-bench-control-plane: " << e.what() << "\n";
+    return 1;
+  }
+
+  std::printf("\n%-8s %16s %12s %12s %20s\n", "workers", "median shards/s", "min", "max",
+              "median peak RSS MiB");
+  bool all_succeeded = true;
+  for (const size_t workers : config.workers) {
+    std::vector<double> rates;
+    std::vector<double> rss;
+    for (const auto& r : results) {
+      if (r.workers != workers) continue;
+      rates.push_back(r.shards_per_s);
+      rss.push_back(r.peak_rss_mib);
+      all_succeeded = all_succeeded && r.succeeded;
+    }
+    std::printf("%-8zu %16.0f %12.0f %12.0f %20.1f\n", workers, median(rates),
+                *std::min_element(rates.begin(), rates.end()),
+                *std::max_element(rates.begin(), rates.end()), median(rss));
+  }
+  const auto& last = results.back();
+  std::printf(
+      "\nstore counters of the last run (workers=%zu run=%d): evald_store_commits_total=%.0f "
+      "evald_store_keys_written_total=%.0f\n",
+      last.workers, last.run, last.store_commits, last.keys_written);
+  if (!all_succeeded) {
+    std::fprintf(stderr, "evald-bench-control-plane: a campaign did not succeed\n");
+    return 1;
+  }
+  return 0;
+}

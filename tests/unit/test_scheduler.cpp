@@ -1,0 +1,359 @@
+// Scheduler: leases, credit, exactly-once counting, retries, loss, recovery, rerun and cancel,
+// driven with an injected clock against a real RocksDB directory.
+#include <catch2/catch.hpp>
+
+#include "common/clock.hpp"
+#include "coordinator/scheduler.hpp"
+#include "tests/support/test_support.hpp"
+
+using namespace evald;
+using namespace evald::coordinator;
+using namespace std::chrono_literals;
+
+namespace {
+
+CampaignSpec make_spec(int examples, int shard_size, int max_attempts = 3, int priority = 0,
+                       const std::string& name = "round1") {
+  nlohmann::json j = {
+      {"name", name},
+      {"models", {{{"name", "model-a"}}}},
+      {"benchmarks", {{{"name", "kmmlu"}, {"examples", examples}, {"shard_size", shard_size}}}},
+      {"runner", {{"type", "noop"}}},
+      {"max_attempts", max_attempts},
+      {"priority", priority}};
+  auto spec = parse_campaign_spec(j);
+  REQUIRE(spec.ok());
+  return spec.value();
+}
+
+struct Harness {
+  testing::TempDir dir;
+  ManualClock clock;
+  Metrics metrics;
+  SchedulerOptions options{.heartbeat = 1000ms, .worker_timeout = 5000ms, .retry_backoff = 100ms};
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Scheduler> scheduler;
+  std::vector<std::pair<std::string, protocol::Message>> sent;
+
+  Harness() { open(); }
+
+  void open() {
+    scheduler.reset();
+    store.reset();
+    auto opened = Store::open(dir.path() / "db");
+    REQUIRE(opened.ok());
+    store = std::move(opened.value());
+    scheduler = std::make_unique<Scheduler>(*store, clock, metrics, options);
+    REQUIRE(scheduler->recover().ok());
+  }
+
+  // One event-loop turn, as the core runs it.
+  void turn() {
+    scheduler->tick();
+    scheduler->dispatch();
+    scheduler->stage_dirty_cells();
+    REQUIRE(store->commit(scheduler->batch()).ok());
+    scheduler->outgoing().drain(
+        [&](const std::string& who, const protocol::Message& m) { sent.emplace_back(who, m); });
+  }
+
+  void hello(const std::string& name, uint32_t slots, std::vector<uint64_t> running = {},
+             const std::string& instance = "i1") {
+    protocol::Hello h;
+    h.name = name;
+    h.instance = instance;
+    h.slots = slots;
+    h.running = std::move(running);
+    scheduler->on_message(name, h);
+  }
+
+  template <typename T>
+  std::vector<T> take(const std::string& who) {
+    std::vector<T> out;
+    std::vector<std::pair<std::string, protocol::Message>> rest;
+    for (auto& [w, m] : sent) {
+      if (w == who && std::holds_alternative<T>(m)) {
+        out.push_back(std::get<T>(m));
+      } else {
+        rest.emplace_back(w, m);
+      }
+    }
+    sent = std::move(rest);
+    return out;
+  }
+
+  std::vector<protocol::Assignment> assignments(const std::string& who) {
+    std::vector<protocol::Assignment> out;
+    for (auto& a : take<protocol::Assign>(who)) {
+      out.insert(out.end(), a.assignments.begin(), a.assignments.end());
+    }
+    return out;
+  }
+
+  std::vector<uint64_t> acks(const std::string& who) {
+    std::vector<uint64_t> out;
+    for (auto& a : take<protocol::Ack>(who)) {
+      out.insert(out.end(), a.attempt_ids.begin(), a.attempt_ids.end());
+    }
+    return out;
+  }
+
+  void report(const std::string& who, const protocol::Assignment& a, bool ok, double accuracy,
+              const std::string& error = "") {
+    protocol::ShardResult r;
+    r.attempt_id = a.attempt_id;
+    r.campaign = a.campaign;
+    r.model = a.model;
+    r.benchmark = a.benchmark;
+    r.shard = a.shard;
+    r.ok = ok;
+    r.count = a.end - a.start;
+    if (ok) r.metrics = {{"accuracy", accuracy}};
+    r.error = error;
+    scheduler->on_message(who, protocol::Results{{r}});
+  }
+
+  const Campaign& campaign(const std::string& id) {
+    const Campaign* c = scheduler->find_campaign(id);
+    REQUIRE(c != nullptr);
+    return *c;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("dispatch honours credit and a result counts exactly once", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(9, 2));  // shards 2,2,2,2,1
+  REQUIRE(id.ok());
+  h.turn();
+  h.hello("w1", 2);
+  h.turn();
+  CHECK(h.take<protocol::Welcome>("w1").size() == 1);
+  CHECK(h.take<protocol::CampaignInfo>("w1").size() == 1);
+  auto first = h.assignments("w1");
+  REQUIRE(first.size() == 2);  // never more than the free slots
+  CHECK(first[0].start == 0);
+  CHECK(first[0].end == 2);
+  CHECK(first[0].attempt == 1);
+  CHECK(h.campaign(id.value()).count(ShardState::kRunning) == 2);
+
+  h.report("w1", first[0], true, 1.0);
+  h.turn();
+  CHECK(h.acks("w1") == std::vector<uint64_t>{first[0].attempt_id});
+  CHECK(h.assignments("w1").size() == 1);  // the freed slot is refilled
+
+  // The same result again (a re-delivery after a reconnect) is acknowledged but not counted.
+  h.report("w1", first[0], true, 1.0);
+  h.turn();
+  CHECK(h.acks("w1").size() == 1);
+  const auto& cell = h.campaign(id.value()).groups[0].cell;
+  CHECK(cell.examples_scored == 2);
+  CHECK(cell.shards_succeeded == 1);
+}
+
+TEST_CASE("a campaign completes with example-weighted aggregates", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(5, 2));  // shards [0,2) [2,4) [4,5)
+  REQUIRE(id.ok());
+  h.hello("w1", 8);
+  h.turn();
+  auto all = h.assignments("w1");
+  REQUIRE(all.size() == 3);
+  const double accuracy[] = {1.0, 0.5, 0.0};
+  for (size_t i = 0; i < all.size(); ++i) h.report("w1", all[i], true, accuracy[all[i].shard]);
+  h.turn();
+  const Campaign& c = h.campaign(id.value());
+  CHECK(c.state == CampaignState::kSucceeded);
+  // (1.0*2 + 0.5*2 + 0.0*1) / 5
+  CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(3.0 / 5.0));
+  CHECK(c.groups[0].cell.complete());
+
+  // The aggregate and the final state are durable.
+  h.open();
+  const Campaign& again = h.campaign(id.value());
+  CHECK(again.state == CampaignState::kSucceeded);
+  CHECK(again.count(ShardState::kSucceeded) == 3);
+  CHECK(again.groups[0].cell.mean("accuracy").value() == Approx(3.0 / 5.0));
+}
+
+TEST_CASE("a lost worker's shards run again and its late result is stale", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(2, 2));
+  REQUIRE(id.ok());
+  h.hello("w1", 1);
+  h.turn();
+  auto a1 = h.assignments("w1");
+  REQUIRE(a1.size() == 1);
+
+  h.clock.advance(6000ms);  // past --worker-timeout-ms without a word from w1
+  h.hello("w2", 1);
+  h.turn();
+  auto a2 = h.assignments("w2");
+  REQUIRE(a2.size() == 1);
+  CHECK(a2[0].shard == a1[0].shard);
+  CHECK(a2[0].attempt == 2);  // a lost worker uses up an attempt
+  CHECK(a2[0].attempt_id != a1[0].attempt_id);
+  CHECK(h.scheduler->last_error(h.campaign(id.value()), 0, 0) == "worker lost: w1");
+
+  // w1 wakes up (SIGSTOP/SIGCONT) and reports: stored as stale, told to say hello again.
+  h.report("w1", a1[0], true, 0.0);
+  h.turn();
+  CHECK(h.acks("w1").size() == 1);
+  CHECK(h.take<protocol::ReHello>("w1").size() == 1);
+  CHECK(h.campaign(id.value()).count(ShardState::kRunning) == 1);
+
+  h.report("w2", a2[0], true, 1.0);
+  h.turn();
+  const Campaign& c = h.campaign(id.value());
+  CHECK(c.state == CampaignState::kSucceeded);
+  CHECK(c.groups[0].cell.examples_scored == 2);
+  CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(1.0));
+}
+
+TEST_CASE("failed attempts retry with backoff, then fail; rerun gives a fresh budget",
+          "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(1, 1, /*max_attempts=*/2));
+  REQUIRE(id.ok());
+  h.hello("w1", 1);
+  h.turn();
+  auto a = h.assignments("w1");
+  REQUIRE(a.size() == 1);
+  h.report("w1", a[0], false, 0, "exit code 3: CUDA out of memory");
+  h.turn();
+  CHECK(h.assignments("w1").empty());  // backing off
+  h.clock.advance(150ms);
+  h.turn();
+  auto retry = h.assignments("w1");
+  REQUIRE(retry.size() == 1);
+  CHECK(retry[0].attempt == 2);
+  h.report("w1", retry[0], false, 0, "exit code 3: CUDA out of memory");
+  h.turn();
+  {
+    const Campaign& c = h.campaign(id.value());
+    CHECK(c.count(ShardState::kFailed) == 1);
+    CHECK(c.state == CampaignState::kFailed);
+    CHECK(h.scheduler->last_error(c, 0, 0) == "exit code 3: CUDA out of memory");
+  }
+  auto requeued = h.scheduler->rerun(id.value(), RerunSelector{});
+  REQUIRE(requeued.ok());
+  CHECK(requeued.value() == 1);
+  CHECK(h.campaign(id.value()).state == CampaignState::kRunning);
+  h.turn();
+  auto fresh = h.assignments("w1");
+  REQUIRE(fresh.size() == 1);
+  CHECK(fresh[0].attempt == 1);
+  h.report("w1", fresh[0], true, 0.25);
+  h.turn();
+  CHECK(h.campaign(id.value()).state == CampaignState::kSucceeded);
+  CHECK(h.campaign(id.value()).groups[0].cell.mean("accuracy").value() == Approx(0.25));
+}
+
+TEST_CASE("rerun of succeeded shards removes them from the aggregate", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(4, 2));
+  REQUIRE(id.ok());
+  h.hello("w1", 2);
+  h.turn();
+  for (auto& a : h.assignments("w1")) h.report("w1", a, true, a.shard == 0 ? 1.0 : 0.0);
+  h.turn();
+  REQUIRE(h.campaign(id.value()).groups[0].cell.mean("accuracy").value() == Approx(0.5));
+  RerunSelector all;
+  all.failed_only = false;
+  auto requeued = h.scheduler->rerun(id.value(), all);
+  REQUIRE(requeued.ok());
+  CHECK(requeued.value() == 2);
+  CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 0);
+  h.turn();
+  for (auto& a : h.assignments("w1")) h.report("w1", a, true, 1.0);
+  h.turn();
+  CHECK(h.campaign(id.value()).groups[0].cell.mean("accuracy").value() == Approx(1.0));
+  CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 4);
+}
+
+TEST_CASE("after a restart, running shards are reclaimed or queued again", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(4, 2));
+  REQUIRE(id.ok());
+  h.hello("w1", 2);
+  h.turn();
+  auto a = h.assignments("w1");
+  REQUIRE(a.size() == 2);
+
+  h.open();  // the coordinator restarts on the same store
+  CHECK(h.campaign(id.value()).count(ShardState::kRunning) == 2);
+  // w1 still runs the first attempt only; the second is not reclaimed.
+  h.hello("w1", 2, {a[0].attempt_id}, "i1");
+  h.turn();
+  CHECK(h.take<protocol::Cancel>("w1").empty());
+  CHECK(h.assignments("w1").empty());  // no second copy of the reclaimed shard
+  h.clock.advance(5100ms);
+  h.hello("w1", 2, {a[0].attempt_id}, "i1");  // keeps w1 alive
+  h.turn();
+  auto again = h.assignments("w1");
+  REQUIRE(again.size() == 1);
+  CHECK(again[0].shard == a[1].shard);
+  CHECK(again[0].attempt == 1);  // a coordinator restart does not use up an attempt
+  CHECK(again[0].attempt_id >> 32 == (a[0].attempt_id >> 32) + 1);  // new epoch, new ids
+  h.report("w1", a[0], true, 1.0);
+  h.report("w1", again[0], true, 1.0);
+  h.turn();
+  CHECK(h.campaign(id.value()).state == CampaignState::kSucceeded);
+  CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 4);
+}
+
+TEST_CASE("cancel stops running shards and cancels the rest", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(10, 2));
+  REQUIRE(id.ok());
+  h.hello("w1", 2);
+  h.turn();
+  auto a = h.assignments("w1");
+  REQUIRE(a.size() == 2);
+  auto cancelled = h.scheduler->cancel(id.value());
+  REQUIRE(cancelled.ok());
+  CHECK(cancelled.value() == 5);
+  h.turn();
+  auto cancels = h.take<protocol::Cancel>("w1");
+  REQUIRE(cancels.size() == 1);
+  CHECK(cancels[0].attempt_ids.size() == 2);
+  CHECK(h.campaign(id.value()).state == CampaignState::kCancelled);
+  CHECK(h.assignments("w1").empty());
+  CHECK_FALSE(h.scheduler->cancel(id.value()).ok());
+  CHECK_FALSE(h.scheduler->rerun(id.value(), RerunSelector{}).ok());
+  // A result that arrives anyway is stale and changes nothing.
+  h.report("w1", a[0], true, 1.0);
+  h.turn();
+  CHECK(h.campaign(id.value()).count(ShardState::kCancelled) == 5);
+  CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 0);
+}
+
+TEST_CASE("higher priority campaigns are served first", "[unit][scheduler]") {
+  Harness h;
+  auto low = h.scheduler->submit(make_spec(4, 1, 3, 0, "low"));
+  auto high = h.scheduler->submit(make_spec(4, 1, 3, 5, "high"));
+  REQUIRE(low.ok());
+  REQUIRE(high.ok());
+  h.hello("w1", 3);
+  h.turn();
+  auto a = h.assignments("w1");
+  REQUIRE(a.size() == 3);
+  const uint32_t high_key = h.campaign(high.value()).key;
+  for (const auto& x : a) CHECK(x.campaign == high_key);
+}
+
+TEST_CASE("a draining worker gets no new shards", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(4, 1));
+  REQUIRE(id.ok());
+  h.hello("w1", 1);
+  h.turn();
+  auto a = h.assignments("w1");
+  REQUIRE(a.size() == 1);
+  h.scheduler->on_message("w1", protocol::Drain{});
+  h.report("w1", a[0], true, 1.0);
+  h.turn();
+  CHECK(h.assignments("w1").empty());
+  CHECK(h.acks("w1").size() == 1);
+}

@@ -1,0 +1,500 @@
+#include "worker/exec_runner.hpp"
+
+#include <spdlog/fmt/fmt.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+
+#include "worker/unique_fd.hpp"
+
+namespace evald::worker {
+namespace {
+
+namespace asio = boost::asio;
+
+// A timeout longer than this is treated as this, so the chrono arithmetic cannot overflow.
+constexpr double kMaxTimeoutS = 365.0 * 24 * 3600;
+
+std::string_view trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t\r\n\f\v");
+  if (first == std::string_view::npos) return {};
+  const auto last = text.find_last_not_of(" \t\r\n\f\v");
+  return text.substr(first, last - first + 1);
+}
+
+nlohmann::json parse_json(std::string_view text) {
+  return nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+}
+
+Result<RunnerOutput> parse_output_object(const nlohmann::json& doc) {
+  RunnerOutput output;
+  const auto metrics = doc.find("metrics");
+  if (metrics == doc.end()) return make_error("metrics: missing");
+  if (!metrics->is_object()) return make_error("metrics: must be an object of numbers");
+  if (metrics->empty()) return make_error("metrics: must hold at least one metric");
+  if (metrics->size() > kMaxMetrics) {
+    return make_error("metrics: more than " + std::to_string(kMaxMetrics) + " metrics");
+  }
+  for (const auto& [name, value] : metrics->items()) {
+    if (name.empty()) return make_error("metrics: a metric name is empty");
+    if (name.size() > kMaxMetricNameBytes) {
+      return make_error("metrics: a metric name is longer than " +
+                        std::to_string(kMaxMetricNameBytes) + " bytes");
+    }
+    if (!value.is_number()) return make_error("metrics." + name + ": must be a number");
+    const auto number = value.get<double>();
+    if (!std::isfinite(number)) return make_error("metrics." + name + ": must be a finite number");
+    output.metrics.emplace_back(name, number);
+  }
+
+  const auto count = doc.find("count");
+  if (count == doc.end()) return make_error("count: missing");
+  const bool too_big = count->is_number_unsigned() &&
+                       count->get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()};
+  if (!count->is_number_integer() || too_big || count->get<int64_t>() < 0) {
+    return make_error("count: must be a non-negative integer");
+  }
+  output.count = count->get<int64_t>();
+
+  const auto samples = doc.find("samples");
+  if (samples != doc.end() && !samples->is_null()) {
+    if (!samples->is_array()) return make_error("samples: must be an array");
+    output.samples_json = samples->dump();
+  }
+  return output;
+}
+
+std::string with_stderr_tail(std::string message, const std::string& stderr_tail) {
+  const auto tail = trim(stderr_tail);
+  if (tail.empty()) return message;
+  return message + ": " + sanitize_utf8(tail);
+}
+
+std::string format_seconds(double seconds) {
+  return fmt::format("{:g}s", seconds);
+}
+
+// For a log line: one line per event, so newlines (stderr tails have many) become "\n".
+std::string one_line(std::string_view text, size_t max_bytes) {
+  std::string out;
+  for (const char c : text.substr(0, max_bytes)) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else {
+      out += c;
+    }
+  }
+  if (text.size() > max_bytes) out += "...";
+  return out;
+}
+
+protocol::ShardResult make_result(protocol::ShardResult result, ProcessOutcome& outcome,
+                                  double timeout_s) {
+  result.ok = false;
+  switch (outcome.end) {
+    case ProcessEnd::kSpawnFailed:
+      result.error = sanitize_utf8(outcome.spawn_error);
+      break;
+    case ProcessEnd::kKilled:
+      result.error = with_stderr_tail("killed by the worker", outcome.stderr_tail);
+      break;
+    case ProcessEnd::kTimedOut:
+      result.error =
+          with_stderr_tail("timeout after " + format_seconds(timeout_s), outcome.stderr_tail);
+      break;
+    case ProcessEnd::kStdoutOverflow:
+      result.error = fmt::format("stdout exceeds {} MiB", kStdoutLimitBytes >> 20);
+      break;
+    case ProcessEnd::kSignaled:
+      result.error = with_stderr_tail(
+          fmt::format("killed by signal {} ({})", outcome.signal, signal_name(outcome.signal)),
+          outcome.stderr_tail);
+      break;
+    case ProcessEnd::kExited: {
+      if (outcome.exit_code != 0) {
+        result.error =
+            with_stderr_tail(fmt::format("exit code {}", outcome.exit_code), outcome.stderr_tail);
+        break;
+      }
+      auto parsed = parse_runner_output(outcome.stdout_data);
+      if (!parsed.ok()) {
+        const std::string_view out = outcome.stdout_data;
+        const auto tail = out.substr(out.size() - std::min(out.size(), kUnparsableStdoutTailBytes));
+        result.error = "unparsable output: " + parsed.error().message +
+                       "; stdout tail: " + sanitize_utf8(tail);
+        break;
+      }
+      result.ok = true;
+      result.metrics = std::move(parsed->metrics);
+      result.count = parsed->count;
+      result.samples_json = std::move(parsed->samples_json);
+      break;
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
+Result<RunnerOutput> parse_runner_output(std::string_view stdout_text) {
+  const auto text = trim(stdout_text);
+  if (text.empty()) return make_error("stdout is empty");
+  auto doc = parse_json(text);
+  if (!doc.is_object()) {
+    // Not one object as a whole: take the last non-empty line that is one.
+    doc = nlohmann::json(nlohmann::json::value_t::discarded);
+    size_t end = text.size();
+    while (true) {
+      const auto newline = text.rfind('\n', end == 0 ? 0 : end - 1);
+      const size_t begin = newline == std::string_view::npos ? 0 : newline + 1;
+      const auto line = trim(text.substr(begin, end - begin));
+      if (!line.empty() && line.front() == '{') {
+        auto candidate = parse_json(line);
+        if (candidate.is_object()) {
+          doc = std::move(candidate);
+          break;
+        }
+      }
+      if (newline == std::string_view::npos) break;
+      end = newline;
+    }
+    if (!doc.is_object()) return make_error("no line of stdout is a JSON object");
+  }
+  return parse_output_object(doc);
+}
+
+std::string substitute_placeholders(std::string_view text, const RunRequest& request) {
+  const auto& a = request.assignment;
+  std::string out;
+  out.reserve(text.size());
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const auto open = text.find('{', pos);
+    if (open == std::string_view::npos) break;
+    const auto close = text.find('}', open + 1);
+    if (close == std::string_view::npos) break;
+    out.append(text.substr(pos, open - pos));
+    const auto name = text.substr(open + 1, close - open - 1);
+    if (name == "model") {
+      out += request.spec.models[a.model].name;
+    } else if (name == "benchmark") {
+      out += request.spec.benchmarks[a.benchmark].name;
+    } else if (name == "shard") {
+      out += std::to_string(a.shard);
+    } else if (name == "start") {
+      out += std::to_string(a.start);
+    } else if (name == "end") {
+      out += std::to_string(a.end);
+    } else if (name == "attempt") {
+      out += std::to_string(a.attempt);
+    } else if (name == "campaign") {
+      out += request.campaign_id;
+    } else {
+      // Not ours (a literal brace in an argument): keep the '{' and look again after it.
+      out += '{';
+      pos = open + 1;
+      continue;
+    }
+    pos = close + 1;
+  }
+  out.append(text.substr(std::min(pos, text.size())));
+  return out;
+}
+
+ExecJob build_exec_job(const RunRequest& request,
+                       const std::vector<std::pair<std::string, std::string>>& base_env,
+                       const std::filesystem::path& run_root) {
+  const auto& a = request.assignment;
+  const auto& spec = request.spec;
+  const auto& model = spec.models[a.model];
+  const auto& benchmark = spec.benchmarks[a.benchmark];
+
+  ExecJob job;
+  job.identity = result_for(a);
+  job.timeout_s = spec.runner.timeout_s;
+  const auto& command = spec.runner.command;
+  if (!command.empty()) {
+    job.process.executable = substitute_placeholders(command.front(), request);
+    for (size_t i = 1; i < command.size(); ++i) {
+      job.process.args.push_back(substitute_placeholders(command[i], request));
+    }
+  }
+
+  nlohmann::json shard = {
+      {"campaign", request.campaign_id},
+      {"model", {{"name", model.name}, {"params", model.params}}},
+      {"benchmark",
+       {{"name", benchmark.name}, {"metric", benchmark.metric}, {"params", benchmark.params}}},
+      {"shard", {{"index", a.shard}, {"start", a.start}, {"end", a.end}}},
+      {"attempt", a.attempt},
+      {"attempt_id", a.attempt_id},
+  };
+  job.process.stdin_data = shard.dump() + "\n";
+
+  std::unordered_map<std::string, std::string> env(base_env.begin(), base_env.end());
+  if (spec.runner.env.is_object()) {
+    for (const auto& [name, value] : spec.runner.env.items()) {
+      env[name] = value.is_string() ? value.get<std::string>() : value.dump();
+    }
+  }
+  std::string gpus;
+  for (const uint32_t gpu : a.gpus) {
+    if (!gpus.empty()) gpus += ',';
+    gpus += std::to_string(gpu);
+  }
+  env["EVALD_CAMPAIGN"] = request.campaign_id;
+  env["EVALD_MODEL"] = model.name;
+  env["EVALD_BENCHMARK"] = benchmark.name;
+  env["EVALD_SHARD"] = std::to_string(a.shard);
+  env["EVALD_START"] = std::to_string(a.start);
+  env["EVALD_END"] = std::to_string(a.end);
+  env["EVALD_ATTEMPT"] = std::to_string(a.attempt);
+  env["EVALD_ATTEMPT_ID"] = std::to_string(a.attempt_id);
+  env["CUDA_VISIBLE_DEVICES"] = gpus;
+  job.process.environment.assign(env.begin(), env.end());
+
+  job.process.working_dir = run_root / std::to_string(a.attempt_id);
+  if (job.timeout_s > 0) {
+    const double seconds = std::min(job.timeout_s, kMaxTimeoutS);
+    job.process.timeout =
+        std::chrono::milliseconds(std::max<int64_t>(1, std::llround(seconds * 1000)));
+  }
+  return job;
+}
+
+std::string sanitize_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  size_t i = 0;
+  // A tail cut mid-character starts with continuation bytes; they are a fragment, not an error.
+  while (i < text.size() && i < 3 && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) ++i;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    size_t length = 0;
+    uint32_t min_code = 0;
+    if (c < 0x80) {
+      out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    if ((c & 0xE0) == 0xC0) {
+      length = 2;
+      min_code = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+      length = 3;
+      min_code = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+      length = 4;
+      min_code = 0x10000;
+    }
+    bool valid = length > 0 && i + length <= text.size();
+    uint32_t code = length > 0 ? (c & (0x7Fu >> length)) : 0;
+    for (size_t k = 1; valid && k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xC0) != 0x80) valid = false;
+      code = (code << 6) | (next & 0x3Fu);
+    }
+    valid = valid && code >= min_code && code <= 0x10FFFF && !(code >= 0xD800 && code <= 0xDFFF);
+    if (valid) {
+      out.append(text.substr(i, length));
+      i += length;
+    } else {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+      ++i;
+    }
+  }
+  return out;
+}
+
+class ExecRunner::Impl {
+ public:
+  Impl(std::filesystem::path run_root, const Clock& clock)
+      : run_root_(std::move(run_root)),
+        clock_(clock),
+        base_env_(current_environment()),
+        work_(asio::make_work_guard(io_)),
+        wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (!wake_fd_.valid()) throw std::system_error(errno, std::generic_category(), "eventfd");
+    thread_ = std::thread([this] { run_thread(); });
+  }
+
+  ~Impl() {
+    asio::post(io_, [this] {
+      for (auto& [attempt_id, attempt] : running_) {
+        attempt.cancelled = true;
+        attempt.child.kill();
+      }
+    });
+    work_.reset();
+    thread_.join();
+  }
+
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  void start(const RunRequest& request) {
+    asio::post(io_, [this, job = build_exec_job(request, base_env_, run_root_)]() mutable {
+      launch(std::move(job));
+    });
+  }
+
+  void cancel(uint64_t attempt_id) {
+    asio::post(io_, [this, attempt_id] {
+      const auto it = running_.find(attempt_id);
+      if (it == running_.end()) return;
+      it->second.cancelled = true;
+      it->second.child.kill();
+    });
+  }
+
+  int wake_fd() const { return wake_fd_.get(); }
+
+  std::vector<protocol::ShardResult> take_finished() {
+    uint64_t ignored = 0;
+    [[maybe_unused]] auto n = ::read(wake_fd_.get(), &ignored, sizeof ignored);
+    std::vector<protocol::ShardResult> out;
+    const std::lock_guard<std::mutex> lock(mutex_);
+    out.swap(finished_);
+    return out;
+  }
+
+ private:
+  struct Attempt {
+    ChildProcess child;
+    protocol::ShardResult identity;
+    double timeout_s = 0;
+    std::filesystem::path run_dir;
+    std::chrono::steady_clock::time_point started;
+    bool cancelled = false;
+  };
+
+  void run_thread() {
+    const ScopedSigpipeBlock sigpipe_block;  // writing a shard to a child that exited early
+    while (true) {
+      try {
+        io_.run();
+        return;
+      } catch (const std::exception& e) {
+        // A handler threw: a bug, but one attempt's bug must not take every other one down.
+        spdlog::error("exec_runner_error error=\"{}\"", e.what());
+      }
+    }
+  }
+
+  // Runner thread.
+  void launch(ExecJob job) {
+    const auto started = clock_.now();
+    const auto attempt_id = job.identity.attempt_id;
+    const auto run_dir = job.process.working_dir;
+    std::error_code ec;
+    std::filesystem::remove_all(run_dir, ec);
+    std::filesystem::create_directories(run_dir, ec);
+    if (ec) {
+      auto result = std::move(job.identity);
+      result.error = "cannot create run directory " + run_dir.string() + ": " + ec.message();
+      return publish(std::move(result));
+    }
+    auto child = ChildProcess::start(
+        io_, std::move(job.process),
+        [this, attempt_id](ProcessOutcome outcome) { finish(attempt_id, std::move(outcome)); });
+    spdlog::debug("exec_started attempt={} pid={} dir={}", attempt_id, child.pid(),
+                  run_dir.string());
+    running_.insert_or_assign(attempt_id, Attempt{std::move(child), std::move(job.identity),
+                                                  job.timeout_s, run_dir, started, false});
+  }
+
+  // Runner thread.
+  void finish(uint64_t attempt_id, ProcessOutcome outcome) {
+    const auto it = running_.find(attempt_id);
+    if (it == running_.end()) return;
+    Attempt attempt = std::move(it->second);
+    running_.erase(it);
+    std::error_code ec;
+    std::filesystem::remove_all(attempt.run_dir, ec);
+    if (ec) {
+      spdlog::warn("run_dir_not_removed attempt={} dir={} error=\"{}\"", attempt_id,
+                   attempt.run_dir.string(), ec.message());
+    }
+    if (attempt.cancelled) {
+      spdlog::info("exec_cancelled attempt={} pid={}", attempt_id, outcome.pid);
+      return;
+    }
+    auto result = make_result(std::move(attempt.identity), outcome, attempt.timeout_s);
+    const auto elapsed =
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now() - attempt.started);
+    result.duration_ms = static_cast<uint32_t>(
+        std::clamp<int64_t>(elapsed.count(), 0, std::numeric_limits<uint32_t>::max()));
+    if (result.ok) {
+      spdlog::info("exec_finished attempt={} pid={} ok=true count={} duration_ms={}", attempt_id,
+                   outcome.pid, result.count, result.duration_ms);
+    } else {
+      spdlog::warn("exec_finished attempt={} pid={} ok=false duration_ms={} error=\"{}\"",
+                   attempt_id, outcome.pid, result.duration_ms, one_line(result.error, 300));
+    }
+    publish(std::move(result));
+  }
+
+  void publish(protocol::ShardResult result) {
+    bool was_empty = false;
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      was_empty = finished_.empty();
+      finished_.push_back(std::move(result));
+    }
+    if (was_empty) {
+      const uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof one);
+    }
+  }
+
+  const std::filesystem::path run_root_;
+  const Clock& clock_;
+  const std::vector<std::pair<std::string, std::string>> base_env_;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::unordered_map<uint64_t, Attempt> running_;  // runner thread only
+
+  std::mutex mutex_;
+  std::vector<protocol::ShardResult> finished_;  // guarded by mutex_
+  UniqueFd wake_fd_;
+
+  std::thread thread_;  // last, so it starts after everything it uses exists
+};
+
+ExecRunner::ExecRunner(std::filesystem::path run_root, const Clock& clock)
+    : impl_(std::make_unique<Impl>(std::move(run_root), clock)) {}
+
+ExecRunner::~ExecRunner() = default;
+
+std::optional<protocol::ShardResult> ExecRunner::start(const RunRequest& request) {
+  impl_->start(request);
+  return std::nullopt;
+}
+
+void ExecRunner::cancel(uint64_t attempt_id) {
+  impl_->cancel(attempt_id);
+}
+
+int ExecRunner::wake_fd() const {
+  return impl_->wake_fd();
+}
+
+std::vector<protocol::ShardResult> ExecRunner::take_finished() {
+  return impl_->take_finished();
+}
+
+}  // namespace evald::worker

@@ -1,0 +1,642 @@
+// The worker's event loop.
+//
+// One turn: zmq_poll on the DEALER, its monitor socket, the exec runner's eventfd and the stop
+// fd; then read every frame that is waiting (bounded), collect finished exec results, send all
+// results of the turn in one RESULTS message (batched: the noop path must cost about a
+// microsecond per shard, so nothing per shard does a syscall, a log line or a disk write), then
+// heartbeat, silence and re-send checks. Credit is the coordinator's job, but a slot counts as
+// busy here from ASSIGN until its result leaves in a RESULTS, which is never later than the
+// coordinator frees it, so the guard against over-assignment can never fire wrongly.
+//
+// Connection: ZMQ_IMMEDIATE, so nothing is queued for a coordinator that is not connected (a send
+// then fails at once and the result simply stays unACKed). The monitor reports each completed
+// handshake and we send HELLO then; a REHELLO gets one too. WELCOME answers HELLO and makes us
+// re-send every unACKed result, as the coordinator may be a new process that never saw them.
+//
+// Delivery guarantee: a result is kept until an ACK names its attempt. Exec results are written
+// to the outbox before they are first sent; noop results live in memory only (redoing one costs
+// nothing) until a graceful stop writes every unACKed result to the outbox. After a restart the
+// outbox is loaded, its attempts are listed in HELLO's `running` (so a restarted coordinator
+// keeps their leases) and they are sent after WELCOME. Results unACKed for 5 heartbeats are
+// re-sent; the coordinator deduplicates by attempt id, so a re-send is always safe.
+#include "worker/worker.hpp"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <variant>
+
+#include "common/cli_options.hpp"
+#include "worker/gpu.hpp"
+
+namespace evald::worker {
+namespace {
+
+using std::chrono::milliseconds;
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+constexpr int kMaxFramesPerTurn = 4096;
+constexpr size_t kMaxResultsPerMessage = 4096;
+constexpr size_t kMaxResultBytesPerMessage = size_t{8} << 20;
+constexpr int kSilentHeartbeats = 3;
+constexpr int kResendHeartbeats = 5;
+constexpr int kAckWaitHeartbeats = 2;
+constexpr milliseconds kMaxPollWait{250};
+constexpr milliseconds kHelloRetry{10};
+constexpr int64_t kMaxMessageBytes = int64_t{256} << 20;
+constexpr int kReconnectIvlMs = 100;
+constexpr int kReconnectIvlMaxMs = 5000;
+constexpr int kMinPingTimeoutMs = 10000;
+
+std::string random_instance() {
+  std::random_device device;
+  std::uniform_int_distribution<uint64_t> dist;
+  const uint64_t value = dist(device);
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
+// Roughly the encoded size, to keep one RESULTS frame well under ZMQ_MAXMSGSIZE.
+size_t encoded_size(const protocol::ShardResult& result) {
+  size_t bytes = 64 + result.error.size() + result.samples_json.size();
+  for (const auto& [name, value] : result.metrics) bytes += 12 + name.size();
+  return bytes;
+}
+
+// Sends results in RESULTS frames of bounded size. `take(i)` yields the i-th result to encode;
+// `sent(i, result)` gets it back once its frame was handed to `send` (a refused send changes
+// nothing: the result stays unACKed and goes again after the next WELCOME).
+template <typename Take, typename Sent, typename Send>
+void send_in_frames(size_t count, Take&& take, Sent&& sent, Send&& send) {
+  size_t i = 0;
+  while (i < count) {
+    protocol::Message message{protocol::Results{}};
+    auto& results = std::get<protocol::Results>(message).results;
+    results.reserve(std::min(count - i, kMaxResultsPerMessage));
+    size_t bytes = 0;
+    const size_t first = i;
+    while (i < count && results.size() < kMaxResultsPerMessage &&
+           (results.empty() || bytes < kMaxResultBytesPerMessage)) {
+      results.push_back(take(i));
+      bytes += encoded_size(results.back());
+      ++i;
+    }
+    send(protocol::encode(message));
+    for (size_t k = 0; k < results.size(); ++k) sent(first + k, std::move(results[k]));
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Worker>> Worker::create(WorkerConfig config, const Clock& clock) {
+  std::error_code ec;
+  std::filesystem::create_directories(config.work_dir, ec);
+  if (ec) {
+    return make_error("--work-dir: cannot create " + config.work_dir.string() + ": " +
+                      ec.message());
+  }
+  // Two workers sharing a work dir would deliver and delete each other's outbox files.
+  const auto lock_path = config.work_dir / ".lock";
+  UniqueFd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!lock.valid()) {
+    return make_error("--work-dir: cannot open " + lock_path.string() + ": " +
+                      std::strerror(errno));
+  }
+  if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    return make_error("--work-dir: " + config.work_dir.string() +
+                      " is in use by another running worker");
+  }
+  // Run directories left by a worker that died are of no use: their attempts are lost anyway.
+  const auto runs = config.work_dir / "runs";
+  std::filesystem::remove_all(runs, ec);
+  std::filesystem::create_directories(runs, ec);
+  if (ec) return make_error("--work-dir: cannot create " + runs.string() + ": " + ec.message());
+
+  auto outbox = Outbox::open(config.work_dir / "outbox");
+  if (!outbox.ok()) return outbox.error();
+
+  std::unique_ptr<Worker> worker;
+  try {
+    worker.reset(new Worker(std::move(config), clock, std::move(lock), std::move(outbox.value())));
+    worker->connect();
+  } catch (const zmq::error_t& e) {
+    return make_error("--coordinator: cannot connect: " + std::string(e.what()));
+  } catch (const std::exception& e) {
+    return make_error(std::string("worker setup failed: ") + e.what());
+  }
+  worker->load_outbox();
+  return worker;
+}
+
+Worker::Worker(WorkerConfig config, const Clock& clock, UniqueFd lock, Outbox outbox)
+    : config_(std::move(config)),
+      clock_(clock),
+      instance_(random_instance()),
+      lock_fd_(std::move(lock)),
+      outbox_(std::move(outbox)),
+      context_(1),
+      socket_(context_, zmq::socket_type::dealer),
+      monitor_(context_, zmq::socket_type::pair),
+      exec_runner_(std::make_unique<ExecRunner>(config_.work_dir / "runs", clock)),
+      heartbeat_(config_.heartbeat) {
+  const auto now = clock_.now();
+  last_heard_ = now;
+  next_heartbeat_ = now;
+  next_resend_check_ = now + heartbeat_;
+  unacked_.reserve(size_t{config_.slots} * 4);
+  running_.reserve(config_.slots);
+  outgoing_.reserve(config_.slots);
+}
+
+Worker::~Worker() {
+  // Stop the monitor before the socket it watches goes away.
+  if (socket_.handle() != nullptr) zmq_socket_monitor(socket_.handle(), nullptr, 0);
+}
+
+void Worker::connect() {
+  socket_.set(zmq::sockopt::routing_id, config_.name);
+  socket_.set(zmq::sockopt::reconnect_ivl, kReconnectIvlMs);
+  socket_.set(zmq::sockopt::reconnect_ivl_max, kReconnectIvlMaxMs);
+  socket_.set(zmq::sockopt::maxmsgsize, kMaxMessageBytes);
+  socket_.set(zmq::sockopt::immediate, 1);
+  // ZMTP pings, answered by the coordinator's I/O thread: a connection whose peer vanished without
+  // a FIN (host down, network cut) is dropped and redialled instead of hanging in TCP retries.
+  const auto ping_ms = static_cast<int>(config_.heartbeat.count());
+  socket_.set(zmq::sockopt::heartbeat_ivl, ping_ms);
+  socket_.set(zmq::sockopt::heartbeat_timeout, std::max(10 * ping_ms, kMinPingTimeoutMs));
+  // Unsent frames are worthless at close: every result that matters is in the outbox by then.
+  socket_.set(zmq::sockopt::linger, 0);
+  monitor_.set(zmq::sockopt::linger, 0);
+  const std::string monitor_endpoint = "inproc://evald-worker-monitor-" + instance_;
+  if (zmq_socket_monitor(socket_.handle(), monitor_endpoint.c_str(),
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0) {
+    throw zmq::error_t();
+  }
+  monitor_.connect(monitor_endpoint);
+  socket_.connect(config_.coordinator);
+}
+
+void Worker::load_outbox() {
+  auto loaded = outbox_.load();
+  const auto now = clock_.now();
+  for (auto& result : loaded.results) {
+    const auto attempt_id = result.attempt_id;
+    unacked_.insert_or_assign(attempt_id, Pending{std::move(result), now, true, true});
+  }
+  if (!unacked_.empty() || loaded.corrupt > 0) {
+    spdlog::info("outbox_loaded results={} corrupt={} dir={}", unacked_.size(), loaded.corrupt,
+                 outbox_.dir().string());
+  }
+}
+
+int Worker::run(int stop_fd) {
+  spdlog::info(
+      "worker_started name={} instance={} coordinator={} slots={} gpus={} labels={} "
+      "work_dir={} held_results={}",
+      config_.name, instance_, config_.coordinator, config_.slots, config_.gpus.size(),
+      config_.labels.dump(), config_.work_dir.string(), unacked_.size());
+  bool ok = true;
+  try {
+    loop(stop_fd);
+  } catch (const std::exception& e) {
+    spdlog::error("worker_failed error=\"{}\"", e.what());
+    ok = false;
+    kill_running("worker failed: " + std::string(e.what()));
+  }
+  exec_runner_.reset();  // nothing should be running now; this reaps whatever still is
+  if (!persist_unacked()) ok = false;
+  spdlog::info(
+      "worker_stopped assigned={} results_sent={} results_failed={} results_resent={} acked={} "
+      "cancelled={} bad_messages={} sends_dropped={} unacked={}",
+      stats_.assigned, stats_.results_sent, stats_.results_failed, stats_.results_resent,
+      stats_.acked, stats_.cancelled, stats_.bad_messages, stats_.sends_dropped, unacked_.size());
+  return ok ? kExitOk : kExitFailure;
+}
+
+void Worker::loop(int stop_fd) {
+  std::vector<zmq::pollitem_t> items = {
+      {socket_.handle(), 0, ZMQ_POLLIN, 0},
+      {monitor_.handle(), 0, ZMQ_POLLIN, 0},
+      {nullptr, exec_runner_->wake_fd(), ZMQ_POLLIN, 0},
+  };
+  if (stop_fd >= 0) items.push_back({nullptr, stop_fd, ZMQ_POLLIN, 0});
+  while (true) {
+    ++stats_.loop_turns;
+    for (auto& item : items) item.revents = 0;
+    try {
+      zmq::poll(items.data(), items.size(), poll_wait());
+    } catch (const zmq::error_t& e) {
+      // SIGTERM interrupts the poll; the signal pipe is readable on the next turn.
+      if (e.num() != EINTR) throw;
+      continue;
+    }
+    if (items.size() > 3 && (items[3].revents & ZMQ_POLLIN) != 0) on_stop(stop_fd);
+    if ((items[1].revents & ZMQ_POLLIN) != 0) read_monitor();
+    if ((items[0].revents & ZMQ_POLLIN) != 0) read_socket();
+    if ((items[2].revents & ZMQ_POLLIN) != 0) collect_exec_results();
+    flush_results();
+    on_timers();
+    if (draining_ && drain_done()) return;
+  }
+}
+
+milliseconds Worker::poll_wait() const {
+  const auto now = clock_.now();
+  auto next = std::min(next_heartbeat_, next_resend_check_);
+  if (!silent_) next = std::min(next, last_heard_ + kSilentHeartbeats * heartbeat_);
+  if (draining_) next = std::min(next, ack_wait_deadline_.value_or(drain_deadline_));
+  auto wait = std::chrono::duration_cast<milliseconds>(next - now) + milliseconds(1);
+  // A HELLO refused right after the handshake (the pipe attaches a moment later) is retried soon.
+  if (hello_pending_ && connected_) wait = std::min(wait, kHelloRetry);
+  return std::clamp(wait, milliseconds(0), kMaxPollWait);
+}
+
+void Worker::on_stop(int stop_fd) {
+  unsigned char signal_number = 0;
+  if (::read(stop_fd, &signal_number, 1) <= 0) return;
+  const auto now = clock_.now();
+  if (draining_) {
+    spdlog::warn("stop_again signal={} action=\"ending the drain now\"", signal_number);
+    drain_deadline_ = now;
+    return;
+  }
+  draining_ = true;
+  drain_deadline_ = now + config_.drain_timeout;
+  spdlog::info("drain_started signal={} running={} unacked={} drain_timeout_ms={}", signal_number,
+               running_.size(), unacked_.size(), config_.drain_timeout.count());
+  send_frame(protocol::encode(protocol::Drain{}));
+}
+
+void Worker::read_monitor() {
+  while (true) {
+    zmq::message_t event;
+    if (!monitor_.recv(event, zmq::recv_flags::dontwait)) return;
+    std::string address;
+    if (event.more()) {
+      zmq::message_t address_frame;
+      if (monitor_.recv(address_frame, zmq::recv_flags::dontwait)) {
+        address = address_frame.to_string();
+      }
+    }
+    if (event.size() < sizeof(uint16_t)) continue;
+    uint16_t id = 0;
+    std::memcpy(&id, event.data(), sizeof id);
+    if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+      connected_ = true;
+      awaiting_welcome_ = false;  // a new connection: whatever we sent before is gone
+      hello_pending_ = true;
+      spdlog::info("coordinator_connected endpoint={}", address);
+      try_send_hello();
+    } else if (id == ZMQ_EVENT_DISCONNECTED) {
+      connected_ = false;
+      spdlog::warn("coordinator_disconnected endpoint={} action=reconnecting", address);
+    }
+  }
+}
+
+void Worker::read_socket() {
+  bool heard = false;
+  for (int i = 0; i < kMaxFramesPerTurn; ++i) {
+    zmq::message_t frame;
+    if (!socket_.recv(frame, zmq::recv_flags::dontwait)) break;
+    heard = true;
+    if (frame.more()) {
+      // Our protocol is single-frame; drop the rest of a multi-frame message.
+      while (frame.more() && socket_.recv(frame, zmq::recv_flags::dontwait)) {
+      }
+      ++stats_.bad_messages;
+      spdlog::warn("bad_message error=\"multi-frame message\"");
+      continue;
+    }
+    auto decoded = protocol::decode(frame.to_string_view());
+    if (!decoded.ok()) {
+      ++stats_.bad_messages;
+      spdlog::warn("bad_message error=\"{}\"", decoded.error().message);
+      continue;
+    }
+    handle(decoded.value());
+  }
+  if (heard) {
+    last_heard_ = clock_.now();
+    if (silent_) {
+      silent_ = false;
+      spdlog::info("coordinator_heard_again");
+    }
+  }
+}
+
+void Worker::handle(protocol::Message& message) {
+  using namespace protocol;
+  if (auto* m = std::get_if<Assign>(&message)) return on_assign(*m);
+  if (auto* m = std::get_if<Ack>(&message)) return on_ack(*m);
+  if (auto* m = std::get_if<CampaignInfo>(&message)) return on_campaign(*m);
+  if (auto* m = std::get_if<Cancel>(&message)) return on_cancel(*m);
+  if (auto* m = std::get_if<Welcome>(&message)) return on_welcome(*m);
+  if (std::holds_alternative<Heartbeat>(message)) return;
+  if (std::holds_alternative<ReHello>(message)) {
+    // A REHELLO that crosses our HELLO on the wire answers a message sent before it; the WELCOME
+    // is already on its way. A second HELLO now could not list the assignments in flight behind
+    // that WELCOME, and the coordinator would take them back while we start them.
+    if (awaiting_welcome_) {
+      spdlog::debug("rehello_ignored reason=\"hello already sent, awaiting welcome\"");
+      return;
+    }
+    spdlog::info("rehello_received");
+    hello_pending_ = true;
+    return try_send_hello();
+  }
+  ++stats_.bad_messages;
+  spdlog::warn("bad_message error=\"unexpected {} from the coordinator\"",
+               to_string(type_of(message)));
+}
+
+void Worker::on_welcome(const protocol::Welcome& welcome) {
+  awaiting_welcome_ = false;
+  // Heartbeat at least as often as the coordinator expects, so it never takes us for lost.
+  heartbeat_ = config_.heartbeat;
+  if (welcome.heartbeat_ms > 0)
+    heartbeat_ = std::min(heartbeat_, milliseconds(welcome.heartbeat_ms));
+  spdlog::info("welcome epoch={} heartbeat_ms={} resending={}", welcome.coordinator_epoch,
+               heartbeat_.count(), unacked_.size());
+  std::vector<Pending*> all;
+  all.reserve(unacked_.size());
+  for (auto& [attempt_id, pending] : unacked_) all.push_back(&pending);
+  std::sort(all.begin(), all.end(), [](const Pending* a, const Pending* b) {
+    return a->result.attempt_id < b->result.attempt_id;
+  });
+  resend(all);
+  // A coordinator that restarted during our drain has not heard that we are leaving.
+  if (draining_) send_frame(protocol::encode(protocol::Drain{}));
+}
+
+void Worker::on_campaign(const protocol::CampaignInfo& info) {
+  Campaign campaign;
+  campaign.id = info.campaign_id;
+  auto spec = parse_campaign_spec_text(info.spec_json);
+  if (spec.ok()) {
+    spdlog::info("campaign_received campaign={} id={} runner={} models={} benchmarks={}",
+                 info.campaign, info.campaign_id, to_string(spec->runner.type), spec->models.size(),
+                 spec->benchmarks.size());
+    campaign.spec = std::move(spec.value());
+  } else {
+    campaign.error = spec.error().message;
+    spdlog::error("campaign_invalid campaign={} id={} error=\"{}\"", info.campaign,
+                  info.campaign_id, campaign.error);
+  }
+  campaigns_.insert_or_assign(info.campaign, std::move(campaign));
+}
+
+void Worker::fail(const protocol::Assignment& assignment, std::string error) {
+  outgoing_.push_back(Outgoing{failed_result(assignment, std::move(error)), false});
+}
+
+void Worker::on_assign(const protocol::Assign& assign) {
+  size_t over_capacity = 0;
+  for (const auto& a : assign.assignments) {
+    ++stats_.assigned;
+    if (running_.count(a.attempt_id) > 0) {
+      spdlog::warn("assign_duplicate attempt={} state=running", a.attempt_id);
+      continue;
+    }
+    if (const auto held = unacked_.find(a.attempt_id); held != unacked_.end()) {
+      // Assigned again although we hold its result: the coordinator lost it. Send it again.
+      resend({&held->second});
+      continue;
+    }
+    if (running_.size() + outgoing_.size() >= config_.slots) {
+      ++over_capacity;
+      fail(a, "worker over capacity: assignment beyond its " + std::to_string(config_.slots) +
+                  " slots (coordinator ignored credit)");
+      continue;
+    }
+    const auto campaign = campaigns_.find(a.campaign);
+    if (campaign == campaigns_.end()) {
+      spdlog::warn("assign_unknown_campaign attempt={} campaign={}", a.attempt_id, a.campaign);
+      fail(a, "worker has no spec for campaign " + std::to_string(a.campaign));
+      continue;
+    }
+    if (!campaign->second.spec) {
+      fail(a, "worker could not parse the spec of campaign " + campaign->second.id + ": " +
+                  campaign->second.error);
+      continue;
+    }
+    const auto& spec = *campaign->second.spec;
+    if (a.model >= spec.models.size() || a.benchmark >= spec.benchmarks.size()) {
+      fail(a, "assignment names model " + std::to_string(a.model) + " and benchmark " +
+                  std::to_string(a.benchmark) + " but campaign " + campaign->second.id + " has " +
+                  std::to_string(spec.models.size()) + " models and " +
+                  std::to_string(spec.benchmarks.size()) + " benchmarks");
+      continue;
+    }
+    if (a.start < 0 || a.end < a.start) {
+      fail(a, "assignment range [" + std::to_string(a.start) + ", " + std::to_string(a.end) +
+                  ") is not a range of examples");
+      continue;
+    }
+    const RunRequest request{a, spec, campaign->second.id};
+    if (spec.runner.type == RunnerType::kNoop) {
+      outgoing_.push_back(Outgoing{*noop_runner_.start(request), false});
+      continue;
+    }
+    spdlog::info("exec_assigned attempt={} campaign={} model={} benchmark={} shard={} gpus={}",
+                 a.attempt_id, campaign->second.id, spec.models[a.model].name,
+                 spec.benchmarks[a.benchmark].name, a.shard, a.gpus.size());
+    running_.emplace(a.attempt_id, a);
+    exec_runner_->start(request);
+  }
+  // One line per message, not per shard: a coordinator that ignores credit must not flood the log.
+  if (over_capacity > 0) {
+    spdlog::warn("assign_over_capacity refused={} slots={} running={}", over_capacity,
+                 config_.slots, running_.size());
+  }
+}
+
+void Worker::on_ack(const protocol::Ack& ack) {
+  for (const uint64_t attempt_id : ack.attempt_ids) {
+    const auto it = unacked_.find(attempt_id);
+    if (it == unacked_.end()) continue;  // a repeated ACK
+    if (it->second.exec || it->second.on_disk) outbox_.remove(attempt_id);
+    unacked_.erase(it);
+    ++stats_.acked;
+  }
+}
+
+void Worker::on_cancel(const protocol::Cancel& cancel) {
+  for (const uint64_t attempt_id : cancel.attempt_ids) {
+    if (running_.erase(attempt_id) == 0) {
+      spdlog::debug("cancel_ignored attempt={} reason=\"not running here\"", attempt_id);
+      continue;
+    }
+    exec_runner_->cancel(attempt_id);
+    ++stats_.cancelled;
+    spdlog::info("cancel attempt={}", attempt_id);
+  }
+}
+
+void Worker::collect_exec_results() {
+  for (auto& result : exec_runner_->take_finished()) {
+    // Cancelled meanwhile: the coordinator has given up on it and wants nothing.
+    if (running_.erase(result.attempt_id) == 0) continue;
+    outgoing_.push_back(Outgoing{std::move(result), true});
+  }
+}
+
+void Worker::flush_results() {
+  if (outgoing_.empty()) return;
+  // Exec results reach the disk before the wire (see the top of this file).
+  std::vector<const protocol::ShardResult*> durable;
+  for (const auto& item : outgoing_) {
+    if (item.exec) durable.push_back(&item.result);
+  }
+  bool stored = true;
+  if (!durable.empty()) {
+    auto status = outbox_.write(durable);
+    if (!status.ok()) {
+      stored = false;
+      spdlog::error("outbox_write_failed results={} error=\"{}\" action=\"kept in memory\"",
+                    durable.size(), status.error().message);
+    }
+  }
+  const auto now = clock_.now();
+  send_in_frames(
+      outgoing_.size(), [this](size_t i) { return std::move(outgoing_[i].result); },
+      [this, now, stored](size_t i, protocol::ShardResult&& result) {
+        ++stats_.results_sent;
+        if (!result.ok) ++stats_.results_failed;
+        const bool exec = outgoing_[i].exec;
+        const auto attempt_id = result.attempt_id;
+        unacked_.insert_or_assign(attempt_id,
+                                  Pending{std::move(result), now, exec, exec && stored});
+      },
+      [this](const std::string& frame) { return send_frame(frame); });
+  outgoing_.clear();
+}
+
+void Worker::resend(const std::vector<Pending*>& pending) {
+  if (pending.empty()) return;
+  const auto now = clock_.now();
+  send_in_frames(
+      pending.size(), [&pending](size_t i) { return pending[i]->result; },
+      [this, &pending, now](size_t i, protocol::ShardResult&& /*copy*/) {
+        pending[i]->sent_at = now;
+        ++stats_.results_resent;
+      },
+      [this](const std::string& frame) { return send_frame(frame); });
+}
+
+void Worker::on_timers() {
+  const auto now = clock_.now();
+  if (hello_pending_) try_send_hello();
+  if (now >= next_heartbeat_) {
+    send_frame(protocol::encode(protocol::Heartbeat{}));
+    next_heartbeat_ = now + heartbeat_;  // also when refused: no retry storm while disconnected
+  }
+  if (!silent_ && now - last_heard_ > kSilentHeartbeats * heartbeat_) {
+    silent_ = true;
+    spdlog::warn(
+        "coordinator_silent silent_ms={} running={} unacked={} action=\"shards keep "
+        "running, reconnecting\"",
+        std::chrono::duration_cast<milliseconds>(now - last_heard_).count(), running_.size(),
+        unacked_.size());
+  }
+  // Re-sends wait while disconnected: the WELCOME after the reconnection re-sends everything.
+  if (now >= next_resend_check_) {
+    next_resend_check_ = now + heartbeat_;
+    if (!connected_) return;
+    std::vector<Pending*> stale;
+    for (auto& [attempt_id, pending] : unacked_) {
+      if (now - pending.sent_at >= kResendHeartbeats * heartbeat_) stale.push_back(&pending);
+    }
+    if (!stale.empty()) {
+      spdlog::info("resend_unacked results={} after_ms={}", stale.size(),
+                   (kResendHeartbeats * heartbeat_).count());
+      resend(stale);
+    }
+  }
+}
+
+bool Worker::drain_done() {
+  const auto now = clock_.now();
+  if (now >= drain_deadline_) {
+    if (!running_.empty()) {
+      kill_running("worker stopped: still running when the drain timeout of " +
+                   std::to_string(config_.drain_timeout.count()) + " ms expired");
+      flush_results();
+    }
+    return true;
+  }
+  if (!running_.empty()) return false;
+  if (unacked_.empty()) return true;
+  // All shards are done; give the ACKs for the last results a moment, then rely on the outbox.
+  if (!ack_wait_deadline_) {
+    ack_wait_deadline_ = std::min(now + kAckWaitHeartbeats * heartbeat_, drain_deadline_);
+  }
+  return now >= *ack_wait_deadline_;
+}
+
+void Worker::kill_running(const std::string& reason) {
+  for (const auto& [attempt_id, assignment] : running_) {
+    spdlog::warn("exec_killed attempt={} reason=\"{}\"", attempt_id, reason);
+    if (exec_runner_) exec_runner_->cancel(attempt_id);
+    outgoing_.push_back(Outgoing{failed_result(assignment, reason), true});
+  }
+  running_.clear();
+}
+
+bool Worker::persist_unacked() {
+  std::vector<const protocol::ShardResult*> to_write;
+  for (auto& item : outgoing_) to_write.push_back(&item.result);  // only left after a failure
+  for (const auto& [attempt_id, pending] : unacked_) {
+    if (!pending.on_disk) to_write.push_back(&pending.result);
+  }
+  if (to_write.empty()) return true;
+  auto status = outbox_.write(to_write);
+  if (!status.ok()) {
+    spdlog::error("outbox_persist_failed results={} error=\"{}\"", to_write.size(),
+                  status.error().message);
+    return false;
+  }
+  spdlog::info("outbox_persisted results={} dir={}", to_write.size(), outbox_.dir().string());
+  return true;
+}
+
+void Worker::try_send_hello() {
+  protocol::Hello hello;
+  hello.name = config_.name;
+  hello.instance = instance_;
+  hello.slots = config_.slots;
+  hello.gpus = to_json(config_.gpus);
+  hello.labels = config_.labels;
+  // Attempts still running and attempts whose results we hold: a restarted coordinator keeps
+  // their leases instead of dispatching second copies.
+  // (outgoing_ holds results finished earlier in this turn, when a REHELLO arrives mid-turn.)
+  hello.running.reserve(running_.size() + unacked_.size() + outgoing_.size());
+  for (const auto& [attempt_id, assignment] : running_) hello.running.push_back(attempt_id);
+  for (const auto& [attempt_id, pending] : unacked_) hello.running.push_back(attempt_id);
+  for (const auto& item : outgoing_) hello.running.push_back(item.result.attempt_id);
+  std::sort(hello.running.begin(), hello.running.end());
+  if (!send_frame(protocol::encode(hello))) return;  // not connected yet; the monitor tells us
+  hello_pending_ = false;
+  awaiting_welcome_ = true;
+  spdlog::info("hello_sent name={} instance={} slots={} running={}", config_.name, instance_,
+               config_.slots, hello.running.size());
+}
+
+bool Worker::send_frame(const std::string& frame) {
+  if (!socket_.send(zmq::buffer(frame), zmq::send_flags::dontwait)) {
+    ++stats_.sends_dropped;
+    return false;
+  }
+  // Any message counts as a heartbeat; an explicit one is due only after a quiet interval.
+  next_heartbeat_ = clock_.now() + heartbeat_;
+  return true;
+}
+
+}  // namespace evald::worker

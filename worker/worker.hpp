@@ -1,0 +1,142 @@
+// Worker: the evald-worker event loop. It connects a DEALER to the coordinator, says HELLO on
+// every (re)connection, caches campaign specs, runs assignments on the noop or exec runner, and
+// sends their results back, keeping each one until the coordinator ACKs it (in memory, and for
+// exec results also in the on-disk outbox). See worker.cpp for the loop and its guarantees.
+//
+// Threads: run() is the main thread and the only one that touches the ZeroMQ socket; the exec
+// runner has a thread of its own (exec_runner.hpp).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+#include <zmq.hpp>
+
+#include "common/clock.hpp"
+#include "common/protocol.hpp"
+#include "common/result.hpp"
+#include "common/spec.hpp"
+#include "worker/exec_runner.hpp"
+#include "worker/outbox.hpp"
+#include "worker/runner.hpp"
+#include "worker/unique_fd.hpp"
+#include "worker/worker_config.hpp"
+
+namespace evald::worker {
+
+// Counters of what the worker did, logged when it stops (and readable by tests).
+struct WorkerStats {
+  uint64_t assigned = 0;        // assignments received
+  uint64_t results_sent = 0;    // results sent the first time
+  uint64_t results_failed = 0;  // of those, failed attempts
+  uint64_t results_resent = 0;  // re-sent after WELCOME, an ASSIGN repeat or an ACK timeout
+  uint64_t acked = 0;
+  uint64_t cancelled = 0;
+  uint64_t bad_messages = 0;   // frames that did not decode, or of a type we never receive
+  uint64_t sends_dropped = 0;  // sends refused because no coordinator was connected
+  uint64_t loop_turns = 0;     // event-loop iterations: an idle worker must not spin
+};
+
+class Worker {
+ public:
+  // Everything that can fail at startup happens here: the work dir is created and locked against
+  // a second worker, the outbox is opened and loaded, the socket is set up. The coordinator does
+  // not need to be up. `clock` must outlive the worker and be safe to read from two threads.
+  static Result<std::unique_ptr<Worker>> create(WorkerConfig config, const Clock& clock);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Runs until stop_fd (a SignalPipe's fd) becomes readable, then drains: DRAIN to the
+  // coordinator, running shards get up to drain_timeout to finish while results and ACKs still
+  // flow, what is left is killed, unACKed results are written to the outbox. A second stop ends
+  // the drain at once. Returns kExitOk after a graceful stop, kExitFailure if the loop failed or
+  // results could not be saved.
+  int run(int stop_fd);
+
+  const WorkerStats& stats() const { return stats_; }
+
+ private:
+  struct Campaign {
+    std::string id;
+    std::optional<CampaignSpec> spec;  // empty when the spec did not parse
+    std::string error;                 // why, then
+  };
+  struct Pending {  // a result sent and not yet ACKed
+    protocol::ShardResult result;
+    std::chrono::steady_clock::time_point sent_at;
+    bool exec = false;     // from the exec runner: its outbox file goes when it is ACKed
+    bool on_disk = false;  // in the outbox now
+  };
+  struct Outgoing {  // a result finished this turn, sent at the end of it
+    protocol::ShardResult result;
+    bool exec = false;
+  };
+
+  Worker(WorkerConfig config, const Clock& clock, UniqueFd lock, Outbox outbox);
+  void connect();
+  void load_outbox();
+
+  void loop(int stop_fd);
+  std::chrono::milliseconds poll_wait() const;
+  void on_stop(int stop_fd);
+  void read_monitor();
+  void read_socket();
+  void handle(protocol::Message& message);
+  void on_welcome(const protocol::Welcome& welcome);
+  void on_campaign(const protocol::CampaignInfo& info);
+  void on_assign(const protocol::Assign& assign);
+  void on_ack(const protocol::Ack& ack);
+  void on_cancel(const protocol::Cancel& cancel);
+  void collect_exec_results();
+  void flush_results();
+  void on_timers();
+  bool drain_done();
+  void kill_running(const std::string& reason);
+  bool persist_unacked();
+
+  void try_send_hello();
+  bool send_frame(const std::string& frame);
+  void resend(const std::vector<Pending*>& pending);
+  void fail(const protocol::Assignment& assignment, std::string error);
+
+  WorkerConfig config_;
+  const Clock& clock_;
+  std::string instance_;
+  UniqueFd lock_fd_;  // flock on <work-dir>/.lock, held for the worker's life
+  Outbox outbox_;
+
+  // Declared before the sockets: a context outlives its sockets.
+  zmq::context_t context_;
+  zmq::socket_t socket_;
+  zmq::socket_t monitor_;  // connection events of socket_ (zmq_socket_monitor)
+
+  NoopRunner noop_runner_;
+  std::unique_ptr<ExecRunner> exec_runner_;
+
+  std::unordered_map<uint32_t, Campaign> campaigns_;
+  std::unordered_map<uint64_t, protocol::Assignment> running_;  // exec attempts in flight
+  std::unordered_map<uint64_t, Pending> unacked_;
+  std::vector<Outgoing> outgoing_;
+
+  std::chrono::milliseconds heartbeat_;
+  std::chrono::steady_clock::time_point last_heard_;
+  std::chrono::steady_clock::time_point next_heartbeat_;
+  std::chrono::steady_clock::time_point next_resend_check_;
+  std::chrono::steady_clock::time_point drain_deadline_;
+  std::optional<std::chrono::steady_clock::time_point> ack_wait_deadline_;
+  bool connected_ = false;  // the monitor saw a handshake and no disconnect since
+  // Set by a handshake or a REHELLO, cleared once HELLO is out. Never set otherwise: a second
+  // HELLO on one connection could make a coordinator forget the assignments in flight.
+  bool hello_pending_ = false;
+  bool awaiting_welcome_ = false;  // HELLO sent on this connection, no WELCOME yet
+  bool silent_ = false;  // "coordinator silent" was logged and nothing has been heard since
+  bool draining_ = false;
+  WorkerStats stats_;
+};
+
+}  // namespace evald::worker

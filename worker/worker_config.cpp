@@ -1,0 +1,155 @@
+#include "worker/worker_config.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <string_view>
+
+#include "common/spec.hpp"
+
+namespace evald::worker {
+namespace {
+
+std::string_view trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string_view::npos) return {};
+  const auto last = text.find_last_not_of(" \t");
+  return text.substr(first, last - first + 1);
+}
+
+// The name is the ZeroMQ routing id and part of paths and log lines: keep it plain.
+bool valid_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '_' || c == '.' || c == '@' || c == ':';
+}
+
+Result<int64_t> ranged(const po::variables_map& values, const char* flag, int64_t min,
+                       int64_t max) {
+  const auto value = values[flag].as<int64_t>();
+  if (value < min || value > max) {
+    return make_error(std::string("--") + flag + ": must be between " + std::to_string(min) +
+                      " and " + std::to_string(max) + ", got " + std::to_string(value));
+  }
+  return value;
+}
+
+}  // namespace
+
+po::options_description worker_options() {
+  po::options_description options("evald-worker options");
+  options.add_options()("coordinator", po::value<std::string>(),
+                        "coordinator endpoint, tcp://HOST:PORT (required)")(
+      "name", po::value<std::string>(), "worker name (default: hostname-pid)")(
+      "slots", po::value<int64_t>()->default_value(1), "shards run at once")(
+      "gpus", po::value<std::string>()->default_value("auto"),
+      "auto (ask nvidia-smi), none, or GPU indexes such as 0,1")(
+      "labels", po::value<std::string>()->default_value(""), "labels, k=v,k2=v2")(
+      "work-dir", po::value<std::string>(), "work directory (default: ./evald-worker-<name>)")(
+      "heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat interval")(
+      "drain-timeout-ms", po::value<int64_t>()->default_value(30000),
+      "on SIGTERM, how long running shards may finish before they are killed")(
+      "log-level", po::value<std::string>()->default_value("info"),
+      "trace, debug, info, warn or error");
+  return options;
+}
+
+Result<nlohmann::json> parse_labels(std::string_view text) {
+  auto labels = nlohmann::json::object();
+  size_t pos = 0;
+  const auto all = trim(text);
+  while (!all.empty() && pos <= all.size()) {
+    const auto comma = all.find(',', pos);
+    const auto item =
+        trim(all.substr(pos, comma == std::string_view::npos ? all.npos : comma - pos));
+    const auto eq = item.find('=');
+    if (eq == std::string_view::npos || trim(item.substr(0, eq)).empty()) {
+      return make_error("--labels: '" + std::string(item) + "' is not key=value");
+    }
+    const std::string key(trim(item.substr(0, eq)));
+    if (labels.contains(key)) return make_error("--labels: key '" + key + "' is given twice");
+    labels[key] = std::string(trim(item.substr(eq + 1)));
+    if (comma == std::string_view::npos) break;
+    pos = comma + 1;
+  }
+  return labels;
+}
+
+std::string default_worker_name() {
+  std::array<char, 256> host{};
+  if (::gethostname(host.data(), host.size() - 1) != 0) host[0] = '\0';
+  std::string name;
+  for (const char c : std::string_view(host.data())) name += valid_name_char(c) ? c : '-';
+  if (name.empty()) name = "worker";
+  return name + "-" + std::to_string(::getpid());
+}
+
+Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
+  WorkerConfig config;
+  if (values.count("coordinator") == 0) {
+    return make_error("--coordinator: required (tcp://HOST:PORT)");
+  }
+  config.coordinator = values["coordinator"].as<std::string>();
+  if (config.coordinator.rfind("tcp://", 0) != 0 && config.coordinator.rfind("ipc://", 0) != 0) {
+    return make_error("--coordinator: '" + config.coordinator + "' is not tcp://HOST:PORT");
+  }
+
+  config.name = values.count("name") > 0 ? values["name"].as<std::string>() : default_worker_name();
+  if (config.name.empty() || config.name.size() > kMaxNameLength) {
+    return make_error("--name: must be 1 to " + std::to_string(kMaxNameLength) + " characters");
+  }
+  for (const char c : config.name) {
+    if (!valid_name_char(c)) {
+      return make_error("--name: '" + config.name +
+                        "' may only hold letters, digits and - _ . @ :");
+    }
+  }
+
+  auto slots = ranged(values, "slots", 1, kMaxSlots);
+  if (!slots.ok()) return slots.error();
+  config.slots = static_cast<uint32_t>(slots.value());
+
+  auto gpus = parse_gpu_selection(values["gpus"].as<std::string>());
+  if (!gpus.ok()) return gpus.error();
+  config.gpu_selection = std::move(gpus.value());
+
+  auto labels = parse_labels(values["labels"].as<std::string>());
+  if (!labels.ok()) return labels.error();
+  config.labels = std::move(labels.value());
+
+  config.work_dir = values.count("work-dir") > 0
+                        ? std::filesystem::path(values["work-dir"].as<std::string>())
+                        : std::filesystem::path("evald-worker-" + config.name);
+  if (config.work_dir.empty()) return make_error("--work-dir: must not be empty");
+
+  auto heartbeat = ranged(values, "heartbeat-ms", 10, 3'600'000);
+  if (!heartbeat.ok()) return heartbeat.error();
+  config.heartbeat = std::chrono::milliseconds(heartbeat.value());
+
+  auto drain = ranged(values, "drain-timeout-ms", 0, 86'400'000);
+  if (!drain.ok()) return drain.error();
+  config.drain_timeout = std::chrono::milliseconds(drain.value());
+
+  config.log_level = values["log-level"].as<std::string>();
+  static constexpr std::array<std::string_view, 7> kLevels = {"trace", "debug",    "info", "warn",
+                                                              "error", "critical", "off"};
+  if (std::find(kLevels.begin(), kLevels.end(), config.log_level) == kLevels.end()) {
+    return make_error("--log-level: '" + config.log_level +
+                      "' is not one of trace, debug, info, warn, error");
+  }
+  return config;
+}
+
+nlohmann::json to_json(const WorkerConfig& config) {
+  return {{"coordinator", config.coordinator},
+          {"name", config.name},
+          {"slots", config.slots},
+          {"gpus", to_json(config.gpus)},
+          {"labels", config.labels},
+          {"work_dir", config.work_dir.string()},
+          {"heartbeat_ms", config.heartbeat.count()},
+          {"drain_timeout_ms", config.drain_timeout.count()},
+          {"log_level", config.log_level}};
+}
+
+}  // namespace evald::worker
