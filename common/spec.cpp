@@ -165,6 +165,46 @@ Result<int> read_bounded_integer(const json& object, std::string_view key, int f
   return static_cast<int>(*number);
 }
 
+Result<ResourceSpec> parse_resources(const json& model, std::string_view model_path) {
+  ResourceSpec out;
+  const json* value = find_field(model, "resources");
+  if (value == nullptr) return out;
+  const std::string path = join(model_path, "resources");
+  if (!value->is_object()) return field_error(path, "must be an object");
+  if (auto error = check_known_fields(*value, path, {"gpus", "gpu_memory_gb", "labels"})) {
+    return *std::move(error);
+  }
+  if (const json* gpus = find_field(*value, "gpus")) {
+    const auto n = read_integer(*gpus);
+    if (!n || *n < 0 || *n > kMaxGpusPerShard) {
+      return field_error(join(path, "gpus"),
+                         fmt::format("must be an integer from 0 to {}", kMaxGpusPerShard));
+    }
+    out.gpus = static_cast<int>(*n);
+  }
+  if (const json* memory = find_field(*value, "gpu_memory_gb")) {
+    if (!memory->is_number() || !std::isfinite(memory->get<double>()) ||
+        memory->get<double>() < 0 || memory->get<double>() > 1e6) {
+      return field_error(join(path, "gpu_memory_gb"), "must be a number from 0 to 1000000");
+    }
+    out.gpu_memory_gb = memory->get<double>();
+  }
+  if (const json* labels = find_field(*value, "labels")) {
+    if (!labels->is_object()) return field_error(join(path, "labels"), "must be an object");
+    for (const auto& [key, label] : labels->items()) {
+      if (key.empty() || key.find_first_of(",=") != std::string::npos) {
+        return field_error(join(path, "labels"),
+                           fmt::format("'{}' is not a valid label name", printable(key)));
+      }
+      if (!label.is_string()) {
+        return field_error(join(join(path, "labels"), printable(key)), "must be a string");
+      }
+      out.labels[key] = label.get<std::string>();
+    }
+  }
+  return out;
+}
+
 Result<std::vector<ModelSpec>> parse_models(const json& spec) {
   const json* models = find_field(spec, "models");
   if (models == nullptr) return field_error("models", "is required");
@@ -182,7 +222,6 @@ Result<std::vector<ModelSpec>> parse_models(const json& spec) {
     const json& entry = (*models)[i];
     const std::string path = index_path("models", i);
     if (!entry.is_object()) return field_error(path, "must be an object");
-    // "resources" is accepted for the scheduler work that will use it; it is not kept yet.
     if (auto error = check_known_fields(entry, path, {"name", "params", "resources"})) {
       return *std::move(error);
     }
@@ -194,9 +233,10 @@ Result<std::vector<ModelSpec>> parse_models(const json& spec) {
     }
     auto params = read_optional_object(entry, "params", path);
     if (!params) return params.error();
-    auto resources = read_optional_object(entry, "resources", path);
+    auto resources = parse_resources(entry, path);
     if (!resources) return resources.error();
-    out.push_back(ModelSpec{std::move(name).value(), std::move(params).value()});
+    out.push_back(ModelSpec{std::move(name).value(), std::move(params).value(),
+                            std::move(resources).value()});
   }
   return out;
 }
@@ -440,7 +480,10 @@ Result<CampaignSpec> parse_campaign_spec_text(std::string_view text) {
 nlohmann::json to_json(const CampaignSpec& spec) {
   json models = json::array();
   for (const auto& model : spec.models) {
-    models.push_back({{"name", model.name}, {"params", model.params}});
+    json resources = {{"gpu_memory_gb", model.resources.gpu_memory_gb},
+                      {"labels", model.resources.labels}};
+    if (model.resources.gpus) resources["gpus"] = *model.resources.gpus;
+    models.push_back({{"name", model.name}, {"params", model.params}, {"resources", resources}});
   }
   json benchmarks = json::array();
   for (const auto& benchmark : spec.benchmarks) {

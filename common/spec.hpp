@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,9 +24,22 @@ inline constexpr size_t kMaxNameLength = 128;
 inline constexpr int64_t kMaxExamples = 1'000'000'000'000'000'000;
 inline constexpr double kMaxRunnerTimeoutS = 7 * 24 * 3600;
 
+// What one shard of a model needs from a worker (SPEC-style docs: docs/scheduling.md).
+struct ResourceSpec {
+  // GPUs per shard; unset means 1 on a worker that has GPUs and 0 on one that has none.
+  std::optional<int> gpus;
+  double gpu_memory_gb = 0;                   // per GPU; 0 = any
+  std::map<std::string, std::string> labels;  // the worker's --labels must carry all of these
+
+  bool operator==(const ResourceSpec&) const = default;
+};
+
+inline constexpr int kMaxGpusPerShard = 64;
+
 struct ModelSpec {
   std::string name;
   nlohmann::json params = nlohmann::json::object();
+  ResourceSpec resources;
 
   bool operator==(const ModelSpec&) const = default;
 };

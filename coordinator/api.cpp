@@ -191,6 +191,16 @@ nlohmann::json Api::campaign_json(const Campaign& c) const {
       {"models", c.spec.models.size()},
       {"benchmarks", c.spec.benchmarks.size()},
   };
+  if (!c.unschedulable.empty()) {
+    std::string reasons;
+    nlohmann::json models = nlohmann::json::array();
+    for (const auto& [model, reason] : c.unschedulable) {
+      reasons += (reasons.empty() ? "" : "; ") + reason;
+      models.push_back({{"model", c.spec.models[model].name}, {"reason", reason}});
+    }
+    out["unschedulable"] = reasons;
+    out["unschedulable_models"] = models;
+  }
   return out;
 }
 

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
       "a worker silent this long is lost and its shards are queued again")(
       "retry-backoff-ms", value<int64_t>()->default_value(1000),
       "first retry delay after a failed attempt; doubles per attempt, at most 60 s")(
+      "restart-grace-ms", value<int64_t>()->default_value(10000),
+      "after a restart, how long running shards wait for their workers to reclaim them")(
       "max-body-bytes", value<int64_t>()->default_value(16 << 20),
       "largest HTTP request body; larger gets 413")(
       "max-message-bytes", value<int64_t>()->default_value(64 << 20),
@@ -52,13 +54,15 @@ int main(int argc, char** argv) {
   config.heartbeat = std::chrono::milliseconds(v["heartbeat-ms"].as<int64_t>());
   config.worker_timeout = std::chrono::milliseconds(v["worker-timeout-ms"].as<int64_t>());
   config.retry_backoff = std::chrono::milliseconds(v["retry-backoff-ms"].as<int64_t>());
+  config.restart_grace = std::chrono::milliseconds(v["restart-grace-ms"].as<int64_t>());
   const auto body = v["max-body-bytes"].as<int64_t>();
   const auto message = v["max-message-bytes"].as<int64_t>();
   if (config.heartbeat.count() <= 0 || config.worker_timeout <= config.heartbeat ||
-      config.retry_backoff.count() < 0 || body <= 0 || message <= 0) {
+      config.retry_backoff.count() < 0 || config.restart_grace.count() < 0 || body <= 0 ||
+      message <= 0) {
     std::cerr << "evald-coordinator: --heartbeat-ms, --max-body-bytes and --max-message-bytes "
                  "must be positive, --worker-timeout-ms greater than --heartbeat-ms, "
-                 "--retry-backoff-ms not negative\n";
+                 "--retry-backoff-ms and --restart-grace-ms not negative\n";
     return evald::kExitUsage;
   }
   config.max_body_bytes = static_cast<size_t>(body);

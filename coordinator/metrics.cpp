@@ -54,6 +54,11 @@ Metrics::Metrics()
                         .Name("evald_shards_failed_total")
                         .Help("Shards that ended failed (attempts exhausted)")
                         .Register(*registry)),
+      benchmark_shards(BuildGauge()
+                           .Name("evald_benchmark_shards")
+                           .Help("Shards of one model x benchmark of a campaign, "
+                                 "kind=succeeded|total")
+                           .Register(*registry)),
       stale_results(BuildCounter()
                         .Name("evald_stale_results_total")
                         .Help("Results of attempts already given up; stored, never counted")
@@ -70,7 +75,7 @@ Metrics::Metrics()
       workers(BuildGauge().Name("evald_workers").Help("Workers by state").Register(*registry)),
       worker_slots(BuildGauge()
                        .Name("evald_worker_slots")
-                       .Help("Worker slots, kind=used|total")
+                       .Help("Worker slots, kind=used|free|total")
                        .Register(*registry)),
       worker_heartbeat_age(BuildGauge()
                                .Name("evald_worker_last_heartbeat_age_seconds")

@@ -11,11 +11,19 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 namespace evald::coordinator {
 
 // Buckets for evald_shard_duration_seconds, from 10 ms noop shards to 2 h evaluations.
 prometheus::Histogram::BucketBoundaries shard_duration_buckets();
+
+// The two gauges of one model x benchmark of a campaign in evald_benchmark_shards.
+struct BenchmarkShardGauges {
+  prometheus::Gauge* succeeded = nullptr;
+  prometheus::Gauge* total = nullptr;
+};
 
 struct Metrics {
   Metrics();
@@ -31,11 +39,14 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& shard_attempts_failed;  // {campaign,model,benchmark}
   prometheus::Family<prometheus::Counter>& shards_retried;         // {campaign,model,benchmark}
   prometheus::Family<prometheus::Counter>& shards_failed;          // {campaign,model,benchmark}
-  prometheus::Family<prometheus::Counter>& stale_results;          // {campaign}
-  prometheus::Family<prometheus::Histogram>& shard_duration;       // {benchmark}
+  // {campaign,model,benchmark,kind=succeeded|total}, from the durable aggregate cells, so a
+  // completion table survives a coordinator restart (the _total counters start again at 0).
+  prometheus::Family<prometheus::Gauge>& benchmark_shards;
+  prometheus::Family<prometheus::Counter>& stale_results;     // {campaign}
+  prometheus::Family<prometheus::Histogram>& shard_duration;  // {benchmark}
   prometheus::Histogram& dispatch_latency;
   prometheus::Family<prometheus::Gauge>& workers;               // {state}
-  prometheus::Family<prometheus::Gauge>& worker_slots;          // {worker,kind=used|total}
+  prometheus::Family<prometheus::Gauge>& worker_slots;          // {worker,kind=used|free|total}
   prometheus::Family<prometheus::Gauge>& worker_heartbeat_age;  // {worker}
   prometheus::Family<prometheus::Counter>& workers_lost;        // {worker}
   prometheus::Histogram& store_commit_latency;
@@ -48,6 +59,10 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& http_requests;  // {route,status}
   prometheus::Gauge& queue_ready;
   prometheus::Gauge& turn_seconds_max;
+
+  // benchmark_shards handles per campaign id, one per group (model x benchmark), so refreshing
+  // them is a few atomic stores. Core thread only.
+  std::unordered_map<std::string, std::vector<BenchmarkShardGauges>> benchmark_shard_gauges;
 };
 
 }  // namespace evald::coordinator

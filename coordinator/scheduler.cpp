@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <set>
 
 namespace evald::coordinator {
 namespace {
@@ -160,6 +161,15 @@ Campaign& Scheduler::create_campaign(uint32_t key, std::string id, CampaignSpec 
     }
   }
   c->counts[static_cast<size_t>(ShardState::kPending)] = c->total;
+  c->queues.resize(models.size());
+  for (uint32_t m = 0; m < models.size(); ++m) {
+    ModelQueue& q = c->queues[m];
+    q.cursor_group = m * static_cast<uint32_t>(benchmarks.size());
+    q.end_group = q.cursor_group + static_cast<uint32_t>(benchmarks.size());
+    for (uint32_t g = q.cursor_group; g < q.end_group; ++g) {
+      q.pending += static_cast<int64_t>(c->groups[g].shards.size());
+    }
+  }
   Campaign& ref = *c;
   campaign_by_id_[ref.id] = key;
   campaigns_[key] = std::move(c);
@@ -194,10 +204,41 @@ void Scheduler::write_shard(const Campaign& c, uint32_t group, uint32_t index,
   batch_.put_shard(ShardKey{c.key, group, index}, rec);
 }
 
-void Scheduler::set_state(Campaign& c, Shard& s, ShardState to) {
+void Scheduler::set_state(Campaign& c, uint32_t group, Shard& s, ShardState to) {
   c.counts[static_cast<size_t>(s.state)] -= 1;
   c.counts[static_cast<size_t>(to)] += 1;
+  ModelQueue& q = c.queues[c.model_of(group)];
+  if (s.state == ShardState::kPending) --q.pending;
+  if (to == ShardState::kPending) ++q.pending;
   s.state = to;
+}
+
+void Scheduler::mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, bool busy) {
+  for (uint32_t index : indexes) {
+    for (auto& slot : w.gpu_slots) {
+      if (slot.index == index) slot.busy = busy;
+    }
+  }
+}
+
+void Scheduler::release_lease(WorkerInfo& w, uint64_t attempt_id) {
+  w.leases.erase(attempt_id);
+  if (auto it = w.lease_gpus.find(attempt_id); it != w.lease_gpus.end()) {
+    mark_gpus(w, it->second, false);
+    w.lease_gpus.erase(it);
+  }
+}
+
+void Scheduler::set_last_model(WorkerInfo& w, Campaign* c, uint32_t model) {
+  if (w.last_campaign == (c == nullptr ? 0 : c->key) && w.last_model == model) return;
+  if (Campaign* old = campaign_by_key(w.last_campaign);
+      old != nullptr && w.last_model < old->queues.size() &&
+      old->queues[w.last_model].warm_workers > 0) {
+    --old->queues[w.last_model].warm_workers;
+  }
+  w.last_campaign = c == nullptr ? 0 : c->key;
+  w.last_model = model;
+  if (c != nullptr) ++c->queues[model].warm_workers;
 }
 
 void Scheduler::maybe_finish(Campaign& c) {
@@ -215,7 +256,7 @@ void Scheduler::maybe_finish(Campaign& c) {
 void Scheduler::requeue(Campaign& c, uint32_t group, uint32_t index, bool with_backoff) {
   Group& g = c.groups[group];
   Shard& s = g.shards[index];
-  set_state(c, s, ShardState::kPending);
+  set_state(c, group, s, ShardState::kPending);
   g.retried->Increment();
   const auto now = clock_.now();
   if (with_backoff && options_.retry_backoff.count() > 0) {
@@ -224,7 +265,7 @@ void Scheduler::requeue(Campaign& c, uint32_t group, uint32_t index, bool with_b
     delay = std::min<milliseconds>(delay, kMaxRetryBackoff);
     delayed_.emplace(now + delay, ShardKey{c.key, group, index});
   } else if (!c.ahead_of_cursor(group, index)) {
-    c.requeued.push_back(ReadyRef{group, index, now});
+    c.queues[c.model_of(group)].requeued.push_back(ReadyRef{group, index, now});
   }
 }
 
@@ -252,7 +293,7 @@ void Scheduler::fail_attempt(Campaign& c, uint32_t group, uint32_t index, Attemp
       c.id, c.spec.models[g.model].name, c.spec.benchmarks[g.benchmark].name, index, s.attempt_id,
       to_string(outcome), rec.attempt, c.spec.max_attempts, exhausted, error.substr(0, 200));
   if (exhausted) {
-    set_state(c, s, ShardState::kFailed);
+    set_state(c, group, s, ShardState::kFailed);
     g.failed->Increment();
     write_shard(c, group, index, nullptr);
     maybe_finish(c);
@@ -312,13 +353,14 @@ Status Scheduler::recover() {
     ++records;
     Group& g = c->groups[key.group];
     Shard& s = g.shards[key.shard];
-    set_state(*c, s, rec.state);
+    set_state(*c, key.group, s, rec.state);
     s.attempts = static_cast<uint16_t>(rec.attempts);
     s.total_attempts = static_cast<uint16_t>(rec.total_attempts);
     s.attempt_id = rec.attempt_id;
     if (!rec.last_error.empty()) g.last_errors[key.shard] = rec.last_error;
     if (rec.state == ShardState::kRunning) {
-      orphans_[rec.attempt_id] = Orphan{key, rec.worker, now + options_.worker_timeout};
+      orphans_[rec.attempt_id] =
+          Orphan{key, rec.worker, now + std::max(options_.worker_timeout, options_.restart_grace)};
     }
   });
   if (!scanned.ok()) return scanned;
@@ -396,10 +438,12 @@ Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSele
           selector.failed_only ? s.state == ShardState::kFailed : is_final(s.state);
       if (!selected) continue;
       had_success |= s.state == ShardState::kSucceeded;
-      set_state(c, s, ShardState::kPending);
+      set_state(c, gi, s, ShardState::kPending);
       s.attempts = 0;  // a fresh attempt budget
       g.retried->Increment();
-      if (!c.ahead_of_cursor(gi, i)) c.requeued.push_back(ReadyRef{gi, i, now});
+      if (!c.ahead_of_cursor(gi, i)) {
+        c.queues[c.model_of(gi)].requeued.push_back(ReadyRef{gi, i, now});
+      }
       write_shard(c, gi, i, nullptr);
       ++requeued;
     }
@@ -454,7 +498,7 @@ Result<int64_t> Scheduler::cancel(const std::string& campaign_id) {
         WorkerInfo* holder = worker_at(s.worker);
         std::string worker_name;
         if (holder != nullptr) {
-          holder->leases.erase(s.attempt_id);
+          release_lease(*holder, s.attempt_id);
           outgoing_.cancel(holder->name, s.attempt_id);
           worker_name = holder->name;
         } else if (auto o = orphans_.find(s.attempt_id); o != orphans_.end()) {
@@ -472,12 +516,13 @@ Result<int64_t> Scheduler::cancel(const std::string& campaign_id) {
       } else if (s.state != ShardState::kPending) {
         continue;
       }
-      set_state(c, s, ShardState::kCancelled);
+      set_state(c, gi, s, ShardState::kCancelled);
       write_shard(c, gi, i, nullptr);
       ++cancelled;
     }
   }
-  c.requeued.clear();
+  for (auto& q : c.queues) q.requeued.clear();
+  c.unschedulable.clear();
   c.state = CampaignState::kCancelled;
   c.finished_at_ms = clock_.wall_ms();
   write_campaign(c);
@@ -558,7 +603,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     if (!still_running.contains(id)) dropped.emplace_back(id, key);
   }
   for (const auto& [id, key] : dropped) {
-    w->leases.erase(id);
+    release_lease(*w, id);
     // The ASSIGN may still be in flight behind this HELLO; tell the worker not to run it, so
     // both sides agree on its free slots.
     outgoing_.cancel(identity, id);
@@ -585,6 +630,17 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
         if (s.state == ShardState::kRunning && s.attempt_id == id) {
           s.worker = w->index;
           w->leases[id] = key;
+          // Which GPUs it runs on is not stored; book as many as its model needs so the count of
+          // free GPUs stays right.
+          const auto& resources = c->spec.models[c->model_of(key.group)].resources;
+          auto gpus = parse_worker_gpus(hello.gpus);
+          w->gpu_slots = gpus;
+          for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
+          if (auto placed = place_shard(resources, hello.labels, w->gpu_slots, false);
+              placed && !placed->empty()) {
+            mark_gpus(*w, *placed, true);
+            w->lease_gpus[id] = *placed;
+          }
           spdlog::info("lease reclaimed worker={} campaign={} attempt_id={}", w->name, c->id, id);
           continue;
         }
@@ -595,6 +651,8 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   w->instance = hello.instance;
   w->state = WorkerState::kConnected;
   w->slots = hello.slots;
+  w->gpu_slots = parse_worker_gpus(hello.gpus);
+  for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
   w->gpus = std::move(hello.gpus);
   w->labels = std::move(hello.labels);
   w->last_seen = now;
@@ -630,6 +688,19 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
   Group& g = c->groups[gi];
   Shard& s = g.shards[r.shard];
   const ShardKey key{c->key, gi, r.shard};
+  // A successful result of the shard's latest attempt still counts when the shard was put back
+  // in the queue (its worker looked lost, or did not reclaim it in time after a restart) and has
+  // not been handed out again: the attempt id proves it is that attempt's only result.
+  const bool late_but_current =
+      s.state == ShardState::kPending && s.attempt_id == r.attempt_id && r.ok && s.attempt_id != 0;
+  if (late_but_current) {
+    spdlog::info(
+        "late result of the latest attempt counted campaign={} shard={} attempt_id={} "
+        "worker={}",
+        c->id, r.shard, r.attempt_id, identity);
+    set_state(*c, gi, s, ShardState::kRunning);  // so the success path below sees a lease
+    s.worker = kNoWorker;
+  }
   if (s.state != ShardState::kRunning || s.attempt_id != r.attempt_id) {
     AttemptRecord rec;
     rec.outcome = AttemptOutcome::kStale;
@@ -650,7 +721,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
   }
   WorkerInfo* holder = worker_at(s.worker);
   if (holder != nullptr) {
-    holder->leases.erase(r.attempt_id);
+    release_lease(*holder, r.attempt_id);
   } else {
     orphans_.erase(r.attempt_id);
   }
@@ -661,7 +732,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
                    r.duration_ms, true);
       return;
     }
-    set_state(*c, s, ShardState::kSucceeded);
+    set_state(*c, gi, s, ShardState::kSucceeded);
     s.worker = kNoWorker;
     g.cell.add(r.metrics, r.count);
     if (!g.cell_dirty) {
@@ -687,7 +758,10 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   lost_at_[w.index] = clock_.now();
   auto leases = std::move(w.leases);
   w.leases.clear();
+  w.lease_gpus.clear();
+  for (auto& slot : w.gpu_slots) slot.busy = false;
   w.campaigns_sent.clear();
+  set_last_model(w, nullptr, 0);
   for (const auto& [id, key] : leases) {
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr) continue;
@@ -701,36 +775,42 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
 // ---------------------------------------------------------------------------------------------
 // Dispatch and timers
 
-std::optional<ReadyRef> Scheduler::next_ready(Campaign& c) {
-  while (!c.requeued.empty()) {
-    ReadyRef ref = c.requeued.front();
-    c.requeued.pop_front();
+std::optional<ReadyRef> Scheduler::next_ready(Campaign& c, uint32_t model) {
+  ModelQueue& q = c.queues[model];
+  while (!q.requeued.empty()) {
+    ReadyRef ref = q.requeued.front();
+    q.requeued.pop_front();
     if (c.groups[ref.group].shards[ref.shard].state == ShardState::kPending) return ref;
   }
-  while (c.cursor_group < c.groups.size()) {
-    auto& shards = c.groups[c.cursor_group].shards;
-    if (c.cursor_shard >= shards.size()) {
-      ++c.cursor_group;
-      c.cursor_shard = 0;
+  while (q.cursor_group < q.end_group) {
+    auto& shards = c.groups[q.cursor_group].shards;
+    if (q.cursor_shard >= shards.size()) {
+      ++q.cursor_group;
+      q.cursor_shard = 0;
       continue;
     }
-    const uint32_t index = c.cursor_shard++;
+    const uint32_t index = q.cursor_shard++;
     if (shards[index].state == ShardState::kPending) {
-      return ReadyRef{c.cursor_group, index, c.cursor_ready_since};
+      return ReadyRef{q.cursor_group, index, c.cursor_ready_since};
     }
   }
   return std::nullopt;
 }
 
-void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w) {
+void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vector<uint32_t> gpus) {
   Group& g = c.groups[ref.group];
   Shard& s = g.shards[ref.shard];
-  set_state(c, s, ShardState::kRunning);
+  set_state(c, ref.group, s, ShardState::kRunning);
   ++s.attempts;
   ++s.total_attempts;
   s.attempt_id = next_attempt_id();
   s.worker = w.index;
   w.leases[s.attempt_id] = ShardKey{c.key, ref.group, ref.shard};
+  if (!gpus.empty()) {
+    mark_gpus(w, gpus, true);
+    w.lease_gpus[s.attempt_id] = gpus;
+  }
+  set_last_model(w, &c, g.model);
   write_shard(c, ref.group, ref.shard, &w);
   if (!w.campaigns_sent.contains(c.key)) {
     outgoing_.send(w.name, protocol::CampaignInfo{c.key, c.id, c.spec_json});
@@ -745,7 +825,7 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w) {
                                                 .start = range.start,
                                                 .end = range.end,
                                                 .attempt = s.attempts,
-                                                .gpus = {}});
+                                                .gpus = std::move(gpus)});
   metrics_.dispatch_latency.Observe(seconds_between(ref.ready_since, clock_.now()));
 }
 
@@ -762,45 +842,157 @@ void Scheduler::dispatch() {
     }
   }
   if (active.empty()) return;
-  // Highest priority first; equal priorities take turns shard by shard, so they share the
-  // cluster evenly. Workers also take turns, one shard per pass, so no worker hoards the queue.
   std::stable_sort(active.begin(), active.end(), [](const Campaign* a, const Campaign* b) {
     return a->spec.priority > b->spec.priority;
   });
+  // Model queues found empty this turn (their pending shards are all backing off).
+  std::set<std::pair<uint32_t, uint32_t>> exhausted;
+  auto has_work = [&](const Campaign& c, uint32_t m) {
+    return c.queues[m].pending > 0 && !exhausted.contains({c.key, m});
+  };
+
+  struct Pick {
+    Campaign* campaign = nullptr;
+    uint32_t model = 0;
+    std::vector<uint32_t> gpus;
+  };
+  // Work left in model m, in GPU-shards per worker warm on it if one more joined. The scheduler
+  // does not know how long a shard runs; counting each shard as the GPUs it holds at least tells
+  // a 4-GPU model's queue from a 1-GPU model's queue of the same length.
+  auto work_score = [&](const Campaign& c, uint32_t m) {
+    const int gpus = std::max(1, c.spec.models[m].resources.gpus.value_or(1));
+    return static_cast<double>(c.queues[m].pending) * gpus /
+           (1.0 + static_cast<double>(c.queues[m].warm_workers));
+  };
+  // Worker w takes model m: a shard now if one fits, else the commitment (last_model) holds the
+  // worker's GPUs for m as its running shards free them.
+  auto commit = [&](WorkerInfo& w, Campaign& c, uint32_t m) -> std::optional<Pick> {
+    if (auto gpus = place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, false)) {
+      return Pick{&c, m, std::move(*gpus)};
+    }
+    set_last_model(w, &c, m);
+    return std::nullopt;
+  };
+  // What worker w should run next; nothing if nothing fits, or if w waits for GPUs of the model it
+  // is committed to.
+  auto choose = [&](WorkerInfo& w) -> std::optional<Pick> {
+    size_t tier_begin = 0;
+    while (tier_begin < active.size()) {
+      size_t tier_end = tier_begin;
+      while (tier_end < active.size() &&
+             active[tier_end]->spec.priority == active[tier_begin]->spec.priority) {
+        ++tier_end;
+      }
+      // Affinity: the model this worker is committed to (it ran it last, or was given it while
+      // its GPUs were still busy), if it is in this tier and still has work. When its shard does
+      // not fit yet, wait for the worker's own shards to free GPUs rather than fill them with
+      // another model: that would load a second model and, worse, move the worker's affinity to
+      // it, so it would drift from model to model paying a load each time.
+      for (size_t i = tier_begin; i < tier_end; ++i) {
+        Campaign& c = *active[i];
+        if (c.key != w.last_campaign || w.last_model >= c.queues.size()) continue;
+        if (!has_work(c, w.last_model)) continue;
+        const auto& resources = c.spec.models[w.last_model].resources;
+        if (auto gpus = place_shard(resources, w.labels, w.gpu_slots, false)) {
+          return Pick{&c, w.last_model, std::move(*gpus)};
+        }
+        if (place_shard(resources, w.labels, w.gpu_slots, true)) return std::nullopt;
+      }
+      // Otherwise commit the worker to a new model: campaigns of the tier take turns; within one,
+      // the model it could run with the most work left per worker warm on it (largest first, so
+      // big models start early and workers spread in proportion to the work).
+      const size_t tier_size = tier_end - tier_begin;
+      const size_t turn = tier_turn_++;
+      std::optional<std::pair<Campaign*, uint32_t>> not_worth_joining;
+      for (size_t k = 0; k < tier_size; ++k) {
+        Campaign& c = *active[tier_begin + (turn + k) % tier_size];
+        std::optional<uint32_t> best;
+        double best_score = -1;
+        for (uint32_t m = 0; m < c.queues.size(); ++m) {
+          if (!has_work(c, m)) continue;
+          const double score = work_score(c, m);
+          if (score <= best_score) continue;
+          const auto& resources = c.spec.models[m].resources;
+          if (!place_shard(resources, w.labels, w.gpu_slots, true)) continue;
+          // Joining a GPU model that other workers already run pays a load; it is worth it only
+          // if the work left would still fill this worker's GPUs at least once. (Without GPUs
+          // there are no weights to load, and no reason to leave a slot empty.)
+          if (c.queues[m].warm_workers > 0 && score < static_cast<double>(w.gpu_slots.size()) &&
+              gpus_needed(resources, w.gpu_slots.size()) > 0) {
+            if (!not_worth_joining) not_worth_joining = {&c, m};
+            continue;
+          }
+          best_score = score;
+          best = m;
+        }
+        if (best) return commit(w, c, *best);
+      }
+      // Only small remainders of models other workers run are left in this tier. Leave the
+      // worker idle rather than pay a load for them, unless the alternative is a lower priority.
+      if (not_worth_joining) {
+        if (tier_end == active.size()) return std::nullopt;
+        return commit(w, *not_worth_joining->first, not_worth_joining->second);
+      }
+      tier_begin = tier_end;
+    }
+    return std::nullopt;
+  };
+
   const size_t rotate = dispatch_rr_++ % idle.size();
   std::rotate(idle.begin(), idle.begin() + static_cast<std::ptrdiff_t>(rotate), idle.end());
-  size_t tier_begin = 0;
-  size_t turn = 0;
   bool progress = true;
-  while (progress && tier_begin < active.size()) {
+  while (progress) {
     progress = false;
     for (WorkerInfo* w : idle) {
       if (w->free_slots() == 0) continue;
-      std::optional<ReadyRef> ref;
-      Campaign* from = nullptr;
-      while (!ref && tier_begin < active.size()) {
-        size_t tier_end = tier_begin;
-        while (tier_end < active.size() &&
-               active[tier_end]->spec.priority == active[tier_begin]->spec.priority) {
-          ++tier_end;
+      while (auto pick = choose(*w)) {
+        auto ref = next_ready(*pick->campaign, pick->model);
+        if (!ref) {
+          exhausted.insert({pick->campaign->key, pick->model});
+          continue;
         }
-        const size_t tier_size = tier_end - tier_begin;
-        for (size_t k = 0; k < tier_size && !ref; ++k) {
-          const size_t pick = tier_begin + (turn + k) % tier_size;
-          if (active[pick] == nullptr) continue;
-          ref = next_ready(*active[pick]);
-          if (ref) {
-            from = active[pick];
-          } else {
-            active[pick] = nullptr;  // nothing ready in this campaign this turn
-          }
-        }
-        ++turn;
-        if (!ref) tier_begin = tier_end;
+        lease(*pick->campaign, *ref, *w, std::move(pick->gpus));
+        progress = true;
+        break;
       }
-      if (!ref) break;
-      lease(*from, *ref, *w);
-      progress = true;
+    }
+  }
+}
+
+void Scheduler::check_unschedulable() {
+  std::vector<const WorkerInfo*> connected;
+  for (const auto& w : workers_) {
+    if (w && w->state != WorkerState::kLost) connected.push_back(w.get());
+  }
+  for (auto& [key, c] : campaigns_) {
+    if (c->state != CampaignState::kRunning) {
+      c->unschedulable.clear();
+      continue;
+    }
+    for (uint32_t m = 0; m < c->queues.size(); ++m) {
+      const auto& resources = c->spec.models[m].resources;
+      bool possible = connected.empty();  // with no worker at all there is nothing to judge
+      for (const WorkerInfo* w : connected) {
+        possible = possible || place_shard(resources, w->labels, w->gpu_slots, true).has_value();
+      }
+      if (possible || c->queues[m].pending == 0) {
+        c->unschedulable.erase(m);
+        continue;
+      }
+      std::string reason = "model " + c->spec.models[m].name + " needs " +
+                           describe_needs(resources) + " per shard; no connected worker has that (";
+      for (size_t i = 0; i < connected.size() && i < 8; ++i) {
+        const WorkerInfo* w = connected[i];
+        reason += (i > 0 ? ", " : "") + w->name + ": " + std::to_string(w->gpu_slots.size()) +
+                  " GPU" + (w->gpu_slots.size() == 1 ? "" : "s");
+      }
+      if (connected.size() > 8) reason += ", ...";
+      reason += ")";
+      auto [it, inserted] = c->unschedulable.try_emplace(m, reason);
+      if (inserted || it->second != reason) {
+        it->second = reason;
+        spdlog::warn("unschedulable campaign={} reason=\"{}\"", c->id, reason);
+      }
     }
   }
 }
@@ -847,11 +1039,12 @@ void Scheduler::tick() {
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr) continue;
     if (c->groups[key.group].shards[key.shard].state == ShardState::kPending) {
-      c->requeued.push_back(ReadyRef{key.group, key.shard, now});
+      c->queues[c->model_of(key.group)].requeued.push_back(ReadyRef{key.group, key.shard, now});
     }
   }
   if (now - last_gauges_ >= kGaugeRefreshInterval) {
     last_gauges_ = now;
+    check_unschedulable();
     refresh_gauges();
   }
 }
@@ -886,6 +1079,28 @@ void Scheduler::refresh_gauges() {
           .Add({{"campaign", c->id}, {"name", c->spec.name}, {"state", to_string(state)}})
           .Set(c->state == state ? 1 : 0);
     }
+    // Completion per model x benchmark, from the durable cells; handles are cached in metrics_.
+    auto& per_group = metrics_.benchmark_shard_gauges[c->id];
+    if (per_group.size() != c->groups.size()) {
+      per_group.resize(c->groups.size());
+      for (size_t i = 0; i < c->groups.size(); ++i) {
+        const prometheus::Labels labels{
+            {"campaign", c->id},
+            {"model", c->spec.models[c->groups[i].model].name},
+            {"benchmark", c->spec.benchmarks[c->groups[i].benchmark].name}};
+        auto with_kind = [&labels](const char* kind) {
+          auto copy = labels;
+          copy.emplace("kind", kind);
+          return copy;
+        };
+        per_group[i] = {&metrics_.benchmark_shards.Add(with_kind("succeeded")),
+                        &metrics_.benchmark_shards.Add(with_kind("total"))};
+      }
+    }
+    for (size_t i = 0; i < c->groups.size(); ++i) {
+      per_group[i].succeeded->Set(static_cast<double>(c->groups[i].cell.shards_succeeded));
+      per_group[i].total->Set(static_cast<double>(c->groups[i].cell.shards_total));
+    }
   }
   std::array<int, 3> by_state{};
   for (const auto& slot : workers_) {
@@ -894,6 +1109,10 @@ void Scheduler::refresh_gauges() {
     by_state[static_cast<size_t>(w.state)] += 1;
     w.slots_used->Set(static_cast<double>(w.leases.size()));
     w.slots_total->Set(w.state == WorkerState::kLost ? 0 : w.slots);
+    // Free = what dispatch may still hand out: none on a draining or lost worker. Looked up by
+    // label here rather than cached in WorkerInfo; this runs a few times a second.
+    metrics_.worker_slots.Add({{"worker", w.name}, {"kind", "free"}})
+        .Set(w.state == WorkerState::kConnected ? w.free_slots() : 0);
     w.heartbeat_age->Set(seconds_between(w.last_seen, now));
   }
   for (auto state : {WorkerState::kConnected, WorkerState::kDraining, WorkerState::kLost}) {

@@ -12,8 +12,18 @@
 //  * A result counts only if its attempt id is the shard's current lease; anything else is stored
 //    as a stale attempt. Re-delivery of a result is therefore harmless (exactly-once counting).
 //  * A worker never holds more leases than the slots it announced (credit-based flow).
-//  * Every pending shard is ahead of its campaign's dispatch cursor, in the requeued deque, or in
-//    the retry-backoff queue; queue entries are re-checked on pop, so stale entries are harmless.
+//  * Every pending shard is ahead of its model's dispatch cursor, in its model's requeued deque,
+//    or in the retry-backoff queue; queue entries are re-checked on pop, so stale entries are
+//    harmless.
+//  * A GPU of a worker is busy iff exactly one of that worker's leases holds it.
+//
+// Placement (docs/scheduling.md): a shard goes only to a worker whose labels match the model's
+// resources and that has enough free GPUs (with enough memory); it gets specific GPU indexes.
+// Among what fits, a worker keeps getting the model it ran last (loading weights costs minutes);
+// otherwise it gets the model with the most pending shards per worker already warm on it, so the
+// cluster spreads over the models instead of every worker loading every model. A worker is never
+// left idle while something it can run is pending. Higher campaign priority goes first; equal
+// priorities take turns.
 //
 // Crash behaviour: memory is rebuilt by recover() from the store. Shards stored as running become
 // orphans: a worker that comes back within --worker-timeout-ms and lists the attempt in its HELLO
@@ -38,6 +48,7 @@
 #include "common/result.hpp"
 #include "common/spec.hpp"
 #include "coordinator/metrics.hpp"
+#include "coordinator/placement.hpp"
 #include "coordinator/records.hpp"
 #include "coordinator/store.hpp"
 
@@ -48,6 +59,9 @@ struct SchedulerOptions {
   std::chrono::milliseconds worker_timeout{5000};
   std::chrono::milliseconds retry_backoff{1000};  // doubles per failed attempt, capped at 60 s
   std::chrono::milliseconds forget_lost_workers_after{std::chrono::hours(1)};
+  // After a restart, how long a running shard waits for its worker to come back and reclaim it.
+  // Longer than the worker's reconnect backoff (at most 5 s), or reconnecting workers lose work.
+  std::chrono::milliseconds restart_grace{10000};
 };
 
 // Messages for workers, gathered during a turn and sent after the commit. ACK, CANCEL and ASSIGN
@@ -116,6 +130,21 @@ struct ReadyRef {
   std::chrono::steady_clock::time_point ready_since;
 };
 
+// The dispatch queue of one model of a campaign: requeued shards first, then a cursor over the
+// model's never-dispatched shards (groups model*B .. model*B+B-1).
+struct ModelQueue {
+  std::deque<ReadyRef> requeued;
+  uint32_t cursor_group = 0;
+  uint32_t cursor_shard = 0;
+  uint32_t end_group = 0;
+  int64_t pending = 0;        // pending shards of the model, ready or backing off
+  uint32_t warm_workers = 0;  // workers whose last shard was of this model
+
+  bool ahead_of_cursor(uint32_t group, uint32_t shard) const {
+    return group > cursor_group || (group == cursor_group && shard >= cursor_shard);
+  }
+};
+
 struct Campaign {
   uint32_t key = 0;
   std::string id;
@@ -127,11 +156,10 @@ struct Campaign {
   std::vector<Group> groups;  // index = model * benchmarks + benchmark
   std::array<int64_t, kShardStateCount> counts{};
   int64_t total = 0;
-  // Dispatch order: requeued shards first, then the cursor over never-dispatched shards.
-  std::deque<ReadyRef> requeued;
-  uint32_t cursor_group = 0;
-  uint32_t cursor_shard = 0;
+  std::vector<ModelQueue> queues;  // per model
   std::chrono::steady_clock::time_point cursor_ready_since;
+  // model index -> why no connected worker could ever run its shards
+  std::map<uint32_t, std::string> unschedulable;
   // ETA: progress rate since the campaign last (re)started running.
   std::chrono::steady_clock::time_point rate_since;
   int64_t final_at_rate_since = 0;
@@ -142,8 +170,11 @@ struct Campaign {
            count(ShardState::kCancelled);
   }
   std::optional<double> eta_seconds(std::chrono::steady_clock::time_point now) const;
+  uint32_t model_of(uint32_t group) const {
+    return group / static_cast<uint32_t>(spec.benchmarks.size());
+  }
   bool ahead_of_cursor(uint32_t group, uint32_t shard) const {
-    return group > cursor_group || (group == cursor_group && shard >= cursor_shard);
+    return queues[model_of(group)].ahead_of_cursor(group, shard);
   }
 };
 
@@ -162,6 +193,11 @@ struct WorkerInfo {
   std::chrono::steady_clock::time_point last_sent;
   std::unordered_map<uint64_t, ShardKey> leases;  // attempt id -> shard
   std::unordered_set<uint32_t> campaigns_sent;    // CAMPAIGN already sent on this connection
+  std::vector<GpuSlot> gpu_slots;
+  std::unordered_map<uint64_t, std::vector<uint32_t>> lease_gpus;  // attempt id -> GPU indexes
+  // Affinity: the campaign key and model of the last shard it was given (0 = none yet).
+  uint32_t last_campaign = 0;
+  uint32_t last_model = 0;
   prometheus::Gauge* slots_used = nullptr;
   prometheus::Gauge* slots_total = nullptr;
   prometheus::Gauge* heartbeat_age = nullptr;
@@ -215,15 +251,20 @@ class Scheduler {
   void write_campaign(const Campaign& c);
   void write_shard(const Campaign& c, uint32_t group, uint32_t index, const WorkerInfo* worker,
                    const protocol::ShardResult* result = nullptr);
-  void set_state(Campaign& c, Shard& s, ShardState to);
+  void set_state(Campaign& c, uint32_t group, Shard& s, ShardState to);
+  // Ends a lease on the worker's side of the books: the slot and its GPUs are free again.
+  void release_lease(WorkerInfo& w, uint64_t attempt_id);
+  void mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, bool busy);
+  void set_last_model(WorkerInfo& w, Campaign* c, uint32_t model);
+  std::optional<ReadyRef> next_ready(Campaign& c, uint32_t model);
+  void check_unschedulable();
   void maybe_finish(Campaign& c);
   void requeue(Campaign& c, uint32_t group, uint32_t index, bool with_backoff);
   // Ends the current attempt of a running shard as a failure: retried or failed for good.
   void fail_attempt(Campaign& c, uint32_t group, uint32_t index, AttemptOutcome outcome,
                     const std::string& error, const std::string& worker_name, uint32_t duration_ms,
                     bool counts_as_attempt);
-  std::optional<ReadyRef> next_ready(Campaign& c);
-  void lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w);
+  void lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vector<uint32_t> gpus);
 
   void on_hello(const std::string& identity, protocol::Hello hello);
   void on_results(const std::string& identity, protocol::Results results);
@@ -260,6 +301,7 @@ class Scheduler {
   std::unordered_map<uint32_t, std::chrono::steady_clock::time_point> lost_at_;  // worker index
   std::vector<std::pair<uint32_t, uint32_t>> dirty_cells_;
   size_t dispatch_rr_ = 0;
+  size_t tier_turn_ = 0;
   std::array<prometheus::Counter*, 32> received_by_type_{};
   std::chrono::steady_clock::time_point last_gauges_{};
 };

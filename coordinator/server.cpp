@@ -7,6 +7,7 @@
 
 #include "common/clock.hpp"
 #include "common/http_server.hpp"
+#include "common/sd_notify.hpp"
 #include "common/signal_pipe.hpp"
 #include "coordinator/api.hpp"
 #include "coordinator/core.hpp"
@@ -36,7 +37,8 @@ int run_coordinator(const CoordinatorConfig& config) {
     Scheduler scheduler(store, clock, metrics,
                         SchedulerOptions{.heartbeat = config.heartbeat,
                                          .worker_timeout = config.worker_timeout,
-                                         .retry_backoff = config.retry_backoff});
+                                         .retry_backoff = config.retry_backoff,
+                                         .restart_grace = config.restart_grace});
     if (auto recovered = scheduler.recover(); !recovered.ok()) {
       spdlog::error("recovery failed data_dir={} error=\"{}\"", config.data_dir,
                     recovered.error().message);
@@ -65,7 +67,13 @@ int run_coordinator(const CoordinatorConfig& config) {
         << std::endl;
     spdlog::info("serving bind={} http={} data_dir={}", core.bound_endpoint(), http.local_address(),
                  config.data_dir);
+    if (auto notified = sd_notify("READY=1\nSTATUS=serving"); !notified.ok()) {
+      spdlog::warn("sd_notify failed error=\"{}\"", notified.error().message);
+    }
     core.run(signals);
+    if (auto notified = sd_notify("STOPPING=1"); !notified.ok()) {
+      spdlog::warn("sd_notify failed error=\"{}\"", notified.error().message);
+    }
     http.stop();
     if (auto flushed = store.flush(); !flushed.ok()) {
       spdlog::error("shutdown flush failed error=\"{}\"", flushed.error().message);

@@ -15,6 +15,7 @@ struct CoordinatorConfig {
   std::chrono::milliseconds heartbeat{1000};
   std::chrono::milliseconds worker_timeout{5000};
   std::chrono::milliseconds retry_backoff{1000};
+  std::chrono::milliseconds restart_grace{10000};
   size_t max_body_bytes = 16u << 20;
   size_t max_message_bytes = 64u << 20;
 };

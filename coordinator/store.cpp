@@ -15,6 +15,7 @@ constexpr char kShardPrefix = 's';
 constexpr char kAttemptPrefix = 'a';
 constexpr char kCellPrefix = 'g';
 constexpr char kSamplesPrefix = 'x';
+constexpr char kLateResultSuffix = 'L';  // after an attempt key: the late result of that attempt
 
 void append_be32(std::string& out, uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8)
@@ -100,6 +101,7 @@ void Store::Batch::put_attempt(const ShardKey& key, uint64_t attempt_id,
                                const AttemptRecord& record) {
   std::string k = shard_key(kAttemptPrefix, key);
   append_be64(k, attempt_id);
+  if (record.outcome == AttemptOutcome::kStale) k.push_back(kLateResultSuffix);
   batch_.Put(k, encode(record));
   ++puts_;
 }
@@ -213,7 +215,9 @@ Status Store::scan_attempts(
   std::string prefix(1, kAttemptPrefix);
   append_be32(prefix, campaign);
   return scan_prefix(*db_, prefix, [&](std::string_view k, std::string_view v) -> Status {
-    if (k.size() != 21) return make_error("bad attempt key " + hex(k));
+    if (k.size() != 21 && !(k.size() == 22 && k[21] == kLateResultSuffix)) {
+      return make_error("bad attempt key " + hex(k));
+    }
     auto rec = decode_attempt_record(v);
     if (!rec.ok()) return make_error(rec.error().message + " at key " + hex(k));
     visit(parse_shard_key(k), read_be64(k, 13), rec.value());

@@ -37,6 +37,8 @@ class Store {
     void put_meta_u64(std::string_view name, uint64_t value);
     void put_campaign(uint32_t campaign, const std::string& json);
     void put_shard(const ShardKey& key, const ShardRecord& record);
+    // A late result (outcome kStale) gets a key of its own, so it never overwrites what was
+    // recorded when its attempt was given up (lost, orphaned, cancelled).
     void put_attempt(const ShardKey& key, uint64_t attempt_id, const AttemptRecord& record);
     void put_cell(uint32_t campaign, uint32_t group, const CellAggregate& cell);
     void put_samples(const ShardKey& key, const std::string& samples_json);
@@ -71,6 +73,7 @@ class Store {
       const std::function<void(uint32_t campaign, std::string_view json)>& visit) const;
   Status scan_shards(std::optional<uint32_t> campaign,
                      const std::function<void(const ShardKey&, const ShardRecord&)>& visit) const;
+  // Visits the record of each given-up attempt, then its late result if one came.
   Status scan_attempts(uint32_t campaign,
                        const std::function<void(const ShardKey&, uint64_t attempt_id,
                                                 const AttemptRecord&)>& visit) const;

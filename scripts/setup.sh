@@ -20,6 +20,11 @@ packages=(
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
   librocksdb-dev nlohmann-json3-dev prometheus-cpp-dev catch2 libspdlog-dev
   python3 procps
+  # observability tests: a real Prometheus server and promtool (on a host with systemd the
+  # package also enables a prometheus service on :9090; the tests start their own on a free port)
+  prometheus
+  # deployment tests: systemd-analyze, PyYAML, a real Slurm with munge, network namespaces
+  systemd python3-yaml slurm-wlm munge iproute2
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -19,6 +19,9 @@
 // outbox is loaded, its attempts are listed in HELLO's `running` (so a restarted coordinator
 // keeps their leases) and they are sent after WELCOME. Results unACKed for 5 heartbeats are
 // re-sent; the coordinator deduplicates by attempt id, so a re-send is always safe.
+//
+// Metrics: counters live in stats_ (plain integers, nothing per shard costs more than an add) and
+// are handed to metrics_ once per turn, with the gauges; the MetricsServer thread only reads.
 #include "worker/worker.hpp"
 
 #include <fcntl.h>
@@ -68,6 +71,13 @@ size_t encoded_size(const protocol::ShardResult& result) {
   size_t bytes = 64 + result.error.size() + result.samples_json.size();
   for (const auto& [name, value] : result.metrics) bytes += 12 + name.size();
   return bytes;
+}
+
+// For the outbox gauges; a file that vanished counts as empty.
+uint64_t file_bytes(const std::filesystem::path& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  return ec ? 0 : size;
 }
 
 // Sends results in RESULTS frames of bounded size. `take(i)` yields the i-th result to encode;
@@ -132,6 +142,13 @@ Result<std::unique_ptr<Worker>> Worker::create(WorkerConfig config, const Clock&
     return make_error(std::string("worker setup failed: ") + e.what());
   }
   worker->load_outbox();
+  worker->publish_metrics();
+  if (!worker->config_.metrics.empty()) {
+    auto server = MetricsServer::start(worker->config_.metrics, worker->metrics_);
+    if (!server.ok()) return server.error();
+    worker->metrics_server_ = std::move(server.value());
+    spdlog::info("metrics_listening address={}", worker->metrics_server_->local_address());
+  }
   return worker;
 }
 
@@ -145,7 +162,8 @@ Worker::Worker(WorkerConfig config, const Clock& clock, UniqueFd lock, Outbox ou
       socket_(context_, zmq::socket_type::dealer),
       monitor_(context_, zmq::socket_type::pair),
       exec_runner_(std::make_unique<ExecRunner>(config_.work_dir / "runs", clock)),
-      heartbeat_(config_.heartbeat) {
+      heartbeat_(config_.heartbeat),
+      metrics_(config_.name, config_.slots, config_.gpus) {
   const auto now = clock_.now();
   last_heard_ = now;
   next_heartbeat_ = now;
@@ -183,12 +201,17 @@ void Worker::connect() {
   socket_.connect(config_.coordinator);
 }
 
+std::string Worker::metrics_address() const {
+  return metrics_server_ ? metrics_server_->local_address() : std::string();
+}
+
 void Worker::load_outbox() {
   auto loaded = outbox_.load();
   const auto now = clock_.now();
   for (auto& result : loaded.results) {
     const auto attempt_id = result.attempt_id;
-    unacked_.insert_or_assign(attempt_id, Pending{std::move(result), now, true, true});
+    const auto bytes = file_bytes(outbox_.path_of(attempt_id));
+    put_unacked(attempt_id, Pending{std::move(result), now, true, true, bytes});
   }
   if (!unacked_.empty() || loaded.corrupt > 0) {
     spdlog::info("outbox_loaded results={} corrupt={} dir={}", unacked_.size(), loaded.corrupt,
@@ -212,6 +235,7 @@ int Worker::run(int stop_fd) {
   }
   exec_runner_.reset();  // nothing should be running now; this reaps whatever still is
   if (!persist_unacked()) ok = false;
+  publish_metrics();
   spdlog::info(
       "worker_stopped assigned={} results_sent={} results_failed={} results_resent={} acked={} "
       "cancelled={} bad_messages={} sends_dropped={} unacked={}",
@@ -243,6 +267,7 @@ void Worker::loop(int stop_fd) {
     if ((items[2].revents & ZMQ_POLLIN) != 0) collect_exec_results();
     flush_results();
     on_timers();
+    publish_metrics();
     if (draining_ && drain_done()) return;
   }
 }
@@ -290,6 +315,7 @@ void Worker::read_monitor() {
     std::memcpy(&id, event.data(), sizeof id);
     if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       connected_ = true;
+      metrics_.count_connection();
       awaiting_welcome_ = false;  // a new connection: whatever we sent before is gone
       hello_pending_ = true;
       spdlog::info("coordinator_connected endpoint={}", address);
@@ -463,6 +489,10 @@ void Worker::on_ack(const protocol::Ack& ack) {
     const auto it = unacked_.find(attempt_id);
     if (it == unacked_.end()) continue;  // a repeated ACK
     if (it->second.exec || it->second.on_disk) outbox_.remove(attempt_id);
+    if (it->second.on_disk) {
+      --outbox_files_;
+      outbox_bytes_ -= it->second.disk_bytes;
+    }
     unacked_.erase(it);
     ++stats_.acked;
   }
@@ -482,6 +512,7 @@ void Worker::on_cancel(const protocol::Cancel& cancel) {
 
 void Worker::collect_exec_results() {
   for (auto& result : exec_runner_->take_finished()) {
+    metrics_.count_runner_exit(result);
     // Cancelled meanwhile: the coordinator has given up on it and wants nothing.
     if (running_.erase(result.attempt_id) == 0) continue;
     outgoing_.push_back(Outgoing{std::move(result), true});
@@ -512,11 +543,32 @@ void Worker::flush_results() {
         if (!result.ok) ++stats_.results_failed;
         const bool exec = outgoing_[i].exec;
         const auto attempt_id = result.attempt_id;
-        unacked_.insert_or_assign(attempt_id,
-                                  Pending{std::move(result), now, exec, exec && stored});
+        const bool on_disk = exec && stored;
+        const auto bytes = on_disk ? file_bytes(outbox_.path_of(attempt_id)) : 0;
+        put_unacked(attempt_id, Pending{std::move(result), now, exec, on_disk, bytes});
       },
       [this](const std::string& frame) { return send_frame(frame); });
   outgoing_.clear();
+}
+
+void Worker::put_unacked(uint64_t attempt_id, Pending pending) {
+  auto [it, inserted] = unacked_.try_emplace(attempt_id);
+  if (!inserted && it->second.on_disk) {  // replaced: its file was written again
+    --outbox_files_;
+    outbox_bytes_ -= it->second.disk_bytes;
+  }
+  if (pending.on_disk) {
+    ++outbox_files_;
+    outbox_bytes_ += pending.disk_bytes;
+  }
+  it->second = std::move(pending);
+}
+
+void Worker::publish_metrics() {
+  metrics_.publish(
+      WorkerCounts{stats_.assigned, stats_.results_sent, stats_.results_failed,
+                   stats_.results_resent, stats_.acked, stats_.bad_messages, stats_.sends_dropped},
+      WorkerGauges{running_.size(), unacked_.size(), outbox_files_, outbox_bytes_, connected_});
 }
 
 void Worker::resend(const std::vector<Pending*>& pending) {

@@ -25,6 +25,7 @@
 #include "worker/runner.hpp"
 #include "worker/unique_fd.hpp"
 #include "worker/worker_config.hpp"
+#include "worker/worker_metrics.hpp"
 
 namespace evald::worker {
 
@@ -44,8 +45,9 @@ struct WorkerStats {
 class Worker {
  public:
   // Everything that can fail at startup happens here: the work dir is created and locked against
-  // a second worker, the outbox is opened and loaded, the socket is set up. The coordinator does
-  // not need to be up. `clock` must outlive the worker and be safe to read from two threads.
+  // a second worker, the outbox is opened and loaded, the socket is set up, and the metrics
+  // server listens if config.metrics names an address. The coordinator does not need to be up.
+  // `clock` must outlive the worker and be safe to read from two threads.
   static Result<std::unique_ptr<Worker>> create(WorkerConfig config, const Clock& clock);
   ~Worker();
   Worker(const Worker&) = delete;
@@ -59,6 +61,8 @@ class Worker {
   int run(int stop_fd);
 
   const WorkerStats& stats() const { return stats_; }
+  // Where /metrics is served ("127.0.0.1:41235"), or "" without --metrics.
+  std::string metrics_address() const;
 
  private:
   struct Campaign {
@@ -69,8 +73,9 @@ class Worker {
   struct Pending {  // a result sent and not yet ACKed
     protocol::ShardResult result;
     std::chrono::steady_clock::time_point sent_at;
-    bool exec = false;     // from the exec runner: its outbox file goes when it is ACKed
-    bool on_disk = false;  // in the outbox now
+    bool exec = false;        // from the exec runner: its outbox file goes when it is ACKed
+    bool on_disk = false;     // in the outbox now
+    uint64_t disk_bytes = 0;  // the size of its outbox file, while on_disk
   };
   struct Outgoing {  // a result finished this turn, sent at the end of it
     protocol::ShardResult result;
@@ -103,6 +108,9 @@ class Worker {
   bool send_frame(const std::string& frame);
   void resend(const std::vector<Pending*>& pending);
   void fail(const protocol::Assignment& assignment, std::string error);
+  // Every insertion into unacked_ goes through here, so the outbox gauges stay true.
+  void put_unacked(uint64_t attempt_id, Pending pending);
+  void publish_metrics();
 
   WorkerConfig config_;
   const Clock& clock_;
@@ -137,6 +145,11 @@ class Worker {
   bool silent_ = false;  // "coordinator silent" was logged and nothing has been heard since
   bool draining_ = false;
   WorkerStats stats_;
+  size_t outbox_files_ = 0;  // unacked_ entries with on_disk
+  uint64_t outbox_bytes_ = 0;
+  WorkerMetrics metrics_;
+  // Last member: it is destroyed (its HTTP thread joined) before anything it reads goes away.
+  std::unique_ptr<MetricsServer> metrics_server_;
 };
 
 }  // namespace evald::worker

@@ -6,6 +6,7 @@
 #include <array>
 #include <string_view>
 
+#include "common/http_server.hpp"
 #include "common/spec.hpp"
 
 namespace evald::worker {
@@ -49,6 +50,9 @@ po::options_description worker_options() {
       "heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat interval")(
       "drain-timeout-ms", po::value<int64_t>()->default_value(30000),
       "on SIGTERM, how long running shards may finish before they are killed")(
+      "metrics", po::value<std::string>(),
+      "serve Prometheus /metrics on HOST:PORT (port 0 picks a free port) and print "
+      "{\"metrics\": \"HOST:PORT\"} on stdout; default: no metrics server")(
       "log-level", po::value<std::string>()->default_value("info"),
       "trace, debug, info, warn or error");
   return options;
@@ -130,6 +134,15 @@ Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
   if (!drain.ok()) return drain.error();
   config.drain_timeout = std::chrono::milliseconds(drain.value());
 
+  if (values.count("metrics") > 0) {
+    config.metrics = values["metrics"].as<std::string>();
+    try {
+      split_host_port(config.metrics);
+    } catch (const std::exception& e) {
+      return make_error(std::string("--metrics: ") + e.what());
+    }
+  }
+
   config.log_level = values["log-level"].as<std::string>();
   static constexpr std::array<std::string_view, 7> kLevels = {"trace", "debug",    "info", "warn",
                                                               "error", "critical", "off"};
@@ -149,6 +162,7 @@ nlohmann::json to_json(const WorkerConfig& config) {
           {"work_dir", config.work_dir.string()},
           {"heartbeat_ms", config.heartbeat.count()},
           {"drain_timeout_ms", config.drain_timeout.count()},
+          {"metrics", config.metrics},
           {"log_level", config.log_level}};
 }
 

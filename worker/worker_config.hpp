@@ -28,6 +28,7 @@ struct WorkerConfig {
   std::filesystem::path work_dir;
   std::chrono::milliseconds heartbeat{1000};
   std::chrono::milliseconds drain_timeout{30000};
+  std::string metrics;  // HOST:PORT to serve Prometheus /metrics on (port 0: any); empty: none
   std::string log_level = "info";
 };
 

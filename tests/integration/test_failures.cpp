@@ -145,7 +145,9 @@ TEST_CASE("failures: rerun --failed after removing the cause gives a clean run's
   const auto failed_state = api.wait_for_state(id, "failed", 45s);
   const int64_t beta_shards = kBenchmarks[0].shard_count() + kBenchmarks[1].shard_count();
   CHECK(failed_state.at("shards").at("failed") == beta_shards);
-  for (const auto& s : api.shards(id, "failed").at("shards")) {
+  const auto failed_shards = api.shards(id, "failed").at("shards");  // a copy: not a temporary
+  REQUIRE(failed_shards.size() == static_cast<size_t>(beta_shards));
+  for (const auto& s : failed_shards) {
     CHECK(s.at("model") == "m-beta");
     CHECK_THAT(s.at("last_error").get<std::string>(), Catch::Contains("broken-model exists"));
   }

@@ -30,7 +30,11 @@ struct Harness {
   testing::TempDir dir;
   ManualClock clock;
   Metrics metrics;
-  SchedulerOptions options{.heartbeat = 1000ms, .worker_timeout = 5000ms, .retry_backoff = 100ms};
+  SchedulerOptions options{.heartbeat = 1000ms,
+                           .worker_timeout = 5000ms,
+                           .retry_backoff = 100ms,
+                           .forget_lost_workers_after = std::chrono::hours(1),
+                           .restart_grace = 5000ms};
   std::unique_ptr<Store> store;
   std::unique_ptr<Scheduler> scheduler;
   std::vector<std::pair<std::string, protocol::Message>> sent;
@@ -356,4 +360,152 @@ TEST_CASE("a draining worker gets no new shards", "[unit][scheduler]") {
   h.turn();
   CHECK(h.assignments("w1").empty());
   CHECK(h.acks("w1").size() == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU-aware placement and model affinity
+
+namespace {
+
+CampaignSpec gpu_spec(const nlohmann::json& models, int examples = 4) {
+  nlohmann::json j = {
+      {"name", "gpu"},
+      {"models", models},
+      {"benchmarks", {{{"name", "kmmlu"}, {"examples", examples}, {"shard_size", 1}}}},
+      {"runner", {{"type", "noop"}}}};
+  auto spec = parse_campaign_spec(j);
+  REQUIRE(spec.ok());
+  return spec.value();
+}
+
+void gpu_hello(Harness& h, const std::string& name, uint32_t slots, int gpus, int memory_mb,
+               nlohmann::json labels = nlohmann::json::object()) {
+  protocol::Hello hello;
+  hello.name = name;
+  hello.instance = "i1";
+  hello.slots = slots;
+  for (int i = 0; i < gpus; ++i) {
+    hello.gpus.push_back({{"index", i}, {"name", "H100"}, {"memory_mb", memory_mb}});
+  }
+  hello.labels = std::move(labels);
+  h.scheduler->on_message(name, hello);
+}
+
+}  // namespace
+
+TEST_CASE("placement honours GPU count, memory and labels", "[unit][scheduler][placement]") {
+  std::vector<GpuSlot> gpus = {
+      {0, 81559, false}, {1, 81559, true}, {2, 24000, false}, {3, {}, false}};
+  ResourceSpec two;
+  two.gpus = 2;
+  auto placed = place_shard(two, nlohmann::json::object(), gpus, false);
+  REQUIRE(placed.has_value());
+  CHECK(*placed == std::vector<uint32_t>{0, 2});  // the busy GPU 1 is skipped
+
+  ResourceSpec big = two;
+  big.gpu_memory_gb = 40;
+  placed = place_shard(big, nlohmann::json::object(), gpus, false);
+  REQUIRE(placed.has_value());
+  CHECK(*placed == std::vector<uint32_t>{0, 3});  // 24 GB is too small; unknown memory may do
+  big.gpus = 3;
+  CHECK_FALSE(place_shard(big, nlohmann::json::object(), gpus, false).has_value());
+  CHECK(place_shard(big, nlohmann::json::object(), gpus, true).has_value());  // could, once free
+
+  ResourceSpec h100;
+  h100.labels = {{"gpu", "h100"}};
+  CHECK_FALSE(place_shard(h100, {{"gpu", "a100"}}, gpus, false).has_value());
+  CHECK(place_shard(h100, {{"gpu", "h100"}, {"zone", "a"}}, gpus, false).has_value());
+
+  // Default: one GPU where there are GPUs, none where there are none.
+  CHECK(place_shard(ResourceSpec{}, nlohmann::json::object(), gpus, false)->size() == 1);
+  CHECK(place_shard(ResourceSpec{}, nlohmann::json::object(), {}, false)->empty());
+  CHECK(describe_needs(big) == "3 GPUs with >= 40 GB each");
+}
+
+TEST_CASE("shards get specific free GPUs and give them back", "[unit][scheduler][placement]") {
+  Harness h;
+  auto id = h.scheduler->submit(gpu_spec({{{"name", "big"}, {"resources", {{"gpus", 2}}}}}));
+  REQUIRE(id.ok());
+  gpu_hello(h, "node-1", 8, 4, 81559);
+  h.turn();
+  auto first = h.assignments("node-1");
+  REQUIRE(first.size() == 2);  // 4 GPUs / 2 per shard, although the worker has 8 slots
+  CHECK(first[0].gpus == std::vector<uint32_t>{0, 1});
+  CHECK(first[1].gpus == std::vector<uint32_t>{2, 3});
+  h.report("node-1", first[0], true, 1.0);
+  h.turn();
+  auto next = h.assignments("node-1");
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].gpus == std::vector<uint32_t>{0, 1});  // the freed pair is used again
+}
+
+TEST_CASE("a shard no connected worker could run is reported, not silently pending",
+          "[unit][scheduler][placement]") {
+  Harness h;
+  auto id = h.scheduler->submit(
+      gpu_spec({{{"name", "huge"}, {"resources", {{"gpus", 8}, {"labels", {{"gpu", "h100"}}}}}},
+                {{"name", "small"}, {"resources", {{"gpus", 1}}}}}));
+  REQUIRE(id.ok());
+  gpu_hello(h, "node-1", 4, 4, 81559, {{"gpu", "h100"}});
+  h.clock.advance(300ms);
+  h.turn();
+  const Campaign& c = h.campaign(id.value());
+  REQUIRE(c.unschedulable.count(0) == 1);
+  CHECK_THAT(c.unschedulable.at(0), Catch::Contains("huge needs 8 GPUs, labels gpu=h100") &&
+                                        Catch::Contains("node-1: 4 GPUs"));
+  CHECK(c.unschedulable.count(1) == 0);
+  auto a = h.assignments("node-1");
+  REQUIRE(a.size() == 4);
+  for (const auto& x : a) CHECK(x.model == 1);
+
+  // A bigger node joins: the model becomes schedulable and the report goes away.
+  gpu_hello(h, "node-2", 8, 8, 81559, {{"gpu", "h100"}});
+  h.clock.advance(300ms);
+  h.turn();
+  CHECK(h.campaign(id.value()).unschedulable.empty());
+  auto big = h.assignments("node-2");
+  REQUIRE(big.size() == 1);
+  CHECK(big[0].model == 0);
+  CHECK(big[0].gpus.size() == 8);
+}
+
+TEST_CASE("workers keep their model warm and spread over models", "[unit][scheduler][affinity]") {
+  Harness h;
+  auto id = h.scheduler->submit(gpu_spec({{{"name", "m0"}, {"resources", {{"gpus", 1}}}},
+                                          {{"name", "m1"}, {"resources", {{"gpus", 1}}}}},
+                                         /*examples=*/20));
+  REQUIRE(id.ok());
+  gpu_hello(h, "w1", 1, 1, 81559);
+  gpu_hello(h, "w2", 1, 1, 81559);
+  h.turn();
+  auto a1 = h.assignments("w1");
+  auto a2 = h.assignments("w2");
+  REQUIRE(a1.size() == 1);
+  REQUIRE(a2.size() == 1);
+  CHECK(a1[0].model != a2[0].model);  // two models, two workers: one model each
+  // Each worker stays on its model while it has work.
+  for (int round = 0; round < 10; ++round) {
+    h.report("w1", a1[0], true, 1.0);
+    h.report("w2", a2[0], true, 1.0);
+    h.turn();
+    auto n1 = h.assignments("w1");
+    auto n2 = h.assignments("w2");
+    if (n1.empty() || n2.empty()) break;
+    CHECK(n1[0].model == a1[0].model);
+    CHECK(n2[0].model == a2[0].model);
+    a1 = n1;
+    a2 = n2;
+  }
+}
+
+TEST_CASE("no worker idles while a shard it can run is pending", "[unit][scheduler][affinity]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(2, 1));  // 1 model x 2 shards
+  REQUIRE(id.ok());
+  h.hello("w1", 1);
+  h.hello("w2", 1);
+  h.turn();
+  CHECK(h.assignments("w1").size() == 1);
+  CHECK(h.assignments("w2").size() == 1);
+  CHECK(h.campaign(id.value()).count(ShardState::kPending) == 0);
 }

@@ -1,0 +1,81 @@
+#include "coordinator/placement.hpp"
+
+#include <fmt/format.h>
+
+namespace evald::coordinator {
+
+std::vector<GpuSlot> parse_worker_gpus(const nlohmann::json& gpus) {
+  std::vector<GpuSlot> out;
+  if (!gpus.is_array()) return out;
+  for (const auto& gpu : gpus) {
+    if (!gpu.is_object() || !gpu.contains("index") || !gpu["index"].is_number_integer() ||
+        gpu["index"].get<int64_t>() < 0 || gpu["index"].get<int64_t>() > UINT32_MAX) {
+      continue;
+    }
+    GpuSlot slot;
+    slot.index = static_cast<uint32_t>(gpu["index"].get<int64_t>());
+    if (gpu.contains("memory_mb") && gpu["memory_mb"].is_number_integer()) {
+      slot.memory_mb = gpu["memory_mb"].get<int64_t>();
+    }
+    out.push_back(slot);
+  }
+  return out;
+}
+
+int gpus_needed(const ResourceSpec& resources, size_t worker_gpus) {
+  if (resources.gpus) return *resources.gpus;
+  return worker_gpus > 0 ? 1 : 0;
+}
+
+bool labels_match(const ResourceSpec& resources, const nlohmann::json& worker_labels) {
+  for (const auto& [key, value] : resources.labels) {
+    if (!worker_labels.is_object()) return false;
+    auto it = worker_labels.find(key);
+    if (it == worker_labels.end() || !it->is_string() || it->get<std::string>() != value) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::optional<std::vector<uint32_t>> place_shard(const ResourceSpec& resources,
+                                                 const nlohmann::json& worker_labels,
+                                                 const std::vector<GpuSlot>& gpus,
+                                                 bool ignore_busy) {
+  if (!labels_match(resources, worker_labels)) return std::nullopt;
+  const int need = gpus_needed(resources, gpus.size());
+  std::vector<uint32_t> chosen;
+  if (need == 0) return chosen;
+  const auto min_mb = static_cast<int64_t>(resources.gpu_memory_gb * 1024.0);
+  for (const auto& gpu : gpus) {
+    if (!ignore_busy && gpu.busy) continue;
+    if (gpu.memory_mb && *gpu.memory_mb < min_mb) continue;
+    chosen.push_back(gpu.index);
+    if (static_cast<int>(chosen.size()) == need) return chosen;
+  }
+  return std::nullopt;
+}
+
+std::string describe_needs(const ResourceSpec& resources) {
+  std::string out;
+  if (!resources.gpus) {
+    out = "1 GPU if the worker has any";
+  } else if (*resources.gpus == 0) {
+    out = "no GPU";
+  } else {
+    out = fmt::format("{} GPU{}", *resources.gpus, *resources.gpus == 1 ? "" : "s");
+  }
+  if (resources.gpu_memory_gb > 0)
+    out += fmt::format(" with >= {:g} GB each", resources.gpu_memory_gb);
+  if (!resources.labels.empty()) {
+    out += ", labels ";
+    bool first = true;
+    for (const auto& [k, v] : resources.labels) {
+      out += fmt::format("{}{}={}", first ? "" : ",", k, v);
+      first = false;
+    }
+  }
+  return out;
+}
+
+}  // namespace evald::coordinator

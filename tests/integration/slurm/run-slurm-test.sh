@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# deploy/slurm/evald-workers.sbatch against a real Slurm: munged, slurmctld and slurmd (Debian's
+# slurm-wlm) configured on loopback in a temp dir, one node "localhost" with 2 CPUs, plus an
+# evald-coordinator beside it. It checks that
+#   1. `sbatch -n 2` of the shipped script starts two workers that the coordinator lists (with
+#      their Slurm labels), and a campaign completes on them with the exact expected scores;
+#   2. `scancel` of the job makes both workers drain and leave (SIGTERM reached them through
+#      srun and exec), the shards they were running go back to pending, and a worker started
+#      afterwards finishes the campaign, so nothing held by the Slurm workers is lost.
+# Everything (daemons, jobs, temp dir) is torn down on exit, also on failure.
+#
+# Usage: run-slurm-test.sh BIN_DIR SOURCE_DIR
+# Exit: 0 passed, 1 failed, 77 skipped (not root, Slurm or munge not installed, or the daemons
+# cannot run here), with the reason on stdout. EVALD_SLURM_KEEP=1 keeps the temp dir.
+set -euo pipefail
+
+bin_dir="$(cd "${1:?usage: run-slurm-test.sh BIN_DIR SOURCE_DIR}" && pwd)"
+source_dir="$(cd "${2:?usage: run-slurm-test.sh BIN_DIR SOURCE_DIR}" && pwd)"
+sbatch_script="${source_dir}/deploy/slurm/evald-workers.sbatch"
+runners_dir="${source_dir}/tests/integration/runners"
+readonly kSkip=77
+
+log() { printf '[slurm-test %(%H:%M:%S)T] %s\n' -1 "$*"; }
+skip() {
+  printf 'SKIP: %s\n' "$*"
+  exit "${kSkip}"
+}
+
+# --- can this machine run Slurm at all? ------------------------------------------------------
+((EUID == 0)) || skip "needs root: slurmd launches job steps as the submitting user via setuid"
+for tool in munged mungekey slurmctld slurmd sbatch srun squeue scancel sinfo python3; do
+  command -v "${tool}" >/dev/null ||
+    skip "${tool} not found; install slurm-wlm and munge (scripts/setup.sh does)"
+done
+for binary in evald-coordinator evald-worker evalctl; do
+  [[ -x "${bin_dir}/${binary}" ]] || {
+    echo "FAIL: ${bin_dir}/${binary} is not built"
+    exit 1
+  }
+done
+
+tmp="$(mktemp -d /tmp/evald-slurm.XXXXXX)"  # short: the munge socket path must fit sun_path
+chmod 0711 "${tmp}"
+pids=()  # daemons we started, killed in reverse order on exit
+coordinator_pid=""
+job_ids=()
+
+dump_logs() {
+  local f
+  for f in "${tmp}"/log/*; do
+    [[ -f "${f}" ]] || continue
+    printf '==> %s <==\n' "${f##*/}"
+    tail -c 4000 "${f}"
+  done
+}
+
+teardown() {
+  local rc=$? id pid
+  trap - EXIT INT TERM
+  set +e
+  if ((rc != 0 && rc != kSkip)); then
+    log "FAILED (exit ${rc}); logs follow"
+    dump_logs
+  fi
+  # Jobs first, while slurmctld and slurmd can still end them: their slurmstepd and worker
+  # processes are not our children and would outlive the daemons.
+  if [[ -n "${SLURM_CONF:-}" && -f "${SLURM_CONF}" ]] && ((${#job_ids[@]} > 0)); then
+    for id in "${job_ids[@]}"; do scancel "${id}" 2>/dev/null; done
+    for _ in $(seq 100); do
+      [[ -z "$(squeue --noheader --jobs="$(
+        IFS=,
+        echo "${job_ids[*]}"
+      )" 2>/dev/null)" ]] && break
+      sleep 0.1
+    done
+  fi
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid="${pids[i]}"
+    kill -TERM "${pid}" 2>/dev/null
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do
+      kill -0 "${pid}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "${pid}" 2>/dev/null
+    wait "${pid}" 2>/dev/null
+  done
+  if [[ -f "${tmp}/munge/munged.pid" ]]; then
+    pid="$(cat "${tmp}/munge/munged.pid")"
+    kill -TERM "${pid}" 2>/dev/null
+    for _ in $(seq 50); do
+      kill -0 "${pid}" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
+  if [[ "${EVALD_SLURM_KEEP:-0}" == 1 ]]; then
+    log "kept ${tmp}"
+  else
+    rm -rf "${tmp}"
+  fi
+  exit "${rc}"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+fail() {
+  printf 'FAIL: %s\n' "$*"
+  exit 1
+}
+
+# wait_for DESCRIPTION TIMEOUT_S COMMAND...: polls COMMAND every 0.1 s until it succeeds.
+wait_for() {
+  local what="$1" timeout_s="$2"
+  shift 2
+  local deadline=$((SECONDS + timeout_s))
+  until "$@"; do
+    ((SECONDS < deadline)) || fail "timed out after ${timeout_s}s waiting for ${what}"
+    sleep 0.1
+  done
+}
+
+# json EXPR: evaluates a Python expression (it may span lines) over the JSON document on stdin,
+# bound to `d`.
+json() {
+  python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval("(" + sys.argv[1] + ")"))' "$1"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+mkdir -p "${tmp}/munge" "${tmp}/state" "${tmp}/spool" "${tmp}/log" "${tmp}/jobs" "${tmp}/store"
+chmod 0700 "${tmp}/munge"
+
+# --- munge ------------------------------------------------------------------------------------
+mungekey --create --keyfile="${tmp}/munge/munge.key" >/dev/null 2>&1 ||
+  skip "mungekey cannot create a key"
+chmod 0600 "${tmp}/munge/munge.key"
+munge_socket="${tmp}/munge/munge.socket"
+# munged forks into the background and writes its pid file; --force lets it run as root with
+# its files in a temp dir.
+munged --force --socket="${munge_socket}" --key-file="${tmp}/munge/munge.key" \
+  --pid-file="${tmp}/munge/munged.pid" --seed-file="${tmp}/munge/munged.seed" \
+  --log-file="${tmp}/log/munged.log" >"${tmp}/log/munged.out" 2>&1 ||
+  skip "munged does not start here: $(tail -n 3 "${tmp}/log/munged.out" "${tmp}/log/munged.log" 2>/dev/null | tr '\n' ' ')"
+
+# --- slurm.conf -------------------------------------------------------------------------------
+ctld_port="$(free_port)"
+slurmd_port="$(free_port)"
+while [[ "${slurmd_port}" == "${ctld_port}" ]]; do slurmd_port="$(free_port)"; done
+# Our own cluster only: drop what an enclosing Slurm job (CI on a cluster) would pass down.
+while read -r variable; do unset "${variable}"; done < <(compgen -v | grep '^SLURM_' || true)
+export SLURM_CONF="${tmp}/slurm.conf"
+cat >"${SLURM_CONF}" <<CONF
+ClusterName=evaldtest
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort=${ctld_port}
+SlurmdPort=${slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=${munge_socket}
+StateSaveLocation=${tmp}/state
+SlurmdSpoolDir=${tmp}/spool
+SlurmctldPidFile=${tmp}/slurmctld.pid
+SlurmdPidFile=${tmp}/slurmd.pid
+SlurmctldLogFile=${tmp}/log/slurmctld.log
+SlurmdLogFile=${tmp}/log/slurmd.log
+ProctrackType=proctrack/pgid
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+MpiDefault=none
+SwitchType=switch/none
+ReturnToService=2
+MailProg=/bin/true
+# SIGKILL follows SIGTERM after KillWait: longer than the workers' drain below.
+KillWait=10
+SlurmdTimeout=30
+MinJobAge=300
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+
+# --- slurmctld and slurmd in the foreground, as our children ----------------------------------
+slurmctld -D -f "${SLURM_CONF}" >"${tmp}/log/slurmctld.out" 2>&1 &
+pids+=($!)
+slurmd -D -N localhost -f "${SLURM_CONF}" >"${tmp}/log/slurmd.out" 2>&1 &
+pids+=($!)
+
+node_idle() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -0 "${pid}" 2>/dev/null ||
+      skip "a Slurm daemon exited at startup: $(tail -n 5 "${tmp}"/log/slurm*.out | tr '\n' ' ')"
+  done
+  [[ "$(sinfo --noheader --nodes=localhost --format=%T 2>/dev/null)" == idle ]]
+}
+deadline=$((SECONDS + 20))
+until node_idle; do
+  ((SECONDS < deadline)) ||
+    skip "Slurm did not bring node localhost to idle in 20 s: $(sinfo --noheader 2>&1 | tr '\n' ' ')"
+  sleep 0.1
+done
+log "slurm is up: controller port ${ctld_port}, node localhost idle"
+
+# --- the coordinator --------------------------------------------------------------------------
+"${bin_dir}/evald-coordinator" --data-dir "${tmp}/store" --bind tcp://127.0.0.1:0 \
+  --http 127.0.0.1:0 --heartbeat-ms 100 --worker-timeout-ms 1000 --retry-backoff-ms 20 \
+  >"${tmp}/log/endpoints.json" 2>"${tmp}/log/coordinator.log" &
+coordinator_pid=$!
+pids+=("${coordinator_pid}")
+wait_for "the coordinator's endpoint line" 10 grep -q '"http"' "${tmp}/log/endpoints.json"
+bind="$(json 'd["bind"]' <"${tmp}/log/endpoints.json")"
+http="$(json 'd["http"]' <"${tmp}/log/endpoints.json")"
+export EVALD_SERVER="http://${http}"
+evalctl() { "${bin_dir}/evalctl" --json "$@"; }
+log "coordinator: workers ${bind}, API ${EVALD_SERVER}"
+
+# --- submit the shipped script: 2 tasks on the one node ---------------------------------------
+# The workers run evald-test-runner from the test runners dir; sbatch's default --export=ALL
+# passes PATH and the EVALD_* settings to every task.
+submit_workers() {
+  PATH="${runners_dir}:${PATH}" EVALD_WORKER_BIN="${bin_dir}/evald-worker" EVALD_SLOTS=1 \
+    EVALD_WORK_ROOT="${tmp}/jobs" EVALD_DRAIN_TIMEOUT_MS=1000 EVALD_HEARTBEAT_MS=100 \
+    EVALD_LABELS=pool=slurm-test \
+    sbatch --parsable --ntasks=2 --ntasks-per-node=2 --output="${tmp}/log/job-%j.log" \
+    "${sbatch_script}" "${bind}"
+}
+job="$(submit_workers)"
+job="${job%%;*}"
+job_ids+=("${job}")
+log "submitted job ${job}"
+
+slurm_workers_connected() {
+  evalctl workers | json "
+sum(1 for w in d['workers'] if w['state'] == 'connected'
+    and w['labels'].get('slurm_job') == '${job}' and w['labels'].get('pool') == 'slurm-test')
+" | grep -qx 2
+}
+wait_for "both Slurm workers of job ${job} to connect" 20 slurm_workers_connected
+evalctl workers >"${tmp}/workers.json"
+names="$(json "' '.join(sorted(w['name'] for w in d['workers']))" <"${tmp}/workers.json")"
+[[ "${names}" == "slurm-${job}-0 slurm-${job}-1" ]] ||
+  fail "expected workers slurm-${job}-0 and slurm-${job}-1, got: ${names}"
+log "workers connected: ${names}"
+
+# --- part 1: a campaign completes on the Slurm workers ----------------------------------------
+# evald-test-runner: example i of a model is correct iff (i * mult + offset) % 7 < k.
+cat >"${tmp}/campaign1.json" <<'SPEC'
+{"name": "slurm-round1",
+ "models": [{"name": "m-a", "params": {"mult": 1, "k": 4}}, {"name": "m-b", "params": {"mult": 3, "k": 2}}],
+ "benchmarks": [{"name": "b-x", "examples": 30, "shard_size": 10, "metric": "accuracy", "params": {"offset": 0}},
+                {"name": "b-y", "examples": 20, "shard_size": 10, "metric": "accuracy", "params": {"offset": 5}}],
+ "runner": {"type": "exec", "command": ["evald-test-runner", "{model}", "{benchmark}", "{shard}"], "timeout_s": 60},
+ "max_attempts": 2}
+SPEC
+campaign1="$(evalctl submit "${tmp}/campaign1.json" | json 'd["id"]')"
+campaign_state() { evalctl status "$1" | json 'd["state"]'; }
+campaign_is() { [[ "$(campaign_state "$1")" == "$2" ]]; }
+wait_for "campaign ${campaign1} to succeed" 30 campaign_is "${campaign1}" succeeded
+
+# Every shard ran once, on one of the two Slurm workers.
+evalctl shards "${campaign1}" | json "
+'\n'.join('%s %s %d %s %d' % (s['model'], s['benchmark'], s['index'], s['worker'], s['attempts'])
+          for s in d['shards'])" >"${tmp}/shards1.txt"
+[[ "$(wc -l <"${tmp}/shards1.txt")" == 10 ]] || fail "expected 10 shards, got: $(cat "${tmp}/shards1.txt")"
+if grep -Ev " slurm-${job}-[01] 1$" "${tmp}/shards1.txt"; then
+  fail "the shards above did not run exactly once on a Slurm worker"
+fi
+# The leaderboard holds the exact example-weighted scores of the runner's formula.
+evalctl results "${campaign1}" >"${tmp}/results1.json"
+python3 - "${tmp}/results1.json" <<'CHECK' || fail "wrong leaderboard: $(cat "${tmp}/results1.json")"
+import json, sys
+results = json.load(open(sys.argv[1]))
+models = {"m-a": (1, 4), "m-b": (3, 2)}
+benchmarks = {"b-x": (30, 0), "b-y": (20, 5)}
+for row in results["models"]:
+    mult, k = models[row["name"]]
+    for name, (examples, offset) in benchmarks.items():
+        want = sum(1 for i in range(examples) if (i * mult + offset) % 7 < k) / examples
+        score = row["scores"][name]
+        assert abs(score["value"] - want) < 1e-12, (row["name"], name, score, want)
+        assert score["count"] == examples and score["complete"], (row["name"], name, score)
+assert [row["name"] for row in results["models"]] == ["m-a", "m-b"], results
+CHECK
+log "campaign ${campaign1} succeeded on the Slurm workers with the expected scores"
+
+# --- part 2: scancel while shards run; they go back to the queue -----------------------------
+# Two models with one shard each, so each Slurm worker gets one (the scheduler spreads models
+# over workers). Every first attempt hangs until its worker kills it; a second attempt succeeds
+# at once.
+cat >"${tmp}/campaign2.json" <<'SPEC'
+{"name": "slurm-round2",
+ "models": [{"name": "m-a", "params": {"mult": 1, "k": 4, "hang_attempts": [1]}},
+            {"name": "m-b", "params": {"mult": 3, "k": 2, "hang_attempts": [1]}}],
+ "benchmarks": [{"name": "b-x", "examples": 10, "shard_size": 10, "metric": "accuracy", "params": {"offset": 0}}],
+ "runner": {"type": "exec", "command": ["evald-test-runner", "{model}", "{benchmark}", "{shard}"], "timeout_s": 300},
+ "max_attempts": 3}
+SPEC
+campaign2="$(evalctl submit "${tmp}/campaign2.json" | json 'd["id"]')"
+# "model:state:attempts worker" per shard, sorted by model.
+shards2() {
+  evalctl shards "${campaign2}" | json "
+'\n'.join('%s:%s:%d %s' % (s['model'], s['state'], s['attempts'], s['worker'])
+           for s in sorted(d['shards'], key=lambda s: s['model']))"
+}
+running_on_both() {
+  shards2 >"${tmp}/shards2.txt"
+  [[ "$(grep -cE ":running:1 slurm-${job}-[01]$" "${tmp}/shards2.txt")" == 2 ]] &&
+    [[ "$(cut -d' ' -f2 "${tmp}/shards2.txt" | sort -u | wc -l)" == 2 ]]
+}
+wait_for "each Slurm worker to run a shard of ${campaign2}" 20 running_on_both
+log "Slurm workers hold: $(tr '\n' ' ' <"${tmp}/shards2.txt"); scancel ${job}"
+
+scancel "${job}"
+job_gone() { [[ -z "$(squeue --noheader --jobs="${job}" 2>/dev/null)" ]]; }
+wait_for "job ${job} to end after scancel" 20 job_gone
+# The workers drained: SIGTERM reached them (drain_started), they stopped by themselves.
+job_log="${tmp}/log/job-${job}.log"
+drains="$(grep -c 'drain_started' "${job_log}" || true)"
+[[ "${drains}" == 2 ]] || fail "expected 2 drain_started lines in ${job_log}, got ${drains}"
+no_slurm_worker_connected() {
+  evalctl workers | json "
+sum(1 for w in d['workers'] if w['name'].startswith('slurm-${job}-') and w['state'] == 'connected')
+" | grep -qx 0
+}
+wait_for "the Slurm workers to leave the coordinator" 10 no_slurm_worker_connected
+
+# The shards they held are pending again, each with its one used attempt.
+both_pending() { [[ "$(shards2 | cut -d' ' -f1 | tr '\n' ' ')" == "m-a:pending:1 m-b:pending:1 " ]]; }
+wait_for "both shards to be pending again" 10 both_pending
+log "both shards are pending again after the job ended"
+
+# A worker outside Slurm picks them up: their second attempts succeed, the campaign completes.
+PATH="${runners_dir}:${PATH}" "${bin_dir}/evald-worker" --coordinator "${bind}" --name after-slurm \
+  --slots 2 --gpus none --heartbeat-ms 100 --work-dir "${tmp}/after-slurm" \
+  2>"${tmp}/log/after-slurm.log" &
+pids+=($!)
+wait_for "campaign ${campaign2} to succeed" 30 campaign_is "${campaign2}" succeeded
+final="$(shards2 | tr '\n' ' ')"
+[[ "${final}" == "m-a:succeeded:2 after-slurm m-b:succeeded:2 after-slurm " ]] ||
+  fail "both shards should have succeeded on after-slurm at their 2nd attempt, got: ${final}"
+log "PASS: campaign ${campaign1} ran on Slurm; after scancel, the shards the Slurm workers held" \
+  "were re-queued and finished elsewhere"

@@ -1,0 +1,225 @@
+// The makespan simulator: its cost model on scenarios small enough to work out by hand, the lower
+// bound, scenario validation, and that the shipped scenarios parse. It drives the real Scheduler
+// against a real (scratch) RocksDB directory.
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "tests/support/test_support.hpp"
+#include "tools/makespan-sim/simulator.hpp"
+
+using namespace evald;
+using namespace evald::sim;
+
+namespace {
+
+// One worker group, one benchmark "b"; models as {name, gpus, load_s, shard_s}.
+struct TinyModel {
+  std::string name;
+  int gpus;
+  double load_s;
+  double shard_s;
+};
+
+nlohmann::json tiny_scenario(uint32_t workers, uint32_t gpus_per_worker,
+                             const std::vector<TinyModel>& models, int examples, int shard_size) {
+  nlohmann::json j;
+  j["cluster"] = {{"workers", workers}, {"gpus_per_worker", gpus_per_worker}};
+  j["campaign"] = {
+      {"name", "tiny"},
+      {"models", nlohmann::json::array()},
+      {"benchmarks", {{{"name", "b"}, {"examples", examples}, {"shard_size", shard_size}}}},
+      {"runner", {{"type", "noop"}}}};
+  for (const auto& m : models) {
+    j["campaign"]["models"].push_back({{"name", m.name}, {"resources", {{"gpus", m.gpus}}}});
+    j["load_s"][m.name] = m.load_s;
+    j["shard_s"][m.name] = {{"b", m.shard_s}};
+  }
+  return j;
+}
+
+Scenario parse(const nlohmann::json& j) {
+  auto s = parse_scenario(j);
+  INFO((s.ok() ? "" : s.error().message));
+  REQUIRE(s.ok());
+  return s.value();
+}
+
+SimReport run(const Scenario& scenario, bool timeline = false) {
+  testing::TempDir scratch("evald-sim-test");
+  SimOptions options;
+  options.scratch_parent = scratch.path();
+  options.timeline = timeline;
+  auto report = simulate(scenario, options);
+  INFO((report.ok() ? "" : report.error().message));
+  REQUIRE(report.ok());
+  return report.value();
+}
+
+std::string parse_error(const nlohmann::json& j) {
+  auto s = parse_scenario(j);
+  REQUIRE_FALSE(s.ok());
+  return s.error().message;
+}
+
+}  // namespace
+
+TEST_CASE("shards that start while their model loads wait for it; the load counts once",
+          "[unit][makespan-sim]") {
+  // 2 GPUs, 4 one-GPU shards of 10 s, a 5 s load: two shards wait for the load and end at 15 s,
+  // the other two run 15..25 s.
+  const auto scenario = parse(tiny_scenario(1, 2, {{"m", 1, 5, 10}}, 4, 1));
+  const auto r = run(scenario);
+  REQUIRE(r.completed);
+  CHECK(r.shards == 4);
+  CHECK(r.makespan_ms == 25'000);
+  CHECK(r.loads == 1);
+  CHECK(r.min_loads == 1);
+  CHECK(r.busy_gpu_ms == 50'000);    // 2 x 15 s + 2 x 10 s
+  CHECK(r.load_gpu_ms == 10'000);    // both GPUs held 5 s for the load
+  CHECK(r.bound.work_ms == 22'500);  // (4 x 10 s + 5 s) / 2 GPUs
+  CHECK(r.bound.longest_ms == 15'000);
+  CHECK(r.gpu_utilisation() == Approx(1.0));
+  CHECK(r.ratio() == Approx(25.0 / 22.5));
+}
+
+TEST_CASE("a worker finishes its model before it loads the next one", "[unit][makespan-sim]") {
+  // One GPU, two models of two 10 s shards: m1 (3 s load) then m2 (7 s load). Alternating would
+  // load four times; affinity loads each model once.
+  const auto scenario = parse(tiny_scenario(1, 1, {{"m1", 1, 3, 10}, {"m2", 1, 7, 10}}, 2, 1));
+  const auto r = run(scenario, /*timeline=*/true);
+  REQUIRE(r.completed);
+  CHECK(r.makespan_ms == 50'000);  // 3 + 10 + 10 + 7 + 10 + 10
+  CHECK(r.loads == 2);
+  CHECK(r.models[0].loads == 1);
+  CHECK(r.models[1].loads == 1);
+  REQUIRE(r.worker_reports.size() == 1);
+  const auto& timeline = r.worker_reports[0].timeline;
+  REQUIRE(timeline.size() == 2);
+  CHECK(timeline[1].at_ms == 23'000);
+}
+
+TEST_CASE("multi-GPU shards hold their GPUs; the last short shard runs shorter",
+          "[unit][makespan-sim]") {
+  // 4 GPUs, a 2-GPU model, 5 examples in shards of 2: 2, 2, 1 examples = 10, 10, 5 s, no load.
+  // Two shards run at once (0..10 s), then the short one (10..15 s).
+  const auto scenario = parse(tiny_scenario(1, 4, {{"m", 2, 0, 10}}, 5, 2));
+  CHECK(scenario.shard_ms(0, 0, 2) == 5'000);
+  const auto r = run(scenario);
+  REQUIRE(r.completed);
+  CHECK(r.makespan_ms == 15'000);
+  CHECK(r.busy_gpu_ms == 2 * 25'000);
+  CHECK(r.bound.work_ms == 12'500);  // 50 GPU-s / 4 GPUs
+  CHECK(r.idle_drain_gpu_ms == 2 * 5'000);
+}
+
+TEST_CASE("a campaign no worker can run is reported as stuck, with the scheduler's reason",
+          "[unit][makespan-sim]") {
+  const auto scenario = parse(tiny_scenario(2, 2, {{"big", 4, 60, 10}}, 3, 1));
+  const auto r = run(scenario);
+  CHECK_FALSE(r.completed);
+  CHECK_THAT(r.failure, Catch::Contains("stuck") && Catch::Contains("3 shards pending") &&
+                            Catch::Contains("big needs 4 GPUs"));
+  const auto misses = check_targets(r, Targets{});
+  REQUIRE(misses.size() == 1);
+  CHECK_THAT(misses[0], Catch::Contains("did not complete"));
+}
+
+TEST_CASE("check_targets names the gap", "[unit][makespan-sim]") {
+  SimReport r;
+  r.completed = true;
+  r.makespan_ms = 120'000;
+  r.bound.work_ms = 100'000;
+  r.loads = 5;
+  r.min_loads = 2;
+  const auto misses = check_targets(r, Targets{1.10, 2.0});
+  REQUIRE(misses.size() == 2);
+  CHECK_THAT(misses[0], Catch::Contains("1.200 x the lower bound") && Catch::Contains("10.0 s"));
+  CHECK_THAT(misses[1], Catch::Contains("5 model loads; target <= 4"));
+  r.makespan_ms = 110'000;
+  r.loads = 4;
+  CHECK(check_targets(r, Targets{1.10, 2.0}).empty());
+}
+
+TEST_CASE("jitter is deterministic per shard and bounded", "[unit][makespan-sim]") {
+  auto j = tiny_scenario(1, 1, {{"m", 1, 0, 100}}, 50, 1);
+  j["jitter"] = 0.2;
+  j["seed"] = 3;
+  const auto a = parse(j);
+  const auto b = parse(j);
+  bool varies = false;
+  for (uint32_t i = 0; i < 50; ++i) {
+    const int64_t ms = a.shard_ms(0, 0, i);
+    CHECK(ms == b.shard_ms(0, 0, i));
+    CHECK(ms >= 80'000);
+    CHECK(ms <= 120'000);
+    varies = varies || ms != a.shard_ms(0, 0, 0);
+  }
+  CHECK(varies);
+}
+
+TEST_CASE("per-benchmark base times scale by model factor; explicit times win",
+          "[unit][makespan-sim]") {
+  auto j = tiny_scenario(1, 1, {{"m1", 1, 0, 10}, {"m2", 1, 0, 10}}, 1, 1);
+  j.erase("shard_s");
+  j["benchmark_shard_s"] = {{"b", 20}};
+  j["model_factor"] = {{"m2", 1.5}};
+  j["shard_s"] = {{"m1", {{"b", 7}}}};
+  const auto s = parse(j);
+  CHECK(s.shard_ms(0, 0, 0) == 7'000);
+  CHECK(s.shard_ms(1, 0, 0) == 30'000);
+}
+
+TEST_CASE("scenario errors name the field", "[unit][makespan-sim]") {
+  const auto good = tiny_scenario(1, 2, {{"m", 1, 5, 10}}, 4, 1);
+  auto j = good;
+  j["load_s"].erase("m");
+  CHECK(parse_error(j) == "load_s.m: missing");
+  j = good;
+  j["shards_s"] = nlohmann::json::object();
+  CHECK(parse_error(j) == "shards_s: unknown field");
+  j = good;
+  j["shard_s"]["nope"] = {{"b", 1}};
+  CHECK(parse_error(j) == "shard_s.nope: no model of that name in the campaign");
+  j = good;
+  j.erase("shard_s");
+  CHECK(parse_error(j) == "shard_s.m.b: missing, and benchmark_shard_s.b is not set either");
+  j = good;
+  j["jitter"] = 1.5;
+  CHECK_THAT(parse_error(j), Catch::StartsWith("jitter: "));
+  j = good;
+  j["cluster"]["gpus_per_worker"] = 0;
+  CHECK(parse_error(j) == "cluster.gpus_per_worker: must be an integer from 1 to 64");
+  j = good;
+  j["cluster"] = {{{"name", "a"}, {"workers", 1}, {"gpus_per_worker", 8}},
+                  {{"name", "a"}, {"workers", 1}, {"gpus_per_worker", 8}}};
+  CHECK(parse_error(j) == "cluster[1].name: 'a' names another group too");
+  j = good;
+  j["campaign"]["benchmarks"][0]["shard_size"] = 0;
+  CHECK_THAT(parse_error(j), Catch::StartsWith("campaign.benchmarks[0].shard_size: "));
+  j = good;
+  j["campaign"]["models"][0]["resources"]["gpus"] = 0;
+  CHECK_THAT(parse_error(j),
+             Catch::StartsWith("campaign.models[0].resources.gpus: must be at least 1"));
+  j = good;
+  j["shard_s"]["m"]["b"] = -1;
+  CHECK_THAT(parse_error(j), Catch::StartsWith("shard_s.m.b: must be a number of seconds > 0"));
+  CHECK_THAT(load_scenario("/nonexistent/x.json").error().message,
+             Catch::Contains("cannot be opened"));
+}
+
+TEST_CASE("the shipped scenarios parse and have the advertised shape", "[unit][makespan-sim]") {
+  const std::string dir = std::string(EVALD_SOURCE_DIR) + "/tools/makespan-sim/scenarios/";
+  auto national = load_scenario(dir + "national-round.json");
+  INFO((national.ok() ? "" : national.error().message));
+  REQUIRE(national.ok());
+  CHECK(national->total_workers() == 8);
+  CHECK(national->total_gpus() == 64);
+  CHECK(national->campaign.models.size() == 12);
+  CHECK(national->campaign.benchmarks.size() == 13);
+  CHECK(national->campaign.total_shards() == 3180);
+  auto mixed = load_scenario(dir + "mixed-small.json");
+  INFO((mixed.ok() ? "" : mixed.error().message));
+  REQUIRE(mixed.ok());
+  CHECK(mixed->total_gpus() == 32);
+  CHECK(mixed->campaign.models.size() == 6);
+}
