@@ -77,17 +77,16 @@ ParsedArgs parse_args(int argc, const char* const* argv, po::options_description
       "version", "print the version and exit")("config", po::value<std::string>(),
                                                "JSON file whose keys mirror the long flags");
   ParsedArgs parsed;
+  // The parser keeps references to these, so they live as long as it does.
+  po::options_description hidden;
+  hidden.add_options()("positional", po::value<std::vector<std::string>>(), "");
+  po::options_description all;
+  all.add(options).add(hidden);
+  po::positional_options_description pos;
+  pos.add("positional", -1);
   try {
     auto parser = po::command_line_parser(argc, argv).options(options);
-    if (allow_positional) {
-      po::options_description hidden;
-      hidden.add_options()("positional", po::value<std::vector<std::string>>(), "");
-      po::options_description all;
-      all.add(options).add(hidden);
-      po::positional_options_description pos;
-      pos.add("positional", -1);
-      parser = po::command_line_parser(argc, argv).options(all).positional(pos);
-    }
+    if (allow_positional) parser = po::command_line_parser(argc, argv).options(all).positional(pos);
     po::store(parser.run(), parsed.values);
   } catch (const po::error& e) {
     throw UsageError(e.what());

@@ -927,10 +927,12 @@ void Scheduler::dispatch() {
         }
         if (best) return commit(w, c, *best);
       }
-      // Only small remainders of models other workers run are left in this tier. Leave the
-      // worker idle rather than pay a load for them, unless the alternative is a lower priority.
+      // Only small remainders of models other workers run are left in this tier. A worker that
+      // still runs shards leaves its spare GPUs free rather than pay a load for them (unless the
+      // alternative is a lower priority); a worker with nothing running always takes them: no
+      // worker sits idle while there is pending work it can run.
       if (not_worth_joining) {
-        if (tier_end == active.size()) return std::nullopt;
+        if (tier_end == active.size() && !w.leases.empty()) return std::nullopt;
         return commit(w, *not_worth_joining->first, not_worth_joining->second);
       }
       tier_begin = tier_end;

@@ -17,17 +17,12 @@
 //    harmless.
 //  * A GPU of a worker is busy iff exactly one of that worker's leases holds it.
 //
-// Placement (docs/scheduling.md): a shard goes only to a worker whose labels match the model's
-// resources and that has enough free GPUs (with enough memory); it gets specific GPU indexes.
-// Among what fits, a worker keeps getting the model it ran last (loading weights costs minutes);
-// otherwise it gets the model with the most pending shards per worker already warm on it, so the
-// cluster spreads over the models instead of every worker loading every model. A worker is never
-// left idle while something it can run is pending. Higher campaign priority goes first; equal
-// priorities take turns.
-//
-// Crash behaviour: memory is rebuilt by recover() from the store. Shards stored as running become
-// orphans: a worker that comes back within --worker-timeout-ms and lists the attempt in its HELLO
-// keeps it; otherwise the shard is queued again without using up an attempt.
+// Placement and order (docs/scheduling.md): a shard goes only to a worker whose labels match the
+// model's resources and that has enough free GPUs (with enough memory); it gets specific GPU
+// indexes. A worker stays committed to the model it ran last while that model has work, waiting
+// for its own GPUs rather than loading another model; otherwise it takes the fitting model with
+// the most GPU-shards left per worker already on it. A worker with nothing running always gets a
+// pending shard that fits it. Higher campaign priority goes first; equal priorities take turns.
 #pragma once
 
 #include <array>

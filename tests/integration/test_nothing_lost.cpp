@@ -290,6 +290,10 @@ TEST_CASE("nothing lost: a frozen worker's late result is stale and never counte
     REQUIRE(history_with(given_up, "lost").size() == 1);
     // ... while the runner finishes: the frozen worker now holds a result nobody wants.
     REQUIRE(wait_until([&] { return fs::exists(trace_file(trace, victim, 1, "finished")); }, 10s));
+    // Resume only once the shard runs elsewhere: a late success of a shard not yet handed out
+    // again is that attempt's only result and counts (see the unit tests), so the stale path is
+    // taken only when another attempt exists.
+    REQUIRE(wait_until([&] { return find_shard(api, id, victim).at("total_attempts") == 2; }, 10s));
     frozen.resume();
   }
   // The late result arrives and is recorded as a stale attempt.

@@ -82,3 +82,16 @@ TEST_CASE("malformed frames are refused with a reason", "[unit][protocol]") {
   for (size_t n = 0; n < frame.size(); ++n) CHECK_FALSE(decode(frame.substr(0, n)).ok());
   CHECK_FALSE(decode(frame + "x").ok());
 }
+
+#include "common/cli_options.hpp"
+
+TEST_CASE("positional arguments parse next to flags", "[unit][cli]") {
+  evald::po::options_description options("test");
+  options.add_options()("name", evald::po::value<std::string>()->default_value("x"), "a name");
+  const char* argv[] = {"prog", "first", "--name", "y", "second"};
+  auto parsed = evald::parse_args(5, argv, options, /*allow_positional=*/true);
+  CHECK(parsed.positional == std::vector<std::string>{"first", "second"});
+  CHECK(parsed.values["name"].as<std::string>() == "y");
+  const char* bad[] = {"prog", "--nope"};
+  CHECK_THROWS_AS(evald::parse_args(2, bad, options, true), evald::UsageError);
+}

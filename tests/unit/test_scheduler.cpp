@@ -509,3 +509,41 @@ TEST_CASE("no worker idles while a shard it can run is pending", "[unit][schedul
   CHECK(h.assignments("w2").size() == 1);
   CHECK(h.campaign(id.value()).count(ShardState::kPending) == 0);
 }
+
+TEST_CASE("an idle GPU worker joins a model others run rather than sit idle",
+          "[unit][scheduler][affinity]") {
+  Harness h;
+  auto id = h.scheduler->submit(
+      gpu_spec({{{"name", "m0"}, {"resources", {{"gpus", 1}}}}}, /*examples=*/3));
+  REQUIRE(id.ok());
+  gpu_hello(h, "w1", 2, 2, 81559);
+  h.turn();
+  REQUIRE(h.assignments("w1").size() == 2);  // m0 is warm on w1 now; one shard is left
+  gpu_hello(h, "w2", 8, 8, 81559);
+  h.turn();
+  // The remainder (1 GPU-shard) would not fill w2's 8 GPUs, but w2 has nothing else to do.
+  CHECK(h.assignments("w2").size() == 1);
+  CHECK(h.campaign(id.value()).count(ShardState::kPending) == 0);
+}
+
+TEST_CASE("a late success of a shard not yet handed out again counts once", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(2, 2));
+  REQUIRE(id.ok());
+  h.hello("w1", 1);
+  h.turn();
+  auto a = h.assignments("w1");
+  REQUIRE(a.size() == 1);
+  h.clock.advance(6000ms);  // w1 is lost; its shard goes back to the queue, nobody takes it
+  h.turn();
+  REQUIRE(h.campaign(id.value()).count(ShardState::kPending) == 1);
+  h.report("w1", a[0], true, 0.5);  // w1 was only frozen: its result is the attempt's only one
+  h.turn();
+  const Campaign& c = h.campaign(id.value());
+  CHECK(c.state == CampaignState::kSucceeded);
+  CHECK(c.groups[0].cell.examples_scored == 2);
+  CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(0.5));
+  h.hello("w2", 1);
+  h.turn();
+  CHECK(h.assignments("w2").empty());  // nothing runs twice
+}

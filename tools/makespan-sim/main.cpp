@@ -14,9 +14,9 @@ int main(int argc, char** argv) {
   options.add_options()("scenario", value<std::string>(), "the scenario JSON file (required)")(
       "check", bool_switch(),
       "exit 1 unless makespan <= max-ratio x lower bound and model loads <= "
-      "max-load-factor x the minimum")("max-ratio", value<double>()->default_value(1.10),
+      "max-load-factor x the minimum")("max-ratio", value<double>()->default_value(1.10, "1.10"),
                                        "makespan target for --check")(
-      "max-load-factor", value<double>()->default_value(2.0), "model-load target for --check")(
+      "max-load-factor", value<double>()->default_value(2.0, "2"), "model-load target for --check")(
       "json", bool_switch(), "print the report as one JSON object")(
       "timeline", bool_switch(), "list each worker's model loads with their times")(
       "scratch-dir", value<std::string>()->default_value(""),

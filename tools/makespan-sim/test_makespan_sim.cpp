@@ -98,6 +98,37 @@ TEST_CASE("a worker finishes its model before it loads the next one", "[unit][ma
   CHECK(timeline[1].at_ms == 23'000);
 }
 
+// The dispatch heuristic (Scheduler::dispatch), seen through the simulator.
+
+TEST_CASE("a worker keeps its GPUs for its model rather than fill them with another",
+          "[unit][makespan-sim][scheduler]") {
+  // 4 GPUs; P needs 3 GPUs (4 shards of 10 s, 5 s load), Q needs 1 (4 shards of 10 s, 3 s load).
+  // P's shards run one after another while the fourth GPU waits: 0-15 s (with the load), 15-25,
+  // 25-35, 35-45. Once P has nothing pending (35 s) the spare GPU loads Q (35-48 s) and Q's other
+  // three shards follow on the GPUs P leaves (45-55 s). Filling the spare GPU with Q from the
+  // start would move the worker's affinity to Q and make it switch back and forth.
+  const auto scenario = parse(tiny_scenario(1, 4, {{"P", 3, 5, 10}, {"Q", 1, 3, 10}}, 4, 1));
+  const auto r = run(scenario, /*timeline=*/true);
+  REQUIRE(r.completed);
+  CHECK(r.loads == 2);
+  CHECK(r.makespan_ms == 55'000);
+  const auto& timeline = r.worker_reports[0].timeline;
+  REQUIRE(timeline.size() == 2);
+  CHECK(timeline[0].model == 0);
+  CHECK(timeline[1].at_ms == 35'000);
+}
+
+TEST_CASE("the model with the most GPU time left goes first", "[unit][makespan-sim][scheduler]") {
+  // Same shard count, but L's shards hold 4 GPUs: L (16 GPU-shards) before S (4).
+  const auto scenario = parse(tiny_scenario(1, 4, {{"S", 1, 0, 10}, {"L", 4, 0, 10}}, 4, 1));
+  const auto r = run(scenario, /*timeline=*/true);
+  REQUIRE(r.completed);
+  const auto& timeline = r.worker_reports[0].timeline;
+  REQUIRE(timeline.size() == 2);
+  CHECK(timeline[0].model == 1);
+  CHECK(r.makespan_ms == 50'000);  // 4 x 10 s of L, then S's four shards at once
+}
+
 TEST_CASE("multi-GPU shards hold their GPUs; the last short shard runs shorter",
           "[unit][makespan-sim]") {
   // 4 GPUs, a 2-GPU model, 5 examples in shards of 2: 2, 2, 1 examples = 10, 10, 5 s, no load.
