@@ -70,6 +70,9 @@ void encode_ids(BinaryWriter& w, const std::vector<uint64_t>& ids) {
   w.u32(static_cast<uint32_t>(ids.size()));
   for (uint64_t id : ids) w.u64(id);
 }
+void encode_body(BinaryWriter& w, const HandBack& m) {
+  encode_ids(w, m.attempt_ids);
+}
 void encode_body(BinaryWriter& w, const Ack& m) {
   encode_ids(w, m.attempt_ids);
 }
@@ -167,6 +170,8 @@ const char* to_string(MessageType type) {
       return "results";
     case MessageType::kDrain:
       return "drain";
+    case MessageType::kHandBack:
+      return "hand_back";
     case MessageType::kWelcome:
       return "welcome";
     case MessageType::kCampaign:
@@ -191,6 +196,7 @@ MessageType type_of(const Message& message) {
         if constexpr (std::is_same_v<T, Heartbeat>) return MessageType::kHeartbeat;
         if constexpr (std::is_same_v<T, Results>) return MessageType::kResults;
         if constexpr (std::is_same_v<T, Drain>) return MessageType::kDrain;
+        if constexpr (std::is_same_v<T, HandBack>) return MessageType::kHandBack;
         if constexpr (std::is_same_v<T, Welcome>) return MessageType::kWelcome;
         if constexpr (std::is_same_v<T, CampaignInfo>) return MessageType::kCampaign;
         if constexpr (std::is_same_v<T, Assign>) return MessageType::kAssign;
@@ -256,6 +262,12 @@ Result<Message> decode(std::string_view frame) {
       CampaignInfo m;
       if (!r.u32(m.campaign) || !r.str(m.campaign_id) || !r.str(m.spec_json))
         return make_error("CAMPAIGN: truncated body");
+      decoded = Message{std::move(m)};
+      break;
+    }
+    case MessageType::kHandBack: {
+      HandBack m;
+      if (!decode_ids(r, m.attempt_ids)) return make_error("HAND_BACK: truncated body");
       decoded = Message{std::move(m)};
       break;
     }

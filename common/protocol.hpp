@@ -20,6 +20,7 @@
 //   coord  -> CANCEL (attempt ids the worker must stop: campaign cancelled or lease revoked)
 //   both   -> HEARTBEAT when idle; any message counts as one
 //   worker -> DRAIN (stop sending me work; used on graceful shutdown)
+//   worker -> HAND_BACK (attempt ids killed unfinished at the drain timeout: queue them again)
 //   coord  -> REHELLO (I do not know you: a restarted coordinator, or a worker declared lost)
 #pragma once
 
@@ -43,6 +44,7 @@ enum class MessageType : uint8_t {
   kHeartbeat = 2,
   kResults = 3,
   kDrain = 4,
+  kHandBack = 5,
   kWelcome = 10,
   kCampaign = 11,
   kAssign = 12,
@@ -65,6 +67,12 @@ struct Hello {
 
 struct Heartbeat {};
 struct Drain {};
+
+// A stopping worker gives these attempts back unfinished (their runners were killed at the drain
+// timeout): the coordinator queues them again at once, and they do not use up an attempt.
+struct HandBack {
+  std::vector<uint64_t> attempt_ids;
+};
 struct ReHello {};
 
 struct ShardResult {
@@ -106,7 +114,7 @@ struct Assignment {
   uint32_t shard = 0;
   int64_t start = 0;
   int64_t end = 0;
-  uint32_t attempt = 1;        // 1-based attempt number, for {attempt}
+  uint32_t attempt = 1;  // 1-based, counting every attempt of the shard ever started: {attempt}
   std::vector<uint32_t> gpus;  // GPU indexes given to this attempt (CUDA_VISIBLE_DEVICES)
 };
 
@@ -122,8 +130,8 @@ struct Cancel {
   std::vector<uint64_t> attempt_ids;
 };
 
-using Message = std::variant<Hello, Heartbeat, Results, Drain, Welcome, CampaignInfo, Assign, Ack,
-                             Cancel, ReHello>;
+using Message = std::variant<Hello, Heartbeat, Results, Drain, HandBack, Welcome, CampaignInfo,
+                             Assign, Ack, Cancel, ReHello>;
 
 std::string encode(const Message& message);
 // Never throws on bad input: a frame that is short, has the wrong magic or version, an unknown

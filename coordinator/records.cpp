@@ -82,6 +82,8 @@ const char* to_string(AttemptOutcome outcome) {
       return "cancelled";
     case AttemptOutcome::kOrphaned:
       return "orphaned";
+    case AttemptOutcome::kHandedBack:
+      return "handed_back";
   }
   return "unknown";
 }
@@ -147,7 +149,7 @@ Result<AttemptRecord> decode_attempt_record(std::string_view bytes) {
   if (!r.u8(version) || version != kAttemptRecordVersion) {
     return make_error("attempt record: unknown format version");
   }
-  if (!r.u8(outcome) || outcome > static_cast<uint8_t>(AttemptOutcome::kOrphaned) ||
+  if (!r.u8(outcome) || outcome > static_cast<uint8_t>(AttemptOutcome::kHandedBack) ||
       !r.u32(rec.attempt) || !r.str(rec.worker) || !r.i64(rec.ended_at_ms) ||
       !r.u32(rec.duration_ms) || !r.str(rec.error) || !r.u8(ok) || !r.i64(rec.count) ||
       !read_metrics(r, rec.metrics) || !r.at_end()) {

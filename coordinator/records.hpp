@@ -46,11 +46,12 @@ struct ShardRecord {
 };
 
 enum class AttemptOutcome : uint8_t {
-  kFailed = 0,     // runner failure: exit code, signal, timeout, unparsable output
-  kLost = 1,       // its worker was lost or restarted without it
-  kStale = 2,      // a result that arrived after the attempt was given up; never counted
-  kCancelled = 3,  // stopped by cancel
-  kOrphaned = 4,   // running when the coordinator restarted and not reclaimed by any worker
+  kFailed = 0,      // runner failure: exit code, signal, timeout, unparsable output
+  kLost = 1,        // its worker was lost or restarted without it
+  kStale = 2,       // a result that arrived after the attempt was given up; never counted
+  kCancelled = 3,   // stopped by cancel
+  kOrphaned = 4,    // running when the coordinator restarted and not reclaimed by any worker
+  kHandedBack = 5,  // given back unfinished by a stopping worker; does not use up an attempt
 };
 const char* to_string(AttemptOutcome outcome);
 

@@ -276,22 +276,25 @@ void Scheduler::fail_attempt(Campaign& c, uint32_t group, uint32_t index, Attemp
   Shard& s = g.shards[index];
   AttemptRecord rec;
   rec.outcome = outcome;
-  rec.attempt = s.attempts;
+  rec.attempt = s.total_attempts;
   rec.worker = worker_name;
   rec.ended_at_ms = clock_.wall_ms();
   rec.duration_ms = duration_ms;
   rec.error = error;
   batch_.put_attempt(ShardKey{c.key, group, index}, s.attempt_id, rec);
   if (!counts_as_attempt && s.attempts > 0) --s.attempts;
+  s.awaiting_given_up_attempt =
+      outcome == AttemptOutcome::kLost || outcome == AttemptOutcome::kOrphaned;
   g.last_errors[index] = error;
   if (counts_as_attempt) g.attempts_failed->Increment();
   s.worker = kNoWorker;
   const bool exhausted = counts_as_attempt && s.attempts >= c.spec.max_attempts;
   spdlog::info(
       "attempt ended campaign={} model={} benchmark={} shard={} attempt_id={} outcome={} "
-      "attempt={}/{} final={} error=\"{}\"",
+      "attempt={} budget={}/{} final={} error=\"{}\"",
       c.id, c.spec.models[g.model].name, c.spec.benchmarks[g.benchmark].name, index, s.attempt_id,
-      to_string(outcome), rec.attempt, c.spec.max_attempts, exhausted, error.substr(0, 200));
+      to_string(outcome), rec.attempt, s.attempts, c.spec.max_attempts, exhausted,
+      error.substr(0, 200));
   if (exhausted) {
     set_state(c, group, s, ShardState::kFailed);
     g.failed->Increment();
@@ -439,7 +442,8 @@ Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSele
       if (!selected) continue;
       had_success |= s.state == ShardState::kSucceeded;
       set_state(c, gi, s, ShardState::kPending);
-      s.attempts = 0;  // a fresh attempt budget
+      s.attempts = 0;                       // a fresh attempt budget
+      s.awaiting_given_up_attempt = false;  // a resent old result must not stand in for the rerun
       g.retried->Increment();
       if (!c.ahead_of_cursor(gi, i)) {
         c.queues[c.model_of(gi)].requeued.push_back(ReadyRef{gi, i, now});
@@ -507,7 +511,7 @@ Result<int64_t> Scheduler::cancel(const std::string& campaign_id) {
         }
         AttemptRecord rec;
         rec.outcome = AttemptOutcome::kCancelled;
-        rec.attempt = s.attempts;
+        rec.attempt = s.total_attempts;
         rec.worker = worker_name;
         rec.ended_at_ms = clock_.wall_ms();
         rec.error = "cancelled";
@@ -555,6 +559,16 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
       w->last_seen = clock_.now();
     } else {
       outgoing_.send(identity, protocol::ReHello{});
+    }
+  } else if (std::holds_alternative<protocol::HandBack>(message)) {
+    if (known) {
+      w->last_seen = clock_.now();
+      on_hand_back(*w, std::get<protocol::HandBack>(message));
+    } else {
+      // Not a worker we know (we restarted, or forgot it): its leases are orphans that expire
+      // without using an attempt, which is what a hand-back asks for anyway.
+      spdlog::info("hand-back from unknown worker ignored worker={} attempts={}", identity,
+                   std::get<protocol::HandBack>(message).attempt_ids.size());
     }
   } else if (std::holds_alternative<protocol::Drain>(message)) {
     if (known) {
@@ -691,8 +705,8 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
   // A successful result of the shard's latest attempt still counts when the shard was put back
   // in the queue (its worker looked lost, or did not reclaim it in time after a restart) and has
   // not been handed out again: the attempt id proves it is that attempt's only result.
-  const bool late_but_current =
-      s.state == ShardState::kPending && s.attempt_id == r.attempt_id && r.ok && s.attempt_id != 0;
+  const bool late_but_current = s.state == ShardState::kPending && s.awaiting_given_up_attempt &&
+                                s.attempt_id == r.attempt_id && r.ok && s.attempt_id != 0;
   if (late_but_current) {
     spdlog::info(
         "late result of the latest attempt counted campaign={} shard={} attempt_id={} "
@@ -700,6 +714,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
         c->id, r.shard, r.attempt_id, identity);
     set_state(*c, gi, s, ShardState::kRunning);  // so the success path below sees a lease
     s.worker = kNoWorker;
+    s.awaiting_given_up_attempt = false;
   }
   if (s.state != ShardState::kRunning || s.attempt_id != r.attempt_id) {
     AttemptRecord rec;
@@ -749,6 +764,28 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
   fail_attempt(*c, gi, r.shard, AttemptOutcome::kFailed,
                r.error.empty() ? "runner failed without an error message" : r.error, worker_name,
                r.duration_ms, true);
+}
+
+void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back) {
+  for (uint64_t id : hand_back.attempt_ids) {
+    auto lease = w.leases.find(id);
+    if (lease == w.leases.end()) {
+      spdlog::info("hand-back of an attempt the worker does not hold worker={} attempt_id={}",
+                   w.name, id);
+      continue;
+    }
+    const ShardKey key = lease->second;
+    release_lease(w, id);
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    // The worker is leaving (drain timeout on SIGTERM, e.g. a preempted Slurm job), not failing
+    // the shard: it goes back to the queue at once and keeps its attempt budget.
+    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kHandedBack,
+                 "handed back unfinished by worker " + w.name + " (stopping: drain timeout)",
+                 w.name, 0, /*counts_as_attempt=*/false);
+  }
 }
 
 void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
@@ -804,6 +841,7 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vect
   ++s.attempts;
   ++s.total_attempts;
   s.attempt_id = next_attempt_id();
+  s.awaiting_given_up_attempt = false;
   s.worker = w.index;
   w.leases[s.attempt_id] = ShardKey{c.key, ref.group, ref.shard};
   if (!gpus.empty()) {
@@ -824,7 +862,7 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vect
                                                 .shard = ref.shard,
                                                 .start = range.start,
                                                 .end = range.end,
-                                                .attempt = s.attempts,
+                                                .attempt = s.total_attempts,
                                                 .gpus = std::move(gpus)});
   metrics_.dispatch_latency.Observe(seconds_between(ref.ready_since, clock_.now()));
 }
@@ -873,6 +911,20 @@ void Scheduler::dispatch() {
     set_last_model(w, &c, m);
     return std::nullopt;
   };
+  // Workers committed to campaign c (they ran one of its models last).
+  auto workers_held = [](const Campaign& c) {
+    int64_t held = 0;
+    for (const auto& q : c.queues) held += q.warm_workers;
+    return held;
+  };
+  auto runnable_on = [&](const Campaign& c, const WorkerInfo& w) {
+    for (uint32_t m = 0; m < c.queues.size(); ++m) {
+      if (has_work(c, m) && place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) {
+        return true;
+      }
+    }
+    return false;
+  };
   // What worker w should run next; nothing if nothing fits, or if w waits for GPUs of the model it
   // is committed to.
   auto choose = [&](WorkerInfo& w) -> std::optional<Pick> {
@@ -883,6 +935,20 @@ void Scheduler::dispatch() {
              active[tier_end]->spec.priority == active[tier_begin]->spec.priority) {
         ++tier_end;
       }
+      const size_t tier_size = tier_end - tier_begin;
+      // Equal priorities share the cluster: a worker leaves its campaign (paying a model load)
+      // when that campaign holds at least two workers more than another of the tier that has
+      // work this worker can run. Campaigns then differ by at most one worker, and a campaign
+      // submitted behind a long one gets its share as workers finish shards, not at the end.
+      auto over_share = [&](const Campaign& c) {
+        if (tier_size < 2) return false;
+        const int64_t held = workers_held(c);
+        for (size_t i = tier_begin; i < tier_end; ++i) {
+          const Campaign& other = *active[i];
+          if (&other != &c && workers_held(other) + 1 < held && runnable_on(other, w)) return true;
+        }
+        return false;
+      };
       // Affinity: the model this worker is committed to (it ran it last, or was given it while
       // its GPUs were still busy), if it is in this tier and still has work. When its shard does
       // not fit yet, wait for the worker's own shards to free GPUs rather than fill them with
@@ -891,21 +957,31 @@ void Scheduler::dispatch() {
       for (size_t i = tier_begin; i < tier_end; ++i) {
         Campaign& c = *active[i];
         if (c.key != w.last_campaign || w.last_model >= c.queues.size()) continue;
-        if (!has_work(c, w.last_model)) continue;
+        if (!has_work(c, w.last_model) || over_share(c)) continue;
         const auto& resources = c.spec.models[w.last_model].resources;
         if (auto gpus = place_shard(resources, w.labels, w.gpu_slots, false)) {
           return Pick{&c, w.last_model, std::move(*gpus)};
         }
         if (place_shard(resources, w.labels, w.gpu_slots, true)) return std::nullopt;
       }
-      // Otherwise commit the worker to a new model: campaigns of the tier take turns; within one,
-      // the model it could run with the most work left per worker warm on it (largest first, so
-      // big models start early and workers spread in proportion to the work).
-      const size_t tier_size = tier_end - tier_begin;
+      // Otherwise commit the worker to a new model: the campaign of the tier holding the fewest
+      // workers first (ties take turns); within one, the model it could run with the most work
+      // left per worker warm on it (largest first, so big models start early and workers spread
+      // in proportion to the work).
       const size_t turn = tier_turn_++;
-      std::optional<std::pair<Campaign*, uint32_t>> not_worth_joining;
+      std::vector<Campaign*> tier;
+      tier.reserve(tier_size);
       for (size_t k = 0; k < tier_size; ++k) {
-        Campaign& c = *active[tier_begin + (turn + k) % tier_size];
+        tier.push_back(active[tier_begin + (turn + k) % tier_size]);
+      }
+      if (tier_size > 1) {
+        std::stable_sort(tier.begin(), tier.end(), [&](const Campaign* a, const Campaign* b) {
+          return workers_held(*a) < workers_held(*b);
+        });
+      }
+      std::optional<std::pair<Campaign*, uint32_t>> not_worth_joining;
+      for (Campaign* candidate : tier) {
+        Campaign& c = *candidate;
         std::optional<uint32_t> best;
         double best_score = -1;
         for (uint32_t m = 0; m < c.queues.size(); ++m) {

@@ -99,6 +99,10 @@ inline constexpr uint32_t kNoWorker = UINT32_MAX;
 
 struct Shard {
   ShardState state = ShardState::kPending;
+  // The last attempt was given up without an answer (worker lost, lease not reclaimed after a
+  // restart). Until the shard is leased again, that attempt's success is still its only result
+  // and may count; any other pending shard treats a result of an old attempt as stale.
+  bool awaiting_given_up_attempt = false;
   uint16_t attempts = 0;        // started within the current budget
   uint16_t total_attempts = 0;  // ever started
   uint32_t worker = kNoWorker;  // running: index of the worker holding the lease
@@ -265,6 +269,7 @@ class Scheduler {
   void on_results(const std::string& identity, protocol::Results results);
   void on_result(WorkerInfo* w, const std::string& identity, protocol::ShardResult& r);
   void lose_worker(WorkerInfo& w, const std::string& reason);
+  void on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back);
   WorkerInfo* find_worker(const std::string& name);
   Campaign* campaign_by_key(uint32_t key);
   void refresh_gauges();

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <string_view>
 
 #include "common/clock.hpp"
 #include "common/http_server.hpp"
@@ -52,7 +53,10 @@ int run_coordinator(const CoordinatorConfig& config) {
         [&core, &metrics](HttpRequest request, HttpRespond respond) {
           // /metrics is served from the HTTP thread: prometheus-cpp metrics are
           // atomics, and a scrape should not cost the core a turn.
-          if (request.method == "GET" && request.target == "/metrics") {
+          const std::string_view target = request.target;
+          const bool metrics_path =
+              target.substr(0, target.find('?')) == "/metrics";  // a query string is ignored
+          if (request.method == "GET" && metrics_path) {
             metrics.http_requests.Add({{"route", "/metrics"}, {"status", "200"}}).Increment();
             respond(
                 HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", metrics.serialize()});

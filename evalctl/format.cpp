@@ -542,13 +542,41 @@ std::string format_campaigns(const json& campaigns) {
   return render_table(table);
 }
 
+namespace {
+
+// The attempts that ended without counting, by outcome in the order they first happened:
+// "2 failed, 1 lost, 1 stale". A stale attempt (a late result that was not counted) shows here.
+std::string history_text(const json& shard) {
+  const auto it = shard.find("history");
+  if (it == shard.end() || !it->is_array() || it->empty()) return "-";
+  std::vector<std::pair<std::string, int>> counts;
+  for (const auto& attempt : *it) {
+    const std::string outcome = text_at(attempt, "outcome", "?");
+    auto found = std::find_if(counts.begin(), counts.end(),
+                              [&](const auto& entry) { return entry.first == outcome; });
+    if (found == counts.end()) {
+      counts.emplace_back(outcome, 1);
+    } else {
+      ++found->second;
+    }
+  }
+  std::string out;
+  for (const auto& [outcome, n] : counts) {
+    if (!out.empty()) out += ", ";
+    out += std::to_string(n) + " " + outcome;
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string format_shards(const json& shards) {
   const json& list = array_at(shards, "shards");
   if (list.empty()) return "no shards\n";
   Table table;
-  table.headers = {"model",    "benchmark", "index",      "range",     "state",
-                   "attempts", "worker",    "duration_s", "last_error"};
-  table.right_align = {false, false, true, true, false, true, false, true, false};
+  table.headers = {"model",    "benchmark", "index",  "range",      "state",
+                   "attempts", "earlier",   "worker", "duration_s", "last_error"};
+  table.right_align = {false, false, true, true, false, true, false, false, true, false};
   for (const auto& shard : list) {
     const auto duration = number_at(shard, "duration_s");
     const std::string worker = text_at(shard, "worker");
@@ -556,7 +584,7 @@ std::string format_shards(const json& shards) {
         {text_at(shard, "model"), text_at(shard, "benchmark"),
          integer_text(integer_at(shard, "index")),
          integer_text(integer_at(shard, "start")) + "-" + integer_text(integer_at(shard, "end")),
-         text_at(shard, "state"), integer_text(integer_at(shard, "attempts")),
+         text_at(shard, "state"), integer_text(integer_at(shard, "attempts")), history_text(shard),
          worker.empty() ? "-" : worker, duration ? fixed(*duration, 1) : "-",
          one_line(text_at(shard, "last_error", ""), kErrorCellChars)});
   }

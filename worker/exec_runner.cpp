@@ -61,12 +61,19 @@ Result<RunnerOutput> parse_output_object(const nlohmann::json& doc) {
 
   const auto count = doc.find("count");
   if (count == doc.end()) return make_error("count: missing");
+  // 500.0 is 500 (Python's json writes a float for `n / 1` and such), as in the spec parser.
+  constexpr double kCountLimit = 9.0e15;  // beyond it a double no longer holds every integer
+  const bool integral_float = count->is_number_float() &&
+                              std::trunc(count->get<double>()) == count->get<double>() &&
+                              std::abs(count->get<double>()) < kCountLimit;
   const bool too_big = count->is_number_unsigned() &&
                        count->get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()};
-  if (!count->is_number_integer() || too_big || count->get<int64_t>() < 0) {
+  if (!(count->is_number_integer() || integral_float) || too_big) {
     return make_error("count: must be a non-negative integer");
   }
-  output.count = count->get<int64_t>();
+  output.count =
+      integral_float ? static_cast<int64_t>(count->get<double>()) : count->get<int64_t>();
+  if (output.count < 0) return make_error("count: must be a non-negative integer");
 
   const auto samples = doc.find("samples");
   if (samples != doc.end() && !samples->is_null()) {
@@ -117,7 +124,8 @@ protocol::ShardResult make_result(protocol::ShardResult result, ProcessOutcome& 
           with_stderr_tail("timeout after " + format_seconds(timeout_s), outcome.stderr_tail);
       break;
     case ProcessEnd::kStdoutOverflow:
-      result.error = fmt::format("stdout exceeds {} MiB", kStdoutLimitBytes >> 20);
+      result.error = with_stderr_tail(fmt::format("stdout exceeds {} MiB", kStdoutLimitBytes >> 20),
+                                      outcome.stderr_tail);
       break;
     case ProcessEnd::kSignaled:
       result.error = with_stderr_tail(
@@ -134,8 +142,9 @@ protocol::ShardResult make_result(protocol::ShardResult result, ProcessOutcome& 
       if (!parsed.ok()) {
         const std::string_view out = outcome.stdout_data;
         const auto tail = out.substr(out.size() - std::min(out.size(), kUnparsableStdoutTailBytes));
-        result.error = "unparsable output: " + parsed.error().message +
-                       "; stdout tail: " + sanitize_utf8(tail);
+        result.error = with_stderr_tail("unparsable output: " + parsed.error().message +
+                                            " (stdout ends with: " + sanitize_utf8(tail) + ")",
+                                        outcome.stderr_tail);
         break;
       }
       result.ok = true;

@@ -56,6 +56,8 @@ constexpr int64_t kMaxMessageBytes = int64_t{256} << 20;
 constexpr int kReconnectIvlMs = 100;
 constexpr int kReconnectIvlMaxMs = 5000;
 constexpr int kMinPingTimeoutMs = 10000;
+// How long closing the socket may wait for the last frames (a hand-back) to leave.
+constexpr int kFinalFramesLingerMs = 1000;
 
 std::string random_instance() {
   std::random_device device;
@@ -189,7 +191,8 @@ void Worker::connect() {
   const auto ping_ms = static_cast<int>(config_.heartbeat.count());
   socket_.set(zmq::sockopt::heartbeat_ivl, ping_ms);
   socket_.set(zmq::sockopt::heartbeat_timeout, std::max(10 * ping_ms, kMinPingTimeoutMs));
-  // Unsent frames are worthless at close: every result that matters is in the outbox by then.
+  // Unsent frames are worthless at close: every result that matters is in the outbox by then
+  // (a hand-back, the one exception, raises the linger before it is sent).
   socket_.set(zmq::sockopt::linger, 0);
   monitor_.set(zmq::sockopt::linger, 0);
   const std::string monitor_endpoint = "inproc://evald-worker-monitor-" + instance_;
@@ -617,11 +620,7 @@ void Worker::on_timers() {
 bool Worker::drain_done() {
   const auto now = clock_.now();
   if (now >= drain_deadline_) {
-    if (!running_.empty()) {
-      kill_running("worker stopped: still running when the drain timeout of " +
-                   std::to_string(config_.drain_timeout.count()) + " ms expired");
-      flush_results();
-    }
+    if (!running_.empty()) hand_back_running();
     return true;
   }
   if (!running_.empty()) return false;
@@ -640,6 +639,25 @@ void Worker::kill_running(const std::string& reason) {
     outgoing_.push_back(Outgoing{failed_result(assignment, reason), true});
   }
   running_.clear();
+}
+
+// At the drain timeout: the shards still running are not failures of theirs, so they go back
+// unfinished (the coordinator queues them again at once and keeps their attempt budget) rather
+// than as failed results. If the hand-back cannot be sent, the coordinator finds this worker
+// silent and gives the shards up itself.
+void Worker::hand_back_running() {
+  protocol::HandBack hand_back;
+  for (const auto& [attempt_id, assignment] : running_) {
+    spdlog::warn("exec_killed attempt={} reason=\"drain timeout of {} ms expired; handed back\"",
+                 attempt_id, config_.drain_timeout.count());
+    if (exec_runner_) exec_runner_->cancel(attempt_id);
+    hand_back.attempt_ids.push_back(attempt_id);
+  }
+  running_.clear();
+  const bool sent = send_frame(protocol::encode(hand_back));
+  // The socket closes right after this; without a linger the frame could die in its queue.
+  if (sent) socket_.set(zmq::sockopt::linger, kFinalFramesLingerMs);
+  spdlog::info("hand_back attempts={} sent={}", hand_back.attempt_ids.size(), sent);
 }
 
 bool Worker::persist_unacked() {

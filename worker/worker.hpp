@@ -102,6 +102,7 @@ class Worker {
   void on_timers();
   bool drain_done();
   void kill_running(const std::string& reason);
+  void hand_back_running();
   bool persist_unacked();
 
   void try_send_hello();

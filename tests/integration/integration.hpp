@@ -178,6 +178,7 @@ inline void check_results(const nlohmann::json& results, const std::vector<TestM
   INFO("results: " << results.dump());
   REQUIRE(results.at("models").size() == expected.size());
   std::vector<std::string> names;
+  names.reserve(benchmarks.size());
   for (const auto& b : benchmarks) names.push_back(b.name);
   CHECK(results.at("benchmarks") == nlohmann::json(names));
   for (size_t i = 0; i < expected.size(); ++i) {

@@ -66,7 +66,7 @@ fs::path find_program(const std::string& name) {
     dirs.emplace_back(dir);
   }
   for (const auto& dir : dirs) {
-    const auto candidate = fs::path(dir) / name;
+    auto candidate = fs::path(dir) / name;
     if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return {};
@@ -86,9 +86,9 @@ fs::path python_with_yaml() {
 // Every document of a YAML file, as JSON. A parse error fails the test with PyYAML's message,
 // which names the line.
 json load_yaml(const fs::path& file) {
-  static const fs::path python = python_with_yaml();
+  static const fs::path kPython = python_with_yaml();
   const auto result =
-      run_command(python,
+      run_command(kPython,
                   {"-c",
                    "import json, sys, yaml\n"
                    "docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n"
@@ -277,7 +277,7 @@ fs::path installed_copy(const TempDir& dir, const std::string& unit_name) {
     text.replace(at, from.size(), bin_dir().string() + "/");
     at += bin_dir().string().size() + 1;
   }
-  const auto path = dir.path() / unit_name;
+  auto path = dir.path() / unit_name;
   std::ofstream(path) << text;
   return path;
 }
@@ -496,7 +496,7 @@ TEST_CASE("compose runs a coordinator, two workers and Prometheus scraping it", 
       for (const auto& pattern : sd.at("files")) {
         // Relative to the config file; a '*' in the file name matches any run of characters.
         auto path = pattern.get<std::string>();
-        if (path.front() != '/') path = config_dir + "/" + path;
+        if (path.front() != '/') path.insert(0, config_dir + "/");
         const auto dir = host_path(fs::path(path).parent_path().string());
         const auto name_pattern = fs::path(path).filename().string();
         if (dir.empty() || !fs::is_directory(dir)) continue;
@@ -604,6 +604,26 @@ TEST_CASE("the Dockerfile builds in one stage and runs non-root in another, one 
     const auto command = json::parse(entrypoint);
     CHECK(command.back() == "/usr/local/bin/evald-" + target);
   }
+}
+
+TEST_CASE("the Prometheus configs and alert rules pass promtool", "[integration]") {
+  const auto promtool = find_program("promtool");
+  if (promtool.empty()) FAIL("promtool not found; install prometheus (scripts/setup.sh does)");
+  const auto dir = deploy_dir() / "prometheus";
+  // check config also checks the rule files it names (alerts.yml) and needs the file_sd files.
+  for (const auto* config : {"prometheus.yml", "prometheus-static.yml"}) {
+    const auto checked = run_command(promtool, {"check", "config", (dir / config).string()}, 60s);
+    INFO("promtool check config " << config << ": exit " << checked.exit_code << "\n"
+                                  << checked.out << checked.err);
+    CHECK(checked.exit_code == 0);
+    CHECK_THAT(checked.out + checked.err,
+               Catch::Contains("is valid prometheus config file syntax"));
+  }
+  const auto rules = run_command(promtool, {"check", "rules", (dir / "alerts.yml").string()}, 60s);
+  INFO("promtool check rules alerts.yml: exit " << rules.exit_code << "\n"
+                                                << rules.out << rules.err);
+  CHECK(rules.exit_code == 0);
+  CHECK_THAT(rules.out + rules.err, Catch::Contains("SUCCESS"));
 }
 
 TEST_CASE("the systemd units pass systemd-analyze verify and stay hardened", "[integration]") {

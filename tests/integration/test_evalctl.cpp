@@ -247,4 +247,34 @@ TEST_CASE("evalctl: cancel stops a running campaign", "[integration]") {
   CHECK(evalctl({"--server", server, "cancel", id}).exit_code == 1);
 }
 
+TEST_CASE("evalctl: status says why a model's shards cannot run on any connected worker",
+          "[integration]") {
+  TestCluster cluster;  // two workers without GPUs
+  const auto api = cluster.api();
+  const std::string server = cluster.coordinator().http_url();
+  json spec = make_spec("needs-gpus", kModels, kBenchmarks);
+  spec["models"][1]["resources"] = {{"gpus", 2}, {"labels", {{"gpu", "h100"}}}};
+  const auto id = api.submit(spec);
+  // The other models finish; m-beta's shards stay pending, and the campaign says why.
+  const int64_t beta_shards = total_shards({kModels[1]}, kBenchmarks);
+  REQUIRE(wait_until(
+      [&] {
+        const json c = api.campaign(id);
+        return c.at("shards").at("pending") == beta_shards && c.at("shards").at("running") == 0 &&
+               c.contains("unschedulable");
+      },
+      30s));
+  const auto status = evalctl({"--server", server, "status", id});
+  INFO("status: " << status.out << status.err);
+  REQUIRE(status.exit_code == 0);
+  CHECK_THAT(status.out, Catch::Contains("unschedulable"));
+  CHECK_THAT(status.out, Catch::Contains("m-beta needs 2 GPUs"));
+  CHECK_THAT(status.out, Catch::Contains("gpu=h100"));
+  const auto listed = evalctl({"--server", server, "status"});
+  INFO("status (all): " << listed.out << listed.err);
+  REQUIRE(listed.exit_code == 0);
+  CHECK_THAT(listed.out, Catch::Contains("m-beta needs 2 GPUs"));
+  CHECK(api.campaign(id).at("state") == "running");
+}
+
 }  // namespace

@@ -14,7 +14,6 @@
 #include "common/http_server.hpp"
 #include "tests/integration/integration.hpp"
 
-using evald::testing::Api;
 using evald::testing::ClusterOptions;
 using evald::testing::TestBenchmark;
 using evald::testing::TestCluster;
@@ -93,11 +92,11 @@ bool has(const std::vector<Sample>& samples, const std::string& name,
   return false;
 }
 
-std::string scrape(const std::string& address) {
+std::string scrape(const std::string& address, const std::string& target = "/metrics") {
   auto url = evald::parse_http_url("http://" + address);
   REQUIRE(url.ok());
-  const auto response = evald::http_request(url.value(), "GET", "/metrics", "", 10s);
-  INFO("GET http://" << address << "/metrics");
+  const auto response = evald::http_request(url.value(), "GET", target, "", 10s);
+  INFO("GET http://" << address << target);
   REQUIRE(response.ok());
   REQUIRE(response->status == 200);
   return response->body;
@@ -146,9 +145,7 @@ void check_with_promtool(const std::string& page, const std::filesystem::path& f
 TEST_CASE("coordinator and worker /metrics pass promtool and count a campaign exactly",
           "[integration][metrics]") {
   if (!std::filesystem::exists(kPromtool)) {
-    WARN("skipped: " << kPromtool.string()
-                     << " is missing (apt-get install prometheus; scripts/setup.sh does)");
-    return;
+    FAIL(kPromtool.string() << " is missing (apt-get install prometheus; scripts/setup.sh does)");
   }
   ClusterOptions options;
   options.workers = 0;
@@ -185,6 +182,8 @@ TEST_CASE("coordinator and worker /metrics pass promtool and count a campaign ex
       },
       20s));
   check_with_promtool(scrape(coordinator), cluster.dir() / "coordinator.prom");
+  // Scrapers may add a query string (Prometheus' `params:`); it does not change the page.
+  CHECK_THAT(scrape(coordinator, "/metrics?format=text"), Catch::Contains("evald_shards"));
   check_with_promtool(scrape(worker_pages[0]), cluster.dir() / "worker-1.prom");
   check_with_promtool(scrape(worker_pages[1]), cluster.dir() / "worker-2.prom");
 
@@ -357,8 +356,9 @@ TEST_CASE("evald-worker --metrics: a bad address is a usage error, a taken port 
   CHECK(bad.err.find("--metrics: invalid address '9101'") != std::string::npos);
   CHECK(bad.out.empty());
 
-  evald::HttpServer taken("127.0.0.1:0", 1024,
-                          [](evald::HttpRequest, evald::HttpRespond respond) { respond({}); });
+  evald::HttpServer taken(
+      "127.0.0.1:0", 1024,
+      [](const evald::HttpRequest&, const evald::HttpRespond& respond) { respond({}); });
   args = base;
   args.insert(args.end(), {"--metrics", taken.local_address()});
   const auto busy = evald::testing::run_command(worker, args, 20s);

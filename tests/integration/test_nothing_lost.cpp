@@ -117,6 +117,30 @@ Lease wait_for_started_lease(const Api& api, const std::string& worker, const fs
   return *found;
 }
 
+// Waits until exactly `count` shards of the campaign are running and each one's runner (first
+// attempt) has started; returns those shards.
+json wait_for_running_runners(const Api& api, const std::string& id, const fs::path& trace_dir,
+                              size_t count) {
+  json running;
+  const bool ok = wait_until(
+      [&] {
+        running = api.shards(id, "running").at("shards");
+        if (running.size() != count) return false;
+        for (const auto& s : running) {
+          if (!fs::exists(trace_file(trace_dir, s.at("model").get<std::string>(),
+                                     s.at("benchmark").get<std::string>(),
+                                     s.at("index").get<int64_t>(), 1, "started"))) {
+            return false;
+          }
+        }
+        return true;
+      },
+      20s, 5ms);
+  INFO("running: " << running.dump());
+  REQUIRE(ok);
+  return running;
+}
+
 json find_shard(const Api& api, const std::string& id, const std::string& model,
                 const std::string& benchmark, int64_t index) {
   const json shards = shard_list(api, id);
@@ -319,6 +343,12 @@ TEST_CASE("nothing lost: a frozen worker's late result is stale and never counte
   }
   CHECK(s.at("last_error") == "worker lost: w1");
   CHECK(api.metric("evald_stale_results_total") >= 1);
+  // People see it too: `evalctl shards` lists the given-up attempt and its stale result.
+  const auto table = run_command(bin_dir() / "evalctl",
+                                 {"--server", cluster.coordinator().http_url(), "shards", id}, 30s);
+  INFO("evalctl shards: " << table.out << table.err);
+  CHECK(table.exit_code == 0);
+  CHECK_THAT(table.out, Catch::Contains("1 lost, 1 stale"));
   // The resumed worker is welcomed back.
   api.wait_for_workers(2);
 }
@@ -342,21 +372,7 @@ TEST_CASE("nothing lost: results finished while the coordinator is down count on
   const auto id = api.submit(make_spec("coordinator-outage", models, benchmarks));
 
   // All 4 shards running and every runner started (each then sleeps 4.4 s).
-  json running;
-  REQUIRE(wait_until(
-      [&] {
-        running = api.shards(id, "running").at("shards");
-        if (running.size() != 4) return false;
-        for (const auto& s : running) {
-          if (!fs::exists(trace_file(trace, s.at("model").get<std::string>(),
-                                     s.at("benchmark").get<std::string>(),
-                                     s.at("index").get<int64_t>(), 1, "started"))) {
-            return false;
-          }
-        }
-        return true;
-      },
-      20s, 5ms));
+  const json running = wait_for_running_runners(api, id, trace, 4);
   INFO("running at the kill: " << running.dump());
   cluster.coordinator().kill();
 
@@ -392,6 +408,52 @@ TEST_CASE("nothing lost: results finished while the coordinator is down count on
                0;
       },
       10s));
+}
+
+TEST_CASE("nothing lost: shards still running across a coordinator restart run only once",
+          "[integration]") {
+  TestCluster cluster(fast_cluster(2, 2));
+  const auto api = cluster.api();
+  const fs::path trace = cluster.dir() / "trace";
+  fs::create_directories(trace);
+  // 6 shards on 4 slots, 5 s each: at the kill 4 runners are mid-run and 2 shards are pending.
+  const json faults = {{"sleep_ms", 5000}, {"trace_dir", trace.string()}};
+  const std::vector<TestModel> models = {{"m-alpha", 1, 5, faults}, {"m-beta", 2, 3, faults}};
+  const std::vector<TestBenchmark> benchmarks = {{"b-one", 30, 10, 0, "accuracy", true, {}}};
+  const int64_t total = total_shards(models, benchmarks);
+  REQUIRE(total == 6);
+  const auto id = api.submit(make_spec("restart-mid-run", models, benchmarks));
+
+  const json running = wait_for_running_runners(api, id, trace, 4);
+  INFO("running at the kill: " << running.dump());
+  cluster.coordinator().kill();
+  // Restarted at once, while every runner still has seconds to go: the workers reconnect and
+  // their hello lists the attempts they still run, which the coordinator takes back as leases.
+  cluster.coordinator().restart();
+  for (const auto& s : running) {
+    CHECK_FALSE(fs::exists(trace_file(trace, s.at("model").get<std::string>(),
+                                      s.at("benchmark").get<std::string>(),
+                                      s.at("index").get<int64_t>(), 1, "finished")));
+  }
+  // Reclaimed (not expired and dispatched again): both workers hold their two leases again. The
+  // runners sleep 5 s, well past the workers' reconnect backoff (first tries at ~0.1-1.9 s).
+  REQUIRE(wait_until(
+      [&] { return leases_of(api, "w1").size() == 2 && leases_of(api, "w2").size() == 2; }, 10s,
+      20ms));
+
+  api.wait_for_state(id, "succeeded", 45s);
+  check_results(api.results(id), models, benchmarks);
+  check_counted_once(api, id, total);
+  // No second copy of a running shard, and the pending ones ran once too.
+  for (const auto& s : shard_list(api, id)) {
+    INFO("shard " << s.dump());
+    CHECK(s.at("total_attempts") == 1);
+    CHECK_FALSE(s.contains("history"));
+    CHECK_FALSE(fs::exists(trace_file(trace, s.at("model").get<std::string>(),
+                                      s.at("benchmark").get<std::string>(),
+                                      s.at("index").get<int64_t>(), 2, "started")));
+  }
+  CHECK(api.metric("evald_stale_results_total") == 0);
 }
 
 TEST_CASE("nothing lost: a shard that kills its worker every time ends failed", "[integration]") {

@@ -170,14 +170,18 @@ TEST_CASE("shards table cuts last_error to its first and last line", "[unit][eva
   const json shards = json::parse(R"({"shards": [
     {"model": "model-a", "benchmark": "kmmlu", "index": 3, "start": 1500, "end": 2000,
      "state": "failed", "attempts": 3, "worker": "gpu-1", "duration_s": 12.345,
-     "last_error": "exit code 1: Traceback (most recent call last):\n  File x\nValueError: bad"},
+     "last_error": "exit code 1: Traceback (most recent call last):\n  File x\nValueError: bad",
+     "history": [{"outcome": "failed"}, {"outcome": "lost"}, {"outcome": "stale"},
+                 {"outcome": "failed"}]},
     {"model": "model-a", "benchmark": "kmmlu", "index": 4, "start": 2000, "end": 2500,
      "state": "pending", "attempts": 0, "worker": null, "duration_s": null, "last_error": null}]})");
   CHECK(ev::format_shards(shards) ==
-        "model    benchmark  index      range  state    attempts  worker  duration_s  last_error\n"
-        "model-a  kmmlu          3  1500-2000  failed          3  gpu-1         12.3  exit code 1: "
-        "Traceback (most recent call last): ... ValueError: bad\n"
-        "model-a  kmmlu          4  2000-2500  pending         0  -                -\n");
+        "model    benchmark  index      range  state    attempts  earlier                    "
+        "worker  duration_s  last_error\n"
+        "model-a  kmmlu          3  1500-2000  failed          3  2 failed, 1 lost, 1 stale  "
+        "gpu-1         12.3  exit code 1: Traceback (most recent call last): ... ValueError: bad\n"
+        "model-a  kmmlu          4  2000-2500  pending         0  -                          "
+        "-                -\n");
 }
 
 TEST_CASE("a long last_error is cut to 80 columns", "[unit][evalctl]") {
@@ -257,8 +261,8 @@ class FakeApi {
   };
 
   FakeApi()
-      : server_("127.0.0.1:0", 1024 * 1024,
-                [this](evald::HttpRequest request, evald::HttpRespond respond) {
+      : server_("127.0.0.1:0", size_t{1024} * 1024,
+                [this](const evald::HttpRequest& request, const evald::HttpRespond& respond) {
                   respond(answer(request));
                 }) {
     server_.start();

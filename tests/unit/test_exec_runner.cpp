@@ -35,7 +35,8 @@ std::filesystem::path write_script(const std::filesystem::path& dir, const std::
 evald::CampaignSpec exec_spec(std::vector<std::string> command, double timeout_s = 30) {
   evald::CampaignSpec spec;
   spec.name = "test";
-  spec.models = {{"model-a", {{"path", "/models/a"}}}, {"model-b", nlohmann::json::object()}};
+  spec.models = {{"model-a", {{"path", "/models/a"}}, {}},
+                 {"model-b", nlohmann::json::object(), {}}};
   evald::BenchmarkSpec benchmark;
   benchmark.name = "kmmlu";
   benchmark.examples = 5000;
@@ -238,6 +239,7 @@ TEST_CASE("stdout that is not a result is a failure that shows its tail", "[unit
 echo "hello"
 echo '{"metrics": {"accuracy": "high"}, "count": 3}'
 echo "bye"
+echo "scored 3 examples, wrote the wrong type" >&2
 )");
   const auto spec = exec_spec({script.string()});
   const std::string campaign_id = "c";
@@ -249,8 +251,9 @@ echo "bye"
   REQUIRE(results.size() == 1);
   CHECK_FALSE(results[0].ok);
   CHECK(results[0].error ==
-        "unparsable output: metrics.accuracy: must be a number; stdout tail: hello\n"
-        "{\"metrics\": {\"accuracy\": \"high\"}, \"count\": 3}\nbye\n");
+        "unparsable output: metrics.accuracy: must be a number (stdout ends with: hello\n"
+        "{\"metrics\": {\"accuracy\": \"high\"}, \"count\": 3}\nbye\n): "
+        "scored 3 examples, wrote the wrong type");
 }
 
 TEST_CASE("signals, huge stdout, a missing executable and ignored stdin", "[unit][exec]") {
@@ -409,6 +412,11 @@ TEST_CASE("runner stdout parsing", "[unit][exec]") {
           "count: must be a non-negative integer");
     CHECK(error(R"({"metrics": {"a": 1}, "count": 2.5})") ==
           "count: must be a non-negative integer");
+    CHECK(error(R"({"metrics": {"a": 1}, "count": -2.0})") ==
+          "count: must be a non-negative integer");
+    CHECK(error(R"({"metrics": {"a": 1}, "count": 1e300})") ==
+          "count: must be a non-negative integer");
+    CHECK(parse_runner_output(R"({"metrics": {"a": 1}, "count": 500.0})").value().count == 500);
     CHECK(error(R"({"metrics": {"a": 1}, "count": "3"})") ==
           "count: must be a non-negative integer");
     CHECK(error(R"({"metrics": {"a": 1}, "count": 1, "samples": {}})") ==

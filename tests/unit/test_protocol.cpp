@@ -59,6 +59,13 @@ TEST_CASE("hello and assign round-trip", "[unit][protocol]") {
   CHECK(got.end == 1700);
   CHECK(got.attempt == 2);
   CHECK(got.gpus == std::vector<uint32_t>{0, 1});
+
+  auto hand_back = decode(encode(Message{HandBack{{7, 8}}}));
+  REQUIRE(hand_back.ok());
+  CHECK(std::get<HandBack>(hand_back.value()).attempt_ids == std::vector<uint64_t>{7, 8});
+  CHECK(std::string(to_string(type_of(hand_back.value()))) == "hand_back");
+  const auto frame = encode(Message{HandBack{{7}}});
+  for (size_t n = 0; n < frame.size(); ++n) CHECK_FALSE(decode(frame.substr(0, n)).ok());
 }
 
 TEST_CASE("malformed frames are refused with a reason", "[unit][protocol]") {

@@ -1,6 +1,7 @@
 // Scheduler: leases, credit, exactly-once counting, retries, loss, recovery, rerun and cancel,
 // driven with an injected clock against a real RocksDB directory.
 #include <catch2/catch.hpp>
+#include <map>
 
 #include "common/clock.hpp"
 #include "coordinator/scheduler.hpp"
@@ -115,6 +116,18 @@ struct Harness {
     if (ok) r.metrics = {{"accuracy", accuracy}};
     r.error = error;
     scheduler->on_message(who, protocol::Results{{r}});
+  }
+
+  // Submits `spec`, connects worker w1 with one slot and returns the campaign id and the shard
+  // it was given.
+  std::pair<std::string, protocol::Assignment> start_on_one_slot(const CampaignSpec& spec) {
+    auto id = scheduler->submit(spec);
+    REQUIRE(id.ok());
+    hello("w1", 1);
+    turn();
+    auto given = assignments("w1");
+    REQUIRE(given.size() == 1);
+    return {id.value(), given[0]};
   }
 
   const Campaign& campaign(const std::string& id) {
@@ -247,11 +260,67 @@ TEST_CASE("failed attempts retry with backoff, then fail; rerun gives a fresh bu
   h.turn();
   auto fresh = h.assignments("w1");
   REQUIRE(fresh.size() == 1);
-  CHECK(fresh[0].attempt == 1);
+  CHECK(fresh[0].attempt == 3);  // {attempt} keeps counting: earlier attempts' files stay
+  CHECK(h.campaign(id.value()).groups[0].shards[0].attempts == 1);  // a fresh budget
   h.report("w1", fresh[0], true, 0.25);
   h.turn();
   CHECK(h.campaign(id.value()).state == CampaignState::kSucceeded);
   CHECK(h.campaign(id.value()).groups[0].cell.mean("accuracy").value() == Approx(0.25));
+}
+
+TEST_CASE("rerun --model and --benchmark narrow the selection", "[unit][scheduler]") {
+  Harness h;
+  nlohmann::json j = {{"name", "narrow"},
+                      {"models", {{{"name", "model-a"}}, {{"name", "model-b"}}}},
+                      {"benchmarks",
+                       {{{"name", "kmmlu"}, {"examples", 2}, {"shard_size", 1}},
+                        {{"name", "haerae"}, {"examples", 1}, {"shard_size", 1}}}},
+                      {"runner", {{"type", "noop"}}},
+                      {"max_attempts", 1}};
+  auto spec = parse_campaign_spec(j);
+  REQUIRE(spec.ok());
+  auto id = h.scheduler->submit(spec.value());
+  REQUIRE(id.ok());
+  h.hello("w1", 8);
+  h.turn();
+  auto all = h.assignments("w1");
+  REQUIRE(all.size() == 6);
+  for (auto& a : all) h.report("w1", a, false, 0, "exit code 1");
+  h.turn();
+  REQUIRE(h.campaign(id.value()).state == CampaignState::kFailed);
+
+  RerunSelector wrong_model;
+  wrong_model.model = "model-z";
+  auto refused = h.scheduler->rerun(id.value(), wrong_model);
+  REQUIRE_FALSE(refused.ok());
+  CHECK_THAT(refused.error().message, Catch::Contains("model-z"));
+  CHECK(h.campaign(id.value()).state == CampaignState::kFailed);
+
+  RerunSelector model_b_haerae;
+  model_b_haerae.model = "model-b";
+  model_b_haerae.benchmark = "haerae";
+  auto one = h.scheduler->rerun(id.value(), model_b_haerae);
+  REQUIRE(one.ok());
+  CHECK(one.value() == 1);
+  RerunSelector kmmlu;
+  kmmlu.benchmark = "kmmlu";
+  auto four = h.scheduler->rerun(id.value(), kmmlu);
+  REQUIRE(four.ok());
+  CHECK(four.value() == 4);
+  const Campaign& c = h.campaign(id.value());
+  CHECK(c.state == CampaignState::kRunning);
+  CHECK(c.count(ShardState::kPending) == 5);
+  CHECK(c.count(ShardState::kFailed) == 1);  // model-a x haerae was not selected
+  CHECK(c.groups[1].shards[0].state == ShardState::kFailed);
+  CHECK(c.groups[3].shards[0].state == ShardState::kPending);
+  h.turn();
+  for (auto& a : h.assignments("w1")) {
+    CHECK_FALSE((a.model == 0 && a.benchmark == 1));
+    h.report("w1", a, true, 1.0);
+  }
+  h.turn();
+  CHECK(c.state == CampaignState::kFailed);  // the unselected shard still failed
+  CHECK(c.count(ShardState::kSucceeded) == 5);
 }
 
 TEST_CASE("rerun of succeeded shards removes them from the aggregate", "[unit][scheduler]") {
@@ -298,7 +367,9 @@ TEST_CASE("after a restart, running shards are reclaimed or queued again", "[uni
   auto again = h.assignments("w1");
   REQUIRE(again.size() == 1);
   CHECK(again[0].shard == a[1].shard);
-  CHECK(again[0].attempt == 1);  // a coordinator restart does not use up an attempt
+  CHECK(again[0].attempt == 2);  // the second attempt started...
+  // ... but a coordinator restart did not use one up
+  CHECK(h.campaign(id.value()).groups[0].shards[again[0].shard].attempts == 1);
   CHECK(again[0].attempt_id >> 32 == (a[0].attempt_id >> 32) + 1);  // new epoch, new ids
   h.report("w1", a[0], true, 1.0);
   h.report("w1", again[0], true, 1.0);
@@ -345,6 +416,54 @@ TEST_CASE("higher priority campaigns are served first", "[unit][scheduler]") {
   REQUIRE(a.size() == 3);
   const uint32_t high_key = h.campaign(high.value()).key;
   for (const auto& x : a) CHECK(x.campaign == high_key);
+}
+
+TEST_CASE("campaigns of equal priority share the workers", "[unit][scheduler][fairness]") {
+  Harness h;
+  auto first = h.scheduler->submit(make_spec(40, 1, 3, 0, "first"));
+  REQUIRE(first.ok());
+  const std::vector<std::string> names = {"w1", "w2", "w3", "w4"};
+  for (const auto& n : names) h.hello(n, 1);
+  h.turn();
+  std::map<std::string, protocol::Assignment> running;
+  for (const auto& n : names) {
+    auto a = h.assignments(n);
+    REQUIRE(a.size() == 1);
+    running[n] = a[0];
+  }
+  // A second campaign of the same priority arrives while the first holds every worker; as the
+  // workers finish shards it gets half of them, although the first still has work for all.
+  auto second = h.scheduler->submit(make_spec(40, 1, 3, 0, "second"));
+  REQUIRE(second.ok());
+  const uint32_t second_key = h.campaign(second.value()).key;
+  for (int round = 0; round < 3; ++round) {
+    for (const auto& n : names) h.report(n, running[n], true, 1.0);
+    h.turn();
+    int on_second = 0;
+    for (const auto& n : names) {
+      auto a = h.assignments(n);
+      REQUIRE(a.size() == 1);
+      running[n] = a[0];
+      if (a[0].campaign == second_key) ++on_second;
+    }
+    INFO("round " << round);
+    CHECK(on_second == 2);
+  }
+  // Submitted together, they split the workers from the start.
+  Harness fresh;
+  auto a = fresh.scheduler->submit(make_spec(40, 1, 3, 0, "a"));
+  auto b = fresh.scheduler->submit(make_spec(40, 1, 3, 0, "b"));
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  for (const auto& n : names) fresh.hello(n, 1);
+  fresh.turn();
+  int on_b = 0;
+  for (const auto& n : names) {
+    auto got = fresh.assignments(n);
+    REQUIRE(got.size() == 1);
+    if (got[0].campaign == fresh.campaign(b.value()).key) ++on_b;
+  }
+  CHECK(on_b == 2);
 }
 
 TEST_CASE("a draining worker gets no new shards", "[unit][scheduler]") {
@@ -546,4 +665,50 @@ TEST_CASE("a late success of a shard not yet handed out again counts once", "[un
   h.hello("w2", 1);
   h.turn();
   CHECK(h.assignments("w2").empty());  // nothing runs twice
+}
+
+TEST_CASE("an old result resent after a rerun is stale, not a stand-in for the rerun",
+          "[unit][scheduler]") {
+  Harness h;
+  const auto [id, first] = h.start_on_one_slot(make_spec(2, 2));
+  h.report("w1", first, true, 0.5);
+  h.turn();
+  REQUIRE(h.campaign(id).state == CampaignState::kSucceeded);
+  RerunSelector all;
+  all.failed_only = false;
+  REQUIRE(h.scheduler->rerun(id, all).ok());
+  // The worker never saw its ack and sends the first result again before the rerun is leased.
+  h.report("w1", first, true, 0.5);
+  h.turn();
+  const Campaign& c = h.campaign(id);
+  CHECK(c.state == CampaignState::kRunning);
+  CHECK(c.groups[0].cell.examples_scored == 0);
+  auto again = h.assignments("w1");
+  REQUIRE(again.size() == 1);
+  CHECK(again[0].attempt_id != first.attempt_id);
+  h.report("w1", again[0], true, 0.75);
+  h.turn();
+  CHECK(c.state == CampaignState::kSucceeded);
+  CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(0.75));
+}
+
+TEST_CASE("an invalid result resent after its attempt failed uses no second attempt",
+          "[unit][scheduler]") {
+  Harness h;
+  const auto [id, first] = h.start_on_one_slot(make_spec(2, 2, /*max_attempts=*/2));
+  protocol::ShardResult r;  // "ok" but without metrics: the attempt fails as invalid
+  r.attempt_id = first.attempt_id;
+  r.campaign = first.campaign;
+  r.shard = first.shard;
+  r.ok = true;
+  r.count = 2;
+  h.scheduler->on_message("w1", protocol::Results{{r}});
+  h.turn();
+  REQUIRE(h.campaign(id).groups[0].shards[0].attempts == 1);
+  h.scheduler->on_message("w1", protocol::Results{{r}});  // resent: its ack was lost
+  h.turn();
+  const Campaign& c = h.campaign(id);
+  CHECK(c.count(ShardState::kFailed) == 0);
+  CHECK(c.count(ShardState::kPending) == 1);
+  CHECK(c.groups[0].shards[0].attempts == 1);
 }

@@ -305,15 +305,15 @@ cat >"${tmp}/campaign2.json" <<'SPEC'
  "max_attempts": 3}
 SPEC
 campaign2="$(evalctl submit "${tmp}/campaign2.json" | json 'd["id"]')"
-# "model:state:attempts worker" per shard, sorted by model.
+# "model:state:attempts/total_attempts worker" per shard, sorted by model.
 shards2() {
   evalctl shards "${campaign2}" | json "
-'\n'.join('%s:%s:%d %s' % (s['model'], s['state'], s['attempts'], s['worker'])
+'\n'.join('%s:%s:%d/%d %s' % (s['model'], s['state'], s['attempts'], s['total_attempts'], s['worker'])
            for s in sorted(d['shards'], key=lambda s: s['model']))"
 }
 running_on_both() {
   shards2 >"${tmp}/shards2.txt"
-  [[ "$(grep -cE ":running:1 slurm-${job}-[01]$" "${tmp}/shards2.txt")" == 2 ]] &&
+  [[ "$(grep -cE ":running:1/1 slurm-${job}-[01]$" "${tmp}/shards2.txt")" == 2 ]] &&
     [[ "$(cut -d' ' -f2 "${tmp}/shards2.txt" | sort -u | wc -l)" == 2 ]]
 }
 wait_for "each Slurm worker to run a shard of ${campaign2}" 20 running_on_both
@@ -326,6 +326,8 @@ wait_for "job ${job} to end after scancel" 20 job_gone
 job_log="${tmp}/log/job-${job}.log"
 drains="$(grep -c 'drain_started' "${job_log}" || true)"
 [[ "${drains}" == 2 ]] || fail "expected 2 drain_started lines in ${job_log}, got ${drains}"
+hand_backs="$(grep -c 'hand_back attempts=1 sent=true' "${job_log}" || true)"
+[[ "${hand_backs}" == 2 ]] || fail "expected 2 hand_back lines in ${job_log}, got ${hand_backs}"
 no_slurm_worker_connected() {
   evalctl workers | json "
 sum(1 for w in d['workers'] if w['name'].startswith('slurm-${job}-') and w['state'] == 'connected')
@@ -333,8 +335,9 @@ sum(1 for w in d['workers'] if w['name'].startswith('slurm-${job}-') and w['stat
 }
 wait_for "the Slurm workers to leave the coordinator" 10 no_slurm_worker_connected
 
-# The shards they held are pending again, each with its one used attempt.
-both_pending() { [[ "$(shards2 | cut -d' ' -f1 | tr '\n' ' ')" == "m-a:pending:1 m-b:pending:1 " ]]; }
+# The shards they held are pending again: handed back at the drain timeout, so each keeps its
+# attempt budget (0 used of 3, 1 started).
+both_pending() { [[ "$(shards2 | cut -d' ' -f1 | tr '\n' ' ')" == "m-a:pending:0/1 m-b:pending:0/1 " ]]; }
 wait_for "both shards to be pending again" 10 both_pending
 log "both shards are pending again after the job ended"
 
@@ -345,7 +348,7 @@ PATH="${runners_dir}:${PATH}" "${bin_dir}/evald-worker" --coordinator "${bind}" 
 pids+=($!)
 wait_for "campaign ${campaign2} to succeed" 30 campaign_is "${campaign2}" succeeded
 final="$(shards2 | tr '\n' ' ')"
-[[ "${final}" == "m-a:succeeded:2 after-slurm m-b:succeeded:2 after-slurm " ]] ||
+[[ "${final}" == "m-a:succeeded:1/2 after-slurm m-b:succeeded:1/2 after-slurm " ]] ||
   fail "both shards should have succeeded on after-slurm at their 2nd attempt, got: ${final}"
 log "PASS: campaign ${campaign1} ran on Slurm; after scancel, the shards the Slurm workers held" \
   "were re-queued and finished elsewhere"
