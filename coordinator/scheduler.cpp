@@ -925,6 +925,7 @@ void Scheduler::dispatch() {
     }
     return false;
   };
+  std::vector<Campaign*> tier;  // the campaigns of one priority, in the order choose() tries them
   // What worker w should run next; nothing if nothing fits, or if w waits for GPUs of the model it
   // is committed to.
   auto choose = [&](WorkerInfo& w) -> std::optional<Pick> {
@@ -969,8 +970,7 @@ void Scheduler::dispatch() {
       // left per worker warm on it (largest first, so big models start early and workers spread
       // in proportion to the work).
       const size_t turn = tier_turn_++;
-      std::vector<Campaign*> tier;
-      tier.reserve(tier_size);
+      tier.clear();  // reused: choose() runs once per lease
       for (size_t k = 0; k < tier_size; ++k) {
         tier.push_back(active[tier_begin + (turn + k) % tier_size]);
       }
