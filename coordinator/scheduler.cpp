@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <set>
+#include <tuple>
 
 namespace evald::coordinator {
 namespace {
@@ -15,6 +17,8 @@ using std::chrono::milliseconds;
 using SteadyTime = std::chrono::steady_clock::time_point;
 
 constexpr auto kMaxRetryBackoff = std::chrono::seconds(60);
+// Hand-backs per attempt budget that do not use an attempt (see give_back).
+constexpr uint8_t kFreeHandBacks = 3;
 constexpr auto kGaugeRefreshInterval = std::chrono::milliseconds(250);
 
 double seconds_between(SteadyTime from, SteadyTime to) {
@@ -235,10 +239,14 @@ void Scheduler::set_last_model(WorkerInfo& w, Campaign* c, uint32_t model) {
       old != nullptr && w.last_model < old->queues.size() &&
       old->queues[w.last_model].warm_workers > 0) {
     --old->queues[w.last_model].warm_workers;
+    --old->workers_held;
   }
   w.last_campaign = c == nullptr ? 0 : c->key;
   w.last_model = model;
-  if (c != nullptr) ++c->queues[model].warm_workers;
+  if (c != nullptr) {
+    ++c->queues[model].warm_workers;
+    ++c->workers_held;
+  }
 }
 
 void Scheduler::maybe_finish(Campaign& c) {
@@ -442,7 +450,8 @@ Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSele
       if (!selected) continue;
       had_success |= s.state == ShardState::kSucceeded;
       set_state(c, gi, s, ShardState::kPending);
-      s.attempts = 0;                       // a fresh attempt budget
+      s.attempts = 0;  // a fresh attempt budget
+      s.hand_backs = 0;
       s.awaiting_given_up_attempt = false;  // a resent old result must not stand in for the rerun
       g.retried->Increment();
       if (!c.ahead_of_cursor(gi, i)) {
@@ -565,15 +574,17 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
       w->last_seen = clock_.now();
       on_hand_back(*w, std::get<protocol::HandBack>(message));
     } else {
-      // Not a worker we know (we restarted, or forgot it): its leases are orphans that expire
-      // without using an attempt, which is what a hand-back asks for anyway.
-      spdlog::info("hand-back from unknown worker ignored worker={} attempts={}", identity,
-                   std::get<protocol::HandBack>(message).attempt_ids.size());
+      // Not a worker we know: we restarted while it drained (its leases are orphans: queue them
+      // now rather than when they expire), or it was declared lost (its shards were queued
+      // again then, and nothing is left to do).
+      hand_back_orphans(identity, std::get<protocol::HandBack>(message));
     }
   } else if (std::holds_alternative<protocol::Drain>(message)) {
     if (known) {
       w->last_seen = clock_.now();
       w->state = WorkerState::kDraining;
+      // It takes no more work: it no longer counts for its campaign's fair share.
+      set_last_model(*w, nullptr, 0);
       spdlog::info("worker draining worker={} running={}", w->name, w->leases.size());
     } else {
       outgoing_.send(identity, protocol::ReHello{});
@@ -766,6 +777,38 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
                r.duration_ms, true);
 }
 
+void Scheduler::hand_back_orphans(const std::string& identity,
+                                  const protocol::HandBack& hand_back) {
+  for (uint64_t id : hand_back.attempt_ids) {
+    auto o = orphans_.find(id);
+    if (o == orphans_.end() || o->second.worker != identity) {
+      spdlog::info("hand-back from unknown worker ignored worker={} attempt_id={}", identity, id);
+      continue;
+    }
+    const ShardKey key = o->second.key;
+    orphans_.erase(o);
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    give_back(*c, key, identity);
+  }
+}
+
+void Scheduler::give_back(Campaign& c, const ShardKey& key, const std::string& worker) {
+  Shard& s = c.groups[key.group].shards[key.shard];
+  // The worker is leaving (drain timeout on SIGTERM, e.g. a preempted Slurm job), not failing
+  // the shard: it goes back to the queue at once and keeps its attempt budget. Only the first
+  // few times, though: a shard that outlives every worker it is given (longer than the jobs
+  // that run them) must still end failed rather than circle forever.
+  const bool free_of_charge = s.hand_backs < kFreeHandBacks;
+  if (free_of_charge) ++s.hand_backs;
+  fail_attempt(c, key.group, key.shard, AttemptOutcome::kHandedBack,
+               "handed back unfinished by worker " + worker + " (stopping: drain timeout)" +
+                   (free_of_charge ? "" : "; handed back too often, counts as an attempt"),
+               worker, 0, /*counts_as_attempt=*/!free_of_charge);
+}
+
 void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back) {
   for (uint64_t id : hand_back.attempt_ids) {
     auto lease = w.leases.find(id);
@@ -780,11 +823,7 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
-    // The worker is leaving (drain timeout on SIGTERM, e.g. a preempted Slurm job), not failing
-    // the shard: it goes back to the queue at once and keeps its attempt budget.
-    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kHandedBack,
-                 "handed back unfinished by worker " + w.name + " (stopping: drain timeout)",
-                 w.name, 0, /*counts_as_attempt=*/false);
+    give_back(*c, key, w.name);
   }
 }
 
@@ -839,7 +878,7 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vect
   Shard& s = g.shards[ref.shard];
   set_state(c, ref.group, s, ShardState::kRunning);
   ++s.attempts;
-  ++s.total_attempts;
+  if (s.total_attempts < std::numeric_limits<uint16_t>::max()) ++s.total_attempts;
   s.attempt_id = next_attempt_id();
   s.awaiting_given_up_attempt = false;
   s.worker = w.index;
@@ -911,21 +950,39 @@ void Scheduler::dispatch() {
     set_last_model(w, &c, m);
     return std::nullopt;
   };
-  // Workers committed to campaign c (they ran one of its models last).
-  auto workers_held = [](const Campaign& c) {
-    int64_t held = 0;
-    for (const auto& q : c.queues) held += q.warm_workers;
-    return held;
-  };
-  auto runnable_on = [&](const Campaign& c, const WorkerInfo& w) {
+  // The model of campaign c that worker w should join: the one it could run with the most work
+  // left per worker warm on it (largest first, so big models start early and workers spread in
+  // proportion to the work). A GPU model that other workers already run is worth a load only if
+  // the work left would fill this worker's GPUs at least once; such a model is remembered in
+  // `not_worth_joining` instead. (Without GPUs there are no weights to load, and no reason to
+  // leave a slot empty.)
+  using CampaignModel = std::pair<Campaign*, uint32_t>;
+  auto model_to_join = [&](Campaign& c, const WorkerInfo& w,
+                           std::optional<CampaignModel>& not_worth_joining) {
+    std::optional<uint32_t> best;
+    double best_score = -1;
     for (uint32_t m = 0; m < c.queues.size(); ++m) {
-      if (has_work(c, m) && place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) {
-        return true;
+      if (!has_work(c, m)) continue;
+      const double score = work_score(c, m);
+      if (score <= best_score) continue;
+      const auto& resources = c.spec.models[m].resources;
+      if (!place_shard(resources, w.labels, w.gpu_slots, true)) continue;
+      if (c.queues[m].warm_workers > 0 && score < static_cast<double>(w.gpu_slots.size()) &&
+          gpus_needed(resources, w.gpu_slots.size()) > 0) {
+        if (!not_worth_joining) not_worth_joining = CampaignModel{&c, m};
+        continue;
       }
+      best_score = score;
+      best = m;
     }
-    return false;
+    return best;
   };
-  std::vector<Campaign*> tier;  // the campaigns of one priority, in the order choose() tries them
+  struct TierEntry {
+    int64_t held = 0;  // workers the campaign holds
+    size_t order = 0;  // its turn this time
+    Campaign* campaign = nullptr;
+  };
+  std::vector<TierEntry> tier;  // reused: choose() runs once per lease
   // What worker w should run next; nothing if nothing fits, or if w waits for GPUs of the model it
   // is committed to.
   auto choose = [&](WorkerInfo& w) -> std::optional<Pick> {
@@ -937,19 +994,6 @@ void Scheduler::dispatch() {
         ++tier_end;
       }
       const size_t tier_size = tier_end - tier_begin;
-      // Equal priorities share the cluster: a worker leaves its campaign (paying a model load)
-      // when that campaign holds at least two workers more than another of the tier that has
-      // work this worker can run. Campaigns then differ by at most one worker, and a campaign
-      // submitted behind a long one gets its share as workers finish shards, not at the end.
-      auto over_share = [&](const Campaign& c) {
-        if (tier_size < 2) return false;
-        const int64_t held = workers_held(c);
-        for (size_t i = tier_begin; i < tier_end; ++i) {
-          const Campaign& other = *active[i];
-          if (&other != &c && workers_held(other) + 1 < held && runnable_on(other, w)) return true;
-        }
-        return false;
-      };
       // Affinity: the model this worker is committed to (it ran it last, or was given it while
       // its GPUs were still busy), if it is in this tier and still has work. When its shard does
       // not fit yet, wait for the worker's own shards to free GPUs rather than fill them with
@@ -958,7 +1002,26 @@ void Scheduler::dispatch() {
       for (size_t i = tier_begin; i < tier_end; ++i) {
         Campaign& c = *active[i];
         if (c.key != w.last_campaign || w.last_model >= c.queues.size()) continue;
-        if (!has_work(c, w.last_model) || over_share(c)) continue;
+        if (!has_work(c, w.last_model)) continue;
+        // Fair share: equal priorities share the cluster. The worker moves (paying a model
+        // load) to the campaign of the tier holding the fewest workers, if that is at least two
+        // fewer than its own campaign holds and it has a model worth joining. Campaigns then
+        // differ by at most one worker, and one submitted behind a long one gets its share as
+        // workers finish shards, not at the end. A move changes both counts, so it settles.
+        if (tier_size > 1) {
+          Campaign* poorest = nullptr;
+          for (size_t k = tier_begin; k < tier_end; ++k) {
+            Campaign* other = active[k];
+            if (other->workers_held + 1 < c.workers_held &&
+                (poorest == nullptr || other->workers_held < poorest->workers_held)) {
+              poorest = other;
+            }
+          }
+          std::optional<CampaignModel> ignored;
+          if (poorest != nullptr) {
+            if (auto m = model_to_join(*poorest, w, ignored)) return commit(w, *poorest, *m);
+          }
+        }
         const auto& resources = c.spec.models[w.last_model].resources;
         if (auto gpus = place_shard(resources, w.labels, w.gpu_slots, false)) {
           return Pick{&c, w.last_model, std::move(*gpus)};
@@ -966,42 +1029,23 @@ void Scheduler::dispatch() {
         if (place_shard(resources, w.labels, w.gpu_slots, true)) return std::nullopt;
       }
       // Otherwise commit the worker to a new model: the campaign of the tier holding the fewest
-      // workers first (ties take turns); within one, the model it could run with the most work
-      // left per worker warm on it (largest first, so big models start early and workers spread
-      // in proportion to the work).
+      // workers first (ties take turns), and in it model_to_join's pick.
       const size_t turn = tier_turn_++;
-      tier.clear();  // reused: choose() runs once per lease
+      tier.clear();
       for (size_t k = 0; k < tier_size; ++k) {
-        tier.push_back(active[tier_begin + (turn + k) % tier_size]);
+        Campaign* c = active[tier_begin + (turn + k) % tier_size];
+        tier.push_back(TierEntry{c->workers_held, k, c});
       }
       if (tier_size > 1) {
-        std::stable_sort(tier.begin(), tier.end(), [&](const Campaign* a, const Campaign* b) {
-          return workers_held(*a) < workers_held(*b);
+        std::sort(tier.begin(), tier.end(), [](const TierEntry& a, const TierEntry& b) {
+          return std::tie(a.held, a.order) < std::tie(b.held, b.order);
         });
       }
-      std::optional<std::pair<Campaign*, uint32_t>> not_worth_joining;
-      for (Campaign* candidate : tier) {
-        Campaign& c = *candidate;
-        std::optional<uint32_t> best;
-        double best_score = -1;
-        for (uint32_t m = 0; m < c.queues.size(); ++m) {
-          if (!has_work(c, m)) continue;
-          const double score = work_score(c, m);
-          if (score <= best_score) continue;
-          const auto& resources = c.spec.models[m].resources;
-          if (!place_shard(resources, w.labels, w.gpu_slots, true)) continue;
-          // Joining a GPU model that other workers already run pays a load; it is worth it only
-          // if the work left would still fill this worker's GPUs at least once. (Without GPUs
-          // there are no weights to load, and no reason to leave a slot empty.)
-          if (c.queues[m].warm_workers > 0 && score < static_cast<double>(w.gpu_slots.size()) &&
-              gpus_needed(resources, w.gpu_slots.size()) > 0) {
-            if (!not_worth_joining) not_worth_joining = {&c, m};
-            continue;
-          }
-          best_score = score;
-          best = m;
+      std::optional<CampaignModel> not_worth_joining;
+      for (const TierEntry& entry : tier) {
+        if (auto m = model_to_join(*entry.campaign, w, not_worth_joining)) {
+          return commit(w, *entry.campaign, *m);
         }
-        if (best) return commit(w, c, *best);
       }
       // Only small remainders of models other workers run are left in this tier. A worker that
       // still runs shards leaves its spare GPUs free rather than pay a load for them (unless the

@@ -103,6 +103,7 @@ struct Shard {
   // restart). Until the shard is leased again, that attempt's success is still its only result
   // and may count; any other pending shard treats a result of an old attempt as stale.
   bool awaiting_given_up_attempt = false;
+  uint8_t hand_backs = 0;       // hand-backs in the current budget (the first few are free)
   uint16_t attempts = 0;        // started within the current budget
   uint16_t total_attempts = 0;  // ever started
   uint32_t worker = kNoWorker;  // running: index of the worker holding the lease
@@ -156,6 +157,7 @@ struct Campaign {
   std::array<int64_t, kShardStateCount> counts{};
   int64_t total = 0;
   std::vector<ModelQueue> queues;  // per model
+  int64_t workers_held = 0;        // workers committed to one of its models (sum of warm_workers)
   std::chrono::steady_clock::time_point cursor_ready_since;
   // model index -> why no connected worker could ever run its shards
   std::map<uint32_t, std::string> unschedulable;
@@ -270,6 +272,8 @@ class Scheduler {
   void on_result(WorkerInfo* w, const std::string& identity, protocol::ShardResult& r);
   void lose_worker(WorkerInfo& w, const std::string& reason);
   void on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back);
+  void hand_back_orphans(const std::string& identity, const protocol::HandBack& hand_back);
+  void give_back(Campaign& c, const ShardKey& key, const std::string& worker);
   WorkerInfo* find_worker(const std::string& name);
   Campaign* campaign_by_key(uint32_t key);
   void refresh_gauges();

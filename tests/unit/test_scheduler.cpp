@@ -130,6 +130,20 @@ struct Harness {
     return {id.value(), given[0]};
   }
 
+  // Takes the one new assignment of each named worker (kept in `running`) and counts those of
+  // the campaign with key `campaign_key`.
+  int take_one_each(const std::vector<std::string>& names,
+                    std::map<std::string, protocol::Assignment>& running, uint32_t campaign_key) {
+    int on_campaign = 0;
+    for (const auto& n : names) {
+      auto given = assignments(n);
+      REQUIRE(given.size() == 1);
+      running[n] = given[0];
+      if (given[0].campaign == campaign_key) ++on_campaign;
+    }
+    return on_campaign;
+  }
+
   const Campaign& campaign(const std::string& id) {
     const Campaign* c = scheduler->find_campaign(id);
     REQUIRE(c != nullptr);
@@ -439,15 +453,8 @@ TEST_CASE("campaigns of equal priority share the workers", "[unit][scheduler][fa
   for (int round = 0; round < 3; ++round) {
     for (const auto& n : names) h.report(n, running[n], true, 1.0);
     h.turn();
-    int on_second = 0;
-    for (const auto& n : names) {
-      auto a = h.assignments(n);
-      REQUIRE(a.size() == 1);
-      running[n] = a[0];
-      if (a[0].campaign == second_key) ++on_second;
-    }
     INFO("round " << round);
-    CHECK(on_second == 2);
+    CHECK(h.take_one_each(names, running, second_key) == 2);
   }
   // Submitted together, they split the workers from the start.
   Harness fresh;
@@ -711,4 +718,80 @@ TEST_CASE("an invalid result resent after its attempt failed uses no second atte
   CHECK(c.count(ShardState::kFailed) == 0);
   CHECK(c.count(ShardState::kPending) == 1);
   CHECK(c.groups[0].shards[0].attempts == 1);
+}
+
+TEST_CASE("a handed-back shard keeps its budget, but not forever", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(2, 2, /*max_attempts=*/1));
+  REQUIRE(id.ok());
+  // Three hand-backs are free; the fourth uses the only attempt and the shard ends failed.
+  for (int round = 1; round <= 4; ++round) {
+    const std::string name = "w" + std::to_string(round);
+    h.hello(name, 1);
+    h.turn();
+    auto a = h.assignments(name);
+    INFO("round " << round);
+    REQUIRE(a.size() == 1);
+    CHECK(a[0].attempt == static_cast<uint32_t>(round));
+    h.scheduler->on_message(name, protocol::Drain{});
+    h.scheduler->on_message(name, protocol::HandBack{{a[0].attempt_id}});
+    h.turn();
+    const Campaign& c = h.campaign(id.value());
+    if (round < 4) {
+      CHECK(c.count(ShardState::kPending) == 1);  // queued again at once, no backoff
+      CHECK(c.groups[0].shards[0].attempts == 0);
+    } else {
+      CHECK(c.count(ShardState::kFailed) == 1);
+      CHECK_THAT(h.scheduler->last_error(c, 0, 0), Catch::Contains("handed back too often"));
+    }
+  }
+}
+
+TEST_CASE("a hand-back after a coordinator restart queues the orphan at once",
+          "[unit][scheduler]") {
+  Harness h;
+  const auto [id, lease] = h.start_on_one_slot(make_spec(2, 2));
+  h.open();  // restart: the lease is an orphan waiting for w1
+  // A stranger cannot hand back w1's lease.
+  h.scheduler->on_message("w9", protocol::HandBack{{lease.attempt_id}});
+  h.turn();
+  CHECK(h.campaign(id).count(ShardState::kRunning) == 1);
+  // w1, draining when we restarted, hands it back without saying hello first.
+  h.scheduler->on_message("w1", protocol::HandBack{{lease.attempt_id}});
+  h.turn();
+  const Campaign& c = h.campaign(id);
+  CHECK(c.count(ShardState::kPending) == 1);
+  CHECK(c.groups[0].shards[0].attempts == 0);
+  h.hello("w2", 1);
+  h.turn();
+  CHECK(h.assignments("w2").size() == 1);
+}
+
+TEST_CASE("a draining worker stops counting for its campaign's share",
+          "[unit][scheduler][fairness]") {
+  Harness h;
+  auto a = h.scheduler->submit(make_spec(40, 1, 3, 0, "a"));
+  auto b = h.scheduler->submit(make_spec(40, 1, 3, 0, "b"));
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  for (const auto* n : {"w1", "w2", "w3", "w4"}) h.hello(n, 1);
+  h.turn();
+  std::map<std::string, protocol::Assignment> running;
+  std::map<uint32_t, std::vector<std::string>> by_campaign;
+  for (const auto* n : {"w1", "w2", "w3", "w4"}) {
+    auto got = h.assignments(n);
+    REQUIRE(got.size() == 1);
+    running[n] = got[0];
+    by_campaign[got[0].campaign].push_back(n);
+  }
+  REQUIRE(by_campaign.size() == 2);
+  // Both workers of one campaign drain (a preempted job): the other campaign's workers stay.
+  const auto& leaving = by_campaign.begin()->second;
+  const auto& staying = by_campaign.rbegin()->second;
+  const uint32_t staying_campaign = by_campaign.rbegin()->first;
+  for (const auto& n : leaving) h.scheduler->on_message(n, protocol::Drain{});
+  for (const auto& n : staying) h.report(n, running[n], true, 1.0);
+  h.turn();
+  // The drained campaign holds nobody now, the other two: one of the two moves over.
+  CHECK(h.take_one_each(staying, running, staying_campaign) == 1);
 }
