@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tests/integration/integration.hpp"
+#include "tests/integration/runner_trace.hpp"
 
 namespace {
 
@@ -50,49 +51,19 @@ Worker& add_worker(Cluster& cluster, int64_t drain_timeout_ms) {
   return cluster.add_worker(options);
 }
 
-// GET /v1/campaigns/ID/shards?state=STATE, the "shards" array, by value: a range-for over
-// `api.shards(id).at("shards")` would iterate a reference into a destroyed temporary.
-json shard_list(const Api& api, const std::string& id, const std::string& state = "") {
-  return api.shards(id, state).at("shards");
-}
-
-json worker_json(const Api& api, const std::string& name) {
-  for (const auto& w : api.workers()) {
-    if (w.at("name") == name) return w;
-  }
-  return nullptr;
-}
-
-using ShardKey = std::tuple<std::string, std::string, int64_t>;  // model, benchmark, index
-
-ShardKey key_of(const json& shard) {
-  return {shard.at("model").get<std::string>(), shard.at("benchmark").get<std::string>(),
-          shard.at("index").get<int64_t>()};
-}
-
-std::string describe(const ShardKey& k) {
-  return std::get<0>(k) + "/" + std::get<1>(k) + "/" + std::to_string(std::get<2>(k));
-}
-
-fs::path trace_file(const fs::path& trace_dir, const ShardKey& k, int attempt,
-                    const std::string& what) {
-  return trace_dir / (std::get<0>(k) + "." + std::get<1>(k) + "." + std::to_string(std::get<2>(k)) +
-                      "." + std::to_string(attempt) + "." + what);
-}
-
 // The running shard whose first-attempt runner has started, and the worker that runs it.
-std::pair<ShardKey, std::string> wait_for_started_shard(const Api& api, const std::string& id,
+std::pair<ShardRef, std::string> wait_for_started_shard(const Api& api, const std::string& id,
                                                         const fs::path& trace_dir,
                                                         const std::string& worker = "") {
-  std::optional<std::pair<ShardKey, std::string>> found;
+  std::optional<std::pair<ShardRef, std::string>> found;
   const bool ok = wait_until(
       [&] {
         for (const auto& s : shard_list(api, id, "running")) {
           if (!s.at("worker").is_string()) continue;
           const auto on = s.at("worker").get<std::string>();
           if (!worker.empty() && on != worker) continue;
-          if (fs::exists(trace_file(trace_dir, key_of(s), 1, "started"))) {
-            found.emplace(key_of(s), on);
+          if (fs::exists(trace_file(trace_dir, ref_of(s), 1, "started"))) {
+            found.emplace(ref_of(s), on);
             return true;
           }
         }
@@ -103,28 +74,6 @@ std::pair<ShardKey, std::string> wait_for_started_shard(const Api& api, const st
   return *found;
 }
 
-json find_shard(const Api& api, const std::string& id, const ShardKey& k) {
-  for (const auto& s : shard_list(api, id)) {
-    if (key_of(s) == k) return s;
-  }
-  FAIL("no shard " << describe(k) << " in campaign " << id);
-  return nullptr;
-}
-
-bool process_gone(pid_t pid) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  const auto paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  return text[paren + 2] == 'Z' || text[paren + 2] == 'X';  // an orphan waiting for init
-}
-
-std::string read_file(const fs::path& file) {
-  std::ifstream in(file);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 TEST_CASE("graceful stop: a worker drained by SIGTERM finishes its shard and takes no new one",
           "[integration]") {
   constexpr int64_t kDrainTimeoutMs = 10000;
@@ -133,8 +82,7 @@ TEST_CASE("graceful stop: a worker drained by SIGTERM finishes its shard and tak
   add_worker(cluster, kDrainTimeoutMs);
   const auto api = cluster.api();
   api.wait_for_workers(2);
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   const std::vector<TestModel> models = {
       {"m-alpha", 1, 5, {{"sleep_ms", 1000}, {"trace_dir", trace.string()}}}};
   const std::vector<TestBenchmark> benchmarks = {{"b-one", 60, 10, 3, "accuracy", true, {}}};
@@ -144,9 +92,9 @@ TEST_CASE("graceful stop: a worker drained by SIGTERM finishes its shard and tak
   const auto [victim, on] = wait_for_started_shard(api, id, trace, "w1");
   INFO("w1 runs " << describe(victim));
   // What w1 has run so far (one slot: nothing else can start on it before the SIGTERM lands).
-  std::set<ShardKey> before;
+  std::set<ShardRef> before;
   for (const auto& s : shard_list(api, id)) {
-    if (s.at("worker") == "w1") before.insert(key_of(s));
+    if (s.at("worker") == "w1") before.insert(ref_of(s));
   }
   REQUIRE(before.count(victim) == 1);
 
@@ -175,7 +123,7 @@ TEST_CASE("graceful stop: a worker drained by SIGTERM finishes its shard and tak
     CHECK(s.at("total_attempts") == 1);
     CHECK(s.at("count") == s.at("end").get<int64_t>() - s.at("start").get<int64_t>());
     // The shard it was running is its result, counted; everything after the SIGTERM ran on w2.
-    CHECK(s.at("worker") == (before.count(key_of(s)) == 1 ? "w1" : "w2"));
+    CHECK(s.at("worker") == (before.count(ref_of(s)) == 1 ? "w1" : "w2"));
   }
   CHECK(api.metric("evald_shards_completed_total") == static_cast<double>(total));
   CHECK_THAT(read_file(cluster.log_dir() / "worker-w1.log"), Catch::Contains("drain_started"));
@@ -189,8 +137,7 @@ TEST_CASE("graceful stop: a shard still running at the drain timeout runs again 
   add_worker(cluster, kDrainTimeoutMs);
   const auto api = cluster.api();
   api.wait_for_workers(2);
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   // The first attempt hangs; a retry succeeds.
   const std::vector<TestModel> models = {
       {"m-alpha", 2, 3, {{"hang_attempts", {1}}, {"trace_dir", trace.string()}}}};

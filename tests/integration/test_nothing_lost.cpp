@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "tests/integration/integration.hpp"
+#include "tests/integration/runner_trace.hpp"
 
 namespace {
 
@@ -48,10 +49,7 @@ ClusterOptions fast_cluster(size_t workers, uint32_t slots, int64_t worker_timeo
 }
 
 // One shard attempt as GET /v1/workers lists a worker's leases.
-struct Lease {
-  std::string model;
-  std::string benchmark;
-  int64_t index = 0;
+struct Lease : ShardRef {
   uint64_t attempt_id = 0;
 };
 
@@ -60,40 +58,16 @@ std::string describe(const Lease& l) {
          " attempt_id=" + std::to_string(l.attempt_id);
 }
 
-// GET /v1/campaigns/ID/shards?state=STATE, the "shards" array, by value: a range-for over
-// `api.shards(id).at("shards")` would iterate a reference into a destroyed temporary.
-json shard_list(const Api& api, const std::string& id, const std::string& state = "") {
-  return api.shards(id, state).at("shards");
-}
-
-json worker_json(const Api& api, const std::string& name) {
-  for (const auto& w : api.workers()) {
-    if (w.at("name") == name) return w;
-  }
-  return nullptr;
-}
-
 std::vector<Lease> leases_of(const Api& api, const std::string& worker) {
   std::vector<Lease> out;
   const json w = worker_json(api, worker);
   if (w.is_null() || !w.contains("shards")) return out;
   for (const auto& s : w.at("shards")) {
-    out.push_back(Lease{s.at("model").get<std::string>(), s.at("benchmark").get<std::string>(),
-                        s.at("shard").get<int64_t>(), s.at("attempt_id").get<uint64_t>()});
+    out.push_back(Lease{{s.at("model").get<std::string>(), s.at("benchmark").get<std::string>(),
+                         s.at("shard").get<int64_t>()},
+                        s.at("attempt_id").get<uint64_t>()});
   }
   return out;
-}
-
-// The runner's trace file for one attempt (see "trace_dir" in evald-test-runner).
-fs::path trace_file(const fs::path& trace_dir, const std::string& model,
-                    const std::string& benchmark, int64_t index, int attempt,
-                    const std::string& what) {
-  return trace_dir / (model + "." + benchmark + "." + std::to_string(index) + "." +
-                      std::to_string(attempt) + "." + what);
-}
-fs::path trace_file(const fs::path& trace_dir, const Lease& l, int attempt,
-                    const std::string& what) {
-  return trace_file(trace_dir, l.model, l.benchmark, l.index, attempt, what);
 }
 
 // Waits until `worker` holds a lease whose runner (first attempt) has started, so that the runner
@@ -127,9 +101,7 @@ json wait_for_running_runners(const Api& api, const std::string& id, const fs::p
         running = api.shards(id, "running").at("shards");
         if (running.size() != count) return false;
         for (const auto& s : running) {
-          if (!fs::exists(trace_file(trace_dir, s.at("model").get<std::string>(),
-                                     s.at("benchmark").get<std::string>(),
-                                     s.at("index").get<int64_t>(), 1, "started"))) {
+          if (!fs::exists(trace_file(trace_dir, ref_of(s), 1, "started"))) {
             return false;
           }
         }
@@ -139,21 +111,6 @@ json wait_for_running_runners(const Api& api, const std::string& id, const fs::p
   INFO("running: " << running.dump());
   REQUIRE(ok);
   return running;
-}
-
-json find_shard(const Api& api, const std::string& id, const std::string& model,
-                const std::string& benchmark, int64_t index) {
-  const json shards = shard_list(api, id);
-  for (const auto& s : shards) {
-    if (s.at("model") == model && s.at("benchmark") == benchmark && s.at("index") == index) {
-      return s;
-    }
-  }
-  FAIL("no shard " << model << "/" << benchmark << "/" << index << " in " << shards.dump());
-  return nullptr;
-}
-json find_shard(const Api& api, const std::string& id, const Lease& l) {
-  return find_shard(api, id, l.model, l.benchmark, l.index);
 }
 
 std::vector<json> history_with(const json& shard, const std::string& outcome) {
@@ -182,21 +139,10 @@ fs::path outbox_of(const Cluster& cluster, const std::string& worker) {
   return cluster.dir() / ("work-" + worker) / "outbox";
 }
 
-// Gone, or a zombie waiting for a parent that is not ours to judge (an orphaned grandchild is
-// reaped by init, whenever init gets to it).
-bool process_gone(pid_t pid, bool zombie_counts_as_gone) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  const auto paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  const char state = text[paren + 2];
-  return zombie_counts_as_gone && (state == 'Z' || state == 'X');
-}
-
-std::string read_file(const fs::path& file) {
-  std::ifstream in(file);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+// Results held in the outboxes of workers w1 and w2.
+size_t held_results(const Cluster& cluster) {
+  return count_files(outbox_of(cluster, "w1"), ".result") +
+         count_files(outbox_of(cluster, "w2"), ".result");
 }
 
 // SIGSTOP for the life of a scope: a failed REQUIRE must not leave a daemon frozen (the cluster's
@@ -239,8 +185,7 @@ TEST_CASE("nothing lost: a worker killed with -9 mid-shard has its shard run els
           "[integration]") {
   TestCluster cluster(fast_cluster(2, 1));
   const auto api = cluster.api();
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   const json faults = {{"sleep_ms", 400}, {"trace_dir", trace.string()}};
   const std::vector<TestModel> models = {{"m-alpha", 1, 5, faults}, {"m-beta", 2, 3, faults}};
   const std::vector<TestBenchmark> benchmarks = {{"b-one", 40, 10, 1, "accuracy", true, {}},
@@ -292,8 +237,7 @@ TEST_CASE("nothing lost: a frozen worker's late result is stale and never counte
           "[integration]") {
   TestCluster cluster(fast_cluster(2, 1));
   const auto api = cluster.api();
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   // 600 ms per shard: the frozen worker's runner (a process of its own, not stopped) finishes
   // well inside the freeze, and its result waits in the frozen worker.
   const json faults = {{"sleep_ms", 600}, {"trace_dir", trace.string()}};
@@ -357,8 +301,7 @@ TEST_CASE("nothing lost: results finished while the coordinator is down count on
           "[integration]") {
   TestCluster cluster(fast_cluster(2, 2));
   const auto api = cluster.api();
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   // The outage lasts about as long as a shard (the restart follows the last runner's finish):
   // 4.4 s, a realistic time for a coordinator to be restarted by its supervisor. It also puts the
   // restart where the workers' ZeroMQ reconnect backoff (100 ms doubling, capped at 5 s, plus up
@@ -377,17 +320,9 @@ TEST_CASE("nothing lost: results finished while the coordinator is down count on
   cluster.coordinator().kill();
 
   // The runners finish during the outage; each result is durable in its worker's outbox.
-  REQUIRE(wait_until(
-      [&] {
-        return count_files(outbox_of(cluster, "w1"), ".result") +
-                   count_files(outbox_of(cluster, "w2"), ".result") ==
-               4;
-      },
-      20s));
+  REQUIRE(wait_until([&] { return held_results(cluster) == 4; }, 20s));
   for (const auto& s : running) {
-    CHECK(fs::exists(trace_file(trace, s.at("model").get<std::string>(),
-                                s.at("benchmark").get<std::string>(), s.at("index").get<int64_t>(),
-                                1, "finished")));
+    CHECK(fs::exists(trace_file(trace, ref_of(s), 1, "finished")));
   }
 
   cluster.coordinator().restart();  // same data dir, same ports: the workers find it themselves
@@ -401,21 +336,14 @@ TEST_CASE("nothing lost: results finished while the coordinator is down count on
     CHECK(s.at("total_attempts") == 1);
     CHECK_FALSE(s.contains("history"));
   }
-  CHECK(wait_until(
-      [&] {
-        return count_files(outbox_of(cluster, "w1"), ".result") +
-                   count_files(outbox_of(cluster, "w2"), ".result") ==
-               0;
-      },
-      10s));
+  CHECK(wait_until([&] { return held_results(cluster) == 0; }, 10s));
 }
 
 TEST_CASE("nothing lost: shards still running across a coordinator restart run only once",
           "[integration]") {
   TestCluster cluster(fast_cluster(2, 2));
   const auto api = cluster.api();
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   // 6 shards on 4 slots, 5 s each: at the kill 4 runners are mid-run and 2 shards are pending.
   const json faults = {{"sleep_ms", 5000}, {"trace_dir", trace.string()}};
   const std::vector<TestModel> models = {{"m-alpha", 1, 5, faults}, {"m-beta", 2, 3, faults}};
@@ -431,9 +359,7 @@ TEST_CASE("nothing lost: shards still running across a coordinator restart run o
   // their hello lists the attempts they still run, which the coordinator takes back as leases.
   cluster.coordinator().restart();
   for (const auto& s : running) {
-    CHECK_FALSE(fs::exists(trace_file(trace, s.at("model").get<std::string>(),
-                                      s.at("benchmark").get<std::string>(),
-                                      s.at("index").get<int64_t>(), 1, "finished")));
+    CHECK_FALSE(fs::exists(trace_file(trace, ref_of(s), 1, "finished")));
   }
   // Reclaimed (not expired and dispatched again): both workers hold their two leases again. The
   // runners sleep 5 s, well past the workers' reconnect backoff (first tries at ~0.1-1.9 s).
@@ -449,9 +375,7 @@ TEST_CASE("nothing lost: shards still running across a coordinator restart run o
     INFO("shard " << s.dump());
     CHECK(s.at("total_attempts") == 1);
     CHECK_FALSE(s.contains("history"));
-    CHECK_FALSE(fs::exists(trace_file(trace, s.at("model").get<std::string>(),
-                                      s.at("benchmark").get<std::string>(),
-                                      s.at("index").get<int64_t>(), 2, "started")));
+    CHECK_FALSE(fs::exists(trace_file(trace, ref_of(s), 2, "started")));
   }
   CHECK(api.metric("evald_stale_results_total") == 0);
 }
@@ -497,7 +421,7 @@ TEST_CASE("nothing lost: a shard that kills its worker every time ends failed", 
       5s));
   CHECK(deaths == kMaxAttempts);  // it did not loop: one crash per attempt, then it stopped
 
-  const json killer = find_shard(api, id, "m-alpha", "b-one", 1);
+  const json killer = find_shard(api, id, ShardRef{"m-alpha", "b-one", 1});
   INFO("killer shard " << killer.dump());
   CHECK(killer.at("state") == "failed");
   CHECK(killer.at("attempts") == kMaxAttempts);
@@ -539,8 +463,7 @@ TEST_CASE("nothing lost: a restarted worker delivers the result in its outbox on
           "[integration]") {
   TestCluster cluster(fast_cluster(1, 1));
   const auto api = cluster.api();
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   const json faults = {{"sleep_ms", 800}, {"trace_dir", trace.string()}};
   const std::vector<TestModel> models = {{"m-alpha", 1, 5, faults}};
   const std::vector<TestBenchmark> benchmarks = {{"b-one", 30, 10, 4, "accuracy", true, {}}};
@@ -579,8 +502,7 @@ TEST_CASE("nothing lost: a worker restarted while the coordinator is frozen coun
   // take its own pause for silence of the workers.
   TestCluster cluster(fast_cluster(1, 1, 4000));
   const auto api = cluster.api();
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   const json faults = {{"sleep_ms", 800}, {"trace_dir", trace.string()}};
   const std::vector<TestModel> models = {{"m-alpha", 1, 5, faults}};
   const std::vector<TestBenchmark> benchmarks = {{"b-one", 30, 10, 4, "accuracy", true, {}}};
@@ -619,8 +541,7 @@ TEST_CASE("nothing lost: cancel kills the runner's process group and its grandch
           "[integration]") {
   TestCluster cluster(fast_cluster(1, 2));
   const auto api = cluster.api();
-  const fs::path trace = cluster.dir() / "trace";
-  fs::create_directories(trace);
+  const fs::path trace = make_trace_dir(cluster);
   const std::vector<TestModel> models = {
       {"m-alpha",
        1,
@@ -632,7 +553,7 @@ TEST_CASE("nothing lost: cancel kills the runner's process group and its grandch
   std::vector<pid_t> runners;
   std::vector<pid_t> grandchildren;
   for (int64_t index : {0, 1}) {
-    const auto pids = trace_file(trace, "m-alpha", "b-one", index, 1, "pids");
+    const auto pids = trace_file(trace, ShardRef{"m-alpha", "b-one", index}, 1, "pids");
     REQUIRE(wait_until([&] { return fs::exists(pids); }, 20s));
     std::ifstream in(pids);
     pid_t runner = 0;
