@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -219,6 +220,33 @@ inline int64_t total_shards(const std::vector<TestModel>& models,
   int64_t per_model = 0;
   for (const auto& b : benchmarks) per_model += b.shard_count();
   return per_model * static_cast<int64_t>(models.size());
+}
+
+// The worker's {"metrics": "HOST:PORT"} line. Cluster workers write stdout into their log.
+inline std::string worker_metrics_address(Worker& worker) {
+  std::string address;
+  const bool found = wait_until(
+      [&] {
+        std::ifstream log(worker.process().log_file());
+        std::string line;
+        while (std::getline(log, line)) {
+          if (line.rfind("{\"metrics\":", 0) != 0) continue;
+          address = nlohmann::json::parse(line).at("metrics").get<std::string>();
+          return true;
+        }
+        return false;
+      },
+      std::chrono::seconds(10));
+  INFO("log of " << worker.name() << ": " << worker.process().log_file());
+  REQUIRE(found);
+  return address;
+}
+
+// A worker that serves its own /metrics on a free port.
+inline Worker& add_metrics_worker(Cluster& cluster) {
+  auto options = cluster.worker_defaults();
+  options.extra_args = {"--metrics", "127.0.0.1:0"};
+  return cluster.add_worker(options);
 }
 
 }  // namespace evald::testing

@@ -4,18 +4,14 @@
 // A test waits on these instead of sleeping, which is what makes its interleavings deterministic.
 #pragma once
 
-#include <signal.h>
-
 #include <catch2/catch.hpp>
-#include <cerrno>
 #include <compare>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "tests/support/cluster.hpp"
+#include "tests/support/test_support.hpp"
 
 namespace evald::testing {
 
@@ -72,23 +68,6 @@ inline nlohmann::json worker_json(const Api& api, const std::string& name) {
     if (w.at("name") == name) return w;
   }
   return nullptr;
-}
-
-// Gone, or (if zombie_counts_as_gone) a zombie waiting for a parent that is not ours to judge:
-// an orphaned grandchild is reaped by init, whenever init gets to it.
-inline bool process_gone(pid_t pid, bool zombie_counts_as_gone = true) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  const auto paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= text.size()) return true;
-  const char state = text[paren + 2];
-  return zombie_counts_as_gone && (state == 'Z' || state == 'X');
-}
-
-inline std::string read_file(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 }  // namespace evald::testing

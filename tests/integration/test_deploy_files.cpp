@@ -46,14 +46,6 @@ fs::path deploy_dir() {
   return fs::path(EVALD_SOURCE_DIR) / "deploy";
 }
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in.good());
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // An executable by name: PATH first, then the usual system dirs (ctest may run with a short
 // PATH). Empty if there is none.
 fs::path find_program(const std::string& name) {

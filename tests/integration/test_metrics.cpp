@@ -102,32 +102,6 @@ std::string scrape(const std::string& address, const std::string& target = "/met
   return response->body;
 }
 
-// The worker's {"metrics": "HOST:PORT"} line. Cluster workers write stdout into their log.
-std::string worker_metrics_address(evald::testing::Worker& worker) {
-  std::string address;
-  const bool found = wait_until(
-      [&] {
-        std::ifstream log(worker.process().log_file());
-        std::string line;
-        while (std::getline(log, line)) {
-          if (line.rfind("{\"metrics\":", 0) != 0) continue;
-          address = nlohmann::json::parse(line).at("metrics").get<std::string>();
-          return true;
-        }
-        return false;
-      },
-      10s);
-  INFO("log of " << worker.name() << ": " << worker.process().log_file());
-  REQUIRE(found);
-  return address;
-}
-
-evald::testing::Worker& add_metrics_worker(TestCluster& cluster) {
-  auto options = cluster.worker_defaults();
-  options.extra_args = {"--metrics", "127.0.0.1:0"};
-  return cluster.add_worker(options);
-}
-
 // `promtool check metrics` on a page: exit 0 and no lint complaint.
 void check_with_promtool(const std::string& page, const std::filesystem::path& file) {
   std::ofstream(file) << page;

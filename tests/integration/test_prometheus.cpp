@@ -36,14 +36,6 @@ std::filesystem::path source_path(const std::string& relative) {
   return std::filesystem::path(EVALD_SOURCE_DIR) / relative;
 }
 
-std::string read_text(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  REQUIRE(in.good());
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // A port that was free a moment ago. Prometheus cannot pick its own (port 0 is refused), so a
 // collision with another process is possible and the caller retries.
 int free_port() {
@@ -212,8 +204,8 @@ TEST_CASE("Prometheus scrapes the cluster and every dashboard query and alert ev
   if (!std::filesystem::exists(kPrometheus)) {
     FAIL(kPrometheus.string() << " is missing (apt-get install prometheus; scripts/setup.sh does)");
   }
-  const auto dashboard =
-      nlohmann::json::parse(read_text(source_path("deploy/grafana/dashboards/evald.json")));
+  const auto dashboard = nlohmann::json::parse(
+      evald::testing::read_file(source_path("deploy/grafana/dashboards/evald.json")));
   const auto alerts_file = source_path("deploy/prometheus/alerts.yml");
   std::vector<DashboardQuery> queries;
   collect_queries(dashboard.at("panels"), queries);
@@ -229,22 +221,8 @@ TEST_CASE("Prometheus scrapes the cluster and every dashboard query and alert ev
   TestCluster cluster(options);
   std::vector<std::string> worker_targets;
   for (int i = 0; i < 2; ++i) {
-    auto worker_options = cluster.worker_defaults();
-    worker_options.extra_args = {"--metrics", "127.0.0.1:0"};
-    auto& worker = cluster.add_worker(worker_options);
-    std::string address;
-    REQUIRE(wait_until(
-        [&] {
-          std::ifstream log(worker.process().log_file());
-          std::string line;
-          while (std::getline(log, line)) {
-            if (line.rfind("{\"metrics\":", 0) != 0) continue;
-            address = nlohmann::json::parse(line).at("metrics").get<std::string>();
-            return true;
-          }
-          return false;
-        },
-        10s));
+    const std::string address =
+        evald::testing::worker_metrics_address(evald::testing::add_metrics_worker(cluster));
     worker_targets.push_back(address);
   }
   const auto api = cluster.api();
@@ -342,7 +320,7 @@ TEST_CASE("Prometheus scrapes the cluster and every dashboard query and alert ev
 
   // Every alert of alerts.yml was loaded, evaluates without error, and its expression parses.
   const auto alert_count = [&] {
-    const auto text = read_text(alerts_file);
+    const auto text = evald::testing::read_file(alerts_file);
     size_t count = 0;
     for (auto at = text.find("- alert:"); at != std::string::npos;
          at = text.find("- alert:", at + 1)) {

@@ -1,7 +1,12 @@
 #include "tests/support/test_support.hpp"
 
+#include <signal.h>
 #include <stdlib.h>
 
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
 #include <system_error>
 #include <thread>
 
@@ -28,6 +33,30 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
     if (std::chrono::steady_clock::now() >= deadline) return condition();
     std::this_thread::sleep_for(interval);
   }
+}
+
+std::string read_file_or_empty(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.good()) throw std::runtime_error("cannot read " + path.string());
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+bool process_gone(pid_t pid, bool zombie_counts_as_gone) {
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
+  const auto stat = read_file_or_empty("/proc/" + std::to_string(pid) + "/stat");
+  const auto paren = stat.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= stat.size()) return true;
+  const char state = stat[paren + 2];
+  return zombie_counts_as_gone && (state == 'Z' || state == 'X');
 }
 
 }  // namespace evald::testing

@@ -1,6 +1,8 @@
 // Helpers shared by the unit and integration tests: temporary directories that remove themselves,
-// and polling with a deadline instead of fixed sleeps.
+// polling with a deadline instead of fixed sleeps, reading files, and watching processes.
 #pragma once
+
+#include <sys/types.h>
 
 #include <chrono>
 #include <filesystem>
@@ -26,5 +28,14 @@ class TempDir {
 // answer.
 bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
                 std::chrono::milliseconds interval = std::chrono::milliseconds(20));
+
+// The whole file; throws std::runtime_error naming it if it cannot be opened.
+std::string read_file(const std::filesystem::path& path);
+// The whole file, or "" if it cannot be opened (a /proc entry of a process that just ended).
+std::string read_file_or_empty(const std::filesystem::path& path);
+
+// Gone, or (if zombie_counts_as_gone) a zombie waiting for a parent that is not ours to judge:
+// an orphaned grandchild is reaped by init, whenever init gets to it.
+bool process_gone(pid_t pid, bool zombie_counts_as_gone = true);
 
 }  // namespace evald::testing

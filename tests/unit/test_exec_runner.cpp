@@ -78,26 +78,11 @@ std::vector<ShardResult> wait_results(ExecRunner& runner, size_t n,
   return results;
 }
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// Gone = no such process, or a zombie (reaped by init, which may be slower than we are).
-bool process_gone(pid_t pid) {
-  if (::kill(pid, 0) != 0) return errno == ESRCH;
-  const auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-  const auto paren = stat.rfind(')');
-  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
-}
-
 // Zombie children of this test process: the runner must reap every child it started.
 int zombie_children() {
   int zombies = 0;
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    const auto stat = read_file(entry.path() / "stat");
+    const auto stat = evald::testing::read_file_or_empty(entry.path() / "stat");
     const auto paren = stat.rfind(')');
     if (paren == std::string::npos) continue;
     std::istringstream fields(stat.substr(paren + 2));
@@ -229,7 +214,8 @@ wait
   CHECK(results[0].duration_ms >= 300);
   const pid_t grandchild = read_pid(pid_file);
   REQUIRE(grandchild > 0);
-  CHECK(evald::testing::wait_until([&] { return process_gone(grandchild); }, 2000ms));
+  CHECK(
+      evald::testing::wait_until([&] { return evald::testing::process_gone(grandchild); }, 2000ms));
   CHECK(zombie_children() == 0);
 }
 
@@ -342,7 +328,8 @@ wait
   const pid_t grandchild = read_pid(pid_file);
   REQUIRE(grandchild > 0);
   runner.cancel(31);
-  CHECK(evald::testing::wait_until([&] { return process_gone(grandchild); }, 2000ms));
+  CHECK(
+      evald::testing::wait_until([&] { return evald::testing::process_gone(grandchild); }, 2000ms));
   // The run directory goes when the runner has handled the attempt's end; after that a result
   // would already be queued if one were going to be reported.
   REQUIRE(evald::testing::wait_until([&] { return !std::filesystem::exists(run_dir); }, 2000ms));
@@ -373,7 +360,8 @@ wait
     grandchild = read_pid(pid_file);
   }
   REQUIRE(grandchild > 0);
-  CHECK(evald::testing::wait_until([&] { return process_gone(grandchild); }, 2000ms));
+  CHECK(
+      evald::testing::wait_until([&] { return evald::testing::process_gone(grandchild); }, 2000ms));
   CHECK(zombie_children() == 0);
 }
 
