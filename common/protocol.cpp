@@ -160,6 +160,16 @@ bool decode_ids(BinaryReader& r, std::vector<uint64_t>& ids) {
 
 }  // namespace
 
+ShardResult result_for(const Assignment& assignment) {
+  ShardResult result;
+  result.attempt_id = assignment.attempt_id;
+  result.campaign = assignment.campaign;
+  result.model = assignment.model;
+  result.benchmark = assignment.benchmark;
+  result.shard = assignment.shard;
+  return result;
+}
+
 const char* to_string(MessageType type) {
   switch (type) {
     case MessageType::kHello:

@@ -122,6 +122,9 @@ struct Assign {
   std::vector<Assignment> assignments;
 };
 
+// A result that names the same attempt and shard as `assignment`; the caller fills in the rest.
+ShardResult result_for(const Assignment& assignment);
+
 struct Ack {
   std::vector<uint64_t> attempt_ids;
 };

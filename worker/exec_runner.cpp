@@ -17,6 +17,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/text.hpp"
 #include "worker/unique_fd.hpp"
 
 namespace evald::worker {
@@ -26,13 +27,6 @@ namespace asio = boost::asio;
 
 // A timeout longer than this is treated as this, so the chrono arithmetic cannot overflow.
 constexpr double kMaxTimeoutS = 365.0 * 24 * 3600;
-
-std::string_view trim(std::string_view text) {
-  const auto first = text.find_first_not_of(" \t\r\n\f\v");
-  if (first == std::string_view::npos) return {};
-  const auto last = text.find_last_not_of(" \t\r\n\f\v");
-  return text.substr(first, last - first + 1);
-}
 
 nlohmann::json parse_json(std::string_view text) {
   return nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
@@ -233,7 +227,7 @@ ExecJob build_exec_job(const RunRequest& request,
   const auto& benchmark = spec.benchmarks[a.benchmark];
 
   ExecJob job;
-  job.identity = result_for(a);
+  job.identity = protocol::result_for(a);
   job.timeout_s = spec.runner.timeout_s;
   const auto& command = spec.runner.command;
   if (!command.empty()) {

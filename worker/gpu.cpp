@@ -6,17 +6,13 @@
 #include <charconv>
 #include <limits>
 
+#include "common/text.hpp"
 #include "worker/process.hpp"
 
 namespace evald::worker {
 namespace {
 
-std::string_view trim(std::string_view text) {
-  const auto first = text.find_first_not_of(" \t\r\n");
-  if (first == std::string_view::npos) return {};
-  const auto last = text.find_last_not_of(" \t\r\n");
-  return text.substr(first, last - first + 1);
-}
+constexpr std::string_view kWhitespace = " \t\r\n";
 
 template <typename T>
 bool parse_number(std::string_view text, T& out) {
@@ -28,15 +24,15 @@ bool parse_number(std::string_view text, T& out) {
 }  // namespace
 
 Result<GpuSelection> parse_gpu_selection(std::string_view text) {
-  const auto value = trim(text);
+  const auto value = trim(text, kWhitespace);
   if (value == "auto") return GpuSelection{GpuMode::kAuto, {}};
   if (value == "none") return GpuSelection{GpuMode::kNone, {}};
   GpuSelection selection{GpuMode::kList, {}};
   size_t pos = 0;
   while (pos <= value.size()) {
     const auto comma = value.find(',', pos);
-    const auto item =
-        trim(value.substr(pos, comma == std::string_view::npos ? value.npos : comma - pos));
+    const auto item = trim(
+        value.substr(pos, comma == std::string_view::npos ? value.npos : comma - pos), kWhitespace);
     uint32_t index = 0;
     if (!parse_number(item, index)) {
       return make_error("--gpus: '" + std::string(item) +
@@ -63,7 +59,7 @@ Result<std::vector<GpuInfo>> parse_nvidia_smi_csv(std::string_view text) {
         text.substr(pos, newline == std::string_view::npos ? text.npos : newline - pos);
     pos = newline == std::string_view::npos ? text.size() : newline + 1;
     ++line_number;
-    const auto line = trim(raw);
+    const auto line = trim(raw, kWhitespace);
     if (line.empty()) continue;
     const std::string where = "nvidia-smi line " + std::to_string(line_number);
     // The name sits between the first and the last comma, so a comma inside it does no harm.
@@ -74,12 +70,12 @@ Result<std::vector<GpuInfo>> parse_nvidia_smi_csv(std::string_view text) {
                         std::string(line) + "'");
     }
     GpuInfo gpu;
-    const auto index_text = trim(line.substr(0, first));
+    const auto index_text = trim(line.substr(0, first), kWhitespace);
     if (!parse_number(index_text, gpu.index)) {
       return make_error(where + ": index '" + std::string(index_text) + "' is not a number");
     }
-    gpu.name = std::string(trim(line.substr(first + 1, last - first - 1)));
-    const auto memory_text = trim(line.substr(last + 1));
+    gpu.name = std::string(trim(line.substr(first + 1, last - first - 1), kWhitespace));
+    const auto memory_text = trim(line.substr(last + 1), kWhitespace);
     int64_t memory = 0;
     if (parse_number(memory_text, memory) && memory >= 0) {
       gpu.memory_mb = memory;
@@ -109,8 +105,9 @@ Result<std::vector<GpuInfo>> query_nvidia_smi(std::chrono::milliseconds timeout)
     case ProcessEnd::kExited: {
       if (outcome.exit_code == 0) return parse_nvidia_smi_csv(outcome.stdout_data);
       // nvidia-smi explains itself on stdout as often as on stderr.
-      auto detail = trim(outcome.stderr_tail);
-      if (detail.empty()) detail = trim(std::string_view(outcome.stdout_data).substr(0, 300));
+      auto detail = trim(outcome.stderr_tail, kWhitespace);
+      if (detail.empty())
+        detail = trim(std::string_view(outcome.stdout_data).substr(0, 300), kWhitespace);
       return make_error("nvidia-smi exited with code " + std::to_string(outcome.exit_code) +
                         (detail.empty() ? "" : ": " + std::string(detail)));
     }

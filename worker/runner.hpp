@@ -33,9 +33,6 @@ class Runner {
   virtual std::vector<protocol::ShardResult> take_finished() { return {}; }
 };
 
-// A ShardResult with the assignment's identity filled in and nothing else.
-protocol::ShardResult result_for(const protocol::Assignment& assignment);
-
 // A failed ShardResult for an assignment that could not be run; `error` says why.
 protocol::ShardResult failed_result(const protocol::Assignment& assignment, std::string error);
 

@@ -8,16 +8,12 @@
 
 #include "common/http_server.hpp"
 #include "common/spec.hpp"
+#include "common/text.hpp"
 
 namespace evald::worker {
 namespace {
 
-std::string_view trim(std::string_view text) {
-  const auto first = text.find_first_not_of(" \t");
-  if (first == std::string_view::npos) return {};
-  const auto last = text.find_last_not_of(" \t");
-  return text.substr(first, last - first + 1);
-}
+constexpr std::string_view kSpaces = " \t";
 
 // The name is the ZeroMQ routing id and part of paths and log lines: keep it plain.
 bool valid_name_char(char c) {
@@ -61,18 +57,18 @@ po::options_description worker_options() {
 Result<nlohmann::json> parse_labels(std::string_view text) {
   auto labels = nlohmann::json::object();
   size_t pos = 0;
-  const auto all = trim(text);
+  const auto all = trim(text, kSpaces);
   while (!all.empty() && pos <= all.size()) {
     const auto comma = all.find(',', pos);
     const auto item =
-        trim(all.substr(pos, comma == std::string_view::npos ? all.npos : comma - pos));
+        trim(all.substr(pos, comma == std::string_view::npos ? all.npos : comma - pos), kSpaces);
     const auto eq = item.find('=');
-    if (eq == std::string_view::npos || trim(item.substr(0, eq)).empty()) {
+    if (eq == std::string_view::npos || trim(item.substr(0, eq), kSpaces).empty()) {
       return make_error("--labels: '" + std::string(item) + "' is not key=value");
     }
-    const std::string key(trim(item.substr(0, eq)));
+    const std::string key(trim(item.substr(0, eq), kSpaces));
     if (labels.contains(key)) return make_error("--labels: key '" + key + "' is given twice");
-    labels[key] = std::string(trim(item.substr(eq + 1)));
+    labels[key] = std::string(trim(item.substr(eq + 1), kSpaces));
     if (comma == std::string_view::npos) break;
     pos = comma + 1;
   }

@@ -105,12 +105,7 @@ struct Harness {
 
   void report(const std::string& who, const protocol::Assignment& a, bool ok, double accuracy,
               const std::string& error = "") {
-    protocol::ShardResult r;
-    r.attempt_id = a.attempt_id;
-    r.campaign = a.campaign;
-    r.model = a.model;
-    r.benchmark = a.benchmark;
-    r.shard = a.shard;
+    protocol::ShardResult r = protocol::result_for(a);
     r.ok = ok;
     r.count = a.end - a.start;
     if (ok) r.metrics = {{"accuracy", accuracy}};
@@ -703,10 +698,8 @@ TEST_CASE("an invalid result resent after its attempt failed uses no second atte
           "[unit][scheduler]") {
   Harness h;
   const auto [id, first] = h.start_on_one_slot(make_spec(2, 2, /*max_attempts=*/2));
-  protocol::ShardResult r;  // "ok" but without metrics: the attempt fails as invalid
-  r.attempt_id = first.attempt_id;
-  r.campaign = first.campaign;
-  r.shard = first.shard;
+  // "ok" but without metrics: the attempt fails as invalid
+  protocol::ShardResult r = protocol::result_for(first);
   r.ok = true;
   r.count = 2;
   h.scheduler->on_message("w1", protocol::Results{{r}});

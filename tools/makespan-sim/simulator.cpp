@@ -215,7 +215,7 @@ class Simulation {
     return Ok{};
   }
 
-  void violation(std::string what) {
+  void violation(const std::string& what) {
     if (report_.failure.empty()) report_.failure = "scheduler invariant broken: " + what;
   }
 
@@ -283,12 +283,7 @@ class Simulation {
       busy_gpus_ -= static_cast<int64_t>(done.assignment.gpus.size());
       --w.running;
       const auto& a = done.assignment;
-      protocol::ShardResult r;
-      r.attempt_id = a.attempt_id;
-      r.campaign = a.campaign;
-      r.model = a.model;
-      r.benchmark = a.benchmark;
-      r.shard = a.shard;
+      protocol::ShardResult r = protocol::result_for(a);
       r.ok = true;
       r.count = a.end - a.start;
       r.metrics = {{"accuracy", 1.0}};
