@@ -23,18 +23,10 @@ set -euo pipefail
 bin_dir="$(cd "${1:?usage: run-netns-test.sh BIN_DIR SOURCE_DIR}" && pwd)"
 source_dir="$(cd "${2:?usage: run-netns-test.sh BIN_DIR SOURCE_DIR}" && pwd)"
 runners_dir="${source_dir}/tests/integration/runners"
-readonly kSkip=77
 readonly kNamePrefix=evald-t
-
-log() { printf '[netns-test %(%H:%M:%S)T] %s\n' -1 "$*"; }
-skip() {
-  printf 'SKIP: %s\n' "$*"
-  exit "${kSkip}"
-}
-fail() {
-  printf 'FAIL: %s\n' "$*"
-  exit 1
-}
+test_tag=netns-test
+# shellcheck source=tests/integration/script_lib.sh
+source "${source_dir}/tests/integration/script_lib.sh"
 
 ((EUID == 0)) || skip "needs root to create network namespaces"
 command -v ip >/dev/null || skip "ip (iproute2) not found; scripts/setup.sh installs it"
@@ -91,20 +83,6 @@ trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-wait_for() {
-  local what="$1" timeout_s="$2"
-  shift 2
-  local deadline=$((SECONDS + timeout_s))
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "timed out after ${timeout_s}s waiting for ${what}"
-    sleep 0.1
-  done
-}
-# json EXPR: evaluates a Python expression (it may span lines) over the JSON document on stdin,
-# bound to `d`.
-json() {
-  python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval("(" + sys.argv[1] + ")"))' "$1"
-}
 in_ns() {
   local ns="$1"
   shift
@@ -191,18 +169,7 @@ str(sum(1 for s in d['shards'] if s['state'] == 'succeeded' and s['attempts'] ==
 [[ "${used}" == "netns-w1 netns-w2 12" ]] ||
   fail "expected 12 shards succeeded at the first attempt on netns-w1 and netns-w2, got: ${used}"
 evalctl results "${campaign}" >"${tmp}/results.json"
-python3 - "${tmp}/results.json" <<'CHECK' || fail "wrong leaderboard: $(cat "${tmp}/results.json")"
-import json, sys
-results = json.load(open(sys.argv[1]))
-models = {"m-a": (1, 4), "m-b": (3, 2)}
-benchmarks = {"b-x": (40, 0), "b-y": (20, 5)}
-assert results["state"] == "succeeded", results
-for row in results["models"]:
-    mult, k = models[row["name"]]
-    for name, (examples, offset) in benchmarks.items():
-        want = sum(1 for i in range(examples) if (i * mult + offset) % 7 < k) / examples
-        score = row["scores"][name]
-        assert abs(score["value"] - want) < 1e-12, (row["name"], name, score, want)
-        assert score["count"] == examples and score["complete"], (row["name"], name, score)
-CHECK
+[[ "$(json 'd["state"]' <"${tmp}/results.json")" == succeeded ]] ||
+  fail "leaderboard not succeeded: $(cat "${tmp}/results.json")"
+check_scores "${tmp}/results.json" '{"m-a": [1, 4], "m-b": [3, 2]}' '{"b-x": [40, 0], "b-y": [20, 5]}'
 log "PASS: campaign ${campaign} completed over the bridge on netns-w1 and netns-w2"

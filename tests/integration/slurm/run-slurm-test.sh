@@ -18,13 +18,9 @@ bin_dir="$(cd "${1:?usage: run-slurm-test.sh BIN_DIR SOURCE_DIR}" && pwd)"
 source_dir="$(cd "${2:?usage: run-slurm-test.sh BIN_DIR SOURCE_DIR}" && pwd)"
 sbatch_script="${source_dir}/deploy/slurm/evald-workers.sbatch"
 runners_dir="${source_dir}/tests/integration/runners"
-readonly kSkip=77
-
-log() { printf '[slurm-test %(%H:%M:%S)T] %s\n' -1 "$*"; }
-skip() {
-  printf 'SKIP: %s\n' "$*"
-  exit "${kSkip}"
-}
+test_tag=slurm-test
+# shellcheck source=tests/integration/script_lib.sh
+source "${source_dir}/tests/integration/script_lib.sh"
 
 # --- can this machine run Slurm at all? ------------------------------------------------------
 ((EUID == 0)) || skip "needs root: slurmd launches job steps as the submitting user via setuid"
@@ -104,28 +100,6 @@ teardown() {
 trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-fail() {
-  printf 'FAIL: %s\n' "$*"
-  exit 1
-}
-
-# wait_for DESCRIPTION TIMEOUT_S COMMAND...: polls COMMAND every 0.1 s until it succeeds.
-wait_for() {
-  local what="$1" timeout_s="$2"
-  shift 2
-  local deadline=$((SECONDS + timeout_s))
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "timed out after ${timeout_s}s waiting for ${what}"
-    sleep 0.1
-  done
-}
-
-# json EXPR: evaluates a Python expression (it may span lines) over the JSON document on stdin,
-# bound to `d`.
-json() {
-  python3 -c 'import json, sys; d = json.load(sys.stdin); print(eval("(" + sys.argv[1] + ")"))' "$1"
-}
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -276,20 +250,9 @@ if grep -Ev " slurm-${job}-[01] 1$" "${tmp}/shards1.txt"; then
 fi
 # The leaderboard holds the exact example-weighted scores of the runner's formula.
 evalctl results "${campaign1}" >"${tmp}/results1.json"
-python3 - "${tmp}/results1.json" <<'CHECK' || fail "wrong leaderboard: $(cat "${tmp}/results1.json")"
-import json, sys
-results = json.load(open(sys.argv[1]))
-models = {"m-a": (1, 4), "m-b": (3, 2)}
-benchmarks = {"b-x": (30, 0), "b-y": (20, 5)}
-for row in results["models"]:
-    mult, k = models[row["name"]]
-    for name, (examples, offset) in benchmarks.items():
-        want = sum(1 for i in range(examples) if (i * mult + offset) % 7 < k) / examples
-        score = row["scores"][name]
-        assert abs(score["value"] - want) < 1e-12, (row["name"], name, score, want)
-        assert score["count"] == examples and score["complete"], (row["name"], name, score)
-assert [row["name"] for row in results["models"]] == ["m-a", "m-b"], results
-CHECK
+check_scores "${tmp}/results1.json" '{"m-a": [1, 4], "m-b": [3, 2]}' '{"b-x": [30, 0], "b-y": [20, 5]}'
+[[ "$(json "' '.join(r['name'] for r in d['models'])" <"${tmp}/results1.json")" == "m-a m-b" ]] ||
+  fail "expected m-a ranked before m-b: $(cat "${tmp}/results1.json")"
 log "campaign ${campaign1} succeeded on the Slurm workers with the expected scores"
 
 # --- part 2: scancel while shards run; they go back to the queue -----------------------------
