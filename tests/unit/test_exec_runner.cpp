@@ -94,6 +94,22 @@ int zombie_children() {
   return zombies;
 }
 
+// A script that starts `sleep 1000` in the background (a grandchild of the runner, in the
+// script's process group), writes its pid to `pid_file` (atomically: the file appears complete)
+// and waits for it.
+std::filesystem::path write_parent_of_sleeper(const std::filesystem::path& dir,
+                                              const std::filesystem::path& pid_file) {
+  return write_script(dir, "long.sh",
+                      R"(
+sleep 1000 &
+echo $! > ")" + pid_file.string() +
+                          R"(.tmp"
+mv ")" + pid_file.string() +
+                          R"(.tmp" ")" + pid_file.string() + R"("
+wait
+)");
+}
+
 pid_t read_pid(const std::filesystem::path& path) {
   pid_t pid = 0;
   std::ifstream(path) >> pid;
@@ -309,14 +325,7 @@ printf '{"metrics": {"a": 1}, "count": 1, "samples": ["%s"]}\n' "$fds"
 TEST_CASE("cancel kills the attempt's group and reports nothing", "[unit][exec]") {
   TempDir dir("evald-exec");
   const auto pid_file = dir.path() / "grandchild.pid";
-  const auto script = write_script(dir.path(), "long.sh",
-                                   R"(
-sleep 1000 &
-echo $! > ")" + pid_file.string() + R"(.tmp"
-mv ")" + pid_file.string() + R"(.tmp" ")" +
-                                       pid_file.string() + R"("
-wait
-)");
+  const auto script = write_parent_of_sleeper(dir.path(), pid_file);
   const auto spec = exec_spec({script.string()});
   const std::string campaign_id = "c";
   const auto a = assignment(31);
@@ -340,14 +349,7 @@ wait
 TEST_CASE("destroying the exec runner kills every running group", "[unit][exec]") {
   TempDir dir("evald-exec");
   const auto pid_file = dir.path() / "grandchild.pid";
-  const auto script = write_script(dir.path(), "long.sh",
-                                   R"(
-sleep 1000 &
-echo $! > ")" + pid_file.string() + R"(.tmp"
-mv ")" + pid_file.string() + R"(.tmp" ")" +
-                                       pid_file.string() + R"("
-wait
-)");
+  const auto script = write_parent_of_sleeper(dir.path(), pid_file);
   const auto spec = exec_spec({script.string()});
   const std::string campaign_id = "c";
   const auto a = assignment(41);
