@@ -25,7 +25,10 @@ int main(int argc, char** argv) {
       "max-body-bytes", value<int64_t>()->default_value(16 << 20),
       "largest HTTP request body; larger gets 413")(
       "max-message-bytes", value<int64_t>()->default_value(64 << 20),
-      "largest worker message accepted")("log-level", value<std::string>()->default_value("info"),
+      "largest worker message accepted")(
+      "insecure", evald::po::bool_switch(),
+      "start even without keys and tokens on a non-loopback address (logs a warning)")(
+      "log-level", value<std::string>()->default_value("info"),
                                          "trace, debug, info, warn or error");
   evald::ParsedArgs args;
   try {
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
   }
   config.max_body_bytes = static_cast<size_t>(body);
   config.max_message_bytes = static_cast<size_t>(message);
+  config.insecure = v["insecure"].as<bool>();
   if (!evald::init_logging("evald-coordinator", v["log-level"].as<std::string>())) {
     std::cerr << "evald-coordinator: --log-level: unknown level\n";
     return evald::kExitUsage;

@@ -118,6 +118,15 @@ Metrics::Metrics()
                              .Help("Worker messages dropped because they did not decode")
                              .Register(*registry)
                              .Add({})),
+      results_rejected(BuildCounter()
+                           .Name("evald_results_rejected_total")
+                           .Help("Results, drains and hand-backs that changed nothing: not from "
+                                 "the lease holder's connection, or invalid; by reason")
+                           .Register(*registry)),
+      worker_auth_failures(BuildCounter()
+                               .Name("evald_worker_auth_failures_total")
+                               .Help("Worker connections refused by authentication, by reason")
+                               .Register(*registry)),
       http_requests(BuildCounter()
                         .Name("evald_http_requests_total")
                         .Help("HTTP requests by route and status")

@@ -56,6 +56,11 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& messages_received;  // {type}
   prometheus::Family<prometheus::Counter>& messages_sent;      // {type}
   prometheus::Counter& messages_malformed;
+  // Results (and DRAIN / HAND_BACK) that changed nothing because they did not come from the
+  // connection holding the lease, or did not pass validation. {reason}
+  prometheus::Family<prometheus::Counter>& results_rejected;
+  // Worker connections refused during or right after the CURVE handshake. {reason}
+  prometheus::Family<prometheus::Counter>& worker_auth_failures;
   prometheus::Family<prometheus::Counter>& http_requests;  // {route,status}
   prometheus::Gauge& queue_ready;
   prometheus::Gauge& turn_seconds_max;

@@ -18,6 +18,9 @@ struct CoordinatorConfig {
   std::chrono::milliseconds restart_grace{10000};
   size_t max_body_bytes = 16u << 20;
   size_t max_message_bytes = 64u << 20;
+  // Start even where protected mode would refuse (a non-loopback --http without --api-tokens, a
+  // non-loopback --bind without --curve-secret); a warning is logged at every start.
+  bool insecure = false;
 };
 
 // Returns the process exit code: 0 after a graceful stop, 1 on a runtime failure (the reason is

@@ -20,6 +20,9 @@ packages=(
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
   librocksdb-dev nlohmann-json3-dev prometheus-cpp-dev catch2 libspdlog-dev
   python3 procps
+  # security: OpenSSL for the HTTPS API; clang with libFuzzer and the sanitizer runtimes for the
+  # fuzz targets and the ASan+UBSan test run
+  libssl-dev clang libfuzzer-14-dev libclang-rt-14-dev
   # observability tests: a real Prometheus server and promtool (on a host with systemd the
   # package also enables a prometheus service on :9090; the tests start their own on a free port)
   prometheus
