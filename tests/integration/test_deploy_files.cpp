@@ -5,8 +5,12 @@
 // compose runs a coordinator, two workers and a Prometheus that scrapes them, the Dockerfile
 // builds in one stage and runs non-root in another, the systemd units pass `systemd-analyze
 // verify` and a hardening threshold, the real daemons report READY=1 and STOPPING=1 to a
-// notify socket, and the Slurm script refuses to run outside a job. tests/integration/slurm and
-// tests/integration/netns run the Slurm script and a multi-namespace cluster for real.
+// notify socket, and the Slurm script refuses to run outside a job. Each deployment also shows
+// the secure setup: keys, the worker allowlist, token hashes and TLS files are passed by file from
+// read-only secret stores (Kubernetes Secrets, compose secrets, systemd credentials, a node-local
+// key directory), never inline, and every worker pins the coordinator's key.
+// tests/integration/slurm and tests/integration/netns run the Slurm script and a multi-namespace
+// cluster for real.
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -376,9 +380,13 @@ TEST_CASE("the coordinator is one StatefulSet pod with its store on a PVC, probe
 TEST_CASE("workers request a GPU, are probed on /healthz and may finish their drain",
           "[integration]") {
   const auto objects = k8s_objects();
-  const auto& deployment = find_object(objects, "Deployment", "evald-worker");
-  CHECK(deployment.at("apiVersion") == "apps/v1");
-  const auto& pod = deployment.at("spec").at("template").at("spec");
+  // A StatefulSet: stable pod names, because each worker's key is bound to its name.
+  const auto& workers = find_object(objects, "StatefulSet", "evald-worker");
+  CHECK(workers.at("apiVersion") == "apps/v1");
+  CHECK(find_object(objects, "Service", workers.at("spec").at("serviceName").get<std::string>())
+            .at("spec")
+            .at("clusterIP") == "None");
+  const auto& pod = workers.at("spec").at("template").at("spec");
   REQUIRE(pod.at("containers").size() == 1);
   const auto& container = pod["containers"][0];
   const auto& args = container.at("args");
@@ -738,4 +746,252 @@ TEST_CASE("under Type=notify both daemons say when they are ready and when they 
     CHECK(worker.wait_exit(10s) == std::optional<int>(0));
     CHECK(notify.receive(1s) == "STOPPING=1");
   }
+}
+
+// --- the secure setup in every deployment ------------------------------------------------------
+
+namespace {
+
+// The flags that name a secret or what authenticates a peer, and so must come from a protected
+// file, never from anything written in a manifest.
+const std::vector<std::string> kCoordinatorSecretFlags = {
+    "--curve-secret", "--worker-keys", "--api-tokens", "--tls-cert", "--tls-key"};
+const std::vector<std::string> kWorkerSecretFlags = {"--curve-secret", "--coordinator-key"};
+
+// A secret value written out: a PEM key or certificate, or a SHA-256 in hex (a token hash).
+void check_no_inline_secret(const fs::path& file) {
+  const auto text = read_file(file);
+  INFO(file.string());
+  CHECK(text.find("-----BEGIN") == std::string::npos);
+  CHECK_FALSE(std::regex_search(text, std::regex("\\b[0-9a-fA-F]{64}\\b")));
+}
+
+// The Secret volume behind a file path of a container: the path must lie in a read-only mount
+// of a `secret` volume whose files are at most 0440 (owner and the pod's group may read; no
+// one may write), and, where the volume lists items, be one of them.
+void check_from_secret_volume(const json& pod, const json& container, const std::string& path) {
+  INFO("file " << path << " of container " << container["name"]);
+  const json* mount = nullptr;
+  for (const auto& m : container.at("volumeMounts")) {
+    const auto dir = m.at("mountPath").get<std::string>();
+    if (path.rfind(dir + "/", 0) == 0) mount = &m;
+  }
+  REQUIRE(mount != nullptr);
+  CHECK(mount->value("readOnly", false) == true);
+  const json* volume = nullptr;
+  for (const auto& v : pod.at("volumes")) {
+    if (v.at("name") == mount->at("name")) volume = &v;
+  }
+  REQUIRE(volume != nullptr);
+  REQUIRE(volume->contains("secret"));
+  const auto& secret = volume->at("secret");
+  CHECK(secret.value("secretName", "") != "");
+  // PyYAML reads 0440 as octal, as Kubernetes does.
+  REQUIRE(secret.contains("defaultMode"));
+  CHECK((secret.at("defaultMode").get<int64_t>() & ~int64_t{0440}) == 0);
+  if (secret.contains("items")) {
+    const auto file = path.substr(mount->at("mountPath").get<std::string>().size() + 1);
+    bool listed = false;
+    for (const auto& item : secret["items"]) listed = listed || item.at("path") == file;
+    CHECK(listed);
+  }
+}
+
+// The LoadCredential= lines of a unit: credential id -> source file.
+std::map<std::string, std::string> credentials(const UnitFile& unit) {
+  std::map<std::string, std::string> ids;
+  const auto service = unit.find("Service");
+  if (service == unit.end()) return ids;
+  const auto [first, last] = service->second.equal_range("LoadCredential");
+  for (auto it = first; it != last; ++it) {
+    const auto colon = it->second.find(':');
+    REQUIRE(colon != std::string::npos);
+    ids[it->second.substr(0, colon)] = it->second.substr(colon + 1);
+  }
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("the Kubernetes manifests take every key, token and certificate from read-only Secrets",
+          "[integration]") {
+  const auto objects = k8s_objects();
+  // Secrets are created from files out of band (deploy/k8s/README.md), never shipped with a
+  // value, and no environment variable carries one.
+  for (const auto& object : objects) {
+    CHECK(object.value("kind", "") != "Secret");
+  }
+  for (const auto& file : yaml_files_under(deploy_dir() / "k8s")) check_no_inline_secret(file);
+
+  const auto& coordinator_set = find_object(objects, "StatefulSet", "evald-coordinator");
+  const auto& worker_set = find_object(objects, "StatefulSet", "evald-worker");
+  for (const auto* set : {&coordinator_set, &worker_set}) {
+    const auto& pod = set->at("spec").at("template").at("spec");
+    for (const auto& container : pod.at("containers")) {
+      for (const auto& variable : container.value("env", json::array())) {
+        INFO("env " << variable.dump());
+        CHECK_FALSE((variable.contains("value") &&
+                     std::regex_search(variable.at("name").get<std::string>(),
+                                       std::regex("TOKEN|SECRET|KEY|PASSWORD"))));
+      }
+      CHECK(std::find(container.at("args").begin(), container.at("args").end(), "--insecure") ==
+            container.at("args").end());
+    }
+  }
+
+  SECTION("the coordinator: CURVE, the allowlist, tokens and TLS; probes speak HTTPS") {
+    const auto& pod = coordinator_set.at("spec").at("template").at("spec");
+    const auto& container = pod.at("containers").at(0);
+    for (const auto& flag : kCoordinatorSecretFlags) {
+      INFO(flag);
+      const auto path = flag_value(container.at("args"), flag);
+      REQUIRE(path);
+      check_from_secret_volume(pod, container, *path);
+    }
+    for (const char* probe : {"startupProbe", "readinessProbe", "livenessProbe"}) {
+      INFO(probe);
+      CHECK(container.at(probe).at("httpGet").value("scheme", "HTTP") == "HTTPS");
+    }
+    CHECK(coordinator_set.at("spec")
+              .at("template")
+              .at("metadata")
+              .at("annotations")
+              .value("prometheus.io/scheme", "") == "https");
+  }
+
+  SECTION("each worker: its own key, named after its pod, and the coordinator's key pinned") {
+    const auto& pod = worker_set.at("spec").at("template").at("spec");
+    const auto& container = pod.at("containers").at(0);
+    const auto& args = container.at("args");
+    for (const auto& flag : kWorkerSecretFlags) {
+      INFO(flag);
+      const auto path = flag_value(args, flag);
+      REQUIRE(path);
+      check_from_secret_volume(pod, container, *path);
+    }
+    // The name the coordinator binds the key to is the pod's name, and so is the key file's.
+    CHECK(flag_value(args, "--name") == std::optional<std::string>("$(POD_NAME)"));
+    CHECK(fs::path(*flag_value(args, "--curve-secret")).filename() == "$(POD_NAME).secret");
+    bool pod_name_from_metadata = false;
+    for (const auto& variable : container.at("env")) {
+      pod_name_from_metadata =
+          pod_name_from_metadata ||
+          (variable.at("name") == "POD_NAME" &&
+           variable.at("valueFrom").at("fieldRef").at("fieldPath") == "metadata.name");
+    }
+    CHECK(pod_name_from_metadata);
+    CHECK(flag_value(args, "--allow-exec").has_value());
+  }
+}
+
+TEST_CASE("compose passes keys and tokens as secrets, each worker only its own key",
+          "[integration]") {
+  const auto compose_file = deploy_dir() / "docker" / "compose.yaml";
+  check_no_inline_secret(compose_file);
+  const auto compose = load_yaml(compose_file).at(0);
+  const auto& secrets = compose.at("secrets");
+  // Every secret is a file under ./secrets/, which git ignores, so no key is ever committed.
+  for (const auto& [name, secret] : secrets.items()) {
+    INFO("secret " << name);
+    REQUIRE(secret.contains("file"));
+    CHECK(secret.at("file").get<std::string>().rfind("./secrets/", 0) == 0);
+  }
+  CHECK(read_file(fs::path(EVALD_SOURCE_DIR) / ".gitignore").find("/deploy/docker/secrets/") !=
+        std::string::npos);
+
+  // A secret flag reads /run/secrets/NAME of a secret that the service mounts.
+  const auto secret_of = [&](const std::string& service_name, const json& service,
+                             const std::string& flag) -> std::string {
+    INFO("service " << service_name << " " << flag);
+    const auto path = flag_value(service.at("command"), flag);
+    REQUIRE(path);
+    const std::string prefix = "/run/secrets/";
+    REQUIRE(path->rfind(prefix, 0) == 0);
+    const auto name = path->substr(prefix.size());
+    CHECK(secrets.contains(name));
+    const auto& mounted = service.value("secrets", json::array());
+    CHECK(std::find(mounted.begin(), mounted.end(), name) != mounted.end());
+    return name;
+  };
+
+  const auto& services = compose.at("services");
+  const auto& coordinator = services.at("coordinator");
+  for (const auto& flag : {"--curve-secret", "--worker-keys", "--api-tokens"}) {
+    secret_of("coordinator", coordinator, flag);
+  }
+  size_t workers = 0;
+  for (const auto& [name, service] : services.items()) {
+    CHECK_FALSE(service.value("environment", json::object()).contains("EVALD_TOKEN"));
+    const auto command = service.value("command", json::array());
+    if (std::find(command.begin(), command.end(), "--insecure") != command.end()) {
+      FAIL("service " << name << " runs with --insecure");
+    }
+    if (!service.contains("build") || service["build"].value("target", "") != "worker") continue;
+    ++workers;
+    INFO("service " << name);
+    const auto own = secret_of(name, service, "--curve-secret");
+    secret_of(name, service, "--coordinator-key");
+    CHECK(flag_value(service.at("command"), "--allow-exec").has_value());
+    // The key is the one made for this worker's --name, and no other worker key is mounted.
+    const auto worker_name = *flag_value(service.at("command"), "--name");
+    CHECK(secrets.at(own).at("file") == "./secrets/workers/" + worker_name + ".secret");
+    for (const auto& mounted : service.at("secrets")) {
+      const auto file = secrets.at(mounted.get<std::string>()).at("file").get<std::string>();
+      if (file.rfind("./secrets/workers/", 0) == 0) CHECK(mounted == own);
+      CHECK(file != "./secrets/coordinator.secret");
+    }
+  }
+  CHECK(workers == 2);
+}
+
+TEST_CASE("the systemd units load keys, tokens and TLS files as credentials", "[integration]") {
+  for (const auto& [name, flags] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"evald-coordinator.service", kCoordinatorSecretFlags},
+           {"evald-worker.service", kWorkerSecretFlags}}) {
+    INFO(name);
+    const auto file = deploy_dir() / "systemd" / name;
+    check_no_inline_secret(file);
+    const auto unit = parse_unit(read_file(file));
+    const auto ids = credentials(unit);
+    const auto exec = json(split_words(unit_value(unit, "Service", "ExecStart")));
+    CHECK(std::find(exec.begin(), exec.end(), "--insecure") == exec.end());
+    for (const auto& flag : flags) {
+      INFO(flag);
+      // %d is the service's private credentials directory ($CREDENTIALS_DIRECTORY).
+      const auto value = flag_value(exec, flag);
+      REQUIRE(value);
+      REQUIRE(value->rfind("%d/", 0) == 0);
+      const auto id = value->substr(3);
+      REQUIRE(ids.count(id) == 1);
+      CHECK(ids.at(id).rfind("/etc/evald/", 0) == 0);
+    }
+    if (name == "evald-worker.service") {
+      // The worker's name is the host's, and so is its key's: the coordinator binds the two.
+      CHECK(flag_value(exec, "--name") == std::optional<std::string>("%l"));
+      CHECK(ids.at(flag_value(exec, "--curve-secret")->substr(3)) == "/etc/evald/keys/%l.secret");
+      CHECK(flag_value(exec, "--allow-exec").has_value());
+    }
+  }
+}
+
+TEST_CASE("the Slurm script names each worker after a node-local key and pins the coordinator's",
+          "[integration]") {
+  const auto script = deploy_dir() / "slurm" / "evald-workers.sbatch";
+  const auto text = read_file(script);
+  check_no_inline_secret(script);
+  CHECK(text.find("--curve-secret \"${key}\" --coordinator-key "
+                  "\"${EVALD_KEY_DIR}/coordinator.public\"") != std::string::npos);
+  CHECK(text.find("name=\"$(basename \"${key}\" .secret)\"") != std::string::npos);
+  // The key stays locked by the worker for its lifetime, so two jobs never share a name.
+  CHECK(text.find("flock --nonblock") != std::string::npos);
+
+  // A key directory without the coordinator's key stops the job before any worker starts,
+  // rather than starting workers the coordinator would refuse.
+  const auto bash = find_program("bash");
+  REQUIRE_FALSE(bash.empty());
+  TempDir keys("evald-slurm-keys");
+  const auto result = run_command(bash, {script.string(), "tcp://127.0.0.1:1"}, 30s,
+                                  {{"SLURM_JOB_ID", "1"}, {"EVALD_KEY_DIR", keys.path().string()}});
+  CHECK(result.exit_code == 2);
+  CHECK(result.err.find("has no coordinator.public") != std::string::npos);
 }
