@@ -1,6 +1,7 @@
 // The independence check's pieces in-process: the p-value formulas against known values, the
 // matching test's false-positive rate under the null (measured, not assumed), the safetensors
 // header checks, and the half/bfloat16 conversions.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
