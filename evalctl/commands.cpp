@@ -54,8 +54,8 @@ constexpr CommandInfo kCommands[] = {
      "queue failed (or selected) shards again"},
     {"cancel", "cancel ID", "stop a campaign; running shards are told to stop"},
     {"workers", "workers", "connected workers: slots, GPUs, heartbeat, shards"},
-    {"independence", "independence A B [--alpha P] [--max-units N] [--threads T]",
-     "test whether two safetensors checkpoints were trained independently (no server needed)"},
+    {"independence", "independence A B [--alpha P]",
+     "is one safetensors checkpoint derived from another? (local files, no server)"},
 };
 
 const CommandInfo* find_command(const std::string& name) {
