@@ -22,6 +22,7 @@
 #include "common/spec.hpp"
 #include "common/version.hpp"
 #include "evalctl/format.hpp"
+#include "independence/check.hpp"
 
 namespace evald::evalctl {
 namespace {
@@ -53,6 +54,8 @@ constexpr CommandInfo kCommands[] = {
      "queue failed (or selected) shards again"},
     {"cancel", "cancel ID", "stop a campaign; running shards are told to stop"},
     {"workers", "workers", "connected workers: slots, GPUs, heartbeat, shards"},
+    {"independence", "independence A B [--alpha P]",
+     "is one safetensors checkpoint derived from another? (local files, no server)"},
 };
 
 const CommandInfo* find_command(const std::string& name) {
@@ -105,6 +108,18 @@ void describe_command(const std::string& name, CommandSpec& spec) {
     return;
   }
   if (name == "workers") return;
+  if (name == "independence") {
+    spec.hidden.add_options()("a", po::value<std::string>(), "")("b", po::value<std::string>(), "");
+    spec.positional.add("a", 1).add("b", 1);
+    spec.visible.add_options()("alpha",
+                               po::value<double>()->default_value(0.01, "0.01")->value_name("P"),
+                               "significance level: 'dependent' means p-value < P")(
+        "max-units", po::value<int64_t>()->default_value(256)->value_name("N"),
+        "hidden units of A sampled per tensor and matched against all units of B (more: slower, "
+        "more power)")("threads", po::value<unsigned>()->default_value(2)->value_name("T"),
+                       "threads for the matching");
+    return;
+  }
   spec.hidden.add_options()("id", po::value<std::string>(), "");
   spec.positional.add("id", 1);
   if (name == "watch") {
@@ -370,6 +385,33 @@ int post_count(const Context& context, const std::string& target, const json& bo
   return kExitOk;
 }
 
+int independence(const po::variables_map& values, bool json_output, std::ostream& out,
+                 std::ostream& err) {
+  const CommandInfo& info = *find_command("independence");
+  independence::CheckOptions options;
+  options.alpha = values["alpha"].as<double>();
+  options.max_units = values["max-units"].as<int64_t>();
+  options.threads = values["threads"].as<unsigned>();
+  if (!(options.alpha > 0.0 && options.alpha < 1.0)) {
+    throw UsageError("independence: --alpha must be between 0 and 1");
+  }
+  if (options.max_units < 1) throw UsageError("independence: --max-units must be at least 1");
+  if (options.threads < 1) throw UsageError("independence: --threads must be at least 1");
+  const std::string a = require_positional(info, values, "a", "checkpoint A");
+  const std::string b = require_positional(info, values, "b", "checkpoint B");
+  const auto report = independence::check_independence(a, b, options);
+  if (!report) {
+    err << "evalctl: independence: " << report.error().message << "\n";
+    return kExitFailure;
+  }
+  if (json_output) {
+    out << independence::report_json(*report).dump(2) << "\n";
+  } else {
+    out << independence::report_table(*report);
+  }
+  return kExitOk;
+}
+
 int workers(const Context& context) {
   const auto reply = call(context, "GET", "/v1/workers");
   if (!reply) return fail(context, reply.error().message);
@@ -406,6 +448,8 @@ int run_command(const CommandInfo& info, const std::vector<std::string>& args,
   }
   const auto values = parse_command_args(info, spec, args);
   const std::string name = info.name;
+  // Local work on files: no server to resolve.
+  if (name == "independence") return independence(values, global.count("json") > 0, out, err);
   Context context{resolve_server(global, environment), global.count("json") > 0,
                   environment.stdout_is_tty, out, err};
 

@@ -28,6 +28,8 @@ packages=(
   prometheus
   # deployment tests: systemd-analyze, PyYAML, a real Slurm with munge, network namespaces
   systemd python3-yaml slurm-wlm munge iproute2
+  # independence-check tests: numpy writes the synthetic safetensors checkpoints
+  python3-numpy
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
