@@ -9,27 +9,25 @@
 #   - the tests labelled "deploy" (Slurm, network namespaces): they check the deployment scripts
 #     around the same binaries the integration tests already run, and need root.
 # It builds with -O1 -g1 (line tables only): stack traces still name file and line, and it
-# compiles much faster than the normal build's -O2 -g.
+# compiles much faster than the normal build's -O2 -g. Warnings are not errors here: gcc warns
+# falsely on some sanitizer-instrumented code, and the normal CI build already enforces -Werror.
 #
 # Usage: scripts/test-sanitized.sh [CTEST_ARG...]
 #   Extra arguments go to ctest, e.g. `scripts/test-sanitized.sh -R '^unit:'`.
 # Environment:
 #   EVALD_SANITIZED_BUILD_DIR  build directory (default: <repo>/build-sanitized)
 #   EVALD_JOBS                 build jobs and ctest -j (default: 2)
-#   EVALD_WERROR               ON makes warnings errors (default: ON when CI=true)
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${EVALD_SANITIZED_BUILD_DIR:-${repo_root}/build-sanitized}"
 jobs="${EVALD_JOBS:-2}"
-werror="${EVALD_WERROR:-OFF}"
-if [[ -z "${EVALD_WERROR:-}" && "${CI:-}" == "true" ]]; then werror=ON; fi
 
 log() { printf 'test-sanitized: %s\n' "$*" >&2; }
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 esac
@@ -40,7 +38,7 @@ if [[ ! -f "${build_dir}/build.ninja" ]]; then
   log "configuring ${build_dir} (ASan + UBSan, -O1)"
   cmake -S "${repo_root}" -B "${build_dir}" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
     -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DEVALD_SANITIZE=address,undefined \
-    -DEVALD_BUILD_BENCHMARKS=OFF -DEVALD_WERROR="${werror}" "${launcher[@]}" >&2
+    -DEVALD_BUILD_BENCHMARKS=OFF "${launcher[@]}" >&2
 fi
 log "building (jobs=${jobs})"
 cmake --build "${build_dir}" -j"${jobs}" >&2
