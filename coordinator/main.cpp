@@ -23,13 +23,13 @@ int main(int argc, char** argv) {
       "restart-grace-ms", value<int64_t>()->default_value(10000),
       "after a restart, how long running shards wait for their workers to reclaim them")(
       "max-body-bytes", value<int64_t>()->default_value(16 << 20),
-      "largest HTTP request body; larger gets 413")(
-      "max-message-bytes", value<int64_t>()->default_value(64 << 20),
-      "largest worker message accepted")(
+      "largest HTTP request body; larger gets 413")("max-message-bytes",
+                                                    value<int64_t>()->default_value(64 << 20),
+                                                    "largest worker message accepted")(
       "insecure", evald::po::bool_switch(),
       "start even without keys and tokens on a non-loopback address (logs a warning)")(
       "log-level", value<std::string>()->default_value("info"),
-                                         "trace, debug, info, warn or error");
+      "trace, debug, info, warn or error");
   evald::ParsedArgs args;
   try {
     args = evald::parse_args(argc, argv, options);

@@ -8,11 +8,17 @@
 # Environment:
 #   EVALD_BUILD_DIR  build directory (default: <repo>/build)
 #   EVALD_JOBS       parallel build jobs (default: 2, the size of the development machine)
+#   EVALD_WERROR     ON/OFF: compiler warnings are errors (default: ON when CI=true, else left
+#                    as configured, which starts OFF); a change reconfigures the build dir
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${EVALD_BUILD_DIR:-${repo_root}/build}"
 jobs="${EVALD_JOBS:-2}"
+# CI builds with warnings as errors so a new warning fails the change that adds it; on a
+# developer's machine a newer compiler's new warning should not stop the build.
+werror="${EVALD_WERROR:-}"
+if [[ -z "${werror}" && "${CI:-}" == "true" ]]; then werror=ON; fi
 
 packages=(
   build-essential cmake ninja-build pkg-config
@@ -23,6 +29,8 @@ packages=(
   # security: OpenSSL for the HTTPS API; clang with libFuzzer and the sanitizer runtimes for the
   # fuzz targets and the ASan+UBSan test run
   libssl-dev clang libfuzzer-14-dev libclang-rt-14-dev
+  # CI's format gate (.ci/run): the clang-format of the repo's .clang-format (14 on bookworm)
+  clang-format
   # observability tests: a real Prometheus server and promtool (on a host with systemd the
   # package also enables a prometheus service on :9090; the tests start their own on a free port)
   prometheus
@@ -40,7 +48,7 @@ die() {
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 esac
@@ -74,12 +82,18 @@ install_missing_packages() {
 configure() {
   if [[ ! -f "${build_dir}/CMakeCache.txt" ]]; then
     log "configuring ${build_dir} (Ninja, RelWithDebInfo)"
-    cmake -S "${repo_root}" -B "${build_dir}" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    local options=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+    [[ -n "${werror}" ]] && options+=(-DEVALD_WERROR="${werror}")
+    cmake -S "${repo_root}" -B "${build_dir}" "${options[@]}"
   elif [[ ! -f "${build_dir}/build.ninja" && ! -f "${build_dir}/Makefile" ]]; then
     # A configure step that was interrupted leaves a cache but no build files; finish it with
     # the generator recorded in the cache instead of forcing a new one.
     log "finishing the interrupted configure of ${build_dir}"
     cmake -S "${repo_root}" -B "${build_dir}"
+  elif [[ -n "${werror}" ]] &&
+    ! grep -qx "EVALD_WERROR:BOOL=${werror}" "${build_dir}/CMakeCache.txt"; then
+    log "reconfiguring ${build_dir} with EVALD_WERROR=${werror}"
+    cmake -S "${repo_root}" -B "${build_dir}" -DEVALD_WERROR="${werror}"
   else
     log "${build_dir} is already configured"
   fi
