@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what is missing and builds (scripts/setup.sh), then runs
-# every unit and integration test through ctest. Exits with ctest's exit code, and ctest's
-# summary is the last thing printed, so CI logs end with the verdict.
+# Runs the whole test suite, the way CI does (.ci/run runs exactly this):
+#   1. build      scripts/setup.sh: installs what is missing, builds build/ (with CI=true,
+#                 compiler warnings are errors)
+#   2. format     clang-format --dry-run -Werror on every tracked C++ file
+#   3. fuzz       scripts/fuzz.sh: every libFuzzer target for EVALD_FUZZ_SECONDS (default 60)
+#   4. sanitized  scripts/test-sanitized.sh: the unit and integration tests under ASan+UBSan
+#   5. tests      every unit and integration test through ctest, last, so ctest's summary is
+#                 the last thing printed and its exit code is ours
+# It stops at the first stage that fails; each stage logs "test: stage=NAME result=ok seconds=N".
 #
 # Usage: scripts/test.sh [CTEST_ARG...]
-#   Extra arguments go to ctest, e.g. `scripts/test.sh -R '^unit:'` for the unit tests only.
-# Environment: EVALD_BUILD_DIR, EVALD_JOBS (see scripts/setup.sh).
+#   With ctest arguments only stages 1 and 5 run, e.g. `scripts/test.sh -R '^unit:'` for the
+#   unit tests: a targeted run while you work. Without arguments everything runs.
+# Environment: EVALD_BUILD_DIR, EVALD_JOBS, EVALD_WERROR (see scripts/setup.sh);
+#   EVALD_SKIP_FORMAT=1, EVALD_SKIP_FUZZ=1, EVALD_SKIP_SANITIZED=1 skip a gate;
+#   EVALD_FUZZ_SECONDS sets the time per fuzz target.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,12 +23,51 @@ jobs="${EVALD_JOBS:-2}"
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 esac
 
-"${repo_root}/scripts/setup.sh"
+stage() {
+  local name="$1" skip="$2" start rc=0
+  shift 2
+  if [[ "${skip}" == "1" ]]; then
+    printf 'test: stage=%s skipped\n' "${name}" >&2
+    return 0
+  fi
+  printf 'test: stage=%s starting\n' "${name}" >&2
+  start="${SECONDS}"
+  "$@" || rc=$?
+  printf 'test: stage=%s result=%s seconds=%d\n' "${name}" \
+    "$([[ ${rc} == 0 ]] && echo ok || echo FAILED)" "$((SECONDS - start))" >&2
+  return "${rc}"
+}
 
+check_format() {
+  local files=() bad=()
+  command -v clang-format >/dev/null || {
+    printf 'test: clang-format not found (scripts/setup.sh installs clang-format)\n' >&2
+    return 1
+  }
+  mapfile -t files < <(git -C "${repo_root}" ls-files -- '*.cpp' '*.hpp' '*.h' '*.cc')
+  # One clang-format process for all files (one per file costs a minute on a busy machine); its
+  # "FILE:LINE:COL: error:" lines name the files that need formatting.
+  mapfile -t bad < <(cd "${repo_root}" && clang-format --dry-run -Werror "${files[@]}" 2>&1 |
+    sed -n 's/^\([^:]*\):[0-9]*:[0-9]*: error: .*/\1/p' | sort -u)
+  if ((${#bad[@]} > 0)); then
+    printf 'test: these files are not clang-formatted (run clang-format -i on them):\n' >&2
+    printf '  %s\n' "${bad[@]}" >&2
+    return 1
+  fi
+  printf 'test: %d C++ files are clang-formatted\n' "${#files[@]}" >&2
+}
+
+stage build 0 "${repo_root}/scripts/setup.sh"
+if (($# == 0)); then
+  stage format "${EVALD_SKIP_FORMAT:-0}" check_format
+  stage fuzz "${EVALD_SKIP_FUZZ:-0}" "${repo_root}/scripts/fuzz.sh" "${EVALD_FUZZ_SECONDS:-60}"
+  stage sanitized "${EVALD_SKIP_SANITIZED:-0}" "${repo_root}/scripts/test-sanitized.sh"
+fi
+printf 'test: stage=tests starting\n' >&2
 # exec: ctest's exit code becomes ours and nothing can print after its summary.
 exec ctest --test-dir "${build_dir}" -j"${jobs}" --output-on-failure --timeout 600 "$@"
