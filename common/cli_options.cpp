@@ -4,6 +4,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/json_limits.hpp"
+
 namespace evald {
 namespace {
 
@@ -38,8 +40,9 @@ void store_config_file(const std::string& path, const po::options_description& o
   if (!in) throw UsageError("config file '" + path + "': cannot be opened");
   std::stringstream text;
   text << in.rdbuf();
-  auto json = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) throw UsageError("config file '" + path + "': not valid JSON");
+  auto parsed = parse_json_bounded(text.str());
+  if (!parsed) throw UsageError("config file '" + path + "' " + parsed.error().message);
+  const auto& json = parsed.value();
   if (!json.is_object()) throw UsageError("config file '" + path + "': must be a JSON object");
 
   std::vector<std::string> args{"config"};
@@ -48,6 +51,16 @@ void store_config_file(const std::string& path, const po::options_description& o
     const auto* option = options.find_nothrow(key, /*approx=*/false);
     if (option == nullptr)
       throw UsageError("config file '" + path + "': unknown key '" + key + "'");
+    // A repeatable flag given as a list: one argument per entry. Flags on the command line
+    // replace the file's list rather than add to it, as they replace any other value.
+    if (value.is_array() && option->semantic()->is_composing()) {
+      if (values.count(key) > 0 && !values[key].defaulted()) continue;
+      for (const auto& item : value) {
+        args.push_back("--" + key + "=" +
+                       (item.is_string() ? item.get<std::string>() : item.dump()));
+      }
+      continue;
+    }
     const bool is_switch = option->semantic()->max_tokens() == 0;
     if (is_switch) {
       if (!value.is_boolean()) throw UsageError("config key '" + key + "': must be true or false");

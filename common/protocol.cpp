@@ -3,6 +3,7 @@
 #include <type_traits>
 
 #include "common/binary_codec.hpp"
+#include "common/json_limits.hpp"
 
 namespace evald::protocol {
 namespace {
@@ -83,9 +84,11 @@ void encode_body(BinaryWriter& w, const Cancel& m) {
 Result<Message> decode_hello(BinaryReader& r) {
   std::string text;
   if (!r.str(text)) return make_error("HELLO: truncated body");
-  auto body = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded() || !body.is_object())
-    return make_error("HELLO: body is not a JSON object");
+  // Bounded before anything is built: a HELLO comes from any peer that can reach the socket.
+  auto parsed = parse_json_bounded(text);
+  if (!parsed) return make_error("HELLO: body " + parsed.error().message);
+  auto& body = parsed.value();
+  if (!body.is_object()) return make_error("HELLO: body is not a JSON object");
   Hello m;
   try {
     m.name = body.at("name").get<std::string>();
@@ -272,6 +275,11 @@ Result<Message> decode(std::string_view frame) {
       CampaignInfo m;
       if (!r.u32(m.campaign) || !r.str(m.campaign_id) || !r.str(m.spec_json))
         return make_error("CAMPAIGN: truncated body");
+      // The worker parses the spec later (with the same limit); refusing it here keeps a deep
+      // document from ever being held as a campaign.
+      if (auto deep = check_json_depth(m.spec_json)) {
+        return make_error("CAMPAIGN: spec " + deep->message);
+      }
       decoded = Message{std::move(m)};
       break;
     }

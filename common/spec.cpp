@@ -11,6 +11,13 @@
 // int64 and BenchmarkSpec::shard_count() cannot overflow. The campaign total (up to
 // kMaxModels x kMaxBenchmarks x kMaxExamples, about 1e24) does not fit in int64, so the limit check
 // counts in 128 bits and reports the exact number.
+//
+// Untrusted text: the whole spec is capped at kMaxSpecBytes and parsed with a depth limit
+// (common/json_limits.hpp); description, params, labels, runner.command and runner.env have caps
+// of their own. Whatever becomes part of a command line or an environment is checked for what
+// could change its meaning there: names may not start with '-' (they are substituted into
+// arguments), arguments and values may not hold NUL (exec would cut them short), and runner.env
+// may not set variables that choose which code a process loads (reserved_env_name).
 #include "common/spec.hpp"
 
 #include <spdlog/fmt/fmt.h>
@@ -23,6 +30,9 @@
 #include <string>
 #include <unordered_set>
 #include <utility>
+
+#include "common/json_limits.hpp"
+#include "common/spec_limits.hpp"
 
 namespace evald {
 namespace {
@@ -130,6 +140,8 @@ Result<std::string> read_name(const json& object, std::string_view path) {
     return field_error(field, "may contain only letters, digits, '.', '_' and '-'");
   }
   if (name == "." || name == "..") return field_error(field, "must not be '.' or '..'");
+  // {model} and {benchmark} become command-line arguments: "-rf" must not read as an option.
+  if (name.front() == '-') return field_error(field, "must not start with '-'");
   return name;
 }
 
@@ -139,6 +151,32 @@ Result<json> read_optional_object(const json& object, std::string_view key, std:
   if (value == nullptr) return json::object();
   if (!value->is_object()) return field_error(join(path, key), "must be an object");
   return *value;
+}
+
+// params travel untouched to the runner (stdin) and with the spec to every worker: bounded in
+// depth first (so that dump() below cannot recurse too far on a value built in memory), then in
+// size.
+Result<json> read_params(const json& object, std::string_view path) {
+  auto params = read_optional_object(object, "params", path);
+  if (!params) return params;
+  const std::string field = join(path, "params");
+  if (json_deeper_than(*params, kMaxParamsDepth)) {
+    return field_error(field, fmt::format("nests deeper than {} levels", kMaxParamsDepth));
+  }
+  const size_t bytes = params->dump().size();
+  if (bytes > kMaxParamsBytes) {
+    return field_error(field, fmt::format("is {} bytes as JSON; the limit is {} (64 KiB)", bytes,
+                                          kMaxParamsBytes));
+  }
+  return params;
+}
+
+// Text that is shown in terminals and log lines: no control characters.
+bool has_control_character(std::string_view text) {
+  return std::any_of(text.begin(), text.end(), [](char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return byte < 0x20 || byte == 0x7f;
+  });
 }
 
 // A required integer in [1, max].
@@ -191,13 +229,24 @@ Result<ResourceSpec> parse_resources(const json& model, std::string_view model_p
   }
   if (const json* labels = find_field(*value, "labels")) {
     if (!labels->is_object()) return field_error(join(path, "labels"), "must be an object");
+    if (labels->size() > kMaxLabelsPerModel) {
+      return field_error(join(path, "labels"), fmt::format("has {} entries; the limit is {}",
+                                                           labels->size(), kMaxLabelsPerModel));
+    }
     for (const auto& [key, label] : labels->items()) {
-      if (key.empty() || key.find_first_of(",=") != std::string::npos) {
+      if (key.empty() || key.size() > kMaxLabelBytes ||
+          key.find_first_of(",=") != std::string::npos || has_control_character(key)) {
         return field_error(join(path, "labels"),
                            fmt::format("'{}' is not a valid label name", printable(key)));
       }
       if (!label.is_string()) {
         return field_error(join(join(path, "labels"), printable(key)), "must be a string");
+      }
+      if (label.get_ref<const std::string&>().size() > kMaxLabelBytes ||
+          has_control_character(label.get_ref<const std::string&>())) {
+        return field_error(
+            join(join(path, "labels"), printable(key)),
+            fmt::format("must be at most {} bytes, without control characters", kMaxLabelBytes));
       }
       out.labels[key] = label.get<std::string>();
     }
@@ -231,7 +280,7 @@ Result<std::vector<ModelSpec>> parse_models(const json& spec) {
       return field_error(join(path, "name"),
                          fmt::format("duplicate model name '{}'", name.value()));
     }
-    auto params = read_optional_object(entry, "params", path);
+    auto params = read_params(entry, path);
     if (!params) return params.error();
     auto resources = parse_resources(entry, path);
     if (!resources) return resources.error();
@@ -266,8 +315,13 @@ Result<BenchmarkSpec> parse_benchmark(const json& entry, const std::string& path
     if (!metric->is_string() || metric->get_ref<const std::string&>().empty()) {
       return field_error(field, "must be a non-empty string");
     }
-    if (metric->get_ref<const std::string&>().size() > kMaxNameLength) {
+    const auto& metric_name = metric->get_ref<const std::string&>();
+    if (metric_name.size() > kMaxNameLength) {
       return field_error(field, fmt::format("must be at most {} characters", kMaxNameLength));
+    }
+    if (metric_name.front() == '-') return field_error(field, "must not start with '-'");
+    if (has_control_character(metric_name)) {
+      return field_error(field, "must not contain control characters");
     }
     benchmark.metric = metric->get<std::string>();
   }
@@ -279,7 +333,7 @@ Result<BenchmarkSpec> parse_benchmark(const json& entry, const std::string& path
     benchmark.higher_is_better = higher->get<bool>();
   }
 
-  auto params = read_optional_object(entry, "params", path);
+  auto params = read_params(entry, path);
   if (!params) return params.error();
   benchmark.params = std::move(params).value();
   return benchmark;
@@ -315,13 +369,23 @@ Result<std::vector<std::string>> parse_command(const json& command) {
   if (!command.is_array() || command.empty()) {
     return field_error("runner.command", "must be a non-empty array of strings");
   }
+  if (command.size() > kMaxCommandArgs) {
+    return field_error("runner.command", fmt::format("has {} entries; the limit is {}",
+                                                     command.size(), kMaxCommandArgs));
+  }
   std::vector<std::string> out;
   out.reserve(command.size());
   for (size_t i = 0; i < command.size(); ++i) {
     const std::string path = index_path("runner.command", i);
     if (!command[i].is_string()) return field_error(path, "must be a string");
-    if (command[i].get_ref<const std::string&>().empty()) {
-      return field_error(path, "must not be empty");
+    const auto& argument = command[i].get_ref<const std::string&>();
+    if (argument.empty()) return field_error(path, "must not be empty");
+    if (argument.size() > kMaxCommandArgBytes) {
+      return field_error(path, fmt::format("must be at most {} bytes", kMaxCommandArgBytes));
+    }
+    // exec() takes C strings: a NUL would silently end the argument there.
+    if (argument.find('\0') != std::string::npos) {
+      return field_error(path, "must not contain a NUL character");
     }
     out.push_back(command[i].get<std::string>());
   }
@@ -332,15 +396,28 @@ Result<json> parse_env(const json& runner) {
   const json* env = find_field(runner, "env");
   if (env == nullptr) return json::object();
   if (!env->is_object()) return field_error("runner.env", "must be an object");
+  if (env->size() > kMaxEnvVars) {
+    return field_error("runner.env",
+                       fmt::format("has {} entries; the limit is {}", env->size(), kMaxEnvVars));
+  }
   for (const auto& item : env->items()) {
     const std::string& key = item.key();
-    // setenv() refuses these, and a NUL would silently cut the name short.
-    if (key.empty() || key.find('=') != std::string::npos || key.find('\0') != std::string::npos) {
+    // Also what setenv() and exec accept: no '=', no NUL.
+    if (!valid_env_name(key)) {
       return field_error("runner.env",
-                         fmt::format("'{}' is not a valid variable name", printable(key)));
+                         fmt::format("'{}' is not a valid variable name (letters, digits and '_', "
+                                     "not starting with a digit, at most {} bytes)",
+                                     printable(key), kMaxEnvNameBytes));
     }
-    if (!item.value().is_string()) {
-      return field_error(join("runner.env", printable(key)), "must be a string");
+    const std::string field = join("runner.env", key);
+    if (auto reason = reserved_env_name(key)) return field_error(field, *reason);
+    if (!item.value().is_string()) return field_error(field, "must be a string");
+    const auto& value = item.value().get_ref<const std::string&>();
+    if (value.size() > kMaxEnvValueBytes) {
+      return field_error(field, fmt::format("must be at most {} bytes", kMaxEnvValueBytes));
+    }
+    if (value.find('\0') != std::string::npos) {
+      return field_error(field, "must not contain a NUL character");
     }
   }
   return *env;
@@ -426,6 +503,11 @@ Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
 
   if (const auto* description = find_field(json, "description")) {
     if (!description->is_string()) return field_error("description", "must be a string");
+    const size_t bytes = description->get_ref<const std::string&>().size();
+    if (bytes > kMaxDescriptionBytes) {
+      return field_error("description", fmt::format("is {} bytes; the limit is {} (4 KiB)", bytes,
+                                                    kMaxDescriptionBytes));
+    }
     spec.description = description->get<std::string>();
   }
 
@@ -458,23 +540,13 @@ Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
 }
 
 Result<CampaignSpec> parse_campaign_spec_text(std::string_view text) {
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    // e.what() reads "[json.exception.parse_error.101] parse error at line 1, column 5: ...";
-    // the bracketed id means nothing to a user, the byte offset helps with one-line specs.
-    std::string message = e.what();
-    if (const auto pos = message.find("] ");
-        !message.empty() && message[0] == '[' && pos != std::string::npos) {
-      message.erase(0, pos + 2);
-    }
-    return make_error(fmt::format("spec is not valid JSON: {} (byte offset {})", message, e.byte));
-  } catch (const nlohmann::json::exception& e) {
-    // For example a number too large for a double ("1e400"), reported as out_of_range.
-    return make_error(fmt::format("spec is not valid JSON: {}", e.what()));
+  if (text.size() > kMaxSpecBytes) {
+    return make_error(
+        fmt::format("spec is {} bytes; the limit is {} (1 MiB)", text.size(), kMaxSpecBytes));
   }
-  return parse_campaign_spec(json);
+  auto json = parse_json_bounded(text);
+  if (!json) return make_error("spec " + json.error().message);
+  return parse_campaign_spec(*json);
 }
 
 nlohmann::json to_json(const CampaignSpec& spec) {
@@ -502,6 +574,43 @@ nlohmann::json to_json(const CampaignSpec& spec) {
               {"models", std::move(models)}, {"benchmarks", std::move(benchmarks)},
               {"runner", std::move(runner)}, {"max_attempts", spec.max_attempts},
               {"priority", spec.priority}};
+}
+
+bool valid_env_name(std::string_view name) {
+  if (name.empty() || name.size() > kMaxEnvNameBytes) return false;
+  if (name.front() >= '0' && name.front() <= '9') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+std::optional<std::string> reserved_env_name(std::string_view name) {
+  const auto starts_with = [name](std::string_view prefix) {
+    return name.substr(0, prefix.size()) == prefix;
+  };
+  // The dynamic loader reads every LD_* variable (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, ...).
+  if (starts_with("LD_")) {
+    return std::string("may not be set by a spec: LD_* variables choose the code a process loads");
+  }
+  if (starts_with("EVALD_")) {
+    return std::string("may not be set by a spec: EVALD_* variables are set by evald");
+  }
+  // Variables that make a shell, an interpreter or the C library load code from where they
+  // point. The runner itself can still set any of them for what it starts; a spec cannot.
+  static constexpr std::string_view kCodeLoading[] = {
+      "PATH",    "PYTHONPATH",   "PYTHONHOME", "PYTHONUSERBASE", "BASH_ENV",
+      "ENV",     "PERL5LIB",     "PERLLIB",    "PERL5OPT",       "RUBYLIB",
+      "RUBYOPT", "NODE_OPTIONS", "NODE_PATH",  "GCONV_PATH"};
+  for (const auto reserved : kCodeLoading) {
+    if (name == reserved) {
+      return fmt::format("may not be set by a spec: {} changes which code a process loads",
+                         reserved);
+    }
+  }
+  if (name == "CUDA_VISIBLE_DEVICES") {
+    return std::string("may not be set by a spec: the worker sets it to the GPUs of the shard");
+  }
+  return std::nullopt;
 }
 
 const char* to_string(RunnerType type) {

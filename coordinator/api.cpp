@@ -5,6 +5,8 @@
 #include <ctime>
 #include <map>
 
+#include "common/json_limits.hpp"
+
 namespace evald::coordinator {
 namespace {
 
@@ -308,11 +310,12 @@ HttpResponse Api::get_results(const Campaign& c) {
 HttpResponse Api::rerun(const Campaign& c, const HttpRequest& request) {
   RerunSelector selector;
   if (!request.body.empty()) {
-    auto body = nlohmann::json::parse(request.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) {
+    auto body = parse_json_bounded(request.body);
+    if (!body) return error_response(400, "rerun body " + body.error().message);
+    if (!body->is_object()) {
       return error_response(400, "rerun body must be a JSON object like {\"failed\": true}");
     }
-    for (const auto& [key, value] : body.items()) {
+    for (const auto& [key, value] : body->items()) {
       if (key == "failed") {
         if (!value.is_boolean()) return error_response(400, "failed: must be true or false");
         selector.failed_only = value.get<bool>();

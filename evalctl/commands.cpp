@@ -19,6 +19,7 @@
 
 #include "common/cli_options.hpp"
 #include "common/http_client.hpp"
+#include "common/json_limits.hpp"
 #include "common/spec.hpp"
 #include "common/version.hpp"
 #include "evalctl/format.hpp"
@@ -223,11 +224,15 @@ Result<json> call(const Context& context, const std::string& method, const std::
   if (response->status < 200 || response->status >= 300) {
     return make_error(http_error_message(response->status, response->body));
   }
-  auto parsed = json::parse(response->body, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded() || !parsed.is_object()) {
+  auto parsed = parse_json_bounded(response->body);
+  if (!parsed) {
+    return make_error("unexpected answer to " + method + " " + target + ": it " +
+                      parsed.error().message);
+  }
+  if (!parsed->is_object()) {
     return make_error("unexpected answer to " + method + " " + target + ": not a JSON object");
   }
-  return parsed;
+  return std::move(parsed).value();
 }
 
 std::string string_field(const json& object, const char* key) {
@@ -324,7 +329,8 @@ int watch(const Context& context, const std::string& id, std::chrono::millisecon
       end_line();
       return fail(context, http_error_message(response->status, response->body));
     }
-    auto campaign = json::parse(response->body, nullptr, /*allow_exceptions=*/false);
+    auto parsed = parse_json_bounded(response->body);
+    json campaign = parsed ? std::move(parsed).value() : json();
     state = campaign.is_object() ? string_field(campaign, "state") : std::string();
     if (state.empty()) {
       end_line();

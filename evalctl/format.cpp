@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "common/json_limits.hpp"
+
 namespace evald::evalctl {
 namespace {
 
@@ -622,8 +624,8 @@ std::string format_watch_line(const json& campaign) {
 }
 
 std::string http_error_message(int status, std::string_view body) {
-  const auto parsed = json::parse(body, nullptr, /*allow_exceptions=*/false);
-  const json* error = parsed.is_discarded() ? nullptr : find(parsed, "error");
+  const auto parsed = parse_json_bounded(body);
+  const json* error = parsed ? find(*parsed, "error") : nullptr;
   if (error != nullptr && error->is_string()) return error->get<std::string>();
   std::string message = "server answered HTTP " + std::to_string(status);
   const std::string first = one_line(std::string(body), kErrorBodyChars);

@@ -13,10 +13,12 @@
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
 
+#include "common/json_limits.hpp"
 #include "common/text.hpp"
 #include "worker/unique_fd.hpp"
 
@@ -28,7 +30,14 @@ namespace asio = boost::asio;
 // A timeout longer than this is treated as this, so the chrono arithmetic cannot overflow.
 constexpr double kMaxTimeoutS = 365.0 * 24 * 3600;
 
-nlohmann::json parse_json(std::string_view text) {
+// A runner's stdout is untrusted: bounded in depth like every other document (the samples in it
+// are stored and served later). A refusal for depth is remembered in `deep_error`, so the error
+// can say why no line was taken.
+nlohmann::json parse_json(std::string_view text, std::optional<Error>& deep_error) {
+  if (auto deep = check_json_depth(text)) {
+    deep_error = std::move(deep);
+    return nlohmann::json(nlohmann::json::value_t::discarded);
+  }
   return nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
 }
 
@@ -156,7 +165,8 @@ protocol::ShardResult make_result(protocol::ShardResult result, ProcessOutcome& 
 Result<RunnerOutput> parse_runner_output(std::string_view stdout_text) {
   const auto text = trim(stdout_text);
   if (text.empty()) return make_error("stdout is empty");
-  auto doc = parse_json(text);
+  std::optional<Error> deep_error;
+  auto doc = parse_json(text, deep_error);
   if (!doc.is_object()) {
     // Not one object as a whole: take the last non-empty line that is one.
     doc = nlohmann::json(nlohmann::json::value_t::discarded);
@@ -166,7 +176,7 @@ Result<RunnerOutput> parse_runner_output(std::string_view stdout_text) {
       const size_t begin = newline == std::string_view::npos ? 0 : newline + 1;
       const auto line = trim(text.substr(begin, end - begin));
       if (!line.empty() && line.front() == '{') {
-        auto candidate = parse_json(line);
+        auto candidate = parse_json(line, deep_error);
         if (candidate.is_object()) {
           doc = std::move(candidate);
           break;
@@ -175,7 +185,10 @@ Result<RunnerOutput> parse_runner_output(std::string_view stdout_text) {
       if (newline == std::string_view::npos) break;
       end = newline;
     }
-    if (!doc.is_object()) return make_error("no line of stdout is a JSON object");
+    if (!doc.is_object()) {
+      if (deep_error) return make_error("the result " + deep_error->message);
+      return make_error("no line of stdout is a JSON object");
+    }
   }
   return parse_output_object(doc);
 }

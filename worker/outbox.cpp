@@ -12,6 +12,8 @@
 #include <sstream>
 #include <system_error>
 
+#include "common/json_limits.hpp"
+
 namespace evald::worker {
 namespace {
 
@@ -68,6 +70,11 @@ Result<protocol::ShardResult> read_result_file(const std::filesystem::path& path
   if (results->results.front().attempt_id != expected_attempt_id) {
     return make_error("holds attempt " + std::to_string(results->results.front().attempt_id) +
                       ", not the one its name says");
+  }
+  // The samples were bounded when the runner's stdout was parsed; a file that holds deeper ones
+  // was not written by us, and they would be sent on to the coordinator as they are.
+  if (auto deep = check_json_depth(results->results.front().samples_json)) {
+    return make_error("holds samples that " + deep->message);
   }
   return std::move(results->results.front());
 }

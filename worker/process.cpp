@@ -36,10 +36,11 @@
 #include <boost/process/exe.hpp>
 #include <boost/process/extend.hpp>
 #include <boost/process/io.hpp>
-#include <boost/process/search_path.hpp>
 #include <boost/process/start_dir.hpp>
 #include <cerrno>
 #include <system_error>
+
+#include "worker/exec_policy.hpp"
 
 extern char** environ;  // NOLINT(readability-redundant-declaration): POSIX, not in any header
 
@@ -101,24 +102,6 @@ struct ChildSetup : bp::extend::handler {
     }
   }
 };
-
-std::string resolve_executable(const std::string& name, std::string& error) {
-  if (name.empty()) {
-    error = "the command is empty";
-    return {};
-  }
-  if (name.find('/') != std::string::npos) {
-    std::error_code ec;
-    auto absolute = std::filesystem::absolute(name, ec);
-    return ec ? name : absolute.string();
-  }
-  const auto found = bp::search_path(name);
-  if (found.empty()) {
-    error = "executable '" + name + "' not found in PATH";
-    return {};
-  }
-  return found.string();
-}
 
 }  // namespace
 

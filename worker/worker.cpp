@@ -228,6 +228,16 @@ int Worker::run(int stop_fd) {
       "work_dir={} held_results={}",
       config_.name, instance_, config_.coordinator, config_.slots, config_.gpus.size(),
       config_.labels.dump(), config_.work_dir.string(), unacked_.size());
+  if (config_.exec_policy.restricted()) {
+    spdlog::info("exec_policy allow_exec=\"{}\"", config_.exec_policy.describe());
+  } else if (!config_.curve_enabled()) {
+    // Nothing then stands between whoever can submit a campaign (or reach the worker socket) and
+    // a shell on this node as this worker's user.
+    spdlog::warn(
+        "exec_policy_open allow_exec=anything curve=off warning=\"any campaign spec can make this "
+        "worker run any program as its user; give --allow-exec DIR (and authenticate the "
+        "coordinator)\"");
+  }
   bool ok = true;
   try {
     loop(stop_fd);
@@ -408,6 +418,8 @@ void Worker::on_welcome(const protocol::Welcome& welcome) {
 void Worker::on_campaign(const protocol::CampaignInfo& info) {
   Campaign campaign;
   campaign.id = info.campaign_id;
+  // The same parser and rules as the coordinator's, on purpose: a spec that breaks them (a deep
+  // document, runner.env with LD_PRELOAD, ...) is refused here too, whoever sent it.
   auto spec = parse_campaign_spec_text(info.spec_json);
   if (spec.ok()) {
     spdlog::info("campaign_received campaign={} id={} runner={} models={} benchmarks={}",
@@ -452,8 +464,8 @@ void Worker::on_assign(const protocol::Assign& assign) {
       continue;
     }
     if (!campaign->second.spec) {
-      fail(a, "worker could not parse the spec of campaign " + campaign->second.id + ": " +
-                  campaign->second.error);
+      fail(a, "worker " + config_.name + " could not parse the spec of campaign " +
+                  campaign->second.id + ": " + campaign->second.error);
       continue;
     }
     const auto& spec = *campaign->second.spec;
@@ -472,6 +484,18 @@ void Worker::on_assign(const protocol::Assign& assign) {
     const RunRequest request{a, spec, campaign->second.id};
     if (spec.runner.type == RunnerType::kNoop) {
       outgoing_.push_back(Outgoing{*noop_runner_.start(request), false});
+      continue;
+    }
+    // The node's owner decides what runs here, not the spec: checked before anything starts.
+    // A refusal is an ordinary failed attempt (it uses one of the shard's attempts), so a
+    // campaign that no worker will run ends failed with this error instead of circling the
+    // cluster forever.
+    if (auto refused = config_.exec_policy.check(
+            substitute_placeholders(spec.runner.command.front(), request))) {
+      metrics_.count_exec_refused(refused->reason);
+      spdlog::warn("exec_refused attempt={} campaign={} reason={} error=\"{}\"", a.attempt_id,
+                   campaign->second.id, to_string(refused->reason), refused->message);
+      fail(a, "worker " + config_.name + " refuses to run " + refused->message);
       continue;
     }
     spdlog::info("exec_assigned attempt={} campaign={} model={} benchmark={} shard={} gpus={}",

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <string_view>
+#include <vector>
 
 #include "common/http_server.hpp"
 #include "common/spec.hpp"
@@ -50,7 +51,11 @@ po::options_description worker_options() {
       "serve Prometheus /metrics on HOST:PORT (port 0 picks a free port) and print "
       "{\"metrics\": \"HOST:PORT\"} on stdout; default: no metrics server")(
       "log-level", po::value<std::string>()->default_value("info"),
-      "trace, debug, info, warn or error");
+      "trace, debug, info, warn or error")(
+      "allow-exec", po::value<std::vector<std::string>>()->composing(),
+      "a program (file) or a directory exec runners may start programs from; repeatable, in "
+      "--config a list. runner.command[0] is resolved (PATH, symlinks) and must be one of them "
+      "or under one. Default: any program");
   return options;
 }
 
@@ -139,6 +144,12 @@ Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
     }
   }
 
+  if (values.count("allow-exec") > 0) {
+    auto policy = ExecPolicy::from_paths(values["allow-exec"].as<std::vector<std::string>>());
+    if (!policy.ok()) return policy.error();
+    config.exec_policy = std::move(policy.value());
+  }
+
   config.log_level = values["log-level"].as<std::string>();
   static constexpr std::array<std::string_view, 7> kLevels = {"trace", "debug",    "info", "warn",
                                                               "error", "critical", "off"};
@@ -159,7 +170,8 @@ nlohmann::json to_json(const WorkerConfig& config) {
           {"heartbeat_ms", config.heartbeat.count()},
           {"drain_timeout_ms", config.drain_timeout.count()},
           {"metrics", config.metrics},
-          {"log_level", config.log_level}};
+          {"log_level", config.log_level},
+          {"allow_exec", config.exec_policy.describe()}};
 }
 
 }  // namespace evald::worker

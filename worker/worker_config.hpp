@@ -12,6 +12,7 @@
 
 #include "common/cli_options.hpp"
 #include "common/result.hpp"
+#include "worker/exec_policy.hpp"
 #include "worker/gpu.hpp"
 
 namespace evald::worker {
@@ -30,6 +31,14 @@ struct WorkerConfig {
   std::chrono::milliseconds drain_timeout{30000};
   std::string metrics;  // HOST:PORT to serve Prometheus /metrics on (port 0: any); empty: none
   std::string log_level = "info";
+  // --allow-exec: the programs exec runners may start, canonicalised; default: anything.
+  ExecPolicy exec_policy;
+
+  // Whether the worker socket is authenticated with CURVE. Hook for the --curve-secret /
+  // --coordinator-key flags: until they exist this is false, and the worker warns at start when
+  // it also has no --allow-exec (any submitter could then run any program on this node). Once
+  // they exist: return !curve_secret_file.empty().
+  bool curve_enabled() const { return false; }
 };
 
 // The worker's flags (parse_args adds --help, --version and --config).

@@ -129,6 +129,14 @@ WorkerMetrics::WorkerMetrics(const std::string& worker_name, uint32_t slots,
                          .Help("Messages not sent because no coordinator was connected")
                          .Register(*registry_)
                          .Add({})),
+      exec_refused_(BuildCounter()
+                        .Name("evald_worker_exec_refused_total")
+                        .Help("Exec attempts refused without starting anything: the program is "
+                              "outside --allow-exec (not_allowed) or cannot be resolved to check "
+                              "it (not_found)")
+                        .Register(*registry_)),
+      exec_refused_not_allowed_(exec_refused_.Add({{"reason", "not_allowed"}})),
+      exec_refused_not_found_(exec_refused_.Add({{"reason", "not_found"}})),
       connections_(BuildCounter()
                        .Name("evald_worker_connections_total")
                        .Help("Connections to the coordinator that completed a handshake")
@@ -221,6 +229,17 @@ void WorkerMetrics::count_runner_exit(const protocol::ShardResult& result) {
   auto*& counter = exit_counters_[index];
   if (counter == nullptr) counter = &runner_exits_.Add({{"code", exit_label_text(index)}});
   counter->Increment();
+}
+
+void WorkerMetrics::count_exec_refused(ExecPolicy::Refusal reason) {
+  switch (reason) {
+    case ExecPolicy::Refusal::kNotAllowed:
+      exec_refused_not_allowed_.Increment();
+      return;
+    case ExecPolicy::Refusal::kNotFound:
+      exec_refused_not_found_.Increment();
+      return;
+  }
 }
 
 void WorkerMetrics::count_connection() {

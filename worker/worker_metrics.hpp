@@ -1,7 +1,8 @@
 // WorkerMetrics: evald-worker's own Prometheus metrics (prefix evald_worker_), and MetricsServer,
 // which serves them at GET /metrics when the worker runs with --metrics HOST:PORT. The coordinator
 // sees a worker only through its messages; these say what the node itself did: shards received,
-// runner exit codes, results sent and ACKed, what waits in the outbox, reconnections, GPUs seen.
+// runner exit codes, programs refused by --allow-exec, results sent and ACKed, what waits in the
+// outbox, reconnections, GPUs seen.
 //
 // Threads: the worker's main thread updates the metrics (prometheus-cpp metrics are atomics, and
 // the few label lookups happen on first use only); the MetricsServer's HTTP thread serializes.
@@ -22,6 +23,7 @@
 #include "common/http_server.hpp"
 #include "common/protocol.hpp"
 #include "common/result.hpp"
+#include "worker/exec_policy.hpp"
 #include "worker/gpu.hpp"
 
 namespace evald::worker {
@@ -66,6 +68,8 @@ class WorkerMetrics {
   void publish(const WorkerCounts& counts, const WorkerGauges& gauges);
   void count_runner_exit(const protocol::ShardResult& result);
   void count_connection();  // every completed handshake; all but the first are reconnects
+  // An exec attempt the worker refused to start (--allow-exec), by reason.
+  void count_exec_refused(ExecPolicy::Refusal reason);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -83,6 +87,9 @@ class WorkerMetrics {
   prometheus::Counter& results_acked_;
   prometheus::Counter& bad_messages_;
   prometheus::Counter& sends_dropped_;
+  prometheus::Family<prometheus::Counter>& exec_refused_;
+  prometheus::Counter& exec_refused_not_allowed_;
+  prometheus::Counter& exec_refused_not_found_;
   prometheus::Counter& connections_;
   prometheus::Counter& reconnects_;
   prometheus::Gauge& running_;

@@ -198,11 +198,13 @@ TEST_CASE("every broken field is refused with a message that names it", "[unit][
       {[](json& s) {
          s["runner"]["env"] = {{"A=B", "x"}};
        },
-       "runner.env: 'A=B' is not a valid variable name"},
+       "runner.env: 'A=B' is not a valid variable name (letters, digits and '_', not starting with "
+       "a digit, at most 128 bytes)"},
       {[](json& s) {
          s["runner"]["env"] = {{"", "x"}};
        },
-       "runner.env: '' is not a valid variable name"},
+       "runner.env: '' is not a valid variable name (letters, digits and '_', not starting with a "
+       "digit, at most 128 bytes)"},
       {[](json& s) { s["runner"]["retries"] = 2; }, "runner.retries: unknown field"},
 
       {[](json& s) { s["max_attempts"] = 0; }, "max_attempts: must be an integer from 1 to 100"},

@@ -14,6 +14,8 @@
 #include <sstream>
 #include <string_view>
 
+#include "common/json_limits.hpp"
+
 namespace evald::sim {
 namespace {
 
@@ -287,9 +289,9 @@ Result<Scenario> load_scenario(const std::filesystem::path& path) {
   if (!in) return make_error("scenario file '" + path.string() + "': cannot be opened");
   std::stringstream text;
   text << in.rdbuf();
-  auto j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return make_error("scenario file '" + path.string() + "': not valid JSON");
-  auto scenario = parse_scenario(j);
+  auto j = parse_json_bounded(text.str());
+  if (!j) return make_error("scenario file '" + path.string() + "' " + j.error().message);
+  auto scenario = parse_scenario(*j);
   if (!scenario) {
     return make_error("scenario file '" + path.string() + "': " + scenario.error().message);
   }
