@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 
 namespace evald {
 namespace {
@@ -36,8 +37,23 @@ double comparable(double value) {
 
 }  // namespace
 
+namespace {
+
+// a + b, saturating at INT64_MAX instead of wrapping (b >= 0).
+int64_t saturating_add(int64_t a, int64_t b) {
+  int64_t out = 0;
+  if (__builtin_add_overflow(a, b, &out)) return std::numeric_limits<int64_t>::max();
+  return out;
+}
+
+}  // namespace
+
 void CellAggregate::add(const std::vector<std::pair<std::string, double>>& shard_metrics,
                         int64_t count) {
+  if (count < 0) {
+    spdlog::warn("aggregate_result_skipped reason=negative_count count={}", count);
+    return;
+  }
   for (const auto& [name, value] : shard_metrics) {
     // A NaN or infinity would poison the metric's sum for good; the shard still counts as
     // succeeded, its unusable metric does not.
@@ -46,18 +62,20 @@ void CellAggregate::add(const std::vector<std::pair<std::string, double>>& shard
       continue;
     }
     MetricSum& sum = metrics[name];
-    sum.weighted_sum += value * static_cast<double>(count);
-    sum.weight += count;
+    sum.weighted_sum += static_cast<long double>(value) * static_cast<long double>(count);
+    sum.weight = saturating_add(sum.weight, count);
   }
-  examples_scored += count;
-  shards_succeeded += 1;
+  examples_scored = saturating_add(examples_scored, count);
+  shards_succeeded = saturating_add(shards_succeeded, 1);
 }
 
 std::optional<double> CellAggregate::mean(const std::string& metric) const {
   const auto it = metrics.find(metric);
   if (it == metrics.end() || it->second.weight <= 0) return std::nullopt;
-  const double value = it->second.weighted_sum / static_cast<double>(it->second.weight);
-  // Only reachable with absurd inputs (sums overflowing to infinity); not a usable score.
+  // A weighted mean of finite doubles lies between the smallest and the largest of them, so it
+  // converts back to a finite double; the check guards against a corrupt stored cell.
+  const auto value =
+      static_cast<double>(it->second.weighted_sum / static_cast<long double>(it->second.weight));
   if (!std::isfinite(value)) return std::nullopt;
   return value;
 }
@@ -81,7 +99,7 @@ std::vector<LeaderboardRow> compute_leaderboard(
     LeaderboardRow& row = rows[m];
     row.model = models[m];
     row.scores.reserve(benchmarks.size());
-    double sum = 0;
+    long double sum = 0;  // B scores near DBL_MAX must not overflow the average
     bool all_scored = !benchmarks.empty();
     for (size_t b = 0; b < benchmarks.size(); ++b) {
       const CellAggregate& cell = cells[m][b];
@@ -100,7 +118,9 @@ std::vector<LeaderboardRow> compute_leaderboard(
       }
       row.scores.push_back(std::move(score));
     }
-    if (all_scored) row.average = sum / static_cast<double>(benchmarks.size());
+    if (all_scored) {
+      row.average = static_cast<double>(sum / static_cast<long double>(benchmarks.size()));
+    }
   }
 
   for (size_t b = 0; b < benchmarks.size(); ++b) {

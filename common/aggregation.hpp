@@ -13,9 +13,11 @@
 namespace evald {
 
 // Running sums for one metric: sum(value_i * count_i) and sum(count_i) over succeeded shards that
-// reported this metric.
+// reported this metric. The sum is a long double (x86-64: 64-bit mantissa, exponent range to
+// ~1e4932): any finite double times any int64 count, summed over any int64 number of shards,
+// stays finite, so no finite metric value can overflow an aggregate into "no score".
 struct MetricSum {
-  double weighted_sum = 0;
+  long double weighted_sum = 0;
   int64_t weight = 0;
 };
 
@@ -25,7 +27,8 @@ struct CellAggregate {
   int64_t shards_succeeded = 0;
   int64_t shards_total = 0;
 
-  // Adds one succeeded shard's result.
+  // Adds one succeeded shard's result. Non-finite values and negative counts are skipped (the
+  // coordinator refuses such results before they get here); count sums saturate at INT64_MAX.
   void add(const std::vector<std::pair<std::string, double>>& shard_metrics, int64_t count);
   // The example-weighted mean of a metric, or nullopt if no succeeded shard scored any example
   // for it.

@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
       "first retry delay after a failed attempt; doubles per attempt, at most 60 s")(
       "restart-grace-ms", value<int64_t>()->default_value(10000),
       "after a restart, how long running shards wait for their workers to reclaim them")(
+      "forget-lost-workers-ms", value<int64_t>()->default_value(3600000),
+      "a lost worker with nothing left is forgotten (and its /metrics series removed) after this")(
+      "finished-campaign-metrics-ms", value<int64_t>()->default_value(600000),
+      "a finished campaign's /metrics series are removed this long after it ends")(
       "max-body-bytes", value<int64_t>()->default_value(16 << 20),
       "largest HTTP request body; larger gets 413")("max-message-bytes",
                                                     value<int64_t>()->default_value(64 << 20),
@@ -58,14 +62,20 @@ int main(int argc, char** argv) {
   config.worker_timeout = std::chrono::milliseconds(v["worker-timeout-ms"].as<int64_t>());
   config.retry_backoff = std::chrono::milliseconds(v["retry-backoff-ms"].as<int64_t>());
   config.restart_grace = std::chrono::milliseconds(v["restart-grace-ms"].as<int64_t>());
+  config.forget_lost_workers_after =
+      std::chrono::milliseconds(v["forget-lost-workers-ms"].as<int64_t>());
+  config.finished_campaign_metrics =
+      std::chrono::milliseconds(v["finished-campaign-metrics-ms"].as<int64_t>());
   const auto body = v["max-body-bytes"].as<int64_t>();
   const auto message = v["max-message-bytes"].as<int64_t>();
   if (config.heartbeat.count() <= 0 || config.worker_timeout <= config.heartbeat ||
       config.retry_backoff.count() < 0 || config.restart_grace.count() < 0 || body <= 0 ||
-      message <= 0) {
+      message <= 0 || config.forget_lost_workers_after.count() < 0 ||
+      config.finished_campaign_metrics.count() < 0) {
     std::cerr << "evald-coordinator: --heartbeat-ms, --max-body-bytes and --max-message-bytes "
                  "must be positive, --worker-timeout-ms greater than --heartbeat-ms, "
-                 "--retry-backoff-ms and --restart-grace-ms not negative\n";
+                 "--retry-backoff-ms, --restart-grace-ms, --forget-lost-workers-ms and "
+                 "--finished-campaign-metrics-ms not negative\n";
     return evald::kExitUsage;
   }
   config.max_body_bytes = static_cast<size_t>(body);

@@ -123,6 +123,11 @@ Metrics::Metrics()
                            .Help("Results, drains and hand-backs that changed nothing: not from "
                                  "the lease holder's connection, or invalid; by reason")
                            .Register(*registry)),
+      hello_items_dropped(BuildCounter()
+                              .Name("evald_hello_items_dropped_total")
+                              .Help("Labels, GPUs, running attempt ids or instance text of a "
+                                    "worker HELLO not kept because they exceed a bound, by field")
+                              .Register(*registry)),
       worker_auth_failures(BuildCounter()
                                .Name("evald_worker_auth_failures_total")
                                .Help("Worker connections refused by authentication, by reason")

@@ -59,6 +59,8 @@ struct Metrics {
   // Results (and DRAIN / HAND_BACK) that changed nothing because they did not come from the
   // connection holding the lease, or did not pass validation. {reason}
   prometheus::Family<prometheus::Counter>& results_rejected;
+  // Parts of a HELLO not kept because they exceed the bounds in scheduler.hpp. {field}
+  prometheus::Family<prometheus::Counter>& hello_items_dropped;
   // Worker connections refused during or right after the CURVE handshake. {reason}
   prometheus::Family<prometheus::Counter>& worker_auth_failures;
   prometheus::Family<prometheus::Counter>& http_requests;  // {route,status}

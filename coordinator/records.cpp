@@ -8,7 +8,10 @@ namespace {
 // Each record starts with a format version so the layout can evolve without a migration tool.
 constexpr uint8_t kShardRecordVersion = 1;
 constexpr uint8_t kAttemptRecordVersion = 1;
-constexpr uint8_t kCellVersion = 1;
+// Version 2 stores each metric's weighted mean instead of its sum: the sum is a long double in
+// memory (it may exceed the double range), the mean always fits a double. Version 1 is read.
+constexpr uint8_t kCellVersionSum = 1;
+constexpr uint8_t kCellVersion = 2;
 
 void write_metrics(BinaryWriter& w, const std::vector<std::pair<std::string, double>>& metrics) {
   w.u32(static_cast<uint32_t>(metrics.size()));
@@ -169,7 +172,9 @@ std::string encode(const CellAggregate& cell) {
   w.u32(static_cast<uint32_t>(cell.metrics.size()));
   for (const auto& [name, sum] : cell.metrics) {
     w.str(name);
-    w.f64(sum.weighted_sum);
+    w.f64(sum.weight > 0
+              ? static_cast<double>(sum.weighted_sum / static_cast<long double>(sum.weight))
+              : 0.0);
     w.i64(sum.weight);
   }
   return out;
@@ -180,16 +185,20 @@ Result<CellAggregate> decode_cell(std::string_view bytes) {
   CellAggregate cell;
   uint8_t version = 0;
   uint32_t n = 0;
-  if (!r.u8(version) || version != kCellVersion || !r.i64(cell.examples_scored) ||
-      !r.i64(cell.shards_succeeded) || !r.count(n, 20)) {
+  if (!r.u8(version) || (version != kCellVersion && version != kCellVersionSum) ||
+      !r.i64(cell.examples_scored) || !r.i64(cell.shards_succeeded) || !r.count(n, 20)) {
     return make_error("cell aggregate: truncated or corrupt");
   }
   for (uint32_t i = 0; i < n; ++i) {
     std::string name;
     MetricSum sum;
-    if (!r.str(name) || !r.f64(sum.weighted_sum) || !r.i64(sum.weight)) {
+    double stored = 0;  // v1: the sum; v2: the mean
+    if (!r.str(name) || !r.f64(stored) || !r.i64(sum.weight)) {
       return make_error("cell aggregate: truncated metric");
     }
+    sum.weighted_sum = version == kCellVersionSum ? static_cast<long double>(stored)
+                                                  : static_cast<long double>(stored) *
+                                                        static_cast<long double>(sum.weight);
     cell.metrics[name] = sum;
   }
   if (!r.at_end()) return make_error("cell aggregate: trailing bytes");

@@ -9,6 +9,8 @@
 #include <set>
 #include <tuple>
 
+#include "common/utf8.hpp"
+
 namespace evald::coordinator {
 namespace {
 
@@ -31,15 +33,43 @@ std::string campaign_id_for(uint32_t key) {
   return buf;
 }
 
-// Validates what a worker claims before it can touch an aggregate.
-std::optional<std::string> invalid_result(const protocol::ShardResult& r) {
-  if (r.count < 0) return "negative count";
-  if (r.metrics.empty()) return "no metrics";
-  for (const auto& [name, value] : r.metrics) {
-    if (name.empty()) return "empty metric name";
-    if (!std::isfinite(value)) return "metric '" + name + "' is not a finite number";
+// Validates what the lease holder claims before it can touch an aggregate: a count within the
+// shard, a bounded set of uniquely and validly named finite metrics that includes the benchmark's
+// primary metric. The reason names the problem; names in it are made printable first.
+std::optional<std::string> invalid_result(const protocol::ShardResult& r, int64_t shard_size,
+                                          const std::string& primary_metric) {
+  if (r.count < 0) return "negative count " + std::to_string(r.count);
+  if (r.count > shard_size) {
+    return "count " + std::to_string(r.count) + " exceeds the shard's size " +
+           std::to_string(shard_size);
   }
+  if (r.metrics.empty()) return "no metrics";
+  if (r.metrics.size() > kMaxMetricsPerResult) {
+    return std::to_string(r.metrics.size()) + " metrics, at most " +
+           std::to_string(kMaxMetricsPerResult) + " allowed";
+  }
+  std::unordered_set<std::string_view> seen;
+  bool has_primary = false;
+  for (const auto& [name, value] : r.metrics) {
+    const auto shown = [&name] { return utf8::sanitize_bounded(name, kMaxMetricNameBytes); };
+    if (name.empty()) return "empty metric name";
+    if (!utf8::is_valid(name)) return "metric name '" + shown() + "' is not valid UTF-8";
+    if (name.size() > kMaxMetricNameBytes) {
+      return "metric name '" + shown() + "' is longer than " + std::to_string(kMaxMetricNameBytes) +
+             " bytes";
+    }
+    if (!seen.insert(name).second) return "metric '" + name + "' appears more than once";
+    if (!std::isfinite(value)) return "metric '" + name + "' is not a finite number";
+    has_primary = has_primary || name == primary_metric;
+  }
+  if (!has_primary) return "primary metric '" + primary_metric + "' missing";
+  if (!utf8::is_valid(r.samples_json)) return "samples are not valid UTF-8";
   return std::nullopt;
+}
+
+// A JSON value from a HELLO kept only if it is small: `limit` bytes as JSON.
+bool fits(const nlohmann::json& value, size_t limit) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() <= limit;
 }
 
 }  // namespace
@@ -154,16 +184,9 @@ Campaign& Scheduler::create_campaign(uint32_t key, std::string id, CampaignSpec 
       g.shards.resize(static_cast<size_t>(benchmarks[b].shard_count()));
       g.cell.shards_total = static_cast<int64_t>(g.shards.size());
       c->total += g.cell.shards_total;
-      const prometheus::Labels labels{
-          {"campaign", c->id}, {"model", models[m].name}, {"benchmark", benchmarks[b].name}};
-      g.completed = &metrics_.shards_completed.Add(labels);
-      g.attempts_failed = &metrics_.shard_attempts_failed.Add(labels);
-      g.retried = &metrics_.shards_retried.Add(labels);
-      g.failed = &metrics_.shards_failed.Add(labels);
-      g.duration = &metrics_.shard_duration.Add({{"benchmark", benchmarks[b].name}},
-                                                shard_duration_buckets());
     }
   }
+  attach_campaign_metrics(*c);
   c->counts[static_cast<size_t>(ShardState::kPending)] = c->total;
   c->queues.resize(models.size());
   for (uint32_t m = 0; m < models.size(); ++m) {
@@ -178,6 +201,72 @@ Campaign& Scheduler::create_campaign(uint32_t key, std::string id, CampaignSpec 
   campaign_by_id_[ref.id] = key;
   campaigns_[key] = std::move(c);
   return ref;
+}
+
+void Scheduler::attach_campaign_metrics(Campaign& c) {
+  if (c.metrics_attached) return;
+  c.metrics_attached = true;
+  for (Group& g : c.groups) {
+    const prometheus::Labels labels{{"campaign", c.id},
+                                    {"model", c.spec.models[g.model].name},
+                                    {"benchmark", c.spec.benchmarks[g.benchmark].name}};
+    g.completed = &metrics_.shards_completed.Add(labels);
+    g.attempts_failed = &metrics_.shard_attempts_failed.Add(labels);
+    g.retried = &metrics_.shards_retried.Add(labels);
+    g.failed = &metrics_.shards_failed.Add(labels);
+    // Per benchmark name, shared by campaigns: not removed with a campaign.
+    g.duration = &metrics_.shard_duration.Add({{"benchmark", c.spec.benchmarks[g.benchmark].name}},
+                                              shard_duration_buckets());
+  }
+}
+
+void Scheduler::detach_campaign_metrics(Campaign& c) {
+  if (!c.metrics_attached) return;
+  c.metrics_attached = false;
+  for (Group& g : c.groups) {
+    metrics_.shards_completed.Remove(g.completed);
+    metrics_.shard_attempts_failed.Remove(g.attempts_failed);
+    metrics_.shards_retried.Remove(g.retried);
+    metrics_.shards_failed.Remove(g.failed);
+    g.completed = g.attempts_failed = g.retried = g.failed = nullptr;
+  }
+  // Add returns the existing series for these labels (or a fresh one), which Remove then drops.
+  auto drop = [](auto& family, const prometheus::Labels& labels) {
+    family.Remove(&family.Add(labels));
+  };
+  for (size_t s = 0; s < kShardStateCount; ++s) {
+    drop(metrics_.campaign_shards,
+         {{"campaign", c.id}, {"state", to_string(static_cast<ShardState>(s))}});
+  }
+  drop(metrics_.campaign_progress, {{"campaign", c.id}});
+  drop(metrics_.campaign_eta, {{"campaign", c.id}});
+  for (auto state : {CampaignState::kRunning, CampaignState::kSucceeded, CampaignState::kFailed,
+                     CampaignState::kCancelled}) {
+    drop(metrics_.campaign_info,
+         {{"campaign", c.id}, {"name", c.spec.name}, {"state", to_string(state)}});
+  }
+  drop(metrics_.stale_results, {{"campaign", c.id}});
+  if (auto it = metrics_.benchmark_shard_gauges.find(c.id);
+      it != metrics_.benchmark_shard_gauges.end()) {
+    for (const auto& gauges : it->second) {
+      metrics_.benchmark_shards.Remove(gauges.succeeded);
+      metrics_.benchmark_shards.Remove(gauges.total);
+    }
+    metrics_.benchmark_shard_gauges.erase(it);
+  }
+  spdlog::info("campaign metrics removed campaign={} finished_at_ms={}", c.id, c.finished_at_ms);
+}
+
+void Scheduler::forget_worker_metrics(const WorkerInfo& w) {
+  metrics_.worker_slots.Remove(w.slots_used);
+  metrics_.worker_slots.Remove(w.slots_total);
+  metrics_.worker_slots.Remove(w.slots_free);
+  metrics_.worker_heartbeat_age.Remove(w.heartbeat_age);
+  metrics_.workers_lost.Remove(&metrics_.workers_lost.Add({{"worker", w.name}}));
+}
+
+void Scheduler::reject(const char* reason) {
+  metrics_.results_rejected.Add({{"reason", reason}}).Increment();
 }
 
 void Scheduler::write_campaign(const Campaign& c) {
@@ -288,12 +377,15 @@ void Scheduler::fail_attempt(Campaign& c, uint32_t group, uint32_t index, Attemp
   rec.worker = worker_name;
   rec.ended_at_ms = clock_.wall_ms();
   rec.duration_ms = duration_ms;
-  rec.error = error;
+  // Runner errors are worker-supplied: valid UTF-8 and bounded before they are kept anywhere.
+  rec.error = utf8::sanitize_bounded(error, kMaxStoredErrorBytes);
   batch_.put_attempt(ShardKey{c.key, group, index}, s.attempt_id, rec);
   if (!counts_as_attempt && s.attempts > 0) --s.attempts;
+  if (s.awaiting_given_up_attempt) given_up_by_.erase(s.attempt_id);
   s.awaiting_given_up_attempt =
       outcome == AttemptOutcome::kLost || outcome == AttemptOutcome::kOrphaned;
-  g.last_errors[index] = error;
+  if (s.awaiting_given_up_attempt) given_up_by_[s.attempt_id] = worker_name;
+  g.last_errors[index] = rec.error;
   if (counts_as_attempt) g.attempts_failed->Increment();
   s.worker = kNoWorker;
   const bool exhausted = counts_as_attempt && s.attempts >= c.spec.max_attempts;
@@ -302,7 +394,7 @@ void Scheduler::fail_attempt(Campaign& c, uint32_t group, uint32_t index, Attemp
       "attempt={} budget={}/{} final={} error=\"{}\"",
       c.id, c.spec.models[g.model].name, c.spec.benchmarks[g.benchmark].name, index, s.attempt_id,
       to_string(outcome), rec.attempt, s.attempts, c.spec.max_attempts, exhausted,
-      error.substr(0, 200));
+      utf8::truncate(rec.error, 200));
   if (exhausted) {
     set_state(c, group, s, ShardState::kFailed);
     g.failed->Increment();
@@ -436,6 +528,7 @@ Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSele
       return make_error("campaign " + c.id + " has no benchmark '" + *selector.benchmark + "'");
     }
   }
+  attach_campaign_metrics(c);  // its series may have been removed after it finished
   int64_t requeued = 0;
   std::vector<uint32_t> recompute;
   const auto now = clock_.now();
@@ -452,6 +545,7 @@ Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSele
       set_state(c, gi, s, ShardState::kPending);
       s.attempts = 0;  // a fresh attempt budget
       s.hand_backs = 0;
+      if (s.awaiting_given_up_attempt) given_up_by_.erase(s.attempt_id);
       s.awaiting_given_up_attempt = false;  // a resent old result must not stand in for the rerun
       g.retried->Increment();
       if (!c.ahead_of_cursor(gi, i)) {
@@ -529,6 +623,8 @@ Result<int64_t> Scheduler::cancel(const std::string& campaign_id) {
       } else if (s.state != ShardState::kPending) {
         continue;
       }
+      if (s.awaiting_given_up_attempt) given_up_by_.erase(s.attempt_id);
+      s.awaiting_given_up_attempt = false;
       set_state(c, gi, s, ShardState::kCancelled);
       write_shard(c, gi, i, nullptr);
       ++cancelled;
@@ -576,7 +672,7 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
     } else {
       // Not a worker we know: we restarted while it drained (its leases are orphans: queue them
       // now rather than when they expire), or it was declared lost (its shards were queued
-      // again then, and nothing is left to do).
+      // again then, and nothing is left to do). Only the orphans' own worker can hand them back.
       hand_back_orphans(identity, std::get<protocol::HandBack>(message));
     }
   } else if (std::holds_alternative<protocol::Drain>(message)) {
@@ -587,6 +683,7 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
       set_last_model(*w, nullptr, 0);
       spdlog::info("worker draining worker={} running={}", w->name, w->leases.size());
     } else {
+      reject("unknown_worker");  // a drain changes only its own sender's state
       outgoing_.send(identity, protocol::ReHello{});
     }
   } else {
@@ -598,9 +695,58 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
 
 void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   const auto now = clock_.now();
+  // The routing id becomes the worker's name in every response and on /metrics, and must stay
+  // byte-exact to route replies: a name that is not valid UTF-8 is refused, not rewritten.
+  if (identity.empty() || !utf8::is_valid(identity)) {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn("hello refused routing_id={} reason=\"name is not valid UTF-8\"",
+                 utf8::sanitize_bounded(identity, 64));
+    return;
+  }
+  // Bound what a HELLO can make us keep; what is dropped is counted and logged once per HELLO.
+  auto count_dropped = [&](const char* field, size_t count) {
+    if (count == 0) return;
+    metrics_.hello_items_dropped.Add({{"field", field}}).Increment(static_cast<double>(count));
+    spdlog::warn("hello items dropped worker={} field={} dropped={}", identity, field, count);
+  };
+  if (hello.instance.size() > kMaxInstanceBytes || !utf8::is_valid(hello.instance)) {
+    hello.instance = utf8::sanitize_bounded(hello.instance, kMaxInstanceBytes);
+    count_dropped("instance", 1);
+  }
+  if (hello.running.size() > kMaxHelloRunning) {
+    count_dropped("running", hello.running.size() - kMaxHelloRunning);
+    hello.running.resize(kMaxHelloRunning);
+  }
+  {
+    nlohmann::json kept = nlohmann::json::array();
+    size_t n = hello.gpus.is_array() ? hello.gpus.size() : (hello.gpus.is_null() ? 0 : 1);
+    if (hello.gpus.is_array()) {
+      for (auto& gpu : hello.gpus) {
+        if (kept.size() < kMaxHelloGpus && fits(gpu, kMaxHelloGpuBytes)) {
+          kept.push_back(std::move(gpu));
+        }
+      }
+    }
+    count_dropped("gpus", n - kept.size());
+    hello.gpus = std::move(kept);
+  }
+  {
+    nlohmann::json kept = nlohmann::json::object();
+    size_t n = hello.labels.is_object() ? hello.labels.size() : (hello.labels.is_null() ? 0 : 1);
+    if (hello.labels.is_object()) {
+      for (auto& [key, value] : hello.labels.items()) {
+        if (kept.size() < kMaxHelloLabels && key.size() + 2 < kMaxHelloLabelBytes &&
+            fits(value, kMaxHelloLabelBytes - key.size() - 2)) {
+          kept[key] = std::move(value);
+        }
+      }
+    }
+    count_dropped("labels", n - kept.size());
+    hello.labels = std::move(kept);
+  }
   if (hello.name != identity) {
     spdlog::warn("hello name differs from routing id name={} routing_id={}; using the routing id",
-                 hello.name, identity);
+                 utf8::sanitize_bounded(hello.name, 256), identity);
   }
   if (hello.slots == 0) {
     spdlog::warn("hello with 0 slots worker={}; treating it as 1", identity);
@@ -619,6 +765,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     worker_by_name_[identity] = index;
     w->slots_used = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "used"}});
     w->slots_total = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "total"}});
+    w->slots_free = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "free"}});
     w->heartbeat_age = &metrics_.worker_heartbeat_age.Add({{"worker", identity}});
   }
   const std::unordered_set<uint64_t> still_running(hello.running.begin(), hello.running.end());
@@ -697,28 +844,56 @@ void Scheduler::on_results(const std::string& identity, protocol::Results result
 }
 
 void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::ShardResult& r) {
-  outgoing_.ack(identity, r.attempt_id);  // sent only after this turn's commit
   Campaign* c = campaign_by_key(r.campaign);
   const size_t benchmarks = c == nullptr ? 0 : c->spec.benchmarks.size();
   if (c == nullptr || r.model >= c->spec.models.size() || r.benchmark >= benchmarks ||
       r.shard >= c->groups[r.model * benchmarks + r.benchmark].shards.size()) {
-    metrics_.messages_malformed.Increment();
+    reject("unknown_shard");
     spdlog::warn(
-        "dropped result of unknown shard worker={} campaign={} model={} benchmark={} "
+        "result rejected reason=unknown_shard worker={} campaign={} model={} benchmark={} "
         "shard={} attempt_id={}",
         identity, r.campaign, r.model, r.benchmark, r.shard, r.attempt_id);
+    // Nothing is stored; the ACK lets a worker drop a result no one can ever use.
+    outgoing_.ack(identity, r.attempt_id);
     return;
   }
   const auto gi = static_cast<uint32_t>(r.model * benchmarks + r.benchmark);
   Group& g = c->groups[gi];
   Shard& s = g.shards[r.shard];
   const ShardKey key{c->key, gi, r.shard};
-  // A successful result of the shard's latest attempt still counts when the shard was put back
-  // in the queue (its worker looked lost, or did not reclaim it in time after a restart) and has
-  // not been handed out again: the attempt id proves it is that attempt's only result.
-  const bool late_but_current = s.state == ShardState::kPending && s.awaiting_given_up_attempt &&
-                                s.attempt_id == r.attempt_id && r.ok && s.attempt_id != 0;
-  if (late_but_current) {
+  const bool current_id = s.attempt_id == r.attempt_id && s.attempt_id != 0;
+  auto refuse = [&](const char* reason) {
+    reject(reason);
+    spdlog::warn("result rejected reason={} worker={} campaign={} shard={} attempt_id={} state={}",
+                 reason, identity, c->id, r.shard, r.attempt_id, to_string(s.state));
+  };
+
+  // The lease: its id alone proves nothing (ids are sequential and shown by the API); the sender
+  // must be the worker it was given to, or after a restart the worker named in the orphan table.
+  WorkerInfo* holder = nullptr;
+  if (current_id && s.state == ShardState::kRunning) {
+    holder = worker_at(s.worker);
+    bool from_holder = false;
+    if (holder != nullptr) {
+      from_holder = holder == w;
+    } else if (auto o = orphans_.find(r.attempt_id); o != orphans_.end()) {
+      from_holder = o->second.worker == identity;
+    }
+    if (!from_holder) {
+      refuse("not_lease_holder");  // not ACKed: nothing was committed for it
+      return;
+    }
+  } else if (current_id && s.state == ShardState::kPending && s.awaiting_given_up_attempt && r.ok) {
+    // A successful result of the shard's latest attempt still counts when the shard was put back
+    // in the queue (its worker looked lost, or did not reclaim it in time after a restart) and
+    // has not been handed out again: the attempt id and its worker prove it is that attempt's
+    // only result.
+    auto given_up = given_up_by_.find(r.attempt_id);
+    if (given_up == given_up_by_.end() || given_up->second != identity) {
+      refuse("not_lease_holder");
+      return;
+    }
+    given_up_by_.erase(given_up);
     spdlog::info(
         "late result of the latest attempt counted campaign={} shard={} attempt_id={} "
         "worker={}",
@@ -726,26 +901,20 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     set_state(*c, gi, s, ShardState::kRunning);  // so the success path below sees a lease
     s.worker = kNoWorker;
     s.awaiting_given_up_attempt = false;
-  }
-  if (s.state != ShardState::kRunning || s.attempt_id != r.attempt_id) {
-    AttemptRecord rec;
-    rec.outcome = AttemptOutcome::kStale;
-    rec.worker = identity;
-    rec.ended_at_ms = clock_.wall_ms();
-    rec.duration_ms = r.duration_ms;
-    rec.error = r.ok ? "late result of an attempt already given up; not counted" : r.error;
-    rec.result_ok = r.ok;
-    rec.count = r.count;
-    rec.metrics = r.metrics;
-    batch_.put_attempt(key, r.attempt_id, rec);
-    metrics_.stale_results.Add({{"campaign", c->id}}).Increment();
-    spdlog::info(
-        "stale result stored campaign={} shard={} attempt_id={} worker={} "
-        "current_attempt_id={} state={}",
-        c->id, r.shard, r.attempt_id, identity, s.attempt_id, to_string(s.state));
+  } else {
+    // An attempt that is no longer current: a re-sent copy of a result already counted, or a
+    // result of an attempt given up since. Kept for the history when a known worker sends it;
+    // it changes nothing, so the sender gets its ACK and stops re-sending.
+    if (w == nullptr) {
+      refuse("unknown_worker");  // not ACKed; the worker is asked to HELLO and will re-send
+      return;
+    }
+    outgoing_.ack(identity, r.attempt_id);
+    store_stale(*c, gi, r.shard, identity, r);
     return;
   }
-  WorkerInfo* holder = worker_at(s.worker);
+
+  outgoing_.ack(identity, r.attempt_id);  // sent only after this turn's commit
   if (holder != nullptr) {
     release_lease(*holder, r.attempt_id);
   } else {
@@ -753,7 +922,10 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
   }
   const std::string& worker_name = holder != nullptr ? holder->name : identity;
   if (r.ok) {
-    if (auto why = invalid_result(r)) {
+    const auto& benchmark = c->spec.benchmarks[g.benchmark];
+    const auto range = shard_range(benchmark, r.shard);
+    if (auto why = invalid_result(r, range.end - range.start, benchmark.metric)) {
+      reject("invalid");
       fail_attempt(*c, gi, r.shard, AttemptOutcome::kFailed, "invalid result: " + *why, worker_name,
                    r.duration_ms, true);
       return;
@@ -777,11 +949,46 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
                r.duration_ms, true);
 }
 
+void Scheduler::store_stale(Campaign& c, uint32_t group, uint32_t index,
+                            const std::string& identity, const protocol::ShardResult& r) {
+  Shard& s = c.groups[group].shards[index];
+  if (c.metrics_attached) metrics_.stale_results.Add({{"campaign", c.id}}).Increment();
+  if (s.stale_records >= kMaxStaleRecordsPerShard) {
+    reject("stale_not_stored");
+    spdlog::info(
+        "stale result not stored campaign={} shard={} attempt_id={} worker={} reason=\"{} "
+        "stale records already stored for this shard\"",
+        c.id, index, r.attempt_id, identity, kMaxStaleRecordsPerShard);
+    return;
+  }
+  ++s.stale_records;
+  AttemptRecord rec;
+  rec.outcome = AttemptOutcome::kStale;
+  rec.worker = identity;
+  rec.ended_at_ms = clock_.wall_ms();
+  rec.duration_ms = r.duration_ms;
+  rec.error = r.ok ? "late result of an attempt already given up; not counted"
+                   : utf8::sanitize_bounded(r.error, kMaxStoredErrorBytes);
+  rec.result_ok = r.ok;
+  rec.count = r.count;
+  // What the late result said, bounded and printable: it is shown in the shard's history.
+  for (const auto& [name, value] : r.metrics) {
+    if (rec.metrics.size() >= kMaxMetricsPerResult) break;
+    rec.metrics.emplace_back(utf8::sanitize_bounded(name, kMaxMetricNameBytes), value);
+  }
+  batch_.put_attempt(ShardKey{c.key, group, index}, r.attempt_id, rec);
+  spdlog::info(
+      "stale result stored campaign={} shard={} attempt_id={} worker={} current_attempt_id={} "
+      "state={}",
+      c.id, index, r.attempt_id, identity, s.attempt_id, to_string(s.state));
+}
+
 void Scheduler::hand_back_orphans(const std::string& identity,
                                   const protocol::HandBack& hand_back) {
   for (uint64_t id : hand_back.attempt_ids) {
     auto o = orphans_.find(id);
     if (o == orphans_.end() || o->second.worker != identity) {
+      reject("not_lease_holder");
       spdlog::info("hand-back from unknown worker ignored worker={} attempt_id={}", identity, id);
       continue;
     }
@@ -813,6 +1020,7 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
   for (uint64_t id : hand_back.attempt_ids) {
     auto lease = w.leases.find(id);
     if (lease == w.leases.end()) {
+      reject("not_lease_holder");
       spdlog::info("hand-back of an attempt the worker does not hold worker={} attempt_id={}",
                    w.name, id);
       continue;
@@ -879,6 +1087,7 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vect
   set_state(c, ref.group, s, ShardState::kRunning);
   ++s.attempts;
   if (s.total_attempts < std::numeric_limits<uint16_t>::max()) ++s.total_attempts;
+  if (s.awaiting_given_up_attempt) given_up_by_.erase(s.attempt_id);
   s.attempt_id = next_attempt_id();
   s.awaiting_given_up_attempt = false;
   s.worker = w.index;
@@ -1134,6 +1343,7 @@ void Scheduler::tick() {
       }
     } else if (w.leases.empty() && now - lost_at_[w.index] > options_.forget_lost_workers_after) {
       spdlog::info("forgetting lost worker worker={}", w.name);
+      forget_worker_metrics(w);
       worker_by_name_.erase(w.name);
       lost_at_.erase(w.index);
       slot.reset();
@@ -1184,7 +1394,13 @@ void Scheduler::stage_dirty_cells() {
 
 void Scheduler::refresh_gauges() {
   const auto now = clock_.now();
+  const int64_t wall_now = clock_.wall_ms();
   for (const auto& [key, c] : campaigns_) {
+    if (c->state != CampaignState::kRunning && c->metrics_attached &&
+        wall_now - c->finished_at_ms >= options_.finished_campaign_metrics.count()) {
+      detach_campaign_metrics(*c);
+    }
+    if (!c->metrics_attached) continue;
     for (size_t s = 0; s < kShardStateCount; ++s) {
       metrics_.campaign_shards
           .Add({{"campaign", c->id}, {"state", to_string(static_cast<ShardState>(s))}})
@@ -1231,10 +1447,8 @@ void Scheduler::refresh_gauges() {
     by_state[static_cast<size_t>(w.state)] += 1;
     w.slots_used->Set(static_cast<double>(w.leases.size()));
     w.slots_total->Set(w.state == WorkerState::kLost ? 0 : w.slots);
-    // Free = what dispatch may still hand out: none on a draining or lost worker. Looked up by
-    // label here rather than cached in WorkerInfo; this runs a few times a second.
-    metrics_.worker_slots.Add({{"worker", w.name}, {"kind", "free"}})
-        .Set(w.state == WorkerState::kConnected ? w.free_slots() : 0);
+    // Free = what dispatch may still hand out: none on a draining or lost worker.
+    w.slots_free->Set(w.state == WorkerState::kConnected ? w.free_slots() : 0);
     w.heartbeat_age->Set(seconds_between(w.last_seen, now));
   }
   for (auto state : {WorkerState::kConnected, WorkerState::kDraining, WorkerState::kLost}) {

@@ -9,8 +9,12 @@
 // Invariants (after every operation):
 //  * A shard is `running` iff exactly one lease (attempt id) for it exists, held by a worker or,
 //    right after a restart, by the orphan table until its worker reclaims it or the grace expires.
-//  * A result counts only if its attempt id is the shard's current lease; anything else is stored
-//    as a stale attempt. Re-delivery of a result is therefore harmless (exactly-once counting).
+//  * A result counts only if its attempt id is the shard's current lease AND it comes from the
+//    worker holding that lease (or, right after a restart, the orphan's worker). A current attempt
+//    id from anyone else changes nothing (results_rejected{reason="not_lease_holder"}). A result
+//    of an earlier attempt from a known worker is stored as a stale attempt (at most
+//    kMaxStaleRecordsPerShard per shard and run). Re-delivery of a result is therefore harmless
+//    (exactly-once counting).
 //  * A worker never holds more leases than the slots it announced (credit-based flow).
 //  * Every pending shard is ahead of its model's dispatch cursor, in its model's requeued deque,
 //    or in the retry-backoff queue; queue entries are re-checked on pop, so stale entries are
@@ -57,7 +61,22 @@ struct SchedulerOptions {
   // After a restart, how long a running shard waits for its worker to come back and reclaim it.
   // Longer than the worker's reconnect backoff (at most 5 s), or reconnecting workers lose work.
   std::chrono::milliseconds restart_grace{10000};
+  // How long a finished campaign keeps its Prometheus series; then they are removed so /metrics
+  // stays bounded however many campaigns have run. A rerun brings them back.
+  std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
 };
+
+// What a result, a stale record and a HELLO may make the coordinator keep.
+inline constexpr size_t kMaxMetricsPerResult = 64;
+inline constexpr size_t kMaxMetricNameBytes = 128;
+inline constexpr size_t kMaxStoredErrorBytes = 4096;
+inline constexpr uint8_t kMaxStaleRecordsPerShard = 4;
+inline constexpr size_t kMaxHelloLabels = 64;
+inline constexpr size_t kMaxHelloLabelBytes = 256;  // a label's key plus its value, as JSON
+inline constexpr size_t kMaxHelloGpus = 64;
+inline constexpr size_t kMaxHelloGpuBytes = 1024;  // one GPU entry, as JSON
+inline constexpr size_t kMaxHelloRunning = 65536;
+inline constexpr size_t kMaxInstanceBytes = 128;
 
 // Messages for workers, gathered during a turn and sent after the commit. ACK, CANCEL and ASSIGN
 // are coalesced into one message each per worker and turn; other messages keep their order and go
@@ -104,6 +123,7 @@ struct Shard {
   // and may count; any other pending shard treats a result of an old attempt as stale.
   bool awaiting_given_up_attempt = false;
   uint8_t hand_backs = 0;       // hand-backs in the current budget (the first few are free)
+  uint8_t stale_records = 0;    // stale attempt records stored in this run (bounded)
   uint16_t attempts = 0;        // started within the current budget
   uint16_t total_attempts = 0;  // ever started
   uint32_t worker = kNoWorker;  // running: index of the worker holding the lease
@@ -164,6 +184,9 @@ struct Campaign {
   // ETA: progress rate since the campaign last (re)started running.
   std::chrono::steady_clock::time_point rate_since;
   int64_t final_at_rate_since = 0;
+  // Its Prometheus series exist (and the Group counter handles are valid). False once a finished
+  // campaign's series were removed; a rerun attaches them again.
+  bool metrics_attached = false;
 
   int64_t count(ShardState s) const { return counts[static_cast<size_t>(s)]; }
   int64_t finished() const {
@@ -201,6 +224,7 @@ struct WorkerInfo {
   uint32_t last_model = 0;
   prometheus::Gauge* slots_used = nullptr;
   prometheus::Gauge* slots_total = nullptr;
+  prometheus::Gauge* slots_free = nullptr;
   prometheus::Gauge* heartbeat_age = nullptr;
 
   uint32_t free_slots() const {
@@ -279,6 +303,14 @@ class Scheduler {
   void refresh_gauges();
   uint64_t next_attempt_id() { return (epoch_ << 32) | ++attempt_seq_; }
   WorkerInfo* worker_at(uint32_t index);
+  // Counts a result, drain or hand-back that changed nothing, by reason.
+  void reject(const char* reason);
+  // Stores a result of an attempt that is no longer current, within the per-shard bound.
+  void store_stale(Campaign& c, uint32_t group, uint32_t index, const std::string& identity,
+                   const protocol::ShardResult& r);
+  void attach_campaign_metrics(Campaign& c);
+  void detach_campaign_metrics(Campaign& c);
+  void forget_worker_metrics(const WorkerInfo& w);
 
   Store& store_;
   const Clock& clock_;
@@ -301,6 +333,9 @@ class Scheduler {
     std::chrono::steady_clock::time_point deadline;
   };
   std::unordered_map<uint64_t, Orphan> orphans_;
+  // Attempt id -> the worker that held it, for shards whose last attempt was given up (lost or
+  // orphaned) and not leased again: only that worker's late success may still count.
+  std::unordered_map<uint64_t, std::string> given_up_by_;
   std::multimap<std::chrono::steady_clock::time_point, ShardKey> delayed_;
   std::unordered_map<uint32_t, std::chrono::steady_clock::time_point> lost_at_;  // worker index
   std::vector<std::pair<uint32_t, uint32_t>> dirty_cells_;

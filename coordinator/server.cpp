@@ -35,11 +35,14 @@ int run_coordinator(const CoordinatorConfig& config) {
     Store& store = *opened.value();
     SystemClock clock;
     Metrics metrics;
-    Scheduler scheduler(store, clock, metrics,
-                        SchedulerOptions{.heartbeat = config.heartbeat,
-                                         .worker_timeout = config.worker_timeout,
-                                         .retry_backoff = config.retry_backoff,
-                                         .restart_grace = config.restart_grace});
+    Scheduler scheduler(
+        store, clock, metrics,
+        SchedulerOptions{.heartbeat = config.heartbeat,
+                         .worker_timeout = config.worker_timeout,
+                         .retry_backoff = config.retry_backoff,
+                         .forget_lost_workers_after = config.forget_lost_workers_after,
+                         .restart_grace = config.restart_grace,
+                         .finished_campaign_metrics = config.finished_campaign_metrics});
     if (auto recovered = scheduler.recover(); !recovered.ok()) {
       spdlog::error("recovery failed data_dir={} error=\"{}\"", config.data_dir,
                     recovered.error().message);

@@ -16,6 +16,8 @@ struct CoordinatorConfig {
   std::chrono::milliseconds worker_timeout{5000};
   std::chrono::milliseconds retry_backoff{1000};
   std::chrono::milliseconds restart_grace{10000};
+  std::chrono::milliseconds forget_lost_workers_after{std::chrono::hours(1)};
+  std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
   size_t max_body_bytes = 16u << 20;
   size_t max_message_bytes = 64u << 20;
   // Start even where protected mode would refuse (a non-loopback --http without --api-tokens, a

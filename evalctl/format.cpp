@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "common/json_limits.hpp"
+#include "common/utf8.hpp"
 
 namespace evald::evalctl {
 namespace {
@@ -72,32 +73,6 @@ std::string percent(double fraction) {
 
 // --- Text width ------------------------------------------------------------------------------
 
-// Decodes one UTF-8 sequence at `i` (advancing it); a malformed byte counts as one character.
-char32_t next_code_point(std::string_view text, size_t& i) {
-  const auto byte = static_cast<unsigned char>(text[i]);
-  size_t length = 1;
-  char32_t code = byte;
-  if (byte >= 0xF0 && byte < 0xF8) {
-    length = 4;
-    code = byte & 0x07;
-  } else if (byte >= 0xE0) {
-    length = 3;
-    code = byte & 0x0F;
-  } else if (byte >= 0xC0) {
-    length = 2;
-    code = byte & 0x1F;
-  }
-  if (byte >= 0xF8 || (byte >= 0x80 && byte < 0xC0) || i + length > text.size()) {
-    ++i;
-    return byte;
-  }
-  for (size_t k = 1; k < length; ++k) {
-    code = (code << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
-  }
-  i += length;
-  return code;
-}
-
 // Hangul, CJK and full-width forms take two terminal columns; model and benchmark names in
 // Korean evaluations often use them, and the table columns must still line up.
 bool is_wide(char32_t code) {
@@ -109,7 +84,7 @@ bool is_wide(char32_t code) {
 
 size_t display_width(std::string_view text) {
   size_t width = 0;
-  for (size_t i = 0; i < text.size();) width += is_wide(next_code_point(text, i)) ? 2 : 1;
+  for (size_t i = 0; i < text.size();) width += is_wide(utf8::next_code_point(text, i)) ? 2 : 1;
   return width;
 }
 
@@ -119,7 +94,7 @@ std::string prefix_within(std::string_view text, size_t max_width) {
   size_t i = 0;
   while (i < text.size()) {
     size_t next = i;
-    const size_t char_width = is_wide(next_code_point(text, next)) ? 2 : 1;
+    const size_t char_width = is_wide(utf8::next_code_point(text, next)) ? 2 : 1;
     if (width + char_width > max_width) break;
     width += char_width;
     i = next;

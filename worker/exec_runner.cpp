@@ -20,6 +20,7 @@
 
 #include "common/json_limits.hpp"
 #include "common/text.hpp"
+#include "common/utf8.hpp"
 #include "worker/unique_fd.hpp"
 
 namespace evald::worker {
@@ -89,7 +90,7 @@ Result<RunnerOutput> parse_output_object(const nlohmann::json& doc) {
 std::string with_stderr_tail(std::string message, const std::string& stderr_tail) {
   const auto tail = trim(stderr_tail);
   if (tail.empty()) return message;
-  return message + ": " + sanitize_utf8(tail);
+  return message + ": " + utf8::sanitize_tail(tail);
 }
 
 std::string format_seconds(double seconds) {
@@ -117,7 +118,7 @@ protocol::ShardResult make_result(protocol::ShardResult result, ProcessOutcome& 
   result.ok = false;
   switch (outcome.end) {
     case ProcessEnd::kSpawnFailed:
-      result.error = sanitize_utf8(outcome.spawn_error);
+      result.error = utf8::sanitize(outcome.spawn_error);
       break;
     case ProcessEnd::kKilled:
       result.error = with_stderr_tail("killed by the worker", outcome.stderr_tail);
@@ -145,9 +146,10 @@ protocol::ShardResult make_result(protocol::ShardResult result, ProcessOutcome& 
       if (!parsed.ok()) {
         const std::string_view out = outcome.stdout_data;
         const auto tail = out.substr(out.size() - std::min(out.size(), kUnparsableStdoutTailBytes));
-        result.error = with_stderr_tail("unparsable output: " + parsed.error().message +
-                                            " (stdout ends with: " + sanitize_utf8(tail) + ")",
-                                        outcome.stderr_tail);
+        result.error =
+            with_stderr_tail("unparsable output: " + parsed.error().message +
+                                 " (stdout ends with: " + utf8::sanitize_tail(tail) + ")",
+                             outcome.stderr_tail);
         break;
       }
       result.ok = true;
@@ -290,50 +292,6 @@ ExecJob build_exec_job(const RunRequest& request,
         std::chrono::milliseconds(std::max<int64_t>(1, std::llround(seconds * 1000)));
   }
   return job;
-}
-
-std::string sanitize_utf8(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  size_t i = 0;
-  // A tail cut mid-character starts with continuation bytes; they are a fragment, not an error.
-  while (i < text.size() && i < 3 && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) ++i;
-  while (i < text.size()) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    size_t length = 0;
-    uint32_t min_code = 0;
-    if (c < 0x80) {
-      out += static_cast<char>(c);
-      ++i;
-      continue;
-    }
-    if ((c & 0xE0) == 0xC0) {
-      length = 2;
-      min_code = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      length = 3;
-      min_code = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      length = 4;
-      min_code = 0x10000;
-    }
-    bool valid = length > 0 && i + length <= text.size();
-    uint32_t code = length > 0 ? (c & (0x7Fu >> length)) : 0;
-    for (size_t k = 1; valid && k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xC0) != 0x80) valid = false;
-      code = (code << 6) | (next & 0x3Fu);
-    }
-    valid = valid && code >= min_code && code <= 0x10FFFF && !(code >= 0xD800 && code <= 0xDFFF);
-    if (valid) {
-      out.append(text.substr(i, length));
-      i += length;
-    } else {
-      out += "\xEF\xBF\xBD";  // U+FFFD
-      ++i;
-    }
-  }
-  return out;
 }
 
 class ExecRunner::Impl {

@@ -61,10 +61,6 @@ ExecJob build_exec_job(const RunRequest& request,
                        const std::vector<std::pair<std::string, std::string>>& base_env,
                        const std::filesystem::path& run_root);
 
-// Replaces every byte sequence that is not valid UTF-8 with U+FFFD and drops a sequence cut at
-// the start (a tail may begin mid-character). Errors travel on as JSON, which must be UTF-8.
-std::string sanitize_utf8(std::string_view text);
-
 class ExecRunner final : public Runner {
  public:
   // Attempts run in run_root/<attempt_id> (created, removed afterwards). `clock` measures

@@ -414,16 +414,3 @@ TEST_CASE("runner stdout parsing", "[unit][exec]") {
     CHECK(error(R"({"metrics": {"a": 1e999}, "count": 1})") != "ok");
   }
 }
-
-TEST_CASE("error text is made valid UTF-8", "[unit][exec]") {
-  using evald::worker::sanitize_utf8;
-  CHECK(sanitize_utf8("plain") == "plain");
-  CHECK(sanitize_utf8("한국어") == "한국어");
-  // A tail cut inside "한" starts with its continuation bytes: they are dropped.
-  CHECK(sanitize_utf8(std::string("\x95\x9c ok")) == " ok");
-  CHECK(sanitize_utf8(std::string("a\xff"
-                                  "b")) ==
-        "a\xEF\xBF\xBD"
-        "b");
-  CHECK(sanitize_utf8(std::string("\xC0\x80")) == "\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong NUL
-}

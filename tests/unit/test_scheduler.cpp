@@ -788,3 +788,71 @@ TEST_CASE("a draining worker stops counting for its campaign's share",
   // The drained campaign holds nobody now, the other two: one of the two moves over.
   CHECK(h.take_one_each(staying, running, staying_campaign) == 1);
 }
+
+TEST_CASE("a result counts only from the worker holding the lease", "[unit][scheduler]") {
+  Harness h;
+  auto [id, a] = h.start_on_one_slot(make_spec(2, 2));  // one shard, leased to w1
+  h.hello("rival", 1);
+  h.turn();
+  // Attempt ids are sequential and public; knowing one proves nothing.
+  protocol::ShardResult forged = protocol::result_for(a);
+  forged.ok = true;
+  forged.count = 2;
+  forged.metrics = {{"accuracy", 1.0}};
+  h.scheduler->on_message("rival", protocol::Results{{forged}});
+  h.scheduler->on_message("nobody", protocol::Results{{forged}});
+  h.scheduler->on_message("rival", protocol::HandBack{{a.attempt_id}});
+  h.turn();
+  CHECK(h.acks("rival").empty());
+  CHECK(h.acks("nobody").empty());
+  const Campaign& c = h.campaign(id);
+  CHECK(c.count(ShardState::kRunning) == 1);
+  CHECK(c.groups[0].shards[0].attempt_id == a.attempt_id);
+  CHECK(c.groups[0].shards[0].attempts == 1);
+
+  h.report("w1", a, true, 0.25);
+  h.turn();
+  CHECK(h.acks("w1") == std::vector<uint64_t>{a.attempt_id});
+  CHECK(c.state == CampaignState::kSucceeded);
+  CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(0.25));
+}
+
+TEST_CASE("a late result of a given-up attempt counts only from the worker that held it",
+          "[unit][scheduler]") {
+  Harness h;
+  auto [id, a] = h.start_on_one_slot(make_spec(2, 2));
+  h.clock.advance(6000ms);  // w1 is lost; the shard waits for a worker, its attempt given up
+  h.turn();
+  const Campaign& c = h.campaign(id);
+  REQUIRE(c.count(ShardState::kPending) == 1);
+
+  protocol::ShardResult forged = protocol::result_for(a);
+  forged.ok = true;
+  forged.count = 2;
+  forged.metrics = {{"accuracy", 1.0}};
+  h.scheduler->on_message("w2", protocol::Results{{forged}});
+  h.turn();
+  CHECK(c.count(ShardState::kPending) == 1);
+  CHECK(h.acks("w2").empty());
+
+  h.report("w1", a, true, 0.5);
+  h.turn();
+  CHECK(c.state == CampaignState::kSucceeded);
+  CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(0.5));
+}
+
+TEST_CASE("an invalid result from the lease holder fails the attempt", "[unit][scheduler]") {
+  Harness h;
+  auto [id, a] = h.start_on_one_slot(make_spec(2, 2));
+  protocol::ShardResult r = protocol::result_for(a);
+  r.ok = true;
+  r.count = 3;  // the shard has 2 examples
+  r.metrics = {{"accuracy", 1.0}};
+  h.scheduler->on_message("w1", protocol::Results{{r}});
+  h.turn();
+  const Campaign& c = h.campaign(id);
+  CHECK(c.count(ShardState::kSucceeded) == 0);
+  CHECK(c.groups[0].shards[0].attempts == 1);
+  CHECK(h.scheduler->last_error(c, 0, 0) == "invalid result: count 3 exceeds the shard's size 2");
+  CHECK(c.groups[0].cell.examples_scored == 0);
+}
