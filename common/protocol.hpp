@@ -60,7 +60,7 @@ struct Hello {
   std::string name;
   std::string instance;  // random per worker process start; tells a restart from a reconnect
   uint32_t slots = 1;
-  nlohmann::json gpus = nlohmann::json::array();     // [{"index":0,"name":"...","memory_mb":N}]
+  nlohmann::json gpus = nlohmann::json::array();     // [{"index":0,"name":"...","memory_mib":N}]
   nlohmann::json labels = nlohmann::json::object();  // {"k":"v"}
   std::vector<uint64_t> running;                     // attempt ids still running on the worker
 };

@@ -69,7 +69,9 @@ Metrics::Metrics()
                          .Register(*registry)),
       dispatch_latency(BuildHistogram()
                            .Name("evald_dispatch_latency_seconds")
-                           .Help("Time from a shard becoming ready to its lease being committed")
+                           .Help("Time a shard waited to be leased, from becoming ready (its "
+                                 "campaign submitted or recovered, a requeue, a backoff ending) "
+                                 "to the dispatch that leased it, before that turn's commit")
                            .Register(*registry)
                            .Add({}, latency_buckets())),
       workers(BuildGauge().Name("evald_workers").Help("Workers by state").Register(*registry)),
@@ -143,7 +145,8 @@ Metrics::Metrics()
                       .Add({})),
       turn_seconds_max(BuildGauge()
                            .Name("evald_core_turn_seconds_max")
-                           .Help("Longest core event-loop turn since the last scrape")
+                           .Help("Longest core event-loop turn in the current window; the "
+                                 "window restarts every 10 s, independent of scrapes")
                            .Register(*registry)
                            .Add({})) {}
 

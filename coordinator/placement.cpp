@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 namespace evald::coordinator {
 
 std::vector<GpuSlot> parse_worker_gpus(const nlohmann::json& gpus) {
@@ -14,8 +16,12 @@ std::vector<GpuSlot> parse_worker_gpus(const nlohmann::json& gpus) {
     }
     GpuSlot slot;
     slot.index = static_cast<uint32_t>(gpu["index"].get<int64_t>());
-    if (gpu.contains("memory_mb") && gpu["memory_mb"].is_number_integer()) {
-      slot.memory_mb = gpu["memory_mb"].get<int64_t>();
+    // "memory_mb" is what workers before 0.2 called the same MiB figure.
+    for (const char* key : {"memory_mib", "memory_mb"}) {
+      if (gpu.contains(key) && gpu[key].is_number_integer()) {
+        slot.memory_mib = gpu[key].get<int64_t>();
+        break;
+      }
     }
     out.push_back(slot);
   }
@@ -38,6 +44,11 @@ bool labels_match(const ResourceSpec& resources, const nlohmann::json& worker_la
   return true;
 }
 
+int64_t required_gpu_memory_mib(double gpu_memory_gb) {
+  if (gpu_memory_gb <= 0) return 0;
+  return static_cast<int64_t>(std::ceil(gpu_memory_gb * kBytesPerGb / kBytesPerMib));
+}
+
 std::optional<std::vector<uint32_t>> place_shard(const ResourceSpec& resources,
                                                  const nlohmann::json& worker_labels,
                                                  const std::vector<GpuSlot>& gpus,
@@ -46,10 +57,10 @@ std::optional<std::vector<uint32_t>> place_shard(const ResourceSpec& resources,
   const int need = gpus_needed(resources, gpus.size());
   std::vector<uint32_t> chosen;
   if (need == 0) return chosen;
-  const auto min_mb = static_cast<int64_t>(resources.gpu_memory_gb * 1024.0);
+  const int64_t min_mib = required_gpu_memory_mib(resources.gpu_memory_gb);
   for (const auto& gpu : gpus) {
     if (!ignore_busy && gpu.busy) continue;
-    if (gpu.memory_mb && *gpu.memory_mb < min_mb) continue;
+    if (gpu.memory_mib && *gpu.memory_mib < min_mib) continue;
     chosen.push_back(gpu.index);
     if (static_cast<int>(chosen.size()) == need) return chosen;
   }

@@ -16,11 +16,19 @@ namespace evald::coordinator {
 
 struct GpuSlot {
   uint32_t index = 0;
-  std::optional<int64_t> memory_mb;  // unknown when the worker was started with --gpus 0,1
+  std::optional<int64_t> memory_mib;  // unknown when the worker was started with --gpus 0,1
   bool busy = false;
 };
 
-// The worker's HELLO "gpus" array ([{"index":0,"name":..,"memory_mb":..}]); entries without a
+// `gpu_memory_gb` is in the vendor's gigabytes (10^9 bytes, as in "H100 80GB"), while nvidia-smi
+// reports MiB (2^20 bytes) and less than the nominal size (81,559 MiB on an 80 GB H100). So 80 GB
+// is 76,294 MiB and fits every 80 GB card; counting GB as 1,024 MiB would fit none of them.
+inline constexpr double kBytesPerGb = 1e9;
+inline constexpr double kBytesPerMib = 1024.0 * 1024.0;
+// The smallest memory.total (MiB) a GPU must report to offer `gpu_memory_gb`; 0 for any.
+int64_t required_gpu_memory_mib(double gpu_memory_gb);
+
+// The worker's HELLO "gpus" array ([{"index":0,"name":..,"memory_mib":..}]); entries without a
 // valid index are skipped.
 std::vector<GpuSlot> parse_worker_gpus(const nlohmann::json& gpus);
 

@@ -6,7 +6,9 @@ namespace evald::coordinator {
 namespace {
 
 // Each record starts with a format version so the layout can evolve without a migration tool.
-constexpr uint8_t kShardRecordVersion = 1;
+// Shard records: version 2 appends hand_backs; version 1 (without it) is still read, as 0.
+constexpr uint8_t kShardRecordVersion = 2;
+constexpr uint8_t kShardRecordVersionWithoutHandBacks = 1;
 constexpr uint8_t kAttemptRecordVersion = 1;
 // Version 2 stores each metric's weighted mean instead of its sum: the sum is a long double in
 // memory (it may exceed the double range), the mean always fits a double. Version 1 is read.
@@ -106,6 +108,7 @@ std::string encode(const ShardRecord& record) {
   w.i64(record.count);
   write_metrics(w, record.metrics);
   w.str(record.last_error);
+  w.u32(record.hand_backs);
   return out;
 }
 
@@ -114,13 +117,15 @@ Result<ShardRecord> decode_shard_record(std::string_view bytes) {
   ShardRecord rec;
   uint8_t version = 0;
   uint8_t state = 0;
-  if (!r.u8(version) || version != kShardRecordVersion) {
+  if (!r.u8(version) ||
+      (version != kShardRecordVersion && version != kShardRecordVersionWithoutHandBacks)) {
     return make_error("shard record: unknown format version");
   }
   if (!r.u8(state) || state >= kShardStateCount || !r.u32(rec.attempts) ||
       !r.u32(rec.total_attempts) || !r.u64(rec.attempt_id) || !r.str(rec.worker) ||
       !r.i64(rec.started_at_ms) || !r.u32(rec.duration_ms) || !r.i64(rec.count) ||
-      !read_metrics(r, rec.metrics) || !r.str(rec.last_error) || !r.at_end()) {
+      !read_metrics(r, rec.metrics) || !r.str(rec.last_error) ||
+      (version == kShardRecordVersion && !r.u32(rec.hand_backs)) || !r.at_end()) {
     return make_error("shard record: truncated or corrupt");
   }
   rec.state = static_cast<ShardState>(state);

@@ -43,6 +43,9 @@ struct ShardRecord {
   int64_t count = 0;            // examples scored (succeeded)
   std::vector<std::pair<std::string, double>> metrics;  // succeeded
   std::string last_error;                               // of the last failed attempt
+  // Free hand-backs used within the current budget. Stored so that a coordinator restart does not
+  // give a shard that outlives every worker it is given a fresh set of free hand-backs.
+  uint32_t hand_backs = 0;
 };
 
 enum class AttemptOutcome : uint8_t {

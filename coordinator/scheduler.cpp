@@ -133,6 +133,22 @@ WorkerInfo* Scheduler::find_worker(const std::string& name) {
   return it == worker_by_name_.end() ? nullptr : workers_[it->second].get();
 }
 
+uint64_t Scheduler::next_attempt_id() {
+  if (attempt_seq_ == UINT32_MAX) {
+    // A wrap would hand out ids of this epoch again: exactly-once depends on ids never repeating.
+    // A coordinator that has used four billion epochs stops rather than reuse one.
+    if (epoch_ >= kMaxEpoch) {
+      spdlog::critical("attempt-id epochs exhausted epoch={}", epoch_);
+      std::abort();
+    }
+    ++epoch_;
+    attempt_seq_ = options_.first_attempt_seq;
+    batch_.put_meta_u64("epoch", epoch_);
+    spdlog::info("attempt-id sequence wrapped; new epoch epoch={}", epoch_);
+  }
+  return (epoch_ << 32) | ++attempt_seq_;
+}
+
 WorkerInfo* Scheduler::worker_at(uint32_t index) {
   return index < workers_.size() ? workers_[index].get() : nullptr;
 }
@@ -286,6 +302,7 @@ void Scheduler::write_shard(const Campaign& c, uint32_t group, uint32_t index,
   rec.attempts = s.attempts;
   rec.total_attempts = s.total_attempts;
   rec.attempt_id = s.attempt_id;
+  rec.hand_backs = s.hand_backs;
   if (worker != nullptr) rec.worker = worker->name;
   rec.started_at_ms = clock_.wall_ms();
   rec.last_error = last_error(c, group, index);
@@ -413,8 +430,17 @@ void Scheduler::fail_attempt(Campaign& c, uint32_t group, uint32_t index, Attemp
 
 Status Scheduler::recover() {
   const auto started = std::chrono::steady_clock::now();
-  epoch_ = store_.get_meta_u64("epoch").value_or(0) + 1;
-  next_campaign_key_ = static_cast<uint32_t>(store_.get_meta_u64("next_campaign").value_or(1));
+  auto stored_epoch = store_.get_meta_u64("epoch");
+  if (!stored_epoch.ok()) return stored_epoch.error();
+  auto stored_next_campaign = store_.get_meta_u64("next_campaign");
+  if (!stored_next_campaign.ok()) return stored_next_campaign.error();
+  if (stored_epoch.value().value_or(0) >= kMaxEpoch) {
+    return make_error("attempt-id epoch " + std::to_string(*stored_epoch.value()) +
+                      " is exhausted; attempt ids could repeat");
+  }
+  epoch_ = stored_epoch.value().value_or(0) + 1;
+  attempt_seq_ = options_.first_attempt_seq;
+  next_campaign_key_ = static_cast<uint32_t>(stored_next_campaign.value().value_or(1));
   batch_.put_meta_u64("epoch", epoch_);
   if (auto s = store_.commit(batch_); !s.ok()) return s;
 
@@ -460,6 +486,7 @@ Status Scheduler::recover() {
     s.attempts = static_cast<uint16_t>(rec.attempts);
     s.total_attempts = static_cast<uint16_t>(rec.total_attempts);
     s.attempt_id = rec.attempt_id;
+    s.hand_backs = static_cast<uint8_t>(std::min<uint32_t>(rec.hand_backs, UINT8_MAX));
     if (!rec.last_error.empty()) g.last_errors[key.shard] = rec.last_error;
     if (rec.state == ShardState::kRunning) {
       orphans_[rec.attempt_id] =
@@ -556,20 +583,13 @@ Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSele
     }
     if (had_success) recompute.push_back(gi);
   }
-  // Succeeded shards that run again must leave the aggregate; rebuild those cells from the
-  // committed shard records of the shards that stay succeeded.
+  // Succeeded shards that run again must leave the aggregate. The selection takes every shard
+  // of a group in a final state, so a group with a selected success keeps no success at all: its
+  // cell starts again empty (results of its shards still running are added when they come).
   for (uint32_t gi : recompute) {
     Group& g = c.groups[gi];
     CellAggregate cell;
     cell.shards_total = g.cell.shards_total;
-    auto s = store_.scan_shards(c.key, [&](const ShardKey& key, const ShardRecord& rec) {
-      if (key.group == gi && key.shard < g.shards.size() &&
-          g.shards[key.shard].state == ShardState::kSucceeded &&
-          rec.state == ShardState::kSucceeded) {
-        cell.add(rec.metrics, rec.count);
-      }
-    });
-    if (!s.ok()) return make_error("rerun could not rebuild aggregates: " + s.error().message);
     g.cell = cell;
     if (!g.cell_dirty) {
       g.cell_dirty = true;

@@ -63,7 +63,10 @@ struct SchedulerOptions {
   std::chrono::milliseconds restart_grace{10000};
   // How long a finished campaign keeps its Prometheus series; then they are removed so /metrics
   // stays bounded however many campaigns have run. A rerun brings them back.
-  std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
+  std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)  // Where the attempt sequence of each epoch starts (0 = ids start at epoch << 32 | 1). Only tests
+  // change it, to reach the wrap of the 32-bit sequence without four billion leases.
+  uint32_t first_attempt_seq = 0;
+};
 };
 
 // What a result, a stale record and a HELLO may make the coordinator keep.
@@ -77,6 +80,9 @@ inline constexpr size_t kMaxHelloGpus = 64;
 inline constexpr size_t kMaxHelloGpuBytes = 1024;  // one GPU entry, as JSON
 inline constexpr size_t kMaxHelloRunning = 65536;
 inline constexpr size_t kMaxInstanceBytes = 128;
+
+// Attempt ids are epoch << 32 | seq; the epoch must stay within 32 bits.
+inline constexpr uint64_t kMaxEpoch = UINT32_MAX;
 
 // Messages for workers, gathered during a turn and sent after the commit. ACK, CANCEL and ASSIGN
 // are coalesced into one message each per worker and turn; other messages keep their order and go
@@ -301,7 +307,10 @@ class Scheduler {
   WorkerInfo* find_worker(const std::string& name);
   Campaign* campaign_by_key(uint32_t key);
   void refresh_gauges();
-  uint64_t next_attempt_id() { return (epoch_ << 32) | ++attempt_seq_; }
+  // epoch << 32 | seq. Before seq would wrap, a new epoch starts; it is staged in this turn's
+  // batch, which also holds the lease that uses the first id of it, so no id is ever sent before
+  // its epoch is durable, and a restart always starts above every epoch used.
+  uint64_t next_attempt_id();
   WorkerInfo* worker_at(uint32_t index);
   // Counts a result, drain or hand-back that changed nothing, by reason.
   void reject(const char* reason);

@@ -169,12 +169,20 @@ Status Store::commit(Batch& batch) {
   return Ok{};
 }
 
-std::optional<uint64_t> Store::get_meta_u64(std::string_view name) const {
+Result<std::optional<uint64_t>> Store::get_meta_u64(std::string_view name) const {
   std::string key(1, kMetaPrefix);
   key.append(name);
   std::string value;
-  if (!db_->Get(rocksdb::ReadOptions(), key, &value).ok() || value.size() != 8) return std::nullopt;
-  return read_be64(value, 0);
+  const auto status = db_->Get(rocksdb::ReadOptions(), key, &value);
+  if (status.IsNotFound()) return std::optional<uint64_t>{};
+  if (!status.ok()) {
+    return make_error("reading meta key '" + std::string(name) + "': " + status.ToString());
+  }
+  if (value.size() != 8) {
+    return make_error("meta key '" + std::string(name) + "' holds " + std::to_string(value.size()) +
+                      " bytes, expected 8 (corrupt store?)");
+  }
+  return std::optional<uint64_t>{read_be64(value, 0)};
 }
 
 std::optional<std::string> Store::get_samples(const ShardKey& key) const {

@@ -64,7 +64,10 @@ class Store {
   // Time the last commit took, for metrics.
   std::chrono::microseconds last_commit_latency() const { return last_commit_latency_; }
 
-  std::optional<uint64_t> get_meta_u64(std::string_view name) const;
+  // nullopt when the key was never written. Any other failure (an I/O error, a value that is not
+  // 8 bytes) is an error: treating it as "never written" could restart the attempt-id epoch at 1
+  // and hand out ids that already exist.
+  Result<std::optional<uint64_t>> get_meta_u64(std::string_view name) const;
   std::optional<std::string> get_samples(const ShardKey& key) const;
 
   // Scans call `visit` in key order; a record that does not decode stops the scan with an error

@@ -78,7 +78,7 @@ Result<std::vector<GpuInfo>> parse_nvidia_smi_csv(std::string_view text) {
     const auto memory_text = trim(line.substr(last + 1), kWhitespace);
     int64_t memory = 0;
     if (parse_number(memory_text, memory) && memory >= 0) {
-      gpu.memory_mb = memory;
+      gpu.memory_mib = memory;
     } else if (memory_text != "[N/A]" && memory_text != "N/A") {
       return make_error(where + ": memory.total '" + std::string(memory_text) +
                         "' is not a number of MiB");
@@ -138,8 +138,8 @@ std::vector<GpuInfo> resolve_gpus(const GpuSelection& selection) {
     return {};
   }
   for (const auto& gpu : gpus.value()) {
-    spdlog::info("gpu_found index={} name=\"{}\" memory_mb={}", gpu.index, gpu.name,
-                 gpu.memory_mb.value_or(-1));
+    spdlog::info("gpu_found index={} name=\"{}\" memory_mib={}", gpu.index, gpu.name,
+                 gpu.memory_mib.value_or(-1));
   }
   return std::move(gpus.value());
 }
@@ -149,7 +149,7 @@ nlohmann::json to_json(const std::vector<GpuInfo>& gpus) {
   for (const auto& gpu : gpus) {
     nlohmann::json item = {{"index", gpu.index}};
     if (!gpu.name.empty()) item["name"] = gpu.name;
-    if (gpu.memory_mb) item["memory_mb"] = *gpu.memory_mb;
+    if (gpu.memory_mib) item["memory_mib"] = *gpu.memory_mib;
     out.push_back(std::move(item));
   }
   return out;

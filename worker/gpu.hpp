@@ -18,7 +18,7 @@ namespace evald::worker {
 struct GpuInfo {
   uint32_t index = 0;
   std::string name;                  // empty: unknown
-  std::optional<int64_t> memory_mb;  // unknown when nvidia-smi says [N/A] or --gpus listed it
+  std::optional<int64_t> memory_mib;  // unknown when nvidia-smi says [N/A] or --gpus listed it
 
   bool operator==(const GpuInfo&) const = default;
 };
@@ -45,7 +45,7 @@ Result<std::vector<GpuInfo>> query_nvidia_smi(std::chrono::milliseconds timeout)
 // The GPUs a selection stands for. For kAuto a failed nvidia-smi is logged and means no GPUs.
 std::vector<GpuInfo> resolve_gpus(const GpuSelection& selection);
 
-// [{"index":0,"name":"NVIDIA H100 80GB HBM3","memory_mb":81559}], unknown fields left out.
+// [{"index":0,"name":"NVIDIA H100 80GB HBM3","memory_mib":81559}], unknown fields left out.
 nlohmann::json to_json(const std::vector<GpuInfo>& gpus);
 
 }  // namespace evald::worker

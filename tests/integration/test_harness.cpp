@@ -8,6 +8,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <fstream>
 
 #include "tests/integration/integration.hpp"
 
@@ -69,14 +70,28 @@ TEST_CASE("harness: exit codes, signals and stdout lines of a child", "[integrat
     CHECK(child.wait_exit(5s) == std::optional<int>(7));
     CHECK(evald::testing::file_tail(child.log_file(), 100) == "oops\n");
   }
-  SECTION("terminate, stop and resume") {
-    ChildProcess child(options("/bin/sleep", {"60"}, dir.path() / "sleep.log"));
-    CHECK(child.running());
+  SECTION("stop freezes, resume thaws, terminate ends") {
+    // The kernel's own word on the state ('T' = stopped), not a process that would not have
+    // exited anyway: a child that exits after 300 ms of sleep must outlive that while stopped.
+    const auto state_of = [](pid_t pid) {
+      std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+      std::string line;
+      std::getline(stat, line);
+      const auto close = line.rfind(')');
+      return close == std::string::npos || close + 2 >= line.size() ? '?' : line[close + 2];
+    };
+    ChildProcess child(options("/bin/sleep", {"0.3"}, dir.path() / "sleep.log"));
     child.stop();
-    CHECK(child.wait_exit(50ms) == std::nullopt);
+    REQUIRE(evald::testing::wait_until([&] { return state_of(child.pid()) == 'T'; }, 5s));
+    CHECK(child.wait_exit(800ms) == std::nullopt);  // would have exited by now if running
+    CHECK(state_of(child.pid()) == 'T');
     child.resume();
-    CHECK(child.terminate(5s) == 128 + SIGTERM);
-    CHECK_FALSE(child.running());
+    CHECK(child.wait_exit(5s) == std::optional<int>(0));
+
+    ChildProcess sleeper(options("/bin/sleep", {"60"}, dir.path() / "sleep60.log"));
+    CHECK(sleeper.running());
+    CHECK(sleeper.terminate(5s) == 128 + SIGTERM);
+    CHECK_FALSE(sleeper.running());
   }
   SECTION("a missing executable throws") {
     CHECK_THROWS(ChildProcess(options(dir.path() / "no-such-binary", {}, dir.path() / "x.log")));

@@ -3,7 +3,7 @@
 // campaign runs, loads deploy/prometheus/alerts.yml, and then every query of the Grafana
 // dashboard (deploy/grafana/dashboards/evald.json) must parse and return series, every alert
 // expression must parse, and the template variables must offer the campaign and its models.
-// Skipped, with a message, where Prometheus is not installed (scripts/setup.sh installs it).
+// Fails, naming the package, where Prometheus is not installed (scripts/setup.sh installs it).
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>

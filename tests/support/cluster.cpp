@@ -254,24 +254,48 @@ void Api::wait_for_workers(size_t count, std::chrono::milliseconds timeout) cons
   }
 }
 
-double Api::metric(const std::string& name) const {
+std::optional<double> Api::metric_if_declared(
+    const std::string& name, const std::map<std::string, std::string>& labels) const {
   const auto response = request("GET", "/metrics");
   if (response.status != 200) {
     throw std::runtime_error("expected 200: " + describe("GET", "/metrics", response));
   }
   double sum = 0;
+  bool declared = false;
+  const std::string type_line = "# TYPE " + name + " ";
   std::istringstream lines(response.body);
   std::string line;
   while (std::getline(lines, line)) {
+    if (line.compare(0, type_line.size(), type_line) == 0) declared = true;
     if (line.empty() || line[0] == '#' || line.compare(0, name.size(), name) != 0) continue;
     // "name 3" or "name{labels} 3", but not "name_suffix ..." of a longer family.
     if (line.size() == name.size() || (line[name.size()] != ' ' && line[name.size()] != '{')) {
       continue;
     }
     const auto space = line.rfind(' ');
-    sum += std::stod(line.substr(space + 1));
+    const std::string label_text = line.substr(name.size(), space - name.size());
+    bool matches = true;
+    for (const auto& [key, value] : labels) {
+      // Label values in the text format are quoted; a match on ',key="value"' or '{key="value"'
+      // cannot confuse a key with the tail of another key.
+      const std::string pair = key + "=\"" + value + "\"";
+      if (label_text.find("{" + pair) == std::string::npos &&
+          label_text.find("," + pair) == std::string::npos) {
+        matches = false;
+        break;
+      }
+    }
+    if (matches) sum += std::stod(line.substr(space + 1));
   }
+  if (!declared) return std::nullopt;
   return sum;
+}
+
+double Api::metric(const std::string& name,
+                   const std::map<std::string, std::string>& labels) const {
+  const auto value = metric_if_declared(name, labels);
+  if (!value) throw std::runtime_error("GET /metrics declares no metric family '" + name + "'");
+  return *value;
 }
 
 // --- Cluster -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -145,8 +146,15 @@ class Api {
   // Polls GET /v1/workers until `count` workers are connected.
   void wait_for_workers(size_t count,
                         std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
-  // Sum of every sample of a metric family in GET /metrics (all label sets); 0 if absent.
-  double metric(const std::string& name) const;
+  // Sum of the samples of a metric family in GET /metrics whose labels include every one of
+  // `labels` (all label sets when empty). A family the page does not declare (no "# TYPE name"
+  // line) throws, so a renamed metric fails a test instead of reading as 0; a declared family
+  // with no matching sample is 0.
+  double metric(const std::string& name,
+                const std::map<std::string, std::string>& labels = {}) const;
+  // The same, for polling until a family's first sample appears: nullopt while undeclared.
+  std::optional<double> metric_if_declared(
+      const std::string& name, const std::map<std::string, std::string>& labels = {}) const;
 
   const HttpUrl& url() const { return url_; }
 

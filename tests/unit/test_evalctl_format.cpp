@@ -205,8 +205,8 @@ TEST_CASE("workers table shows slots used/total, GPUs, labels and heartbeat age"
           "[unit][evalctl]") {
   const json workers = json::parse(R"({"workers": [
     {"name": "gpu-node-1", "state": "ready", "slots": 8, "running": 3,
-     "gpus": [{"index": 0, "name": "H100", "memory_mb": 81559},
-              {"index": 1, "name": "H100", "memory_mb": 81559}],
+     "gpus": [{"index": 0, "name": "H100", "memory_mib": 81559},
+              {"index": 1, "name": "H100", "memory_mib": 81559}],
      "labels": {"gpu": "h100", "zone": "a"}, "last_heartbeat_s": 0.42},
     {"name": "cpu-1", "state": "lost", "slots": 1, "running": [], "gpus": [], "labels": {},
      "last_heartbeat_s": 12}]})");

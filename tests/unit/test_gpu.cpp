@@ -30,12 +30,12 @@ TEST_CASE("nvidia-smi CSV is parsed into GPUs", "[unit][gpu]") {
   CHECK(gpus->at(0) == GpuInfo{0, "NVIDIA H100 80GB HBM3", 81559});
   CHECK(gpus->at(1).index == 1);
   CHECK(gpus->at(2).name == "NVIDIA A100-SXM4-40GB");
-  CHECK_FALSE(gpus->at(2).memory_mb.has_value());
+  CHECK_FALSE(gpus->at(2).memory_mib.has_value());
 
   const auto json = evald::worker::to_json(gpus.value());
   CHECK(json[0] ==
-        nlohmann::json{{"index", 0}, {"name", "NVIDIA H100 80GB HBM3"}, {"memory_mb", 81559}});
-  CHECK_FALSE(json[2].contains("memory_mb"));
+        nlohmann::json{{"index", 0}, {"name", "NVIDIA H100 80GB HBM3"}, {"memory_mib", 81559}});
+  CHECK_FALSE(json[2].contains("memory_mib"));
 
   // No GPUs at all is an empty answer, not an error.
   const auto none = evald::worker::parse_nvidia_smi_csv("");

@@ -35,7 +35,7 @@ TEST_CASE("hello and assign round-trip", "[unit][protocol]") {
   h.name = "gpu-node-1";
   h.instance = "abc";
   h.slots = 8;
-  h.gpus = nlohmann::json::array({{{"index", 0}, {"name", "H100"}, {"memory_mb", 81559}}});
+  h.gpus = nlohmann::json::array({{{"index", 0}, {"name", "H100"}, {"memory_mib", 81559}}});
   h.labels = {{"gpu", "h100"}};
   h.running = {5, 6};
   auto hello = decode(encode(Message{h}));

@@ -354,6 +354,41 @@ TEST_CASE("rerun of succeeded shards removes them from the aggregate", "[unit][s
   CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 4);
 }
 
+TEST_CASE("rerun --all while a shard still runs: its result counts once, old ones not at all",
+          "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(6, 2));  // 3 shards
+  REQUIRE(id.ok());
+  h.hello("w1", 3);
+  h.turn();
+  auto given = h.assignments("w1");
+  REQUIRE(given.size() == 3);
+  h.report("w1", given[0], true, 1.0);
+  h.report("w1", given[1], true, 1.0);
+  h.turn();  // shard 2 is still running
+  RerunSelector all;
+  all.failed_only = false;
+  auto requeued = h.scheduler->rerun(id.value(), all);
+  REQUIRE(requeued.ok());
+  CHECK(requeued.value() == 2);
+  const auto& cell = h.campaign(id.value()).groups[0].cell;
+  CHECK(cell.examples_scored == 0);
+  CHECK(cell.shards_succeeded == 0);
+  CHECK(cell.shards_total == 3);
+  h.report("w1", given[2], true, 0.0);  // the running shard finishes after the rerun
+  h.turn();
+  CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 2);
+  CHECK(h.campaign(id.value()).groups[0].cell.mean("accuracy").value() == Approx(0.0));
+  for (auto& a : h.assignments("w1")) h.report("w1", a, true, 1.0);
+  h.turn();
+  CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 6);
+  CHECK(h.campaign(id.value()).groups[0].cell.mean("accuracy").value() == Approx(2.0 / 3.0));
+  // What was committed agrees with memory: a restart reads the same aggregate.
+  h.open();
+  CHECK(h.campaign(id.value()).groups[0].cell.examples_scored == 6);
+  CHECK(h.campaign(id.value()).groups[0].cell.mean("accuracy").value() == Approx(2.0 / 3.0));
+}
+
 TEST_CASE("after a restart, running shards are reclaimed or queued again", "[unit][scheduler]") {
   Harness h;
   auto id = h.scheduler->submit(make_spec(4, 2));
@@ -499,14 +534,14 @@ CampaignSpec gpu_spec(const nlohmann::json& models, int examples = 4) {
   return spec.value();
 }
 
-void gpu_hello(Harness& h, const std::string& name, uint32_t slots, int gpus, int memory_mb,
+void gpu_hello(Harness& h, const std::string& name, uint32_t slots, int gpus, int memory_mib,
                nlohmann::json labels = nlohmann::json::object()) {
   protocol::Hello hello;
   hello.name = name;
   hello.instance = "i1";
   hello.slots = slots;
   for (int i = 0; i < gpus; ++i) {
-    hello.gpus.push_back({{"index", i}, {"name", "H100"}, {"memory_mb", memory_mb}});
+    hello.gpus.push_back({{"index", i}, {"name", "H100"}, {"memory_mib", memory_mib}});
   }
   hello.labels = std::move(labels);
   h.scheduler->on_message(name, hello);
@@ -733,6 +768,33 @@ TEST_CASE("a handed-back shard keeps its budget, but not forever", "[unit][sched
     if (round < 4) {
       CHECK(c.count(ShardState::kPending) == 1);  // queued again at once, no backoff
       CHECK(c.groups[0].shards[0].attempts == 0);
+    } else {
+      CHECK(c.count(ShardState::kFailed) == 1);
+      CHECK_THAT(h.scheduler->last_error(c, 0, 0), Catch::Contains("handed back too often"));
+    }
+  }
+}
+
+TEST_CASE("the free hand-backs are not renewed by a coordinator restart", "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(2, 2, /*max_attempts=*/1));
+  REQUIRE(id.ok());
+  // Two free hand-backs, then a restart, then the third (free) and the fourth (charged): the
+  // restart must not have reset the count, or the shard would circle forever across restarts.
+  for (int round = 1; round <= 4; ++round) {
+    if (round == 3) h.open();  // coordinator restart on the same store
+    const std::string name = "w" + std::to_string(round);
+    h.hello(name, 1);
+    h.turn();
+    auto a = h.assignments(name);
+    INFO("round " << round);
+    REQUIRE(a.size() == 1);
+    h.scheduler->on_message(name, protocol::Drain{});
+    h.scheduler->on_message(name, protocol::HandBack{{a[0].attempt_id}});
+    h.turn();
+    const Campaign& c = h.campaign(id.value());
+    if (round < 4) {
+      CHECK(c.count(ShardState::kPending) == 1);
     } else {
       CHECK(c.count(ShardState::kFailed) == 1);
       CHECK_THAT(h.scheduler->last_error(c, 0, 0), Catch::Contains("handed back too often"));

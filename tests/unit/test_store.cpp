@@ -1,4 +1,6 @@
 // Store: records round-trip through a real RocksDB directory and survive reopening.
+#include <rocksdb/db.h>
+
 #include <catch2/catch.hpp>
 
 #include "coordinator/store.hpp"
@@ -46,8 +48,9 @@ TEST_CASE("records round-trip through RocksDB and survive reopen", "[unit][store
   auto reopened = Store::open(dir.path() / "db");
   REQUIRE(reopened.ok());
   Store& store = *reopened.value();
-  CHECK(store.get_meta_u64("epoch") == 7u);
-  CHECK_FALSE(store.get_meta_u64("missing").has_value());
+  CHECK(store.get_meta_u64("epoch").value() == 7u);
+  REQUIRE(store.get_meta_u64("missing").ok());
+  CHECK_FALSE(store.get_meta_u64("missing").value().has_value());
   CHECK(store.get_samples(ShardKey{3, 1, 2}) == std::string(R"([{"id":1}])"));
 
   std::vector<std::pair<ShardKey, ShardRecord>> shards;
@@ -119,6 +122,57 @@ TEST_CASE("corrupt records are refused with the key named", "[unit][store]") {
   CHECK(decode_shard_record(bytes).ok());
   CHECK_FALSE(decode_attempt_record("junk").ok());
   CHECK_FALSE(decode_cell("junk").ok());
+}
+
+TEST_CASE("a corrupt record found by a scan is named by its key", "[unit][store]") {
+  evald::testing::TempDir dir("evald-store-keys");
+  {
+    auto opened = Store::open(dir.path() / "db");
+    REQUIRE(opened.ok());
+    Store::Batch batch;
+    batch.put_shard(ShardKey{1, 2, 3}, ShardRecord{});
+    batch.put_cell(1, 2, CellAggregate{});
+    REQUIRE(opened.value()->commit(batch).ok());
+  }
+  {
+    // The layout says: 's' + campaign + group + shard, 'g' + campaign + group, big-endian u32s.
+    // Overwrite exactly those keys with junk; if the key naming were wrong these writes would
+    // land elsewhere and the scans below would still succeed.
+    rocksdb::DB* raw = nullptr;
+    REQUIRE(rocksdb::DB::Open(rocksdb::Options(), (dir.path() / "db").string(), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    const std::string shard_key("s\0\0\0\x01\0\0\0\x02\0\0\0\x03", 13);
+    const std::string cell_key("g\0\0\0\x01\0\0\0\x02", 9);
+    REQUIRE(db->Put(rocksdb::WriteOptions(), shard_key, "\x09junk").ok());
+    REQUIRE(db->Put(rocksdb::WriteOptions(), cell_key, "junk").ok());
+  }
+  auto opened = Store::open(dir.path() / "db");
+  REQUIRE(opened.ok());
+  const auto shards = opened.value()->scan_shards(std::nullopt, [](auto&, auto&) {});
+  REQUIRE_FALSE(shards.ok());
+  CHECK_THAT(shards.error().message, Catch::Contains("at key 73000000010000000200000003"));
+  const auto cells = opened.value()->scan_cells([](auto, auto, auto&) {});
+  REQUIRE_FALSE(cells.ok());
+  CHECK_THAT(cells.error().message, Catch::Contains("at key 670000000100000002"));
+}
+
+TEST_CASE("shard records keep hand-backs; version 1 records still decode", "[unit][store]") {
+  ShardRecord rec;
+  rec.state = ShardState::kPending;
+  rec.attempt_id = 42;
+  rec.hand_backs = 2;
+  auto decoded = decode_shard_record(encode(rec));
+  REQUIRE(decoded.ok());
+  CHECK(decoded.value().hand_backs == 2);
+  CHECK(decoded.value().attempt_id == 42);
+  // A version 1 record is the version 2 encoding without the trailing u32 and with byte 0 = 1.
+  std::string v1 = encode(rec);
+  v1.resize(v1.size() - 4);
+  v1[0] = 1;
+  auto old = decode_shard_record(v1);
+  REQUIRE(old.ok());
+  CHECK(old.value().hand_backs == 0);
+  CHECK(old.value().attempt_id == 42);
 }
 
 TEST_CASE("a data dir that cannot be created is a clear error", "[unit][store]") {

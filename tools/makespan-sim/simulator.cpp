@@ -176,9 +176,10 @@ class Simulation {
         hello.name = w.name;
         hello.instance = "sim";
         hello.slots = w.slots;
-        const auto memory_mb = static_cast<int64_t>(group.gpu_memory_gb * 1024.0);
+        // A node of "80 GB" GPUs reports at least what an 80 GB request needs (vendor GB).
+        const int64_t memory_mib = coordinator::required_gpu_memory_mib(group.gpu_memory_gb);
         for (uint32_t g = 0; g < group.gpus_per_worker; ++g) {
-          hello.gpus.push_back({{"index", g}, {"name", "simulated"}, {"memory_mb", memory_mb}});
+          hello.gpus.push_back({{"index", g}, {"name", "simulated"}, {"memory_mib", memory_mib}});
         }
         hello.labels = group.labels;
         scheduler_.on_message(w.name, std::move(hello));
