@@ -63,10 +63,10 @@ struct SchedulerOptions {
   std::chrono::milliseconds restart_grace{10000};
   // How long a finished campaign keeps its Prometheus series; then they are removed so /metrics
   // stays bounded however many campaigns have run. A rerun brings them back.
-  std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)  // Where the attempt sequence of each epoch starts (0 = ids start at epoch << 32 | 1). Only tests
+  std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
+  // Where the attempt sequence of each epoch starts (0 = ids start at epoch << 32 | 1). Only tests
   // change it, to reach the wrap of the 32-bit sequence without four billion leases.
   uint32_t first_attempt_seq = 0;
-};
 };
 
 // What a result, a stale record and a HELLO may make the coordinator keep.
