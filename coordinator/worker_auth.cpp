@@ -32,7 +32,9 @@ bool PeerLogLimit::allow(const std::string& peer, std::chrono::steady_clock::tim
 void count_auth_failure(Metrics& metrics, PeerLogLimit& log_limit, const std::string& reason,
                         const std::string& peer, const std::string& detail) {
   metrics.worker_auth_failures.Add({{"reason", reason}}).Increment();
-  if (log_limit.allow(peer, std::chrono::steady_clock::now())) {
+  // Per reason too: one peer address (a NAT, a node running several workers) may be refused for
+  // different reasons, and each deserves its line.
+  if (log_limit.allow(reason + " " + peer, std::chrono::steady_clock::now())) {
     spdlog::warn("worker refused reason={} peer={} {} (logged once per peer and minute)", reason,
                  peer, detail);
   }

@@ -45,7 +45,7 @@ class PeerLogLimit {
 };
 
 // Counts a refused worker connection in evald_worker_auth_failures_total{reason} and logs it
-// (rate-limited per peer). Thread-safe.
+// (at most once per reason, peer address and minute). Thread-safe.
 void count_auth_failure(Metrics& metrics, PeerLogLimit& log_limit, const std::string& reason,
                         const std::string& peer, const std::string& detail);
 
