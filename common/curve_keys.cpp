@@ -128,16 +128,16 @@ Result<WorkerKeys> parse_worker_keys(std::string_view text, const std::string& s
     std::string_view line = text.substr(start, end - start);
     start = end + 1;
     ++line_no;
-    if (const auto hash = line.find('#'); hash != std::string_view::npos) {
-      line = line.substr(0, hash);
-    }
+    // '#' is a Z85 character, so it starts a comment only where a name or a third field would
+    // start: at the beginning of a line or of the field after the key.
     std::istringstream fields{std::string(line)};
     std::string name;
     std::string key;
     std::string extra;
-    if (!(fields >> name)) continue;  // blank or comment only
+    if (!(fields >> name) || name.starts_with('#')) continue;  // blank or comment only
     const std::string where = source + ":" + std::to_string(line_no);
-    if (!(fields >> key) || (fields >> extra)) {
+    if (!(fields >> key) || key.starts_with('#') ||
+        ((fields >> extra) && !extra.starts_with('#'))) {
       return make_error(where + ": expected 'NAME PUBLIC_KEY_Z85'");
     }
     if (!is_z85_key(key)) {

@@ -443,10 +443,11 @@ TEST_CASE("security: evalctl keygen writes usable keys and never overwrites one"
   std::ofstream(dir.path() / "worker-keys")
       << "gpu-node-1 " << read_text(worker_prefix + ".public");
   fs::create_directories(dir.path() / "logs");
-  Coordinator coordinator(
-      dir.path() / "data", dir.path() / "logs" / "coordinator.log",
-      CoordinatorOptions{.extra_args = {"--curve-secret", prefix + ".secret", "--worker-keys",
-                                        (dir.path() / "worker-keys").string()}});
+  CoordinatorOptions coordinator_options;
+  coordinator_options.extra_args = {"--curve-secret", prefix + ".secret", "--worker-keys",
+                                    (dir.path() / "worker-keys").string()};
+  Coordinator coordinator(dir.path() / "data", dir.path() / "logs" / "coordinator.log",
+                          coordinator_options);
   WorkerOptions options;
   options.name = "gpu-node-1";
   options.extra_args = {"--curve-secret", worker_prefix + ".secret", "--coordinator-key",

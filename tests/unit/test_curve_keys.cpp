@@ -94,6 +94,12 @@ TEST_CASE("curve keys: the worker allowlist", "[unit]") {
   CHECK(parsed->name_by_key.at(key1) == "gpu-1");
   CHECK(parsed->name_by_key.at(key2) == "gpu-2");
   CHECK(evald::parse_worker_keys("", "empty").value().name_by_key.empty());
+  // '#' is a Z85 character: inside a key it is not a comment.
+  const std::string hashed = "a#cdefghij0123456789ABCDEFGHIJ0123456789";
+  REQUIRE(evald::is_z85_key(hashed));
+  CHECK(evald::parse_worker_keys("gpu-3 " + hashed + " #note\n#gpu-4 " + key1, "k")
+            .value()
+            .name_by_key.at(hashed) == "gpu-3");
 
   auto error_of = [](const std::string& text) {
     auto result = evald::parse_worker_keys(text, "keys.txt");
