@@ -71,7 +71,9 @@ std::vector<std::string> worker_names(const Api& api) {
 
 // A worker process must never have taken work: no WELCOME, no CAMPAIGN, no ASSIGN in its log.
 void check_never_served(const fs::path& log) {
+  REQUIRE(fs::exists(log));
   const auto text = read_text(log);
+  CHECK_THAT(text, Catch::Contains("worker_started"));  // the right file, and it did run
   INFO("worker log " << log << ":\n" << text);
   CHECK(text.find("welcome") == std::string::npos);
   CHECK(text.find("campaign_received") == std::string::npos);
@@ -172,8 +174,8 @@ TEST_CASE("security: a worker whose key is not allowed never gets work",
   check_results(api.results(id), kModels, kBenchmarks);
   for (const auto& s : api.shards(id).at("shards")) CHECK(s.at("worker") == "w1");
   CHECK(worker_names(api) == std::vector<std::string>{"w1"});
-  check_never_served(cluster.log_dir() / "rogue.log");
-  CHECK_THAT(read_text(cluster.log_dir() / "rogue.log"),
+  check_never_served(cluster.log_dir() / "worker-rogue.log");
+  CHECK_THAT(read_text(cluster.log_dir() / "worker-rogue.log"),
              Catch::Contains("coordinator_handshake_failed"));
   CHECK_THAT(read_text(cluster.log_dir() / "coordinator.log"),
              Catch::Contains("reason=unknown_key"));
@@ -195,7 +197,7 @@ TEST_CASE("security: an allowed key under another worker's name is refused",
   api.wait_for_state(id, "succeeded", 45s);
   check_results(api.results(id), kModels, kBenchmarks);
   CHECK(worker_names(api) == std::vector<std::string>{"w1"});
-  check_never_served(cluster.log_dir() / "impostor.log");
+  check_never_served(cluster.log_dir() / "worker-impostor.log");
   CHECK_THAT(read_text(cluster.log_dir() / "coordinator.log"),
              Catch::Contains("hello_name=impostor key_name=w2"));
 }
@@ -217,10 +219,10 @@ TEST_CASE("security: a worker pinning another coordinator key runs nothing",
   for (const auto& s : api.shards(id).at("shards")) CHECK(s.at("worker") == "w1");
   CHECK(worker_names(api) == std::vector<std::string>{"w1"});
   REQUIRE(eventually([&] {
-    return read_text(cluster.log_dir() / "w2.log").find("coordinator_handshake_failed") !=
+    return read_text(cluster.log_dir() / "worker-w2.log").find("coordinator_handshake_failed") !=
            std::string::npos;
   }));
-  check_never_served(cluster.log_dir() / "w2.log");
+  check_never_served(cluster.log_dir() / "worker-w2.log");
 }
 
 TEST_CASE("security: a second connection cannot take over or drain a busy worker",
