@@ -1,8 +1,11 @@
 // The coordinator <-> worker wire protocol. This header is the one place every message is defined.
 //
-// Transport: the coordinator binds a ZeroMQ ROUTER, each worker connects a DEALER whose routing id
-// is the worker's name. Every message is a single frame (plus the routing-id frame the ROUTER
-// adds):
+// Transport: the coordinator binds a ZeroMQ ROUTER, each worker connects a DEALER. The ROUTER
+// gives every connection its own routing id; the worker's name travels in HELLO, which binds the
+// name to that connection (with CURVE, the name must be the one the coordinator's allowlist binds
+// to the worker's public key). Anything but HELLO from a connection that is not a name's current
+// one changes nothing and is answered with REHELLO. Every message is a single frame (plus the
+// routing-id frame the ROUTER adds), at most the coordinator's --max-message-bytes (8 MiB):
 //
 //   byte 0..1  magic "EV"
 //   byte 2     protocol version (kProtocolVersion); other versions are refused with a log line

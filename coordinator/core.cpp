@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #include <cerrno>
 #include <stdexcept>
@@ -14,6 +15,13 @@ namespace {
 // Bounds one turn, so HTTP answers and heartbeats are never starved by a flood of results.
 constexpr int kMaxMessagesPerTurn = 4096;
 constexpr auto kIdlePoll = std::chrono::milliseconds(50);
+constexpr int kReceiveHighWaterMark = 1000;
+
+// The peer's address for logs ("127.0.0.1"), from the frame's connection metadata.
+std::string peer_address(const zmq::message_t& frame) {
+  const char* address = zmq_msg_gets(frame.handle(), "Peer-Address");
+  return address == nullptr ? std::string("unknown") : std::string(address);
+}
 
 }  // namespace
 
@@ -31,15 +39,30 @@ Core::Core(const CoreOptions& options, Store& store, Scheduler& scheduler, Api& 
       api_(api),
       metrics_(metrics),
       context_(1),
-      router_(context_, zmq::socket_type::router) {
-  // A send to a vanished worker must fail loudly, a reconnecting worker must take over its route,
-  // and a hostile or broken peer must not make us allocate without bound.
+      zap_(options.curve ? std::make_unique<ZapHandler>(context_, options.curve->worker_keys,
+                                                        metrics, log_limit_)
+                         : nullptr),
+      router_(context_, zmq::socket_type::router),
+      curve_(options.curve.has_value()) {
+  // A send to a vanished connection must fail loudly. No handover: a routing id is ZeroMQ's own
+  // per connection, never a name a peer could claim (names are bound by HELLO, see core.hpp).
+  // A hostile or broken peer must not make us allocate without bound: MAXMSGSIZE drops its
+  // connection on an oversized frame, and the receive high-water mark bounds what one connection
+  // can queue. 1000 messages (the libzmq default, and the worker's own send limit) is hundreds of
+  // turns of an honest worker's traffic, which coalesces its results into one frame per loop
+  // turn; past it libzmq stops reading that one connection, so TCP pushes back on the flooder
+  // alone, and an honest worker that outran us resends what was not ACKed.
   router_.set(zmq::sockopt::router_mandatory, 1);
-  router_.set(zmq::sockopt::router_handover, 1);
+  router_.set(zmq::sockopt::router_handover, 0);
   router_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options.max_message_bytes));
   router_.set(zmq::sockopt::sndhwm, 0);
-  router_.set(zmq::sockopt::rcvhwm, 0);
+  router_.set(zmq::sockopt::rcvhwm, kReceiveHighWaterMark);
   router_.set(zmq::sockopt::linger, 1000);
+  if (options.curve) {
+    router_.set(zmq::sockopt::curve_server, 1);
+    router_.set(zmq::sockopt::curve_secretkey, options.curve->secret_z85);
+    router_.set(zmq::sockopt::zap_domain, "evald-workers");
+  }
   try {
     router_.bind(zmq_bind_address(options.bind));
   } catch (const zmq::error_t& e) {
@@ -63,22 +86,44 @@ void Core::post(HttpRequest request, HttpRespond respond) {
   [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
 }
 
-void Core::send_to(const std::string& identity, const protocol::Message& message) {
+void Core::count_dropped(const char* reason) {
+  auto& counter = dropped_by_reason_[reason];
+  if (counter == nullptr) counter = &metrics_.messages_dropped.Add({{"reason", reason}});
+  counter->Increment();
+}
+
+void Core::send_to(const std::string& name, const protocol::Message& message) {
+  const std::string* connection = connections_.connection_of(name);
+  if (connection == nullptr) {
+    // Only a name that never said HELLO on this coordinator has none; the scheduler addresses
+    // workers it knows from a HELLO, so this is a bug's symptom rather than a peer's doing.
+    count_dropped("no_connection");
+    spdlog::warn("no connection for worker; message dropped worker={} type={}", name,
+                 protocol::to_string(protocol::type_of(message)));
+    return;
+  }
+  send_on(*connection, name, message);
+}
+
+void Core::send_on(const std::string& connection, const std::string& who,
+                   const protocol::Message& message) {
   const auto payload = protocol::encode(message);
   const auto type = static_cast<size_t>(protocol::type_of(message));
   try {
     auto sent =
-        router_.send(zmq::buffer(identity), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+        router_.send(zmq::buffer(connection), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
     if (sent) sent = router_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
     if (!sent) {
-      spdlog::warn("send to worker would block; message dropped worker={} type={}", identity,
+      count_dropped("would_block");
+      spdlog::warn("send to worker would block; message dropped worker={} type={}", who,
                    protocol::to_string(protocol::type_of(message)));
       return;
     }
   } catch (const zmq::error_t& e) {
-    // EHOSTUNREACH: the worker is not connected now. It will HELLO again when it is, and every
-    // state change this message carried is already durable.
-    spdlog::debug("worker unreachable worker={} type={} error=\"{}\"", identity,
+    // EHOSTUNREACH: the connection is gone. The worker will HELLO again on its next one, and
+    // every state change this message carried is already durable.
+    count_dropped("unreachable");
+    spdlog::debug("worker unreachable worker={} type={} error=\"{}\"", who,
                   protocol::to_string(protocol::type_of(message)), e.what());
     return;
   }
@@ -101,22 +146,90 @@ void Core::read_messages() {
       if (!router_.recv(frame, zmq::recv_flags::dontwait)) break;
       frames.push_back(std::move(frame));
     }
-    const std::string who = identity.to_string();
-    if (frames.size() != 1) {
-      metrics_.messages_malformed.Increment();
-      spdlog::warn("dropped malformed message worker={} reason=\"expected 1 frame, got {}\"", who,
-                   frames.size());
-      continue;
-    }
-    auto decoded = protocol::decode(frames[0].to_string_view());
-    if (!decoded.ok()) {
-      metrics_.messages_malformed.Increment();
-      spdlog::warn("dropped malformed message worker={} bytes={} reason=\"{}\"", who,
-                   frames[0].size(), decoded.error().message);
-      continue;
-    }
-    scheduler_.on_message(who, std::move(decoded.value()));
+    on_frames(identity.to_string(), frames);
   }
+}
+
+void Core::on_frames(const std::string& connection, std::vector<zmq::message_t>& frames) {
+  const std::string* bound = connections_.name_of(connection);
+  const std::string who = bound != nullptr ? *bound : "conn-" + printable_routing_id(connection);
+  if (frames.size() != 1) {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn("dropped malformed message worker={} reason=\"expected 1 frame, got {}\"", who,
+                 frames.size());
+    return;
+  }
+  auto decoded = protocol::decode(frames[0].to_string_view());
+  if (!decoded.ok()) {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn("dropped malformed message worker={} bytes={} reason=\"{}\"", who,
+                 frames[0].size(), decoded.error().message);
+    return;
+  }
+  auto& message = decoded.value();
+  if (auto* hello = std::get_if<protocol::Hello>(&message)) {
+    if (hello->name.empty()) {
+      metrics_.messages_malformed.Increment();
+      spdlog::warn("dropped malformed message worker={} reason=\"hello without a name\"", who);
+      return;
+    }
+    if (curve_) {
+      // The name the ZAP handler bound to the peer's key; a worker is what its key says.
+      const char* user_id = zmq_msg_gets(frames[0].handle(), "User-Id");
+      if (user_id == nullptr || hello->name != user_id) {
+        count_auth_failure(metrics_, log_limit_, "name_mismatch", peer_address(frames[0]),
+                           fmt::format("hello_name={} key_name={}", hello->name,
+                                       user_id == nullptr ? "" : user_id));
+        return;
+      }
+    }
+    const std::string name = hello->name;
+    if (const std::string* previous = connections_.connection_of(name);
+        previous != nullptr && *previous != connection) {
+      spdlog::info("worker connection replaced worker={} connection={} previous={}", name,
+                   printable_routing_id(connection), printable_routing_id(*previous));
+    }
+    connections_.bind(name, connection);
+    scheduler_.on_message(name, std::move(message));
+    return;
+  }
+  if (bound == nullptr) {
+    reject_unbound(connection, frames[0], message);
+    return;
+  }
+  scheduler_.on_message(*bound, std::move(message));
+}
+
+void Core::reject_unbound(const std::string& connection, const zmq::message_t& frame,
+                          const protocol::Message& message) {
+  const auto type = protocol::type_of(message);
+  const std::string who = "conn-" + printable_routing_id(connection);
+  const char* reason = nullptr;
+  double rejected = 1;
+  if (const auto* results = std::get_if<protocol::Results>(&message)) {
+    reason = "unknown_connection";
+    rejected = static_cast<double>(results->results.size());
+  } else if (std::holds_alternative<protocol::Drain>(message)) {
+    reason = "unknown_connection_drain";
+  } else if (std::holds_alternative<protocol::HandBack>(message)) {
+    reason = "unknown_connection_hand_back";
+  } else if (!std::holds_alternative<protocol::Heartbeat>(message)) {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn("dropped message worker={} reason=\"{} is not a worker-to-coordinator message\"",
+                 who, protocol::to_string(type));
+    return;
+  }
+  if (reason != nullptr) {
+    metrics_.results_rejected.Add({{"reason", reason}}).Increment(rejected);
+    if (log_limit_.allow(peer_address(frame), std::chrono::steady_clock::now())) {
+      spdlog::warn(
+          "message from a connection that is no worker's rejected type={} reason={} "
+          "connection={} peer={} (logged once per peer and minute)",
+          protocol::to_string(type), reason, who, peer_address(frame));
+    }
+  }
+  // A legitimate worker gets here only if its HELLO was lost or replaced; it says HELLO again.
+  send_on(connection, who, protocol::ReHello{});
 }
 
 void Core::commit_and_send(std::vector<PendingHttp>& reads,
@@ -137,7 +250,7 @@ void Core::commit_and_send(std::vector<PendingHttp>& reads,
         std::chrono::duration<double>(store_.last_commit_latency()).count());
   }
   scheduler_.outgoing().drain(
-      [this](const std::string& identity, const protocol::Message& m) { send_to(identity, m); });
+      [this](const std::string& name, const protocol::Message& m) { send_to(name, m); });
   for (auto& [respond, response] : answers) respond(std::move(response));
   answers.clear();
   for (auto& read : reads) read.respond(api_.handle(read.request));

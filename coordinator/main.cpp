@@ -11,10 +11,10 @@ int main(int argc, char** argv) {
   evald::po::options_description options("evald-coordinator options");
   options.add_options()("data-dir", value<std::string>()->default_value("./evald-data"),
                         "RocksDB directory (created if missing)")(
-      "bind", value<std::string>()->default_value("tcp://0.0.0.0:5555"),
-      "ZeroMQ endpoint for workers; port 0 picks a free port")(
-      "http", value<std::string>()->default_value("127.0.0.1:8080"),
-      "HTTP API and /metrics address; port 0 picks a free port")(
+      "bind", value<std::string>()->default_value("tcp://127.0.0.1:5555"),
+      "ZeroMQ endpoint for workers; port 0 picks a free port; beyond loopback it needs "
+      "--curve-secret or --insecure")("http", value<std::string>()->default_value("127.0.0.1:8080"),
+                                      "HTTP API and /metrics address; port 0 picks a free port")(
       "heartbeat-ms", value<int64_t>()->default_value(1000), "heartbeat interval to workers")(
       "worker-timeout-ms", value<int64_t>()->default_value(5000),
       "a worker silent this long is lost and its shards are queued again")(
@@ -27,9 +27,13 @@ int main(int argc, char** argv) {
       "finished-campaign-metrics-ms", value<int64_t>()->default_value(600000),
       "a finished campaign's /metrics series are removed this long after it ends")(
       "max-body-bytes", value<int64_t>()->default_value(16 << 20),
-      "largest HTTP request body; larger gets 413")("max-message-bytes",
-                                                    value<int64_t>()->default_value(64 << 20),
-                                                    "largest worker message accepted")(
+      "largest HTTP request body; larger gets 413")(
+      "max-message-bytes", value<int64_t>()->default_value(8 << 20),
+      "largest worker message accepted; a peer that sends more is disconnected")(
+      "curve-secret", value<std::string>()->value_name("FILE"),
+      "the coordinator's CURVE secret key (Z85): workers must authenticate (needs --worker-keys)")(
+      "worker-keys", value<std::string>()->value_name("FILE"),
+      "workers allowed to connect, one 'NAME PUBLIC_KEY_Z85' per line ('#' comments)")(
       "insecure", evald::po::bool_switch(),
       "start even without keys and tokens on a non-loopback address (logs a warning)")(
       "log-level", value<std::string>()->default_value("info"),
@@ -81,8 +85,14 @@ int main(int argc, char** argv) {
   config.max_body_bytes = static_cast<size_t>(body);
   config.max_message_bytes = static_cast<size_t>(message);
   config.insecure = v["insecure"].as<bool>();
+  if (v.count("curve-secret") > 0) config.curve_secret_file = v["curve-secret"].as<std::string>();
+  if (v.count("worker-keys") > 0) config.worker_keys_file = v["worker-keys"].as<std::string>();
   if (!evald::init_logging("evald-coordinator", v["log-level"].as<std::string>())) {
     std::cerr << "evald-coordinator: --log-level: unknown level\n";
+    return evald::kExitUsage;
+  }
+  if (auto loaded = evald::coordinator::load_worker_security(config); !loaded.ok()) {
+    std::cerr << "evald-coordinator: " << loaded.error().message << '\n';
     return evald::kExitUsage;
   }
   return evald::coordinator::run_coordinator(config);

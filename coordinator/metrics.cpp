@@ -134,6 +134,12 @@ Metrics::Metrics()
                                .Name("evald_worker_auth_failures_total")
                                .Help("Worker connections refused by authentication, by reason")
                                .Register(*registry)),
+      messages_dropped(BuildCounter()
+                           .Name("evald_messages_dropped_total")
+                           .Help("Messages to workers the core could not hand to ZeroMQ, by "
+                                 "reason: would_block, unreachable (connection gone), "
+                                 "no_connection (the worker has none)")
+                           .Register(*registry)),
       http_requests(BuildCounter()
                         .Name("evald_http_requests_total")
                         .Help("HTTP requests by route and status")

@@ -63,6 +63,10 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& hello_items_dropped;
   // Worker connections refused during or right after the CURVE handshake. {reason}
   prometheus::Family<prometheus::Counter>& worker_auth_failures;
+  // Messages for workers dropped by the core: {reason=would_block|unreachable|no_connection}.
+  // Harmless for correctness (every state change they carried is durable and the worker asks
+  // again on reconnect), but a steady rate means a worker cannot keep up or keeps vanishing.
+  prometheus::Family<prometheus::Counter>& messages_dropped;
   prometheus::Family<prometheus::Counter>& http_requests;  // {route,status}
   prometheus::Gauge& queue_ready;
   prometheus::Gauge& turn_seconds_max;

@@ -213,7 +213,7 @@ const char* to_string(WorkerState state);
 
 struct WorkerInfo {
   uint32_t index = 0;
-  std::string name;  // also its ZeroMQ routing id
+  std::string name;  // from HELLO; the core maps it to the connection (core.hpp)
   std::string instance;
   WorkerState state = WorkerState::kConnected;
   uint32_t slots = 1;

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "common/clock.hpp"
+#include "common/curve_keys.hpp"
 #include "common/http_server.hpp"
 #include "common/sd_notify.hpp"
 #include "common/signal_pipe.hpp"
@@ -17,6 +18,33 @@
 #include "coordinator/store.hpp"
 
 namespace evald::coordinator {
+
+Status load_worker_security(CoordinatorConfig& config) {
+  config.curve.reset();
+  if (config.curve_secret_file.empty()) {
+    if (!config.worker_keys_file.empty()) {
+      return make_error("--worker-keys needs --curve-secret (the coordinator's own secret key)");
+    }
+    if (!config.insecure && !is_loopback_endpoint(config.bind)) {
+      return make_error("--bind " + config.bind +
+                        " is reachable from other hosts: add --curve-secret FILE and "
+                        "--worker-keys FILE so only your workers can connect (create keys with "
+                        "'evalctl keygen'), or --insecure to accept anyone who can reach it");
+    }
+    return Ok{};
+  }
+  if (config.worker_keys_file.empty()) {
+    return make_error(
+        "--curve-secret needs --worker-keys FILE: the workers allowed to connect, one "
+        "'NAME PUBLIC_KEY_Z85' per line");
+  }
+  auto secret = read_key_file(config.curve_secret_file, "--curve-secret", /*secret=*/true);
+  if (!secret.ok()) return secret.error();
+  auto keys = read_worker_keys(config.worker_keys_file);
+  if (!keys.ok()) return keys.error();
+  config.curve = CurveServerOptions{std::move(secret.value()), std::move(keys.value())};
+  return Ok{};
+}
 
 int run_coordinator(const CoordinatorConfig& config) {
   spdlog::debug(
@@ -49,7 +77,20 @@ int run_coordinator(const CoordinatorConfig& config) {
       return 1;
     }
     Api api(scheduler, metrics);
-    Core core(CoreOptions{.bind = config.bind, .max_message_bytes = config.max_message_bytes},
+    if (config.curve) {
+      auto public_key = curve_public_key(config.curve->secret_z85);
+      spdlog::info("worker socket uses CURVE public_key={} workers_allowed={}",
+                   public_key.ok() ? public_key.value() : "?",
+                   config.curve->worker_keys.name_by_key.size());
+    } else if (!is_loopback_endpoint(config.bind)) {
+      spdlog::warn(
+          "insecure: worker socket open to anyone who can reach it, without authentication or "
+          "encryption bind={} (add --curve-secret and --worker-keys)",
+          config.bind);
+    }
+    Core core(CoreOptions{.bind = config.bind,
+                          .max_message_bytes = config.max_message_bytes,
+                          .curve = config.curve},
               store, scheduler, api, metrics);
     HttpServer http(
         config.http, config.max_body_bytes,

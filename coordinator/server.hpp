@@ -4,13 +4,17 @@
 
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <string>
+
+#include "common/result.hpp"
+#include "coordinator/worker_auth.hpp"
 
 namespace evald::coordinator {
 
 struct CoordinatorConfig {
   std::string data_dir = "./evald-data";
-  std::string bind = "tcp://0.0.0.0:5555";
+  std::string bind = "tcp://127.0.0.1:5555";
   std::string http = "127.0.0.1:8080";
   std::chrono::milliseconds heartbeat{1000};
   std::chrono::milliseconds worker_timeout{5000};
@@ -19,11 +23,21 @@ struct CoordinatorConfig {
   std::chrono::milliseconds forget_lost_workers_after{std::chrono::hours(1)};
   std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
   size_t max_body_bytes = 16u << 20;
-  size_t max_message_bytes = 64u << 20;
+  // Results travel in frames well under this (the worker splits them at 4 MiB).
+  size_t max_message_bytes = 8u << 20;
+  // CURVE on the worker socket (--curve-secret, --worker-keys), loaded by load_worker_security.
+  std::string curve_secret_file;
+  std::string worker_keys_file;
+  std::optional<CurveServerOptions> curve;
   // Start even where protected mode would refuse (a non-loopback --http without --api-tokens, a
   // non-loopback --bind without --curve-secret); a warning is logged at every start.
   bool insecure = false;
 };
+
+// Reads the key files named in `config` into config.curve and applies protected mode to the
+// worker socket. An error names the flag and the file, or says which flags to add; main() prints
+// it and exits 2.
+Status load_worker_security(CoordinatorConfig& config);
 
 // Returns the process exit code: 0 after a graceful stop, 1 on a runtime failure (the reason is
 // logged: data dir unusable, port taken, store failure).

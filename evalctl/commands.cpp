@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "common/cli_options.hpp"
+#include "common/curve_keys.hpp"
 #include "common/http_client.hpp"
 #include "common/json_limits.hpp"
 #include "common/spec.hpp"
@@ -57,6 +58,8 @@ constexpr CommandInfo kCommands[] = {
     {"workers", "workers", "connected workers: slots, GPUs, heartbeat, shards"},
     {"independence", "independence A B [--alpha P]",
      "is one safetensors checkpoint derived from another? (local files, no server)"},
+    {"keygen", "keygen PREFIX [--force]",
+     "write a CURVE key pair for the worker socket: PREFIX.secret (0600) and PREFIX.public"},
 };
 
 const CommandInfo* find_command(const std::string& name) {
@@ -119,6 +122,12 @@ void describe_command(const std::string& name, CommandSpec& spec) {
         "hidden units of A sampled per tensor and matched against all units of B (more: slower, "
         "more power)")("threads", po::value<unsigned>()->default_value(2)->value_name("T"),
                        "threads for the matching");
+    return;
+  }
+  if (name == "keygen") {
+    spec.hidden.add_options()("prefix", po::value<std::string>(), "");
+    spec.positional.add("prefix", 1);
+    spec.visible.add_options()("force", "replace existing key files (the old key stops working)");
     return;
   }
   spec.hidden.add_options()("id", po::value<std::string>(), "");
@@ -443,6 +452,34 @@ HttpUrl resolve_server(const po::variables_map& values, const Environment& envir
   return parsed.value();
 }
 
+// Local only: a key pair for `--curve-secret` / `--worker-keys` / `--coordinator-key`.
+int keygen(const std::string& prefix, bool force, bool as_json, std::ostream& out,
+           std::ostream& err) {
+  const auto keys = generate_curve_key_pair();
+  if (auto written = write_key_pair(prefix, keys, force); !written.ok()) {
+    err << "evalctl: keygen: " << written.error().message << "\n";
+    return kExitFailure;
+  }
+  const std::string name = std::filesystem::path(prefix).filename().string();
+  if (as_json) {
+    out << json{{"public_key", keys.public_z85},
+                {"secret_file", prefix + ".secret"},
+                {"public_file", prefix + ".public"}}
+               .dump()
+        << "\n";
+    return kExitOk;
+  }
+  out << keys.public_z85 << "\n\n"
+      << "Wrote " << prefix << ".secret (mode 0600; give it only to the daemon it belongs to) and "
+      << prefix << ".public.\n"
+      << "For a worker, add this line to the coordinator's --worker-keys file (NAME must be the "
+         "worker's --name):\n  "
+      << name << " " << keys.public_z85 << "\n"
+      << "For the coordinator, give " << prefix
+      << ".public to every worker as --coordinator-key.\n";
+  return kExitOk;
+}
+
 int run_command(const CommandInfo& info, const std::vector<std::string>& args,
                 const po::variables_map& global, bool help, std::ostream& out, std::ostream& err,
                 const Environment& environment) {
@@ -456,6 +493,10 @@ int run_command(const CommandInfo& info, const std::vector<std::string>& args,
   const std::string name = info.name;
   // Local work on files: no server to resolve.
   if (name == "independence") return independence(values, global.count("json") > 0, out, err);
+  if (name == "keygen") {
+    return keygen(require_positional(info, values, "prefix", "PREFIX"), values.count("force") > 0,
+                  global.count("json") > 0, out, err);
+  }
   Context context{resolve_server(global, environment), global.count("json") > 0,
                   environment.stdout_is_tty, out, err};
 

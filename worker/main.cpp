@@ -46,6 +46,15 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   init_logging("evald-worker", config->log_level);
+  if (auto keys = worker::load_curve_keys(config.value()); !keys.ok()) {
+    std::cerr << "evald-worker: " << keys.error().message << '\n';
+    return kExitUsage;
+  }
+  if (!config->curve) {
+    spdlog::info(
+        "curve_off note=\"the coordinator is not authenticated; use --curve-secret and "
+        "--coordinator-key beyond one trusted host\"");
+  }
   SignalPipe signals;  // before GPU discovery, which can take seconds: a SIGTERM then still drains
   config->gpus = worker::resolve_gpus(config->gpu_selection);
   spdlog::debug("config {}", worker::to_json(*config).dump());

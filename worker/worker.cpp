@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <variant>
 
@@ -46,7 +47,9 @@ using SteadyTime = std::chrono::steady_clock::time_point;
 
 constexpr int kMaxFramesPerTurn = 4096;
 constexpr size_t kMaxResultsPerMessage = 4096;
-constexpr size_t kMaxResultBytesPerMessage = size_t{8} << 20;
+// Half the coordinator's default --max-message-bytes (8 MiB; a bigger frame gets the connection
+// dropped), so the rough size estimate below can never push a frame over it.
+constexpr size_t kMaxResultBytesPerMessage = size_t{4} << 20;
 constexpr int kSilentHeartbeats = 3;
 constexpr int kResendHeartbeats = 5;
 constexpr int kAckWaitHeartbeats = 2;
@@ -82,22 +85,56 @@ uint64_t file_bytes(const std::filesystem::path& path) {
   return ec ? 0 : size;
 }
 
-// Sends results in RESULTS frames of bounded size. `take(i)` yields the i-th result to encode;
-// `sent(i, result)` gets it back once its frame was handed to `send` (a refused send changes
-// nothing: the result stays unACKed and goes again after the next WELCOME).
+// A result that alone would exceed a frame (a runner that printed megabytes of samples or
+// metrics) is cut down to fit: samples go first, then metrics and error text; a success that still
+// does not fit becomes a failure saying why. Sending it whole would get our connection dropped
+// by the coordinator again and again.
+void fit_in_frame(protocol::ShardResult& result) {
+  const size_t before = encoded_size(result);
+  if (before <= kMaxResultBytesPerMessage) return;
+  result.samples_json.clear();
+  if (encoded_size(result) > kMaxResultBytesPerMessage) {
+    constexpr size_t kErrorKeep = 64 << 10;
+    if (result.error.size() > kErrorKeep) result.error.resize(kErrorKeep);
+    if (encoded_size(result) > kMaxResultBytesPerMessage) {
+      result.metrics.clear();
+      result.count = 0;
+      if (result.ok) {
+        result.ok = false;
+        result.error = "result too large to send: about " + std::to_string(before >> 10) +
+                       " KiB of metrics (limit " + std::to_string(kMaxResultBytesPerMessage >> 10) +
+                       " KiB)";
+      }
+    }
+  }
+  spdlog::warn("result_trimmed attempt_id={} bytes_before={} bytes_after={} ok={}",
+               result.attempt_id, before, encoded_size(result), result.ok);
+}
+
+// Sends results in RESULTS frames of at most kMaxResultBytesPerMessage (estimated), each result
+// already fitted by fit_in_frame. `take(i)` yields the i-th result to encode; `sent(i, result)`
+// gets it back once its frame was handed to `send` (a refused send changes nothing: the result
+// stays unACKed and goes again after the next WELCOME).
 template <typename Take, typename Sent, typename Send>
 void send_in_frames(size_t count, Take&& take, Sent&& sent, Send&& send) {
   size_t i = 0;
+  std::optional<protocol::ShardResult> carried;  // taken, but did not fit the previous frame
   while (i < count) {
     protocol::Message message{protocol::Results{}};
     auto& results = std::get<protocol::Results>(message).results;
     results.reserve(std::min(count - i, kMaxResultsPerMessage));
     size_t bytes = 0;
     const size_t first = i;
-    while (i < count && results.size() < kMaxResultsPerMessage &&
-           (results.empty() || bytes < kMaxResultBytesPerMessage)) {
-      results.push_back(take(i));
-      bytes += encoded_size(results.back());
+    while (i < count && results.size() < kMaxResultsPerMessage) {
+      protocol::ShardResult next = carried ? std::move(*carried) : take(i);
+      carried.reset();
+      const size_t size = encoded_size(next);
+      if (!results.empty() && bytes + size > kMaxResultBytesPerMessage) {
+        carried = std::move(next);
+        break;
+      }
+      results.push_back(std::move(next));
+      bytes += size;
       ++i;
     }
     send(protocol::encode(message));
@@ -181,7 +218,15 @@ Worker::~Worker() {
 }
 
 void Worker::connect() {
-  socket_.set(zmq::sockopt::routing_id, config_.name);
+  // No routing id of our own: the coordinator's ROUTER numbers connections itself and binds our
+  // name to the connection our HELLO arrives on.
+  if (config_.curve) {
+    // CURVE client: the handshake fails unless the peer holds the secret of the pinned key, so
+    // nothing (no CAMPAIGN, no ASSIGN) is ever read from a coordinator we did not authenticate.
+    socket_.set(zmq::sockopt::curve_serverkey, config_.curve->server_public_z85);
+    socket_.set(zmq::sockopt::curve_publickey, config_.curve->public_z85);
+    socket_.set(zmq::sockopt::curve_secretkey, config_.curve->secret_z85);
+  }
   socket_.set(zmq::sockopt::reconnect_ivl, kReconnectIvlMs);
   socket_.set(zmq::sockopt::reconnect_ivl_max, kReconnectIvlMaxMs);
   socket_.set(zmq::sockopt::maxmsgsize, kMaxMessageBytes);
@@ -197,7 +242,9 @@ void Worker::connect() {
   monitor_.set(zmq::sockopt::linger, 0);
   const std::string monitor_endpoint = "inproc://evald-worker-monitor-" + instance_;
   if (zmq_socket_monitor(socket_.handle(), monitor_endpoint.c_str(),
-                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0) {
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0) {
     throw zmq::error_t();
   }
   monitor_.connect(monitor_endpoint);
@@ -212,6 +259,7 @@ void Worker::load_outbox() {
   auto loaded = outbox_.load();
   const auto now = clock_.now();
   for (auto& result : loaded.results) {
+    fit_in_frame(result);  // an outbox written by a release that sent bigger frames
     const auto attempt_id = result.attempt_id;
     const auto bytes = file_bytes(outbox_.path_of(attempt_id));
     put_unacked(attempt_id, Pending{std::move(result), now, true, true, bytes});
@@ -336,6 +384,19 @@ void Worker::read_monitor() {
     } else if (id == ZMQ_EVENT_DISCONNECTED) {
       connected_ = false;
       spdlog::warn("coordinator_disconnected endpoint={} action=reconnecting", address);
+    } else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH || id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+               id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+      // ZeroMQ retries by itself; say why once a minute, not at every reconnect.
+      const auto now = clock_.now();
+      if (now >= next_handshake_warning_) {
+        next_handshake_warning_ = now + std::chrono::minutes(1);
+        spdlog::warn("coordinator_handshake_failed endpoint={} reason=\"{}\" action=retrying",
+                     address,
+                     id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+                         ? "the coordinator refused our key (not in its --worker-keys)"
+                         : "CURVE handshake failed (wrong --coordinator-key, or CURVE on one "
+                           "side only)");
+      }
     }
   }
 }
@@ -542,6 +603,7 @@ void Worker::collect_exec_results() {
     metrics_.count_runner_exit(result);
     // Cancelled meanwhile: the coordinator has given up on it and wants nothing.
     if (running_.erase(result.attempt_id) == 0) continue;
+    fit_in_frame(result);
     outgoing_.push_back(Outgoing{std::move(result), true});
   }
 }
@@ -574,7 +636,7 @@ void Worker::flush_results() {
         const auto bytes = on_disk ? file_bytes(outbox_.path_of(attempt_id)) : 0;
         put_unacked(attempt_id, Pending{std::move(result), now, exec, on_disk, bytes});
       },
-      [this](const std::string& frame) { return send_frame(frame); });
+      [this](const std::string& frame) { return send_results_frame(frame); });
   outgoing_.clear();
 }
 
@@ -607,7 +669,7 @@ void Worker::resend(const std::vector<Pending*>& pending) {
         pending[i]->sent_at = now;
         ++stats_.results_resent;
       },
-      [this](const std::string& frame) { return send_frame(frame); });
+      [this](const std::string& frame) { return send_results_frame(frame); });
 }
 
 void Worker::on_timers() {
@@ -721,6 +783,13 @@ void Worker::try_send_hello() {
   awaiting_welcome_ = true;
   spdlog::info("hello_sent name={} instance={} slots={} running={}", config_.name, instance_,
                config_.slots, hello.running.size());
+}
+
+bool Worker::send_results_frame(const std::string& frame) {
+  // The coordinator takes results only from the connection our HELLO was bound to. Between a new
+  // connection and our HELLO on it, results would be refused; they go after the WELCOME instead.
+  if (!connected_ || hello_pending_) return false;
+  return send_frame(frame);
 }
 
 bool Worker::send_frame(const std::string& frame) {

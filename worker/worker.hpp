@@ -106,6 +106,8 @@ class Worker {
   bool persist_unacked();
 
   void try_send_hello();
+  // send_frame for RESULTS: refused (false) while our HELLO on this connection is not yet sent.
+  bool send_results_frame(const std::string& frame);
   bool send_frame(const std::string& frame);
   void resend(const std::vector<Pending*>& pending);
   void fail(const protocol::Assignment& assignment, std::string error);
@@ -139,6 +141,7 @@ class Worker {
   std::chrono::steady_clock::time_point drain_deadline_;
   std::optional<std::chrono::steady_clock::time_point> ack_wait_deadline_;
   bool connected_ = false;  // the monitor saw a handshake and no disconnect since
+  std::chrono::steady_clock::time_point next_handshake_warning_{};
   // Set by a handshake or a REHELLO, cleared once HELLO is out. Never set otherwise: a second
   // HELLO on one connection could make a coordinator forget the assignments in flight.
   bool hello_pending_ = false;

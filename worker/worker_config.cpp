@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/curve_keys.hpp"
 #include "common/http_server.hpp"
 #include "common/spec.hpp"
 #include "common/text.hpp"
@@ -16,7 +17,7 @@ namespace {
 
 constexpr std::string_view kSpaces = " \t";
 
-// The name is the ZeroMQ routing id and part of paths and log lines: keep it plain.
+// The name is in HELLO, the allowlist, paths and log lines: keep it plain.
 bool valid_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
          c == '_' || c == '.' || c == '@' || c == ':';
@@ -50,6 +51,12 @@ po::options_description worker_options() {
       "metrics", po::value<std::string>(),
       "serve Prometheus /metrics on HOST:PORT (port 0 picks a free port) and print "
       "{\"metrics\": \"HOST:PORT\"} on stdout; default: no metrics server")(
+      "curve-secret", po::value<std::string>()->value_name("FILE"),
+      "this worker's CURVE secret key (Z85); with --coordinator-key, the connection is "
+      "authenticated and encrypted")(
+      "coordinator-key", po::value<std::string>()->value_name("FILE"),
+      "the coordinator's CURVE public key (Z85): work is taken only from a coordinator that "
+      "proves it holds the matching secret")(
       "log-level", po::value<std::string>()->default_value("info"),
       "trace, debug, info, warn or error")(
       "allow-exec", po::value<std::vector<std::string>>()->composing(),
@@ -150,6 +157,19 @@ Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
     config.exec_policy = std::move(policy.value());
   }
 
+  if (values.count("curve-secret") > 0) {
+    config.curve_secret_file = values["curve-secret"].as<std::string>();
+  }
+  if (values.count("coordinator-key") > 0) {
+    config.coordinator_key_file = values["coordinator-key"].as<std::string>();
+  }
+  if (config.curve_secret_file.empty() != config.coordinator_key_file.empty()) {
+    return make_error(config.curve_secret_file.empty()
+                          ? "--coordinator-key needs --curve-secret (this worker's secret key)"
+                          : "--curve-secret needs --coordinator-key (the coordinator's public "
+                            "key, so the worker knows whom it talks to)");
+  }
+
   config.log_level = values["log-level"].as<std::string>();
   static constexpr std::array<std::string_view, 7> kLevels = {"trace", "debug",    "info", "warn",
                                                               "error", "critical", "off"};
@@ -158,6 +178,20 @@ Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
                       "' is not one of trace, debug, info, warn, error");
   }
   return config;
+}
+
+Status load_curve_keys(WorkerConfig& config) {
+  config.curve.reset();
+  if (config.curve_secret_file.empty()) return Ok{};
+  auto secret = read_key_file(config.curve_secret_file, "--curve-secret", /*secret=*/true);
+  if (!secret.ok()) return secret.error();
+  auto server = read_key_file(config.coordinator_key_file, "--coordinator-key", false);
+  if (!server.ok()) return server.error();
+  auto derived = curve_public_key(secret.value());
+  if (!derived.ok()) return make_error("--curve-secret: " + derived.error().message);
+  config.curve = CurveClientKeys{std::move(secret.value()), std::move(derived.value()),
+                                 std::move(server.value())};
+  return Ok{};
 }
 
 nlohmann::json to_json(const WorkerConfig& config) {
@@ -171,7 +205,9 @@ nlohmann::json to_json(const WorkerConfig& config) {
           {"drain_timeout_ms", config.drain_timeout.count()},
           {"metrics", config.metrics},
           {"log_level", config.log_level},
-          {"allow_exec", config.exec_policy.describe()}};
+          {"allow_exec", config.exec_policy.describe()},
+          {"curve", config.curve.has_value()},
+          {"public_key", config.curve ? config.curve->public_z85 : ""}};
 }
 
 }  // namespace evald::worker

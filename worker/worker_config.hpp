@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,9 +20,16 @@ namespace evald::worker {
 
 inline constexpr uint32_t kMaxSlots = 65536;
 
+// CURVE on the connection to the coordinator, from --curve-secret and --coordinator-key.
+struct CurveClientKeys {
+  std::string secret_z85;
+  std::string public_z85;         // derived from the secret
+  std::string server_public_z85;  // the coordinator's, pinned
+};
+
 struct WorkerConfig {
   std::string coordinator;  // tcp://HOST:PORT (ipc:// works too, for tests)
-  std::string name;         // also the DEALER's routing id
+  std::string name;         // said in HELLO; with CURVE it must be the name bound to our key
   uint32_t slots = 1;
   GpuSelection gpu_selection;
   std::vector<GpuInfo> gpus;  // filled from gpu_selection by resolve_gpus() in main
@@ -33,12 +41,13 @@ struct WorkerConfig {
   std::string log_level = "info";
   // --allow-exec: the programs exec runners may start, canonicalised; default: anything.
   ExecPolicy exec_policy;
+  std::string curve_secret_file;         // --curve-secret; empty: no CURVE
+  std::string coordinator_key_file;      // --coordinator-key
+  std::optional<CurveClientKeys> curve;  // filled by load_curve_keys
 
-  // Whether the worker socket is authenticated with CURVE. Hook for the --curve-secret /
-  // --coordinator-key flags: until they exist this is false, and the worker warns at start when
-  // it also has no --allow-exec (any submitter could then run any program on this node). Once
-  // they exist: return !curve_secret_file.empty().
-  bool curve_enabled() const { return false; }
+  // Whether the worker socket is authenticated with CURVE. Without it and without --allow-exec,
+  // anyone who can reach the coordinator could run any program on this node: the worker warns.
+  bool curve_enabled() const { return !curve_secret_file.empty(); }
 };
 
 // The worker's flags (parse_args adds --help, --version and --config).
@@ -47,6 +56,11 @@ po::options_description worker_options();
 // Turns parsed flags into a config; a bad value is an error naming the flag, e.g.
 // "--slots: must be between 1 and 65536". Has no side effects: --gpus auto is resolved later.
 Result<WorkerConfig> worker_config_from(const po::variables_map& values);
+
+// Reads the key files named in `config` into config.curve (a no-op without them). Call after
+// logging is set up: a secret key readable by others is logged as a warning. An error names the
+// flag and the file; main() prints it and exits 2.
+Status load_curve_keys(WorkerConfig& config);
 
 // "k=v,k2=v2" -> {"k": "v", "k2": "v2"}.
 Result<nlohmann::json> parse_labels(std::string_view text);

@@ -6,8 +6,15 @@
 // Prints one line per run, then a summary table, then the store counters of the last run (shards
 // per fsync shows group commit at work). Exit 1 if any campaign does not succeed.
 //
+// --curve runs every cluster with CURVE on the worker socket (keys made by the harness), to
+// price authentication and encryption. --handshakes N then measures the cost of one worker
+// connect instead: N times, a fresh DEALER connects and says HELLO, and the time from connect()
+// to WELCOME is taken; the median and p90 are printed, with CURVE as --curve says.
+//
 // Not a ctest test: its numbers depend on the machine and its load. Run it by hand:
 //   build/bin/evald-bench-control-plane --workers 1,2,4 --runs 3 --shards 100000
+//   build/bin/evald-bench-control-plane --workers 4 --runs 3 --curve
+//   build/bin/evald-bench-control-plane --handshakes 200 [--curve]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -17,8 +24,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <zmq.hpp>
 
 #include "common/cli_options.hpp"
+#include "common/curve_keys.hpp"
+#include "common/protocol.hpp"
 #include "tests/support/cluster.hpp"
 
 namespace {
@@ -36,6 +46,8 @@ struct BenchConfig {
   uint32_t slots = 512;
   int64_t heartbeat_ms = 1000;
   std::chrono::seconds timeout{300};
+  bool curve = false;
+  int handshakes = 0;  // > 0: measure connects instead of throughput
 };
 
 struct RunResult {
@@ -103,6 +115,7 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
   options.coordinator.retry_backoff_ms = 1000;
   options.coordinator.log_level = "warn";
   options.dir_prefix = "evald-bench";
+  options.curve = config.curve;
   Cluster cluster(options);  // returns once every worker shows in GET /v1/workers
   const auto api = cluster.api();
   const auto spec = bench_spec(config);
@@ -124,10 +137,11 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
   result.store_commits = api.metric("evald_store_commits_total");
   result.keys_written = api.metric("evald_store_keys_written_total");
   std::printf(
-      "run workers=%zu run=%d shards=%lld state=%s seconds=%.3f shards_per_s=%.0f "
+      "run curve=%s workers=%zu run=%d shards=%lld state=%s seconds=%.3f shards_per_s=%.0f "
       "peak_rss_mib=%.1f store_commits=%.0f keys_written=%.0f shards_per_commit=%.1f\n",
-      workers, run, static_cast<long long>(total), state.c_str(), result.seconds,
-      result.shards_per_s, result.peak_rss_mib, result.store_commits, result.keys_written,
+      config.curve ? "on" : "off", workers, run, static_cast<long long>(total), state.c_str(),
+      result.seconds, result.shards_per_s, result.peak_rss_mib, result.store_commits,
+      result.keys_written,
       result.store_commits > 0 ? static_cast<double>(total) / result.store_commits : 0.0);
   std::fflush(stdout);
   return result;
@@ -137,6 +151,54 @@ double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   const size_t n = values.size();
   return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+// Connect -> WELCOME, `count` times, each on a new connection as worker w1 (its HELLO replaces
+// the previous connection, as a reconnecting worker's does). Returns milliseconds per connect.
+std::vector<double> measure_handshakes(const BenchConfig& config) {
+  ClusterOptions options;
+  options.workers = 0;
+  options.curve = config.curve;
+  options.curve_spare_workers = 1;  // keys for w1
+  options.coordinator.log_level = "warn";
+  options.dir_prefix = "evald-bench";
+  Cluster cluster(options);
+  std::string secret;
+  std::string public_key;
+  std::string server_key;
+  if (config.curve) {
+    const auto keys = cluster.curve_keys_dir();
+    secret = evald::read_key_file((keys / "w1.secret").string(), "w1", true).value();
+    public_key = evald::curve_public_key(secret).value();
+    server_key = evald::read_key_file((keys / "coordinator.public").string(), "c", false).value();
+  }
+  zmq::context_t context(1);
+  std::vector<double> millis;
+  for (int i = 0; i < config.handshakes; ++i) {
+    zmq::socket_t socket(context, zmq::socket_type::dealer);
+    socket.set(zmq::sockopt::linger, 0);
+    socket.set(zmq::sockopt::rcvtimeo, 5000);
+    if (config.curve) {
+      socket.set(zmq::sockopt::curve_serverkey, server_key);
+      socket.set(zmq::sockopt::curve_publickey, public_key);
+      socket.set(zmq::sockopt::curve_secretkey, secret);
+    }
+    evald::protocol::Hello hello;
+    hello.name = "w1";
+    hello.instance = "bench";
+    const auto frame = evald::protocol::encode(hello);
+    const auto start = Clock::now();
+    socket.connect(cluster.coordinator().bind_endpoint());
+    socket.send(zmq::buffer(frame), zmq::send_flags::none);  // queued until the handshake is done
+    while (true) {
+      zmq::message_t reply;
+      if (!socket.recv(reply)) throw std::runtime_error("no WELCOME within 5 s");
+      auto decoded = evald::protocol::decode(reply.to_string_view());
+      if (decoded.ok() && std::holds_alternative<evald::protocol::Welcome>(decoded.value())) break;
+    }
+    millis.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  return millis;
 }
 
 }  // namespace
@@ -152,7 +214,10 @@ int main(int argc, char** argv) {
       "benchmarks", po::value<int64_t>()->default_value(1), "benchmarks")(
       "slots", po::value<uint32_t>()->default_value(512), "--slots of every worker")(
       "heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat of all daemons")(
-      "timeout-s", po::value<int64_t>()->default_value(300), "give up on a campaign after this");
+      "timeout-s", po::value<int64_t>()->default_value(300), "give up on a campaign after this")(
+      "curve", po::bool_switch(), "CURVE on the worker socket (keys made by the harness)")(
+      "handshakes", po::value<int>()->default_value(0),
+      "measure N worker connects (connect to WELCOME) instead of throughput");
   evald::ParsedArgs args;
   BenchConfig config;
   try {
@@ -173,6 +238,9 @@ int main(int argc, char** argv) {
     config.slots = v["slots"].as<uint32_t>();
     config.heartbeat_ms = v["heartbeat-ms"].as<int64_t>();
     config.timeout = std::chrono::seconds(v["timeout-s"].as<int64_t>());
+    config.curve = v["curve"].as<bool>();
+    config.handshakes = v["handshakes"].as<int>();
+    if (config.handshakes < 0) throw std::invalid_argument("--handshakes must not be negative");
     if (config.runs <= 0 || config.shards <= 0 || config.models <= 0 || config.benchmarks <= 0 ||
         config.slots == 0 || config.heartbeat_ms <= 0 || config.timeout.count() <= 0) {
       throw std::invalid_argument("every number must be positive");
@@ -181,6 +249,20 @@ int main(int argc, char** argv) {
     std::cerr << "evald-bench-control-plane: " << e.what()
               << "\n(see evald-bench-control-plane --help)\n";
     return 2;
+  }
+
+  if (config.handshakes > 0) {
+    try {
+      auto millis = measure_handshakes(config);
+      std::sort(millis.begin(), millis.end());
+      std::printf("handshakes curve=%s count=%zu median_ms=%.3f p90_ms=%.3f min_ms=%.3f\n",
+                  config.curve ? "on" : "off", millis.size(), median(millis),
+                  millis[millis.size() * 9 / 10], millis.front());
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "evald-bench-control-plane: " << e.what() << "\n";
+      return 1;
+    }
   }
 
   std::vector<RunResult> results;
@@ -194,8 +276,8 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  std::printf("\n%-8s %16s %12s %12s %20s\n", "workers", "median shards/s", "min", "max",
-              "median peak RSS MiB");
+  std::printf("\ncurve=%s\n%-8s %16s %12s %12s %20s\n", config.curve ? "on" : "off", "workers",
+              "median shards/s", "min", "max", "median peak RSS MiB");
   bool all_succeeded = true;
   for (const size_t workers : config.workers) {
     std::vector<double> rates;

@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+
+#include "common/curve_keys.hpp"
 
 namespace evald::testing {
 namespace {
@@ -302,6 +305,28 @@ double Api::metric(const std::string& name,
 
 Cluster::Cluster(ClusterOptions options) : dir_(options.dir_prefix), options_(std::move(options)) {
   std::filesystem::create_directories(log_dir());
+  if (options_.curve) {
+    const auto keys = curve_keys_dir();
+    std::filesystem::create_directories(keys);
+    auto write = [&keys](const std::string& name) {
+      const auto pair = generate_curve_key_pair();
+      if (auto written = write_key_pair((keys / name).string(), pair, false); !written.ok()) {
+        throw std::runtime_error("cluster keys: " + written.error().message);
+      }
+      return pair.public_z85;
+    };
+    write("coordinator");
+    std::ofstream allowlist(keys / "worker-keys");
+    allowlist << "# written by the test cluster\n";
+    for (size_t i = 1; i <= options_.workers + options_.curve_spare_workers; ++i) {
+      const std::string name = "w" + std::to_string(i);
+      allowlist << name << " " << write(name) << "\n";
+    }
+    if (!allowlist.flush()) throw std::runtime_error("cluster keys: cannot write worker-keys");
+    auto& args = options_.coordinator.extra_args;
+    args.insert(args.end(), {"--curve-secret", (keys / "coordinator.secret").string(),
+                             "--worker-keys", (keys / "worker-keys").string()});
+  }
   coordinator_ = std::make_unique<Coordinator>(dir() / "data", log_dir() / "coordinator.log",
                                                options_.coordinator);
   for (size_t i = 0; i < options_.workers; ++i) add_worker();
@@ -331,8 +356,19 @@ Worker& Cluster::add_worker() {
   return add_worker(worker_defaults());
 }
 
+std::vector<std::string> Cluster::worker_curve_args(const std::string& name) const {
+  return {"--curve-secret", (curve_keys_dir() / (name + ".secret")).string(), "--coordinator-key",
+          (curve_keys_dir() / "coordinator.public").string()};
+}
+
 Worker& Cluster::add_worker(WorkerOptions options) {
   if (options.name.empty()) options.name = "w" + std::to_string(workers_.size() + 1);
+  if (options_.curve && std::filesystem::exists(curve_keys_dir() / (options.name + ".secret")) &&
+      std::find(options.extra_args.begin(), options.extra_args.end(), "--curve-secret") ==
+          options.extra_args.end()) {
+    const auto args = worker_curve_args(options.name);
+    options.extra_args.insert(options.extra_args.end(), args.begin(), args.end());
+  }
   const std::string name = options.name;
   workers_.push_back(
       std::make_unique<Worker>(coordinator_->bind_endpoint(), dir() / ("work-" + name),

@@ -169,6 +169,12 @@ struct ClusterOptions {
   int64_t worker_heartbeat_ms = 100;
   std::string dir_prefix = "evald-integ";
   bool wait_for_workers = true;  // the constructor returns once all workers are connected
+  // CURVE on the worker socket: the cluster writes a key pair for the coordinator and for each of
+  // w1 .. w<workers + curve_spare_workers> under curve_keys_dir(), lists those workers in the
+  // coordinator's --worker-keys file and passes the key flags to every daemon. A worker added
+  // later under one of those names gets its keys too (unless its extra_args set --curve-secret).
+  bool curve = false;
+  size_t curve_spare_workers = 4;
 };
 
 class Cluster {
@@ -191,6 +197,12 @@ class Cluster {
   Worker& add_worker();
   Worker& add_worker(WorkerOptions options);
   Api api() const { return Api(coordinator_->http_url()); }
+
+  // With ClusterOptions::curve: NAME.secret / NAME.public per worker, coordinator.secret /
+  // coordinator.public, and worker-keys (the allowlist).
+  std::filesystem::path curve_keys_dir() const { return dir() / "keys"; }
+  // --curve-secret and --coordinator-key for a worker NAME with keys in curve_keys_dir().
+  std::vector<std::string> worker_curve_args(const std::string& name) const;
 
   // "==> NAME.log <==" and the last bytes of every log, for failure reports.
   std::string log_tails(size_t bytes_per_log = 6000) const;

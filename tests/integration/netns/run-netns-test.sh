@@ -114,10 +114,20 @@ done
 coord_ip=10.200.0.1
 log "namespaces ${ns_coord} (${coord_ip}), ${ns_w1} (10.200.0.2), ${ns_w2} (10.200.0.3) on a bridge"
 
+# --- keys: the bind is not loopback, so the worker socket runs CURVE ---------------------------
+mkdir -p "${tmp}/keys"
+for key in coordinator netns-w1 netns-w2; do
+  "${bin_dir}/evalctl" keygen "${tmp}/keys/${key}" >/dev/null || fail "evalctl keygen ${key}"
+done
+for key in netns-w1 netns-w2; do
+  echo "${key} $(cat "${tmp}/keys/${key}.public")"
+done >"${tmp}/keys/worker-keys"
+
 # --- the coordinator, bound to its veth address -----------------------------------------------
 # `ip netns exec` execs the program, so $! is the daemon itself.
 ip netns exec "${ns_coord}" "${bin_dir}/evald-coordinator" --data-dir "${tmp}/store" \
   --bind "tcp://${coord_ip}:0" --http 127.0.0.1:0 --heartbeat-ms 100 --worker-timeout-ms 1000 \
+  --curve-secret "${tmp}/keys/coordinator.secret" --worker-keys "${tmp}/keys/worker-keys" \
   --retry-backoff-ms 20 >"${tmp}/log/endpoints.json" 2>"${tmp}/log/coordinator.log" &
 pids+=($!)
 wait_for "the coordinator's endpoint line" 10 grep -q '"http"' "${tmp}/log/endpoints.json"
@@ -132,7 +142,9 @@ for worker in w1 w2; do
   ns_var="ns_${worker}"
   PATH="${runners_dir}:${PATH}" ip netns exec "${!ns_var}" "${bin_dir}/evald-worker" \
     --coordinator "${bind}" --name "netns-${worker}" --slots 1 --gpus none --heartbeat-ms 100 \
-    --labels "netns=${!ns_var}" --work-dir "${tmp}/${worker}" 2>"${tmp}/log/${worker}.log" &
+    --labels "netns=${!ns_var}" --work-dir "${tmp}/${worker}" \
+    --curve-secret "${tmp}/keys/netns-${worker}.secret" \
+    --coordinator-key "${tmp}/keys/coordinator.public" 2>"${tmp}/log/${worker}.log" &
   pids+=($!)
 done
 workers_connected() {
