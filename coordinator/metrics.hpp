@@ -62,6 +62,13 @@ struct Metrics {
   // Worker connections refused during or right after the CURVE handshake. {reason}
   prometheus::Family<prometheus::Counter>& worker_auth_failures;
   prometheus::Family<prometheus::Counter>& http_requests;  // {route,status}
+  // Connections and requests turned away: connection_limit, address_limit, idle_evicted,
+  // header_timeout, body_budget, tls_handshake, unauthenticated, forbidden, quota,
+  // spec_too_large. {reason}
+  prometheus::Family<prometheus::Counter>& http_refused;
+  prometheus::Family<prometheus::Counter>& audit_events;  // {action}
+  // Refusals not written to the audit log because their source was over the per-minute cap.
+  prometheus::Counter& audit_suppressed;
   prometheus::Gauge& queue_ready;
   prometheus::Gauge& turn_seconds_max;
 
