@@ -41,6 +41,9 @@ struct CoordinatorOptions {
   std::optional<int64_t> max_body_bytes;
   std::string log_level = "info";
   std::vector<std::string> extra_args;
+  // Runs the coordinator under `ulimit -n` (soft and hard), e.g. to make exhausting its file
+  // descriptors cheap in a test.
+  std::optional<int> open_files_limit;
 };
 
 // evald-coordinator on 127.0.0.1 with ports picked by the kernel. The first start learns the
@@ -120,7 +123,8 @@ class Worker {
 // statuses throw std::runtime_error naming the request, the status and the body.
 class Api {
  public:
-  explicit Api(const std::string& url);
+  // `client`: a bearer token (and, for https, the CA) sent with every request.
+  explicit Api(const std::string& url, HttpClientOptions client = {});
 
   // Any status; throws only if the server cannot be reached.
   HttpResponse request(const std::string& method, const std::string& target,
@@ -149,9 +153,11 @@ class Api {
   double metric(const std::string& name) const;
 
   const HttpUrl& url() const { return url_; }
+  const HttpClientOptions& client() const { return client_; }
 
  private:
   HttpUrl url_;
+  HttpClientOptions client_;
 };
 
 struct ClusterOptions {
