@@ -594,10 +594,17 @@ struct HttpServer::Impl {
   }
 };
 
+namespace {
+HttpServerOptions with_body_limit(size_t max_body_bytes) {
+  HttpServerOptions options;
+  options.max_body_bytes = max_body_bytes;
+  return options;
+}
+}  // namespace
+
 HttpServer::HttpServer(const std::string& listen_address, size_t max_body_bytes,
                        HttpHandler handler)
-    : HttpServer(listen_address, HttpServerOptions{.max_body_bytes = max_body_bytes},
-                 std::move(handler)) {}
+    : HttpServer(listen_address, with_body_limit(max_body_bytes), std::move(handler)) {}
 
 HttpServer::HttpServer(const std::string& listen_address, HttpServerOptions options,
                        HttpHandler handler)

@@ -45,6 +45,12 @@ std::string token_of(const std::string& name) {
   return "tok-" + name + "-0123456789abcdef";
 }
 
+HttpClientOptions bearer(const std::string& token) {
+  HttpClientOptions client;
+  client.bearer_token = token;
+  return client;
+}
+
 std::filesystem::path write_token_file(const std::filesystem::path& dir) {
   const auto path = dir / "api-tokens";
   std::ofstream out(path);
@@ -71,8 +77,7 @@ struct SecureCluster {
     cluster = std::make_unique<TestCluster>(std::move(options));
   }
   Api as(const std::string& name) const {
-    return Api(cluster->coordinator().http_url(),
-               HttpClientOptions{.bearer_token = token_of(name)});
+    return Api(cluster->coordinator().http_url(), bearer(token_of(name)));
   }
   Api anonymous() const { return Api(cluster->coordinator().http_url()); }
 };
@@ -102,8 +107,7 @@ TEST_CASE("api auth: no or unknown token gets 401 with WWW-Authenticate everywhe
   SecureCluster s;
   const auto id = submit_as(s.as("sam"), "auth-401");
   const Api anonymous = s.anonymous();
-  const Api stranger(s.cluster->coordinator().http_url(),
-                     HttpClientOptions{.bearer_token = "not-a-token"});
+  const Api stranger(s.cluster->coordinator().http_url(), bearer("not-a-token"));
   const std::vector<std::pair<std::string, std::string>> routes = {
       {"GET", "/v1/campaigns"},
       {"POST", "/v1/campaigns"},
@@ -232,7 +236,10 @@ TEST_CASE("api auth: /metrics is open with --public-metrics; without tokens subm
     CHECK(response.body.find("evald_http_requests_total") != std::string::npos);
     CHECK(s.anonymous().request("GET", "/v1/campaigns").status == 401);
   }
-  TestCluster open_cluster(ClusterOptions{.workers = 0, .wait_for_workers = false});
+  ClusterOptions open_options;
+  open_options.workers = 0;
+  open_options.wait_for_workers = false;
+  TestCluster open_cluster(std::move(open_options));
   const auto api = open_cluster.api();
   const auto id = api.submit(small_spec("open"));
   CHECK(api.campaign(id).at("submitted_by").is_null());
