@@ -8,8 +8,10 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -22,6 +24,7 @@ namespace {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
 
 // Leaderboards and shard lists of big campaigns are large; anything beyond this is a broken server.
@@ -36,23 +39,21 @@ std::string host_with_port(const HttpUrl& url) {
   return host + ":" + std::to_string(url.port);
 }
 
-std::string describe(const HttpUrl& url) {
-  return "http://" + host_with_port(url);
-}
-
 }  // namespace
+
+std::string describe(const HttpUrl& url) {
+  return (url.tls ? "https://" : "http://") + host_with_port(url);
+}
 
 Result<HttpUrl> parse_http_url(const std::string& url) {
   const auto invalid = [&](const std::string& why) {
     return make_error("invalid server URL '" + url + "': " + why +
-                      " (expected http://HOST[:PORT][/PREFIX])");
+                      " (expected http[s]://HOST[:PORT][/PREFIX])");
   };
-  constexpr std::string_view kScheme = "http://";
-  if (url.rfind("https://", 0) == 0) {
-    return make_error("https is not supported: " + url + " (use http:// behind a TLS proxy)");
-  }
-  if (url.rfind(kScheme, 0) != 0) return invalid("it must start with http://");
-  const std::string rest = url.substr(kScheme.size());
+  const bool tls = url.rfind("https://", 0) == 0;
+  const std::string_view scheme = tls ? "https://" : "http://";
+  if (!tls && url.rfind(scheme, 0) != 0) return invalid("it must start with http:// or https://");
+  const std::string rest = url.substr(scheme.size());
   const auto slash = rest.find('/');
   const std::string authority = rest.substr(0, slash);
   std::string path = slash == std::string::npos ? std::string() : rest.substr(slash);
@@ -67,6 +68,8 @@ Result<HttpUrl> parse_http_url(const std::string& url) {
   while (!path.empty() && path.back() == '/') path.pop_back();
 
   HttpUrl parsed;
+  parsed.tls = tls;
+  parsed.port = tls ? 443 : 80;
   parsed.base_path = path;
   const bool bracketed = authority.front() == '[';
   const bool has_port = bracketed ? authority.find("]:") != std::string::npos
@@ -90,21 +93,94 @@ Result<HttpUrl> parse_http_url(const std::string& url) {
   return parsed;
 }
 
+namespace {
+
+// Writes the request and reads the response at the same time over a connected (and, for TLS,
+// handshaken) stream; stops the io_context when the response is in.
+template <class Stream>
+void exchange(net::io_context& io, Stream& stream, http::request<http::string_body>& request,
+              http::response_parser<http::string_body>& parser, beast::flat_buffer& buffer,
+              beast::error_code& write_error, beast::error_code& read_error, bool& have_response) {
+  http::async_write(stream, request,
+                    [&](beast::error_code ec, size_t /*bytes*/) { write_error = ec; });
+  http::async_read(stream, buffer, parser, [&](beast::error_code ec, size_t /*bytes*/) {
+    read_error = ec;
+    have_response = !ec;
+    // The write may still be pending if the server answered early (413); do not wait for it.
+    io.stop();
+  });
+}
+
+}  // namespace
+
 Result<HttpResponse> http_request(const HttpUrl& server, const std::string& method,
                                   const std::string& target, const std::string& body,
                                   std::chrono::milliseconds timeout) {
+  return http_request(server, HttpClientOptions{}, method, target, body, timeout);
+}
+
+Result<HttpResponse> http_request(const HttpUrl& server, const HttpClientOptions& options,
+                                  const std::string& method, const std::string& target,
+                                  const std::string& body, std::chrono::milliseconds timeout) {
   const std::string server_text = describe(server);
   const http::verb verb = http::string_to_verb(method);
   if (verb == http::verb::unknown) return make_error("unknown HTTP method '" + method + "'");
 
   net::io_context io{1};
   tcp::resolver resolver(io);
-  beast::tcp_stream stream(io);
+  std::optional<ssl::context> tls_context;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls_stream;
+  std::optional<beast::tcp_stream> plain_stream;
+  if (server.tls) {
+    tls_context.emplace(ssl::context::tls_client);
+    auto& context = *tls_context;
+    context.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                        ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    beast::error_code ec;
+    if (options.ca_file.empty()) {
+      context.set_default_verify_paths(ec);
+    } else {
+      context.load_verify_file(options.ca_file, ec);
+    }
+    if (ec) {
+      return make_error("cannot load CA certificates" +
+                        (options.ca_file.empty() ? std::string() : " from " + options.ca_file) +
+                        ": " + ec.message());
+    }
+    if (!options.client_cert_file.empty()) {
+      context.use_certificate_chain_file(options.client_cert_file, ec);
+      if (ec) {
+        return make_error("cannot load client certificate " + options.client_cert_file + ": " +
+                          ec.message());
+      }
+      context.use_private_key_file(
+          options.client_key_file.empty() ? options.client_cert_file : options.client_key_file,
+          ssl::context::pem, ec);
+      if (ec) return make_error("cannot load client key: " + ec.message());
+    }
+    context.set_verify_mode(ssl::verify_peer);
+    tls_stream.emplace(io, context);
+    tls_stream->set_verify_callback(ssl::host_name_verification(server.host));
+    // SNI for names only; an IP literal is not a valid server name.
+    beast::error_code address_ec;
+    net::ip::make_address(server.host, address_ec);
+    if (address_ec) {
+      // SSL_set_tlsext_host_name() spelled out: the macro hides a C-style cast.
+      SSL_ctrl(tls_stream->native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+               static_cast<void*>(const_cast<char*>(server.host.c_str())));
+    }
+  } else {
+    plain_stream.emplace(io);
+  }
+  beast::tcp_stream& lowest = server.tls ? beast::get_lowest_layer(*tls_stream) : *plain_stream;
 
   http::request<http::string_body> request{verb, server.base_path + target, 11};
   request.set(http::field::host, host_with_port(server));
   request.set(http::field::user_agent, std::string("evald/") + kVersion);
   request.set(http::field::accept, "application/json");
+  if (!options.bearer_token.empty()) {
+    request.set(http::field::authorization, "Bearer " + options.bearer_token);
+  }
   if (!body.empty()) request.set(http::field::content_type, "application/json");
   request.body() = body;
   request.keep_alive(false);  // one request per connection
@@ -115,6 +191,7 @@ Result<HttpResponse> http_request(const HttpUrl& server, const std::string& meth
   beast::flat_buffer buffer;
 
   std::optional<std::string> connect_error;
+  std::optional<std::string> handshake_error;
   beast::error_code write_error;
   beast::error_code read_error;
   bool have_response = false;
@@ -126,32 +203,43 @@ Result<HttpResponse> http_request(const HttpUrl& server, const std::string& meth
           connect_error = ec.message();
           return;
         }
-        stream.async_connect(endpoints, [&](beast::error_code connect_ec,
-                                            const tcp::endpoint& /*endpoint*/) {
-          if (connect_ec) {
-            connect_error = connect_ec.message();
-            return;
-          }
-          http::async_write(stream, request,
-                            [&](beast::error_code ec2, size_t /*bytes*/) { write_error = ec2; });
-          http::async_read(stream, buffer, parser, [&](beast::error_code ec2, size_t /*bytes*/) {
-            read_error = ec2;
-            have_response = !ec2;
-            // The write may still be pending if the server answered early (413); do not wait
-            // for it.
-            io.stop();
-          });
-        });
+        lowest.async_connect(
+            endpoints, [&](beast::error_code connect_ec, const tcp::endpoint& /*endpoint*/) {
+              if (connect_ec) {
+                connect_error = connect_ec.message();
+                return;
+              }
+              if (!server.tls) {
+                exchange(io, *plain_stream, request, parser, buffer, write_error, read_error,
+                         have_response);
+                return;
+              }
+              tls_stream->async_handshake(ssl::stream_base::client, [&](beast::error_code hs_ec) {
+                if (hs_ec) {
+                  handshake_error = hs_ec.message();
+                  io.stop();
+                  return;
+                }
+                exchange(io, *tls_stream, request, parser, buffer, write_error, read_error,
+                         have_response);
+              });
+            });
       });
   io.run_for(timeout);
 
   if (connect_error) return make_error("cannot reach " + server_text + ": " + *connect_error);
+  if (handshake_error) {
+    return make_error("TLS handshake with " + server_text + " failed: " + *handshake_error);
+  }
   if (have_response) {
     auto& message = parser.get();
     HttpResponse response;
     response.status = static_cast<int>(message.result_int());
     response.content_type = std::string(message[http::field::content_type]);
     response.body = std::move(message.body());
+    for (const auto& field : message) {
+      response.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+    }
     return response;
   }
   if (read_error == http::error::body_limit) {

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <charconv>
 #include <ctime>
 #include <map>
 
@@ -81,7 +82,128 @@ std::string rfc3339_utc(int64_t epoch_ms) {
   return buf;
 }
 
-Api::Api(Scheduler& scheduler, Metrics& metrics) : scheduler_(scheduler), metrics_(metrics) {}
+// What a request needs: open (no role), or a role; rerun and cancel of a campaign also pass for
+// a submitter that submitted it.
+struct Api::Access {
+  std::string route_name = "unknown";
+  std::optional<Role> role;
+  std::string action;  // for "role R may not ACTION"
+  std::optional<std::string> own_campaign;
+};
+
+Api::Api(Scheduler& scheduler, Metrics& metrics, ApiOptions options)
+    : scheduler_(scheduler),
+      metrics_(metrics),
+      options_(std::move(options)),
+      audit_(scheduler.store(), metrics) {}
+
+Api::Access Api::access_for(const HttpRequest& request) const {
+  const std::string path = request.target.substr(0, request.target.find('?'));
+  const auto parts = split_path(path);
+  Access access;
+  access.role = Role::kReader;
+  access.action = "read " + printable(path, 200);
+  if (parts.size() == 1 && parts[0] == "healthz") {
+    access.route_name = "/healthz";
+    access.role.reset();
+    return access;
+  }
+  if (parts.size() == 1 && parts[0] == "metrics") {
+    access.route_name = "/metrics";
+    access.action = "read metrics";
+    return access;
+  }
+  if (parts.size() == 2 && parts[0] == "v1" && parts[1] == "audit") {
+    access.route_name = "/v1/audit";
+    access.role = Role::kAdmin;
+    access.action = "read the audit log";
+    return access;
+  }
+  if (request.method != "POST" || parts.size() < 2 || parts[0] != "v1" || parts[1] != "campaigns") {
+    return access;
+  }
+  if (parts.size() == 2) {
+    access.route_name = "/v1/campaigns";
+    access.role = Role::kSubmitter;
+    access.action = "submit";
+  } else if (parts.size() == 4 && (parts[3] == "rerun" || parts[3] == "cancel")) {
+    access.route_name = "/v1/campaigns/{id}/" + parts[3];
+    access.role = Role::kSubmitter;
+    access.action = parts[3];
+    access.own_campaign = parts[2];
+  }
+  return access;
+}
+
+std::optional<Principal> Api::principal_of(const HttpRequest& request) const {
+  if (!options_.tokens) return std::nullopt;
+  const auto token = bearer_token(request.authorization);
+  if (!token) return std::nullopt;
+  return options_.tokens->authenticate(*token);
+}
+
+HttpResponse Api::refuse(const HttpRequest& request, const std::optional<Principal>& principal,
+                         int status, const std::string& reason, const std::string& metric_reason) {
+  const std::string path = printable(request.target.substr(0, request.target.find('?')), 200);
+  const std::string detail = printable(request.method, 16) + " " + path + ": " + reason;
+  audit_.record_refusal(scheduler_.batch(), scheduler_.clock().wall_ms(),
+                        AuditEntry{principal ? std::optional(principal->name) : std::nullopt,
+                                   request.peer_address, "refused", "", detail});
+  metrics_.http_refused.Add({{"reason", metric_reason}}).Increment();
+  spdlog::info("http_refused peer={} principal={} status={} reason=\"{}\"", request.peer_address,
+               principal ? principal->name : "-", status, detail);
+  auto response = error_response(status, reason);
+  if (status == 401) {
+    response.headers.emplace_back("WWW-Authenticate",
+                                  reason == "unknown token"
+                                      ? R"(Bearer realm="evald", error="invalid_token")"
+                                      : R"(Bearer realm="evald")");
+  }
+  return response;
+}
+
+std::optional<HttpResponse> Api::check_access(const HttpRequest& request) {
+  auto refusal = access_refusal(request);
+  if (refusal) {
+    // handle() counts the requests it serves; these never get there.
+    metrics_.http_requests
+        .Add({{"route", access_for(request).route_name},
+              {"status", std::to_string(refusal->status)}})
+        .Increment();
+  }
+  return refusal;
+}
+
+std::optional<HttpResponse> Api::access_refusal(const HttpRequest& request) {
+  if (!options_.tokens) return std::nullopt;
+  const Access access = access_for(request);
+  if (!access.role) return std::nullopt;
+  const auto token = bearer_token(request.authorization);
+  if (!token) {
+    return refuse(request, std::nullopt, 401,
+                  "authentication required: send Authorization: Bearer TOKEN", "unauthenticated");
+  }
+  const auto principal = options_.tokens->authenticate(*token);
+  if (!principal) return refuse(request, std::nullopt, 401, "unknown token", "unauthenticated");
+  if (principal->role < *access.role) {
+    return refuse(request, principal, 403,
+                  std::string("role ") + to_string(principal->role) + " may not " + access.action +
+                      " (needs " + to_string(*access.role) + ")",
+                  "forbidden");
+  }
+  if (access.own_campaign && principal->role < Role::kOperator) {
+    const Campaign* c = scheduler_.find_campaign(*access.own_campaign);
+    if (c != nullptr && c->submitted_by != principal->name) {
+      return refuse(request, principal, 403,
+                    std::string("role ") + to_string(principal->role) + " may not " +
+                        access.action + " campaign " + c->id + " of " +
+                        (c->submitted_by ? "'" + *c->submitted_by + "'" : "nobody known") +
+                        " (needs operator, or to have submitted it)",
+                    "forbidden");
+    }
+  }
+  return std::nullopt;
+}
 
 HttpResponse Api::handle(const HttpRequest& request) {
   std::string route_name = "unknown";
@@ -113,6 +235,17 @@ HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
   if (parts.size() == 1 && parts[0] == "healthz") {
     route_name = "/healthz";
     return json_response(200, {{"status", "ok"}});
+  }
+  if (parts.size() == 1 && parts[0] == "metrics") {
+    // Served here only when the HTTP thread passed it on (to have a refusal audited).
+    route_name = "/metrics";
+    if (method != "GET") return wrong_method("GET");
+    return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", metrics_.serialize()};
+  }
+  if (parts.size() == 2 && parts[0] == "v1" && parts[1] == "audit") {
+    route_name = "/v1/audit";
+    if (method != "GET") return wrong_method("GET");
+    return audit(query);
   }
   if (parts.size() >= 2 && parts[0] == "v1" && parts[1] == "workers" && parts.size() == 2) {
     route_name = "/v1/workers";
@@ -148,20 +281,76 @@ HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
       if (action == "shards") return get_shards(*c, query);
       if (action == "results") return get_results(*c);
       if (action == "rerun") return rerun(*c, request);
-      return cancel(*c);
+      return cancel(*c, request);
     }
   }
   return error_response(404, "no route for " + method + " " + path);
 }
 
 HttpResponse Api::submit(const HttpRequest& request) {
+  const auto principal = principal_of(request);
   if (request.body.empty())
     return error_response(400, "request body is empty; expected a campaign spec");
+  if (request.body.size() > options_.max_spec_bytes) {
+    return refuse(request, principal, 413,
+                  "campaign spec of " + std::to_string(request.body.size()) +
+                      " bytes exceeds the limit of " + std::to_string(options_.max_spec_bytes) +
+                      " bytes (--max-spec-bytes)",
+                  "spec_too_large");
+  }
   auto spec = parse_campaign_spec_text(request.body);
   if (!spec.ok()) return error_response(400, spec.error().message);
-  auto id = scheduler_.submit(spec.value());
+
+  // The quota principal: the token's name, or the client address without tokens.
+  const auto owner_of = [](const std::optional<std::string>& name, const std::string& address) {
+    return name ? "token " + *name : "address " + address;
+  };
+  const std::optional<std::string> name = principal ? std::optional(principal->name) : std::nullopt;
+  const std::string owner = owner_of(name, request.peer_address);
+  int64_t shards = 0;
+  for (const auto& benchmark : spec.value().benchmarks) shards += benchmark.shard_count();
+  shards *= static_cast<int64_t>(spec.value().models.size());
+  int64_t unfinished = 0;
+  for (const auto& [key, c] : scheduler_.campaigns()) {
+    if (owner_of(c->submitted_by, c->submitted_from) != owner) continue;
+    unfinished += c->count(ShardState::kPending) + c->count(ShardState::kRunning);
+  }
+  if (unfinished + shards > options_.max_pending_shards_per_user) {
+    return refuse(request, principal, 429,
+                  "quota exceeded: " + owner + " has " + std::to_string(unfinished) +
+                      " pending or running shards and this campaign adds " +
+                      std::to_string(shards) + ", over the limit of " +
+                      std::to_string(options_.max_pending_shards_per_user) +
+                      " (--max-pending-shards-per-user)",
+                  "quota");
+  }
+  auto id = scheduler_.submit(spec.value(), Submitter{name, request.peer_address});
   if (!id.ok()) return error_response(400, id.error().message);
+  audit_.record(scheduler_.batch(), scheduler_.clock().wall_ms(),
+                AuditEntry{name, request.peer_address, "submit", id.value(),
+                           "name=" + spec.value().name + " shards=" + std::to_string(shards)});
   return json_response(201, {{"id", id.value()}});
+}
+
+HttpResponse Api::audit(const std::string& query) {
+  const auto params = parse_query(query);
+  const auto number = [&](const char* key, uint64_t fallback) -> std::optional<uint64_t> {
+    const auto it = params.find(key);
+    if (it == params.end() || it->second.empty()) return fallback;
+    uint64_t value = 0;
+    const auto* begin = it->second.data();
+    const auto* end = begin + it->second.size();
+    const auto [ptr, ec] = std::from_chars(begin, end, value);
+    if (ec != std::errc() || ptr != end) return std::nullopt;
+    return value;
+  };
+  const auto since = number("since", 0);
+  if (!since) return error_response(400, "since: must be a non-negative integer (an event seq)");
+  const auto limit = number("limit", kAuditDefaultLimit);
+  if (!limit || *limit == 0) return error_response(400, "limit: must be a positive integer");
+  auto page = audit_.page(*since, std::min<uint64_t>(*limit, kAuditMaxLimit));
+  if (!page.ok()) return error_response(500, page.error().message);
+  return json_response(200, page.value());
 }
 
 nlohmann::json Api::campaign_json(const Campaign& c) const {
@@ -181,6 +370,7 @@ nlohmann::json Api::campaign_json(const Campaign& c) const {
       {"name", c.spec.name},
       {"state", to_string(c.state)},
       {"created_at", rfc3339_utc(c.created_at_ms)},
+      {"submitted_by", c.submitted_by ? nlohmann::json(*c.submitted_by) : nlohmann::json(nullptr)},
       {"finished_at", c.finished_at_ms > 0 ? nlohmann::json(rfc3339_utc(c.finished_at_ms))
                                            : nlohmann::json(nullptr)},
       {"shards", shards},
@@ -333,15 +523,28 @@ HttpResponse Api::rerun(const Campaign& c, const HttpRequest& request) {
   }
   auto requeued = scheduler_.rerun(c.id, selector);
   if (!requeued.ok()) return error_response(400, requeued.error().message);
+  const auto principal = principal_of(request);
+  std::string detail = "requeued " + std::to_string(requeued.value()) + " shards (" +
+                       (selector.failed_only ? "failed" : "all finished");
+  if (selector.model) detail += ", model=" + *selector.model;
+  if (selector.benchmark) detail += ", benchmark=" + *selector.benchmark;
+  audit_.record(scheduler_.batch(), scheduler_.clock().wall_ms(),
+                AuditEntry{principal ? std::optional(principal->name) : std::nullopt,
+                           request.peer_address, "rerun", c.id, detail + ")"});
   return json_response(200, {{"requeued", requeued.value()}});
 }
 
-HttpResponse Api::cancel(const Campaign& c) {
+HttpResponse Api::cancel(const Campaign& c, const HttpRequest& request) {
   if (c.state != CampaignState::kRunning) {
     return error_response(409, "campaign " + c.id + " is already " + to_string(c.state));
   }
   auto cancelled = scheduler_.cancel(c.id);
   if (!cancelled.ok()) return error_response(409, cancelled.error().message);
+  const auto principal = principal_of(request);
+  audit_.record(
+      scheduler_.batch(), scheduler_.clock().wall_ms(),
+      AuditEntry{principal ? std::optional(principal->name) : std::nullopt, request.peer_address,
+                 "cancel", c.id, "cancelled " + std::to_string(cancelled.value()) + " shards"});
   return json_response(200, {{"cancelled", cancelled.value()}});
 }
 

@@ -1,38 +1,70 @@
-// Api: the coordinator's HTTP API (SPEC.md "HTTP API") on top of the Scheduler. It runs on the
-// core thread, which owns the scheduler, so it reads and changes state without locks.
+// Api: the coordinator's HTTP API on top of the Scheduler. It runs on the core thread, which owns
+// the scheduler, so it reads and changes state without locks.
 // Mutating requests (submit, rerun, cancel) are handled before the turn's commit and answered
 // after it; read requests are handled after the commit, so they never show uncommitted state.
+//
+// Access (docs/security.md): with API tokens every route but /healthz needs a bearer token, and
+// the token's role must allow the action (auth.hpp). check_access() runs for every request before
+// the turn's commit, so a refusal is in the audit log before the client hears of it; handle()
+// then serves what passed. Without tokens everything is open (loopback development mode).
 #pragma once
 
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "common/http_server.hpp"
+#include "coordinator/audit.hpp"
+#include "coordinator/auth.hpp"
 #include "coordinator/metrics.hpp"
 #include "coordinator/scheduler.hpp"
 
 namespace evald::coordinator {
 
+struct ApiOptions {
+  // nullptr: no authentication (everything open, submitted_by null).
+  std::shared_ptr<const TokenTable> tokens;
+  // A submit that would take its principal's pending + running shards above this is refused
+  // (429). 10M shards is about 200 MiB of coordinator memory, and still fits the largest real
+  // campaigns (hundreds of models x dozens of benchmarks x thousands of shards).
+  int64_t max_pending_shards_per_user = 10'000'000;
+  size_t max_spec_bytes = 1u << 20;  // a larger spec text gets 413
+};
+
 class Api {
  public:
-  Api(Scheduler& scheduler, Metrics& metrics);
+  Api(Scheduler& scheduler, Metrics& metrics, ApiOptions options = {});
 
   static bool is_mutation(const HttpRequest& request) { return request.method == "POST"; }
+  // The refusal (401/403) of a request its sender may not make, already staged in the audit log;
+  // nullopt when it may go on to handle(). Core thread, before the turn's commit.
+  std::optional<HttpResponse> check_access(const HttpRequest& request);
   HttpResponse handle(const HttpRequest& request);
 
  private:
+  struct Access;
+  Access access_for(const HttpRequest& request) const;
+  std::optional<HttpResponse> access_refusal(const HttpRequest& request);
   HttpResponse route(const HttpRequest& request, std::string& route_name);
   HttpResponse submit(const HttpRequest& request);
+  HttpResponse audit(const std::string& query);
   HttpResponse list_campaigns();
   HttpResponse get_campaign(const Campaign& c);
   HttpResponse get_shards(const Campaign& c, const std::string& query);
   HttpResponse get_results(const Campaign& c);
   HttpResponse rerun(const Campaign& c, const HttpRequest& request);
-  HttpResponse cancel(const Campaign& c);
+  HttpResponse cancel(const Campaign& c, const HttpRequest& request);
   HttpResponse list_workers();
   nlohmann::json campaign_json(const Campaign& c) const;
 
+  std::optional<Principal> principal_of(const HttpRequest& request) const;
+  HttpResponse refuse(const HttpRequest& request, const std::optional<Principal>& principal,
+                      int status, const std::string& reason, const std::string& metric_reason);
+
   Scheduler& scheduler_;
   Metrics& metrics_;
+  ApiOptions options_;
+  AuditLog audit_;
 };
 
 // "2026-11-25T06:00:00Z" for milliseconds since the epoch.

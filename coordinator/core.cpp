@@ -293,7 +293,10 @@ void Core::run(const SignalPipe& signals) {
       http.swap(http_queue_);
     }
     for (auto& p : http) {
-      if (Api::is_mutation(p.request)) {
+      // A refusal is staged in the audit log now and answered after this turn's commit.
+      if (auto refused = api_.check_access(p.request)) {
+        answers.emplace_back(std::move(p.respond), std::move(*refused));
+      } else if (Api::is_mutation(p.request)) {
         answers.emplace_back(std::move(p.respond), api_.handle(p.request));
       } else {
         reads.push_back(std::move(p));

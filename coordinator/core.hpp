@@ -3,7 +3,8 @@
 //
 // One turn of the loop:
 //   1. read up to kMaxMessagesPerTurn worker messages and apply them (results, hellos, ...);
-//   2. apply the HTTP mutations (submit, rerun, cancel) queued since the last turn;
+//   2. check access of the HTTP requests queued since the last turn (refusals are audited) and
+//      apply the mutations (submit, rerun, cancel);
 //   3. timers (liveness, retries) and dispatch of ready shards to free worker slots;
 //   4. commit every store write of the turn in ONE synced RocksDB batch (group commit);
 //   5. only then send ACKs / ASSIGNs / CANCELs and answer HTTP (reads are rendered now).

@@ -36,6 +36,27 @@ int main(int argc, char** argv) {
       "workers allowed to connect, one 'NAME PUBLIC_KEY_Z85' per line ('#' comments)")(
       "insecure", evald::po::bool_switch(),
       "start even without keys and tokens on a non-loopback address (logs a warning)")(
+      "api-tokens", value<std::string>()->value_name("FILE"),
+      "HTTP API bearer tokens, one per line: NAME ROLE SHA256_HEX (roles: reader, submitter, "
+      "operator, admin); without it the API is open and must stay on loopback")(
+      "public-metrics", evald::po::bool_switch(), "serve /metrics without a token")(
+      "tls-cert", value<std::string>()->value_name("FILE"),
+      "PEM certificate (chain): serve the API and /metrics over HTTPS")(
+      "tls-key", value<std::string>()->value_name("FILE"), "PEM private key of --tls-cert")(
+      "tls-client-ca", value<std::string>()->value_name("FILE"),
+      "also require HTTPS clients to present a certificate signed by this CA")(
+      "max-pending-shards-per-user", value<int64_t>()->default_value(10'000'000),
+      "a submit that takes its token's (or, without tokens, its address's) pending and running "
+      "shards above this gets 429")("max-spec-bytes", value<int64_t>()->default_value(1 << 20),
+                                    "largest campaign spec accepted; larger gets 413")(
+      "http-max-connections", value<int64_t>()->default_value(512),
+      "open HTTP connections at most (also at most half the open file limit)")(
+      "http-max-connections-per-address", value<int64_t>()->default_value(64),
+      "open HTTP connections from one client address at most")(
+      "http-header-timeout-ms", value<int64_t>()->default_value(10000),
+      "a connection that has not sent a complete request header in this time is closed")(
+      "http-body-budget-bytes", value<int64_t>()->default_value(int64_t{256} << 20),
+      "request body bytes read at the same time over all connections; over it: 503")(
       "log-level", value<std::string>()->default_value("info"),
       "trace, debug, info, warn or error");
   evald::ParsedArgs args;
@@ -87,6 +108,41 @@ int main(int argc, char** argv) {
   config.insecure = v["insecure"].as<bool>();
   if (v.count("curve-secret") > 0) config.curve_secret_file = v["curve-secret"].as<std::string>();
   if (v.count("worker-keys") > 0) config.worker_keys_file = v["worker-keys"].as<std::string>();
+  const auto optional_text = [&](const char* name) {
+    return v.count(name) > 0 ? v[name].as<std::string>() : std::string();
+  };
+  config.api_tokens_file = optional_text("api-tokens");
+  config.public_metrics = v["public-metrics"].as<bool>();
+  config.tls_cert_file = optional_text("tls-cert");
+  config.tls_key_file = optional_text("tls-key");
+  config.tls_client_ca_file = optional_text("tls-client-ca");
+  if (config.tls_cert_file.empty() != config.tls_key_file.empty()) {
+    std::cerr << "evald-coordinator: --tls-cert and --tls-key go together\n";
+    return evald::kExitUsage;
+  }
+  if (!config.tls_client_ca_file.empty() && config.tls_cert_file.empty()) {
+    std::cerr << "evald-coordinator: --tls-client-ca needs --tls-cert and --tls-key\n";
+    return evald::kExitUsage;
+  }
+  const auto quota = v["max-pending-shards-per-user"].as<int64_t>();
+  const auto spec_bytes = v["max-spec-bytes"].as<int64_t>();
+  const auto connections = v["http-max-connections"].as<int64_t>();
+  const auto per_address = v["http-max-connections-per-address"].as<int64_t>();
+  const auto header_timeout = v["http-header-timeout-ms"].as<int64_t>();
+  const auto body_budget = v["http-body-budget-bytes"].as<int64_t>();
+  if (quota <= 0 || spec_bytes <= 0 || connections <= 0 || per_address <= 0 ||
+      header_timeout <= 0 || body_budget <= 0) {
+    std::cerr << "evald-coordinator: --max-pending-shards-per-user, --max-spec-bytes, "
+                 "--http-max-connections, --http-max-connections-per-address, "
+                 "--http-header-timeout-ms and --http-body-budget-bytes must be positive\n";
+    return evald::kExitUsage;
+  }
+  config.max_pending_shards_per_user = quota;
+  config.max_spec_bytes = static_cast<size_t>(spec_bytes);
+  config.http_max_connections = static_cast<size_t>(connections);
+  config.http_max_connections_per_address = static_cast<size_t>(per_address);
+  config.http_header_timeout = std::chrono::milliseconds(header_timeout);
+  config.http_body_budget_bytes = static_cast<size_t>(body_budget);
   if (!evald::init_logging("evald-coordinator", v["log-level"].as<std::string>())) {
     std::cerr << "evald-coordinator: --log-level: unknown level\n";
     return evald::kExitUsage;

@@ -144,6 +144,20 @@ Metrics::Metrics()
                         .Name("evald_http_requests_total")
                         .Help("HTTP requests by route and status")
                         .Register(*registry)),
+      http_refused(BuildCounter()
+                       .Name("evald_http_refused_total")
+                       .Help("HTTP connections and requests refused (caps, timeouts, TLS, "
+                             "authentication, authorisation, quota), by reason")
+                       .Register(*registry)),
+      audit_events(BuildCounter()
+                       .Name("evald_audit_events_total")
+                       .Help("Audit events written, by action")
+                       .Register(*registry)),
+      audit_suppressed(BuildCounter()
+                           .Name("evald_audit_refusals_suppressed_total")
+                           .Help("Refused requests not written to the audit log (per-minute cap)")
+                           .Register(*registry)
+                           .Add({})),
       queue_ready(BuildGauge()
                       .Name("evald_queue_ready_shards")
                       .Help("Pending shards ready to dispatch")

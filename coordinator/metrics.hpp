@@ -68,6 +68,13 @@ struct Metrics {
   // again on reconnect), but a steady rate means a worker cannot keep up or keeps vanishing.
   prometheus::Family<prometheus::Counter>& messages_dropped;
   prometheus::Family<prometheus::Counter>& http_requests;  // {route,status}
+  // Connections and requests turned away: connection_limit, address_limit, idle_evicted,
+  // header_timeout, body_budget, tls_handshake, unauthenticated, forbidden, quota,
+  // spec_too_large. {reason}
+  prometheus::Family<prometheus::Counter>& http_refused;
+  prometheus::Family<prometheus::Counter>& audit_events;  // {action}
+  // Refusals not written to the audit log because their source was over the per-minute cap.
+  prometheus::Counter& audit_suppressed;
   prometheus::Gauge& queue_ready;
   prometheus::Gauge& turn_seconds_max;
 

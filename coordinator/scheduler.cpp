@@ -286,11 +286,14 @@ void Scheduler::reject(const char* reason) {
 }
 
 void Scheduler::write_campaign(const Campaign& c) {
-  nlohmann::json record = {{"id", c.id},
-                           {"spec", nlohmann::json::parse(c.spec_json)},
-                           {"created_at_ms", c.created_at_ms},
-                           {"finished_at_ms", c.finished_at_ms},
-                           {"state", to_string(c.state)}};
+  nlohmann::json record = {
+      {"id", c.id},
+      {"spec", nlohmann::json::parse(c.spec_json)},
+      {"created_at_ms", c.created_at_ms},
+      {"finished_at_ms", c.finished_at_ms},
+      {"submitted_by", c.submitted_by ? nlohmann::json(*c.submitted_by) : nlohmann::json(nullptr)},
+      {"submitted_from", c.submitted_from},
+      {"state", to_string(c.state)}};
   batch_.put_campaign(c.key, record.dump());
 }
 
@@ -460,6 +463,10 @@ Status Scheduler::recover() {
     Campaign& c = create_campaign(key, doc.value("id", campaign_id_for(key)),
                                   std::move(spec.value()), doc.value("created_at_ms", int64_t{0}));
     c.finished_at_ms = doc.value("finished_at_ms", int64_t{0});
+    if (const auto by = doc.find("submitted_by"); by != doc.end() && by->is_string()) {
+      c.submitted_by = by->get<std::string>();
+    }
+    c.submitted_from = doc.value("submitted_from", std::string());
     const auto state = doc.value("state", std::string("running"));
     if (state == "succeeded") c.state = CampaignState::kSucceeded;
     if (state == "failed") c.state = CampaignState::kFailed;
@@ -519,10 +526,12 @@ Status Scheduler::recover() {
 // ---------------------------------------------------------------------------------------------
 // API operations
 
-Result<std::string> Scheduler::submit(const CampaignSpec& spec) {
+Result<std::string> Scheduler::submit(const CampaignSpec& spec, const Submitter& submitter) {
   const uint32_t key = next_campaign_key_++;
   batch_.put_meta_u64("next_campaign", next_campaign_key_);
   Campaign& c = create_campaign(key, campaign_id_for(key), spec, clock_.wall_ms());
+  c.submitted_by = submitter.name;
+  c.submitted_from = submitter.address;
   write_campaign(c);
   spdlog::info(
       "campaign submitted campaign={} name={} models={} benchmarks={} shards={} "

@@ -178,6 +178,10 @@ struct Campaign {
   std::string spec_json;
   int64_t created_at_ms = 0;
   int64_t finished_at_ms = 0;
+  // Who submitted it: the API token's name (nullopt when the API runs without tokens) and the
+  // client address, which is the quota principal without tokens. Stored with the campaign.
+  std::optional<std::string> submitted_by;
+  std::string submitted_from;
   CampaignState state = CampaignState::kRunning;
   std::vector<Group> groups;  // index = model * benchmarks + benchmark
   std::array<int64_t, kShardStateCount> counts{};
@@ -238,6 +242,11 @@ struct WorkerInfo {
   }
 };
 
+struct Submitter {
+  std::optional<std::string> name;
+  std::string address;
+};
+
 struct RerunSelector {
   bool failed_only = true;  // false: every shard in a final state that matches the filters
   std::optional<std::string> model;
@@ -255,7 +264,7 @@ class Scheduler {
   // --- operations; each stages store writes in batch() and messages in outgoing() ---
   void on_message(const std::string& identity, protocol::Message message);
   // Returns the new campaign's id.
-  Result<std::string> submit(const CampaignSpec& spec);
+  Result<std::string> submit(const CampaignSpec& spec, const Submitter& submitter = {});
   Result<int64_t> rerun(const std::string& campaign_id, const RerunSelector& selector);
   Result<int64_t> cancel(const std::string& campaign_id);
   // Liveness, heartbeats, orphan and backoff expiry, gauges. Cheap; call every turn.

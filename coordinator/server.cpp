@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string_view>
 
 #include "common/clock.hpp"
@@ -12,6 +13,7 @@
 #include "common/sd_notify.hpp"
 #include "common/signal_pipe.hpp"
 #include "coordinator/api.hpp"
+#include "coordinator/auth.hpp"
 #include "coordinator/core.hpp"
 #include "coordinator/metrics.hpp"
 #include "coordinator/scheduler.hpp"
@@ -46,6 +48,21 @@ Status load_worker_security(CoordinatorConfig& config) {
   return Ok{};
 }
 
+std::optional<std::string> protected_mode_refusal(const CoordinatorConfig& config) {
+  if (config.insecure || !config.api_tokens_file.empty()) return std::nullopt;
+  std::string host;
+  try {
+    host = split_host_port(config.http).first;
+  } catch (const std::exception&) {
+    return std::nullopt;  // the HTTP server reports a malformed address itself
+  }
+  if (is_loopback_host(host)) return std::nullopt;
+  return "refusing to serve the HTTP API on " + config.http +
+         " without authentication: anyone who can reach it could run commands on every worker. "
+         "Add --api-tokens FILE (and --tls-cert FILE --tls-key FILE to encrypt the tokens on the "
+         "wire), listen on a loopback address, or pass --insecure to start anyway";
+}
+
 int run_coordinator(const CoordinatorConfig& config) {
   spdlog::debug(
       "config data_dir={} bind={} http={} heartbeat_ms={} worker_timeout_ms={} "
@@ -53,6 +70,30 @@ int run_coordinator(const CoordinatorConfig& config) {
       config.data_dir, config.bind, config.http, config.heartbeat.count(),
       config.worker_timeout.count(), config.retry_backoff.count(), config.max_body_bytes,
       config.max_message_bytes);
+  if (auto refusal = protected_mode_refusal(config)) {
+    spdlog::error("startup refused (protected mode) error=\"{}\"", *refusal);
+    return 2;
+  }
+  if (config.insecure) {
+    spdlog::warn(
+        "insecure mode: protected mode is off (--insecure); without --api-tokens anyone who "
+        "reaches http={} can submit, cancel and read every campaign",
+        config.http);
+  }
+  const size_t open_files = raise_open_file_limit();
+  std::shared_ptr<const TokenTable> tokens;
+  if (!config.api_tokens_file.empty()) {
+    auto loaded = TokenTable::load(config.api_tokens_file);
+    if (!loaded.ok()) {
+      spdlog::error("startup failed error=\"{}\"", loaded.error().message);
+      return 1;
+    }
+    tokens = std::make_shared<const TokenTable>(std::move(loaded.value()));
+    spdlog::info("api tokens loaded file={} tokens={}", config.api_tokens_file, tokens->size());
+  } else {
+    spdlog::info("api authentication off (no --api-tokens); serving http={} only", config.http);
+  }
+  spdlog::info("open file limit={}", open_files);
   try {
     SignalPipe signals;
     auto opened = Store::open(config.data_dir);
@@ -76,7 +117,10 @@ int run_coordinator(const CoordinatorConfig& config) {
                     recovered.error().message);
       return 1;
     }
-    Api api(scheduler, metrics);
+    Api api(scheduler, metrics,
+            ApiOptions{.tokens = tokens,
+                       .max_pending_shards_per_user = config.max_pending_shards_per_user,
+                       .max_spec_bytes = config.max_spec_bytes});
     if (config.curve) {
       auto public_key = curve_public_key(config.curve->secret_z85);
       spdlog::info("worker socket uses CURVE public_key={} workers_allowed={}",
@@ -92,19 +136,36 @@ int run_coordinator(const CoordinatorConfig& config) {
                           .max_message_bytes = config.max_message_bytes,
                           .curve = config.curve},
               store, scheduler, api, metrics);
+    HttpServerOptions http_options{
+        .max_body_bytes = config.max_body_bytes,
+        .max_connections = config.http_max_connections,
+        .max_connections_per_address = config.http_max_connections_per_address,
+        .header_timeout = config.http_header_timeout,
+        .body_budget_bytes = config.http_body_budget_bytes,
+        .tls_cert_file = config.tls_cert_file,
+        .tls_key_file = config.tls_key_file,
+        .tls_client_ca_file = config.tls_client_ca_file,
+        .on_refused = [&metrics](const std::string& reason) {
+          metrics.http_refused.Add({{"reason", reason}}).Increment();
+        }};
+    const bool metrics_open = !tokens || config.public_metrics;
     HttpServer http(
-        config.http, config.max_body_bytes,
-        [&core, &metrics](HttpRequest request, HttpRespond respond) {
+        config.http, std::move(http_options),
+        [&core, &metrics, &tokens, metrics_open](HttpRequest request, HttpRespond respond) {
           // /metrics is served from the HTTP thread: prometheus-cpp metrics are
-          // atomics, and a scrape should not cost the core a turn.
+          // atomics, and a scrape should not cost the core a turn. A scrape without a valid token
+          // goes to the core like any request, to be refused and audited there.
           const std::string_view target = request.target;
           const bool metrics_path =
               target.substr(0, target.find('?')) == "/metrics";  // a query string is ignored
           if (request.method == "GET" && metrics_path) {
-            metrics.http_requests.Add({{"route", "/metrics"}, {"status", "200"}}).Increment();
-            respond(
-                HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", metrics.serialize()});
-            return;
+            const auto token = bearer_token(request.authorization);
+            if (metrics_open || (token && tokens->authenticate(*token))) {
+              metrics.http_requests.Add({{"route", "/metrics"}, {"status", "200"}}).Increment();
+              respond(HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8",
+                                   metrics.serialize()});
+              return;
+            }
           }
           core.post(std::move(request), std::move(respond));
         });

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -32,15 +33,32 @@ struct CoordinatorConfig {
   // Start even where protected mode would refuse (a non-loopback --http without --api-tokens, a
   // non-loopback --bind without --curve-secret); a warning is logged at every start.
   bool insecure = false;
+
+  // People and the HTTP API (docs/security.md).
+  std::string api_tokens_file;  // empty: no authentication (loopback development mode)
+  bool public_metrics = false;  // /metrics without a token
+  std::string tls_cert_file;    // with tls_key_file: HTTPS on --http
+  std::string tls_key_file;
+  std::string tls_client_ca_file;  // also require client certificates signed by this CA
+  int64_t max_pending_shards_per_user = 10'000'000;
+  size_t max_spec_bytes = 1u << 20;
+  size_t http_max_connections = 512;
+  size_t http_max_connections_per_address = 64;
+  std::chrono::milliseconds http_header_timeout{10000};
+  size_t http_body_budget_bytes = 256u << 20;
 };
 
 // Reads the key files named in `config` into config.curve and applies protected mode to the
 // worker socket. An error names the flag and the file, or says which flags to add; main() prints
 // it and exits 2.
 Status load_worker_security(CoordinatorConfig& config);
+// Protected mode: the reason a config may not start (a non-loopback --http without
+// --api-tokens, unless --insecure), saying what to add; nullopt when it may.
+std::optional<std::string> protected_mode_refusal(const CoordinatorConfig& config);
 
 // Returns the process exit code: 0 after a graceful stop, 1 on a runtime failure (the reason is
-// logged: data dir unusable, port taken, store failure).
+// logged: data dir unusable, port taken, store failure, an unreadable token or TLS file), 2 when
+// protected mode refuses the config.
 int run_coordinator(const CoordinatorConfig& config);
 
 }  // namespace evald::coordinator

@@ -15,6 +15,7 @@ constexpr char kShardPrefix = 's';
 constexpr char kAttemptPrefix = 'a';
 constexpr char kCellPrefix = 'g';
 constexpr char kSamplesPrefix = 'x';
+constexpr char kAuditPrefix = 'u';
 constexpr char kLateResultSuffix = 'L';  // after an attempt key: the late result of that attempt
 
 void append_be32(std::string& out, uint32_t v) {
@@ -82,6 +83,13 @@ void Store::Batch::put_meta_u64(std::string_view name, uint64_t value) {
   std::string v;
   append_be64(v, value);
   batch_.Put(key, v);
+  ++puts_;
+}
+
+void Store::Batch::put_audit(uint64_t seq, const std::string& json) {
+  std::string key(1, kAuditPrefix);
+  append_be64(key, seq);
+  batch_.Put(key, json);
   ++puts_;
 }
 
@@ -244,6 +252,37 @@ Status Store::scan_cells(
                        visit(read_be32(k, 1), read_be32(k, 5), cell.value());
                        return Ok{};
                      });
+}
+
+std::optional<uint64_t> Store::last_audit_seq() const {
+  std::string upper(1, static_cast<char>(kAuditPrefix + 1));
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+  it->SeekForPrev(upper);
+  if (!it->Valid()) return std::nullopt;
+  const std::string_view k(it->key().data(), it->key().size());
+  if (k.size() != 9 || k[0] != kAuditPrefix) return std::nullopt;
+  return read_be64(k, 1);
+}
+
+Status Store::scan_audit(
+    uint64_t after, size_t limit,
+    const std::function<void(uint64_t seq, std::string_view json)>& visit) const {
+  if (limit == 0 || after == UINT64_MAX) return Ok{};
+  std::string start(1, kAuditPrefix);
+  append_be64(start, after + 1);
+  rocksdb::ReadOptions options;
+  options.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(options));
+  size_t seen = 0;
+  for (it->Seek(start); it->Valid() && seen < limit; it->Next()) {
+    const std::string_view k(it->key().data(), it->key().size());
+    if (k.empty() || k[0] != kAuditPrefix) break;
+    if (k.size() != 9) return make_error("bad audit key " + hex(k));
+    visit(read_be64(k, 1), std::string_view(it->value().data(), it->value().size()));
+    ++seen;
+  }
+  if (!it->status().ok()) return make_error("store scan failed: " + it->status().ToString());
+  return Ok{};
 }
 
 uint64_t Store::approximate_size_bytes() const {

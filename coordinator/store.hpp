@@ -42,6 +42,8 @@ class Store {
     void put_attempt(const ShardKey& key, uint64_t attempt_id, const AttemptRecord& record);
     void put_cell(uint32_t campaign, uint32_t group, const CellAggregate& cell);
     void put_samples(const ShardKey& key, const std::string& samples_json);
+    // One audit event (coordinator/audit.hpp), JSON; seq increases by one per event.
+    void put_audit(uint64_t seq, const std::string& json);
     bool empty() const { return puts_ == 0; }
     size_t size() const { return puts_; }
     void clear();
@@ -82,6 +84,12 @@ class Store {
                                                 const AttemptRecord&)>& visit) const;
   Status scan_cells(const std::function<void(uint32_t campaign, uint32_t group,
                                              const CellAggregate&)>& visit) const;
+
+  // The highest audit sequence number stored, if any.
+  std::optional<uint64_t> last_audit_seq() const;
+  // Visits at most `limit` audit events with seq > after, oldest first.
+  Status scan_audit(uint64_t after, size_t limit,
+                    const std::function<void(uint64_t seq, std::string_view json)>& visit) const;
 
   // RocksDB's estimate of live data plus memtables, for the size metric.
   uint64_t approximate_size_bytes() const;

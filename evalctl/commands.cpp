@@ -60,6 +60,8 @@ constexpr CommandInfo kCommands[] = {
      "is one safetensors checkpoint derived from another? (local files, no server)"},
     {"keygen", "keygen PREFIX [--force]",
      "write a CURVE key pair for the worker socket: PREFIX.secret (0600) and PREFIX.public"},
+    {"audit", "audit [--since SEQ] [--limit N]",
+     "who submitted, reran and cancelled what, and refused requests (admin)"},
 };
 
 const CommandInfo* find_command(const std::string& name) {
@@ -74,6 +76,14 @@ po::options_description global_options() {
   options.add_options()("server", po::value<std::string>()->value_name("URL"),
                         "coordinator API (default: $EVALD_SERVER, else http://127.0.0.1:8080)")(
       "json", "print the server's JSON on stdout (for scripts)")(
+      "token", po::value<std::string>()->value_name("TOKEN"),
+      "API bearer token (default: $EVALD_TOKEN)")(
+      "cacert", po::value<std::string>()->value_name("FILE"),
+      "PEM CA certificate(s) to trust for an https:// server (default: $EVALD_CACERT, else the "
+      "system's)")("client-cert", po::value<std::string>()->value_name("FILE"),
+                   "PEM client certificate, for a server that requires one")(
+      "client-key", po::value<std::string>()->value_name("FILE"),
+      "PEM key of --client-cert (default: read from the --client-cert file)")(
       "config", po::value<std::string>()->value_name("FILE"),
       "JSON file whose keys mirror the global long flags")(
       "help,h", "show help; after a command, that command's options")("version",
@@ -83,8 +93,9 @@ po::options_description global_options() {
 
 std::string main_help() {
   std::ostringstream text;
-  text << "Usage: evalctl [--server URL] [--json] COMMAND [ARGS]\n\n"
-          "Client for the evald coordinator's HTTP API.\n\nCommands:\n";
+  text
+      << "Usage: evalctl [--server URL] [--token TOKEN] [--cacert FILE] [--json] COMMAND [ARGS]\n\n"
+         "Client for the evald coordinator's HTTP API.\n\nCommands:\n";
   size_t width = 0;
   for (const auto& command : kCommands) width = std::max(width, std::strlen(command.usage));
   for (const auto& command : kCommands) {
@@ -128,6 +139,13 @@ void describe_command(const std::string& name, CommandSpec& spec) {
     spec.hidden.add_options()("prefix", po::value<std::string>(), "");
     spec.positional.add("prefix", 1);
     spec.visible.add_options()("force", "replace existing key files (the old key stops working)");
+    return;
+  }
+  if (name == "audit") {
+    spec.visible.add_options()("since", po::value<uint64_t>()->default_value(0)->value_name("SEQ"),
+                               "only events after this sequence number")(
+        "limit", po::value<uint64_t>()->value_name("N"),
+        "at most N events (default: all, fetched page by page)");
     return;
   }
   spec.hidden.add_options()("id", po::value<std::string>(), "");
@@ -213,6 +231,7 @@ std::string url_encode(const std::string& text) {
 
 struct Context {
   HttpUrl server;
+  HttpClientOptions client;
   bool json_output = false;
   bool tty = false;
   std::ostream& out;
@@ -228,7 +247,7 @@ int fail(const Context& context, const std::string& message) {
 // to show.
 Result<json> call(const Context& context, const std::string& method, const std::string& target,
                   const std::string& body = "") {
-  auto response = http_request(context.server, method, target, body);
+  auto response = http_request(context.server, context.client, method, target, body);
   if (!response) return response.error();
   if (response->status < 200 || response->status >= 300) {
     return make_error(http_error_message(response->status, response->body));
@@ -319,7 +338,7 @@ int watch(const Context& context, const std::string& id, std::chrono::millisecon
   };
   std::string state;
   for (;;) {
-    auto response = http_request(context.server, "GET", target);
+    auto response = http_request(context.server, context.client, "GET", target);
     if (!response) {
       // The coordinator may be restarting; keep asking for a while before giving up.
       const auto now = std::chrono::steady_clock::now();
@@ -438,6 +457,37 @@ int workers(const Context& context) {
   return kExitOk;
 }
 
+int audit(const Context& context, uint64_t since, std::optional<uint64_t> limit) {
+  json events = json::array();
+  // Page through everything after `since` (or up to --limit events), oldest first.
+  for (;;) {
+    uint64_t page = 1000;
+    if (limit) page = std::min<uint64_t>(page, *limit - events.size());
+    if (page == 0) break;
+    const auto reply =
+        call(context, "GET",
+             "/v1/audit?since=" + std::to_string(since) + "&limit=" + std::to_string(page));
+    if (!reply) return fail(context, reply.error().message);
+    const auto it = reply->find("events");
+    if (it == reply->end() || !it->is_array()) {
+      return fail(context, "unexpected answer to GET /v1/audit: no events");
+    }
+    for (const auto& event : *it) events.push_back(event);
+    const auto next = integer_field(*reply, "next_since");
+    const auto more = reply->find("more");
+    if (it->empty() || !next || more == reply->end() || !more->is_boolean() || !more->get<bool>()) {
+      break;
+    }
+    since = static_cast<uint64_t>(*next);
+  }
+  if (context.json_output) {
+    print_json(context, json{{"events", events}});
+  } else {
+    context.out << format_audit(json{{"events", events}});
+  }
+  return kExitOk;
+}
+
 HttpUrl resolve_server(const po::variables_map& values, const Environment& environment) {
   std::string source = "--server";
   std::string url = kDefaultServer;
@@ -480,6 +530,27 @@ int keygen(const std::string& prefix, bool force, bool as_json, std::ostream& ou
   return kExitOk;
 }
 
+HttpClientOptions resolve_client(const po::variables_map& values, const Environment& environment) {
+  HttpClientOptions client;
+  if (values.count("token") > 0) {
+    client.bearer_token = values["token"].as<std::string>();
+  } else if (environment.token) {
+    client.bearer_token = *environment.token;
+  }
+  if (values.count("cacert") > 0) {
+    client.ca_file = values["cacert"].as<std::string>();
+  } else if (environment.cacert) {
+    client.ca_file = *environment.cacert;
+  }
+  if (values.count("client-cert") > 0)
+    client.client_cert_file = values["client-cert"].as<std::string>();
+  if (values.count("client-key") > 0) {
+    if (client.client_cert_file.empty()) throw UsageError("--client-key needs --client-cert");
+    client.client_key_file = values["client-key"].as<std::string>();
+  }
+  return client;
+}
+
 int run_command(const CommandInfo& info, const std::vector<std::string>& args,
                 const po::variables_map& global, bool help, std::ostream& out, std::ostream& err,
                 const Environment& environment) {
@@ -497,11 +568,23 @@ int run_command(const CommandInfo& info, const std::vector<std::string>& args,
     return keygen(require_positional(info, values, "prefix", "PREFIX"), values.count("force") > 0,
                   global.count("json") > 0, out, err);
   }
-  Context context{resolve_server(global, environment), global.count("json") > 0,
-                  environment.stdout_is_tty, out, err};
+  Context context{resolve_server(global, environment),
+                  resolve_client(global, environment),
+                  global.count("json") > 0,
+                  environment.stdout_is_tty,
+                  out,
+                  err};
 
   if (name == "submit") return submit(context, require_positional(info, values, "file", "FILE"));
   if (name == "workers") return workers(context);
+  if (name == "audit") {
+    std::optional<uint64_t> limit;
+    if (values.count("limit") > 0) {
+      limit = values["limit"].as<uint64_t>();
+      if (*limit == 0) throw UsageError("audit: --limit must be a positive integer");
+    }
+    return audit(context, values["since"].as<uint64_t>(), limit);
+  }
   if (name == "status") {
     std::optional<std::string> id;
     if (values.count("id") > 0) id = values["id"].as<std::string>();

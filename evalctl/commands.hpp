@@ -12,8 +12,10 @@ namespace evald::evalctl {
 
 // What run() needs from the process, gathered by main() so that nothing here reads globals.
 struct Environment {
-  std::optional<std::string> server;  // $EVALD_SERVER, if set and not empty
-  bool stdout_is_tty = false;         // `watch` redraws one line in place only on a terminal
+  std::optional<std::string> server;       // $EVALD_SERVER, if set and not empty
+  bool stdout_is_tty = false;              // `watch` redraws one line in place only on a terminal
+  std::optional<std::string> token = {};   // $EVALD_TOKEN, if set and not empty
+  std::optional<std::string> cacert = {};  // $EVALD_CACERT, if set and not empty
 };
 
 // Runs `evalctl ARGS...` (ARGS without the program name). Output goes to `out`, messages to

@@ -586,6 +586,24 @@ std::string format_workers(const json& workers) {
   return render_table(table);
 }
 
+std::string format_audit(const json& audit) {
+  const json& list = array_at(audit, "events");
+  if (list.empty()) return "no audit events\n";
+  Table table;
+  table.headers = {"seq", "at", "who", "action", "campaign", "detail"};
+  table.right_align = {true, false, false, false, false, false};
+  for (const auto& event : list) {
+    const json* principal = find(event, "principal");
+    const std::string who = principal != nullptr && principal->is_string()
+                                ? principal->get<std::string>()
+                                : "(" + text_at(event, "address") + ")";
+    table.rows.push_back({integer_text(integer_at(event, "seq")), text_at(event, "at"), who,
+                          text_at(event, "action"), text_at(event, "campaign"),
+                          one_line(text_at(event, "detail", ""), kErrorBodyChars)});
+  }
+  return render_table(table);
+}
+
 std::string format_watch_line(const json& campaign) {
   const Counts counts = counts_of(campaign);
   const auto filled =
@@ -601,10 +619,21 @@ std::string format_watch_line(const json& campaign) {
 std::string http_error_message(int status, std::string_view body) {
   const auto parsed = parse_json_bounded(body);
   const json* error = parsed ? find(*parsed, "error") : nullptr;
-  if (error != nullptr && error->is_string()) return error->get<std::string>();
-  std::string message = "server answered HTTP " + std::to_string(status);
-  const std::string first = one_line(std::string(body), kErrorBodyChars);
-  if (!first.empty()) message += ": " + first;
+  std::string message;
+  if (error != nullptr && error->is_string()) {
+    message = error->get<std::string>();
+  } else {
+    message = "server answered HTTP " + std::to_string(status);
+    const std::string first = one_line(std::string(body), kErrorBodyChars);
+    if (!first.empty()) message += ": " + first;
+  }
+  if (status == 401) {
+    message =
+        "not authenticated (HTTP 401): " + message + "; pass --token TOKEN or set EVALD_TOKEN";
+  } else if (status == 403) {
+    message = "permission denied (HTTP 403): " + message +
+              "; ask an administrator for a token with that role";
+  }
   return message;
 }
 

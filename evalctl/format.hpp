@@ -54,11 +54,14 @@ std::string format_shards(const nlohmann::json& shards);
 // GET /v1/workers as a table.
 std::string format_workers(const nlohmann::json& workers);
 
+// GET /v1/audit as a table: seq, time, principal (or the address), action, campaign, detail.
+std::string format_audit(const nlohmann::json& audit);
+
 // One line of `watch`: a bar, done/total, percent, counts per state and ETA, no newline.
 std::string format_watch_line(const nlohmann::json& campaign);
 
 // The message to show for an HTTP error: the server's {"error"} text, or the status and the start
-// of the body when the body is not that JSON.
+// of the body when the body is not that JSON. 401 and 403 also say what to do about them.
 std::string http_error_message(int status, std::string_view body);
 
 // Whether two snapshots of a campaign differ in what `watch` shows when piped (state and counts).

@@ -15,6 +15,12 @@ int main(int argc, char** argv) {
   if (const char* server = std::getenv("EVALD_SERVER"); server != nullptr && *server != '\0') {
     environment.server = server;
   }
+  if (const char* token = std::getenv("EVALD_TOKEN"); token != nullptr && *token != '\0') {
+    environment.token = token;
+  }
+  if (const char* cacert = std::getenv("EVALD_CACERT"); cacert != nullptr && *cacert != '\0') {
+    environment.cacert = cacert;
+  }
   environment.stdout_is_tty = isatty(STDOUT_FILENO) == 1;
   return evald::evalctl::run(args, std::cout, std::cerr, environment);
 }

@@ -29,8 +29,10 @@ packages=(
   # security: OpenSSL for the HTTPS API; clang with libFuzzer and the sanitizer runtimes for the
   # fuzz targets and the ASan+UBSan test run
   libssl-dev clang libfuzzer-14-dev libclang-rt-14-dev
-  # CI's format gate (.ci/run): the clang-format of the repo's .clang-format (14 on bookworm)
+  # CI's format gate (scripts/test.sh): the clang-format of the repo's .clang-format (14 on bookworm)
   clang-format
+  # the HTTPS tests make a throwaway CA, server and client certificates with the openssl CLI
+  openssl
   # observability tests: a real Prometheus server and promtool (on a host with systemd the
   # package also enables a prometheus service on :9090; the tests start their own on a free port)
   prometheus

@@ -81,6 +81,13 @@ void Coordinator::start(const std::string& bind, const std::string& http) {
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
   ProcessOptions process;
   process.executable = bin_dir() / "evald-coordinator";
+  if (options_.open_files_limit) {
+    args.insert(
+        args.begin(),
+        {"-c", "ulimit -n " + std::to_string(*options_.open_files_limit) + " && exec \"$0\" \"$@\"",
+         process.executable.string()});
+    process.executable = "/bin/sh";
+  }
   process.args = std::move(args);
   process.log_file = log_file_;
   process.pipe_stdout = true;
@@ -164,7 +171,7 @@ int Worker::terminate() {
 
 // --- Api -----------------------------------------------------------------------------------------
 
-Api::Api(const std::string& url) {
+Api::Api(const std::string& url, HttpClientOptions client) : client_(std::move(client)) {
   auto parsed = parse_http_url(url);
   if (!parsed.ok()) throw std::runtime_error("bad server url: " + parsed.error().message);
   url_ = parsed.value();
@@ -172,7 +179,7 @@ Api::Api(const std::string& url) {
 
 HttpResponse Api::request(const std::string& method, const std::string& target,
                           const std::string& body) const {
-  auto response = http_request(url_, method, target, body, std::chrono::seconds(10));
+  auto response = http_request(url_, client_, method, target, body, std::chrono::seconds(10));
   if (!response.ok()) {
     throw std::runtime_error(method + " " + target + " failed: " + response.error().message);
   }

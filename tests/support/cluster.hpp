@@ -42,6 +42,9 @@ struct CoordinatorOptions {
   std::optional<int64_t> max_body_bytes;
   std::string log_level = "info";
   std::vector<std::string> extra_args;
+  // Runs the coordinator under `ulimit -n` (soft and hard), e.g. to make exhausting its file
+  // descriptors cheap in a test.
+  std::optional<int> open_files_limit;
 };
 
 // evald-coordinator on 127.0.0.1 with ports picked by the kernel. The first start learns the
@@ -121,7 +124,8 @@ class Worker {
 // statuses throw std::runtime_error naming the request, the status and the body.
 class Api {
  public:
-  explicit Api(const std::string& url);
+  // `client`: a bearer token (and, for https, the CA) sent with every request.
+  explicit Api(const std::string& url, HttpClientOptions client = {});
 
   // Any status; throws only if the server cannot be reached.
   HttpResponse request(const std::string& method, const std::string& target,
@@ -157,9 +161,11 @@ class Api {
       const std::string& name, const std::map<std::string, std::string>& labels = {}) const;
 
   const HttpUrl& url() const { return url_; }
+  const HttpClientOptions& client() const { return client_; }
 
  private:
   HttpUrl url_;
+  HttpClientOptions client_;
 };
 
 struct ClusterOptions {

@@ -383,7 +383,7 @@ TEST_CASE("evalctl usage errors exit 2", "[unit][evalctl]") {
   CHECK(missing_id.err.find("results: missing campaign ID") != std::string::npos);
   CHECK(evalctl({"results", "c1", "--format", "xml"}).code == 2);
   CHECK(evalctl({"shards", "c1", "--state", "done"}).code == 2);
-  CHECK(evalctl({"--server", "https://example.org", "workers"}).code == 2);
+  CHECK(evalctl({"--server", "ftp://example.org", "workers"}).code == 2);
   CHECK(evalctl({"status", "--bogus"}).code == 2);
 
   const auto help = evalctl({"results", "--help"});

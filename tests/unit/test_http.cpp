@@ -364,9 +364,13 @@ TEST_CASE("parse_http_url reads host, port and prefix; refuses the rest", "[unit
   CHECK(v6->host == "::1");
   CHECK(v6->port == 9000);
 
-  auto tls = evald::parse_http_url("https://example.org");
-  REQUIRE_FALSE(tls.ok());
-  CHECK(tls.error().message.rfind("https is not supported: https://example.org", 0) == 0);
+  auto tls = evald::parse_http_url("https://example.org/api");
+  REQUIRE(tls.ok());
+  CHECK(tls->tls);
+  CHECK(tls->host == "example.org");
+  CHECK(tls->port == 443);
+  CHECK(tls->base_path == "/api");
+  CHECK(evald::describe(tls.value()) == "https://example.org:443");
 
   for (const std::string bad : {"127.0.0.1:8080", "ftp://x", "http://", "http://host:abc",
                                 "http://user@host:80", "http://host:80/?q=1"}) {
