@@ -28,6 +28,8 @@ packages=(
   prometheus
   # deployment tests: systemd-analyze, PyYAML, a real Slurm with munge, network namespaces
   systemd python3-yaml slurm-wlm munge iproute2
+  # the netns test's HTTPS API: a throwaway CA and server certificate
+  openssl
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
