@@ -50,3 +50,74 @@ for row in results["models"]:
         assert score["count"] == examples and score["complete"], (row["name"], name, score)
 CHECK
 }
+
+# --- the secure setup -------------------------------------------------------------------------
+
+# make_secrets BIN_DIR SOURCE_DIR DIR [--token NAME:ROLE]... WORKER_NAME...: the cluster's
+# CURVE keys, allowlist and API tokens, made by the shipped deploy/make-secrets.sh with this
+# build's `evalctl keygen`: DIR/coordinator.{secret,public}, DIR/workers/NAME.{secret,public},
+# DIR/worker-keys, DIR/api-tokens and DIR/tokens/NAME.token.
+make_secrets() {
+  local bin="$1" src="$2" out
+  shift 2
+  out="$("${src}/deploy/make-secrets.sh" --evalctl "${bin}/evalctl" "$@" 2>&1)" ||
+    fail "deploy/make-secrets.sh $* failed: ${out}"
+}
+
+# token_of DIR NAME: the token NAME made by make_secrets.
+token_of() { tr -d '\n' <"$1/tokens/$2.token"; }
+
+# check_secret_mode FILE: a secret key file as `evalctl keygen` must leave it, readable and
+# writable by its owner only, whatever the umask.
+check_secret_mode() {
+  local mode
+  mode="$(stat -c %a "$1")"
+  [[ "${mode}" == 600 ]] || fail "$1 has mode ${mode}, expected 600"
+}
+
+# make_tls_cert DIR IP: a throwaway CA (DIR/ca.crt) and a server certificate for IP signed by it
+# (DIR/server.crt, DIR/server.key), as an operator's CA would issue for the coordinator.
+make_tls_cert() {
+  local dir="$1" ip="$2"
+  (
+    umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj /CN=evald-test-ca -keyout "${dir}/ca.key" -out "${dir}/ca.crt" &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=${ip}" -keyout "${dir}/server.key" -out "${dir}/server.csr" &&
+      printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+        "${ip}" >"${dir}/server.ext" &&
+      openssl x509 -req -in "${dir}/server.csr" -CA "${dir}/ca.crt" -CAkey "${dir}/ca.key" \
+        -CAcreateserial -days 2 -extfile "${dir}/server.ext" -out "${dir}/server.crt"
+  ) >"${dir}/openssl.log" 2>&1 || fail "openssl could not make a certificate: $(cat "${dir}/openssl.log")"
+}
+
+# http_call METHOD URL [BODY]: one API request as a script would make it, with
+# `Authorization: Bearer $EVALD_TOKEN` when EVALD_TOKEN is set and the CA $EVALD_CACERT for
+# https. Prints one JSON line {"status", "www_authenticate", "body"} (body parsed when JSON).
+# The request is made through the command in the array http_via, if any (e.g. ip netns exec NS).
+http_via=()
+http_call() {
+  "${http_via[@]}" python3 - "$@" <<'HTTP'
+import json, os, ssl, sys, urllib.error, urllib.request
+method, url = sys.argv[1], sys.argv[2]
+body = sys.argv[3].encode() if len(sys.argv) > 3 else None
+request = urllib.request.Request(url, data=body, method=method)
+if os.environ.get("EVALD_TOKEN"):
+    request.add_header("Authorization", "Bearer " + os.environ["EVALD_TOKEN"])
+if body is not None:
+    request.add_header("Content-Type", "application/json")
+context = ssl.create_default_context(cafile=os.environ.get("EVALD_CACERT") or None)
+try:
+    response = urllib.request.urlopen(request, timeout=10, context=context)
+except urllib.error.HTTPError as error:
+    response = error
+text = response.read().decode("utf-8", "replace")
+try:
+    parsed = json.loads(text)
+except ValueError:
+    parsed = text
+print(json.dumps({"status": response.status, "www_authenticate": response.headers.get("WWW-Authenticate"),
+                  "body": parsed}))
+HTTP
+}

@@ -8,16 +8,25 @@
 #   evald-<pid>-w1 (worker,      10.200.0.2) --veth--+-- bridge in evald-<pid>-sw
 #   evald-<pid>-w2 (worker,      10.200.0.3) --veth--+
 #
-# The 10.200.0.0/24 addresses exist only inside these namespaces. The coordinator binds its
-# worker endpoint to its veth address; its HTTP API stays on 127.0.0.1 inside its namespace, so
-# evalctl runs there (ip netns exec). The test checks that both workers connect from their own
-# addresses, and that a campaign completes on both with the exact expected scores. Namespaces
-# and processes are removed on exit, also on failure; namespaces left by a run that was killed
-# (SIGKILL skips the trap) are removed by the next run.
+# The 10.200.0.0/24 addresses exist only inside these namespaces. The coordinator serves both
+# its worker endpoint and its HTTP API on its veth address, so it runs the secure setup a real
+# cluster needs:
+#   1. protected mode: without keys it refuses to bind the worker endpoint beyond loopback, and
+#      without tokens to serve the API there, saying what to add; --insecure starts anyway;
+#   2. with CURVE keys (deploy/make-secrets.sh, evalctl keygen), the worker allowlist, an API
+#      token file and HTTPS (a throwaway CA), both workers connect from their own addresses,
+#      while a worker with a key not on the allowlist, and one that claims another worker's
+#      name, are refused and counted;
+#   3. evalctl and plain HTTP clients on another machine (the w1 namespace) reach the API only
+#      with a token: none gets 401, a reader's submit 403; an operator's campaign completes on
+#      both workers with the exact expected scores, records its submitter, and the audit log
+#      shows the submission and the refusal.
+# Namespaces and processes are removed on exit, also on failure; namespaces left by a run that
+# was killed (SIGKILL skips the trap) are removed by the next run.
 #
 # Usage: run-netns-test.sh BIN_DIR SOURCE_DIR
-# Exit: 0 passed, 1 failed, 77 skipped (not root, no iproute2, or namespaces, veth pairs or
-# bridges cannot be created here), with the reason on stdout.
+# Exit: 0 passed, 1 failed, 77 skipped (not root, no iproute2 or openssl, or namespaces, veth
+# pairs or bridges cannot be created here), with the reason on stdout.
 set -euo pipefail
 
 bin_dir="$(cd "${1:?usage: run-netns-test.sh BIN_DIR SOURCE_DIR}" && pwd)"
@@ -32,6 +41,7 @@ source "${source_dir}/tests/integration/script_lib.sh"
 command -v ip >/dev/null || skip "ip (iproute2) not found; scripts/setup.sh installs it"
 command -v ss >/dev/null || skip "ss (iproute2) not found; scripts/setup.sh installs it"
 command -v python3 >/dev/null || skip "python3 not found"
+command -v openssl >/dev/null || skip "openssl not found; scripts/setup.sh installs it"
 for binary in evald-coordinator evald-worker evalctl; do
   [[ -x "${bin_dir}/${binary}" ]] || fail "${bin_dir}/${binary} is not built"
 done
@@ -114,39 +124,92 @@ done
 coord_ip=10.200.0.1
 log "namespaces ${ns_coord} (${coord_ip}), ${ns_w1} (10.200.0.2), ${ns_w2} (10.200.0.3) on a bridge"
 
-# --- keys: the bind is not loopback, so the worker socket runs CURVE ---------------------------
-mkdir -p "${tmp}/keys"
-for key in coordinator netns-w1 netns-w2; do
-  "${bin_dir}/evalctl" keygen "${tmp}/keys/${key}" >/dev/null || fail "evalctl keygen ${key}"
-done
-for key in netns-w1 netns-w2; do
-  echo "${key} $(cat "${tmp}/keys/${key}.public")"
-done >"${tmp}/keys/worker-keys"
+# --- keys, tokens and a certificate -----------------------------------------------------------
+secrets="${tmp}/secrets"
+make_secrets "${bin_dir}" "${source_dir}" --token op:operator --token rd:reader --token adm:admin \
+  "${secrets}" netns-w1 netns-w2
+# A key the coordinator has never heard of, made as an operator would, with a loose umask:
+# keygen still leaves the secret readable by its owner only.
+(umask 022 && "${bin_dir}/evalctl" keygen "${tmp}/rogue" >/dev/null) || fail "evalctl keygen failed"
+check_secret_mode "${tmp}/rogue.secret"
+check_secret_mode "${secrets}/workers/netns-w1.secret"
+make_tls_cert "${tmp}" "${coord_ip}"
+export EVALD_CACERT="${tmp}/ca.crt"
+curve_flags=(--curve-secret "${secrets}/coordinator.secret" --worker-keys "${secrets}/worker-keys")
+token_flags=(--api-tokens "${secrets}/api-tokens")
 
-# --- the coordinator, bound to its veth address -----------------------------------------------
+# --- protected mode ---------------------------------------------------------------------------
+# refused_start NAME WHAT FLAGS...: the coordinator exits at start with an error naming WHAT,
+# before it serves anything.
+refused_start() {
+  local name="$1" what="$2" rc=0
+  shift 2
+  timeout 20 ip netns exec "${ns_coord}" "${bin_dir}/evald-coordinator" \
+    --data-dir "${tmp}/store-${name}" "$@" >"${tmp}/log/${name}.out" 2>"${tmp}/log/${name}.log" || rc=$?
+  ((rc != 0 && rc != 124)) || fail "${name}: the coordinator started (exit ${rc}) with $*"
+  [[ ! -s "${tmp}/log/${name}.out" ]] || fail "${name}: it served: $(cat "${tmp}/log/${name}.out")"
+  grep -q -- "${what}" "${tmp}/log/${name}.log" ||
+    fail "${name}: the refusal does not say to add ${what}: $(cat "${tmp}/log/${name}.log")"
+}
+refused_start no-keys --curve-secret --bind "tcp://${coord_ip}:0" --http 127.0.0.1:0 "${token_flags[@]}"
+refused_start no-tokens --api-tokens --bind "tcp://${coord_ip}:0" --http "${coord_ip}:0" "${curve_flags[@]}"
+# --insecure starts anyway, and says so.
+ip netns exec "${ns_coord}" "${bin_dir}/evald-coordinator" --data-dir "${tmp}/store-insecure" \
+  --bind "tcp://${coord_ip}:0" --http "${coord_ip}:0" --insecure \
+  >"${tmp}/log/insecure.out" 2>"${tmp}/log/insecure.log" &
+insecure_pid=$!
+pids+=("${insecure_pid}")
+wait_for "the --insecure coordinator's endpoint line" 10 grep -q '"http"' "${tmp}/log/insecure.out"
+grep -qi insecure "${tmp}/log/insecure.log" ||
+  fail "--insecure logged no warning: $(cat "${tmp}/log/insecure.log")"
+kill -TERM "${insecure_pid}"
+wait "${insecure_pid}" || fail "the --insecure coordinator did not stop cleanly"
+unset 'pids[-1]'
+log "protected mode: refused without keys, refused without tokens, started with --insecure"
+
+# --- the coordinator, on its veth address with keys, tokens and TLS ---------------------------
 # `ip netns exec` execs the program, so $! is the daemon itself.
 ip netns exec "${ns_coord}" "${bin_dir}/evald-coordinator" --data-dir "${tmp}/store" \
-  --bind "tcp://${coord_ip}:0" --http 127.0.0.1:0 --heartbeat-ms 100 --worker-timeout-ms 1000 \
-  --curve-secret "${tmp}/keys/coordinator.secret" --worker-keys "${tmp}/keys/worker-keys" \
-  --retry-backoff-ms 20 >"${tmp}/log/endpoints.json" 2>"${tmp}/log/coordinator.log" &
+  --bind "tcp://${coord_ip}:0" --http "${coord_ip}:0" --heartbeat-ms 100 --worker-timeout-ms 1000 \
+  --retry-backoff-ms 20 "${curve_flags[@]}" "${token_flags[@]}" \
+  --tls-cert "${tmp}/server.crt" --tls-key "${tmp}/server.key" \
+  >"${tmp}/log/endpoints.json" 2>"${tmp}/log/coordinator.log" &
 pids+=($!)
 wait_for "the coordinator's endpoint line" 10 grep -q '"http"' "${tmp}/log/endpoints.json"
 bind="$(json 'd["bind"]' <"${tmp}/log/endpoints.json")"
 http="$(json 'd["http"]' <"${tmp}/log/endpoints.json")"
 [[ "${bind}" == "tcp://${coord_ip}:"* ]] || fail "coordinator bound to ${bind}, not ${coord_ip}"
-evalctl() { in_ns "${ns_coord}" "${bin_dir}/evalctl" --server "http://${http}" --json "$@"; }
-log "coordinator serves workers on ${bind} and its API on ${http} inside ${ns_coord}"
+[[ "${http}" == "${coord_ip}:"* ]] || fail "coordinator serves its API on ${http}, not ${coord_ip}"
+server="https://${http}"
+# Clients run on another machine: the w1 namespace, across the bridge.
+evalctl_as() {
+  local token="$1"
+  shift
+  EVALD_TOKEN="$(token_of "${secrets}" "${token}")" in_ns "${ns_w1}" "${bin_dir}/evalctl" \
+    --server "${server}" --json "$@"
+}
+evalctl() { evalctl_as op "$@"; }
+# http_as TOKEN_NAME METHOD URL [BODY]: a plain HTTP client on w1 ("" for no token).
+http_via=(ip netns exec "${ns_w1}")
+http_as() {
+  local token=""
+  [[ -z "$1" ]] || token="$(token_of "${secrets}" "$1")"
+  shift
+  EVALD_TOKEN="${token}" http_call "$@"
+}
+log "coordinator serves workers on ${bind} (CURVE) and its API on ${server} (tokens, TLS)"
 
-# --- two workers, each in its own namespace ---------------------------------------------------
-for worker in w1 w2; do
-  ns_var="ns_${worker}"
-  PATH="${runners_dir}:${PATH}" ip netns exec "${!ns_var}" "${bin_dir}/evald-worker" \
-    --coordinator "${bind}" --name "netns-${worker}" --slots 1 --gpus none --heartbeat-ms 100 \
-    --labels "netns=${!ns_var}" --work-dir "${tmp}/${worker}" \
-    --curve-secret "${tmp}/keys/netns-${worker}.secret" \
-    --coordinator-key "${tmp}/keys/coordinator.public" 2>"${tmp}/log/${worker}.log" &
+# --- two workers, each in its own namespace, with its own key ---------------------------------
+# start_worker NAMESPACE NAME KEY_FILE LOG
+start_worker() {
+  PATH="${runners_dir}:${PATH}" ip netns exec "$1" "${bin_dir}/evald-worker" \
+    --coordinator "${bind}" --name "$2" --slots 1 --gpus none --heartbeat-ms 100 \
+    --labels "netns=$1" --work-dir "${tmp}/work-$2-$4" --curve-secret "$3" \
+    --coordinator-key "${secrets}/coordinator.public" 2>"${tmp}/log/$4.log" &
   pids+=($!)
-done
+}
+start_worker "${ns_w1}" netns-w1 "${secrets}/workers/netns-w1.secret" w1
+start_worker "${ns_w2}" netns-w2 "${secrets}/workers/netns-w2.secret" w2
 workers_connected() {
   evalctl workers | json "sorted(w['name'] for w in d['workers'] if w['state'] == 'connected')" |
     grep -qx "\['netns-w1', 'netns-w2'\]"
@@ -161,7 +224,27 @@ peers="$(in_ns "${ns_coord}" ss -Htn state established "( sport = :${port} )" |
   fail "expected connections from 10.200.0.2 and 10.200.0.3 on ${coord_ip}:${port}, got: ${peers}"
 log "coordinator has connections from ${peers}"
 
-# --- a campaign completes on both ------------------------------------------------------------
+# --- workers the coordinator must refuse --------------------------------------------------------
+# A key not on the allowlist, and netns-w2's real key under netns-w1's name.
+start_worker "${ns_w2}" netns-rogue "${tmp}/rogue.secret" rogue
+rogue_pid="${pids[-1]}"
+start_worker "${ns_w2}" netns-w1 "${secrets}/workers/netns-w2.secret" impostor
+impostor_pid="${pids[-1]}"
+auth_failure_reasons() {
+  http_as rd GET "${server}/metrics" | json "
+len({l.split('reason=\"')[1].split('\"')[0] for l in d['body'].splitlines()
+     if l.startswith('evald_worker_auth_failures_total{') and float(l.rsplit(' ', 1)[1]) > 0})"
+}
+both_refused() { [[ "$(auth_failure_reasons)" -ge 2 ]]; }
+wait_for "the coordinator to refuse the unlisted key and the borrowed name" 15 both_refused
+kill -TERM "${rogue_pid}" "${impostor_pid}"
+wait "${rogue_pid}" "${impostor_pid}" || true
+workers="$(evalctl workers | json "' '.join(sorted('%s:%s' % (w['name'], w['state']) for w in d['workers']))")"
+[[ "${workers}" == "netns-w1:connected netns-w2:connected" ]] ||
+  fail "the refused workers changed the worker list: ${workers}"
+log "refused: a worker with an unlisted key and one with another worker's name"
+
+# --- only token holders use the API ------------------------------------------------------------
 cat >"${tmp}/campaign.json" <<'SPEC'
 {"name": "netns-round1",
  "models": [{"name": "m-a", "params": {"mult": 1, "k": 4}}, {"name": "m-b", "params": {"mult": 3, "k": 2}}],
@@ -170,6 +253,20 @@ cat >"${tmp}/campaign.json" <<'SPEC'
  "runner": {"type": "exec", "command": ["evald-test-runner", "{model}", "{benchmark}", "{shard}"], "timeout_s": 60},
  "max_attempts": 2}
 SPEC
+no_token="$(http_as "" GET "${server}/v1/campaigns")"
+[[ "$(json '"%s %s" % (d["status"], (d["www_authenticate"] or "").split(" ")[0])' <<<"${no_token}")" == "401 Bearer" ]] ||
+  fail "a request without a token was not refused with 401 and WWW-Authenticate: Bearer: ${no_token}"
+if evalctl_as rd submit "${tmp}/campaign.json" >"${tmp}/log/reader-submit.out" 2>&1; then
+  fail "a reader token could submit: $(cat "${tmp}/log/reader-submit.out")"
+fi
+reader_submit="$(http_as rd POST "${server}/v1/campaigns" "$(cat "${tmp}/campaign.json")")"
+[[ "$(json 'd["status"]' <<<"${reader_submit}")" == 403 ]] ||
+  fail "a reader's submit was not refused with 403: ${reader_submit}"
+[[ "$(http_as rd GET "${server}/v1/campaigns" | json 'd["status"]')" == 200 ]] ||
+  fail "a reader token cannot list campaigns"
+log "API: no token 401, reader submit 403, reader read 200"
+
+# --- a campaign completes on both ------------------------------------------------------------
 campaign="$(evalctl submit "${tmp}/campaign.json" | json 'd["id"]')"
 campaign_succeeded() { [[ "$(evalctl status "${campaign}" | json 'd["state"]')" == succeeded ]]; }
 wait_for "campaign ${campaign} to succeed" 30 campaign_succeeded
@@ -184,4 +281,19 @@ evalctl results "${campaign}" >"${tmp}/results.json"
 [[ "$(json 'd["state"]' <"${tmp}/results.json")" == succeeded ]] ||
   fail "leaderboard not succeeded: $(cat "${tmp}/results.json")"
 check_scores "${tmp}/results.json" '{"m-a": [1, 4], "m-b": [3, 2]}' '{"b-x": [40, 0], "b-y": [20, 5]}'
-log "PASS: campaign ${campaign} completed over the bridge on netns-w1 and netns-w2"
+[[ "$(evalctl status "${campaign}" | json 'd["submitted_by"]')" == op ]] ||
+  fail "campaign ${campaign} does not record its submitter op: $(evalctl status "${campaign}")"
+
+# --- the audit log ------------------------------------------------------------------------------
+# Only an admin reads it; it holds the operator's submission and the reader's refused one.
+[[ "$(http_as op GET "${server}/v1/audit" | json 'd["status"]')" == 403 ]] ||
+  fail "an operator could read the audit log"
+evalctl_as adm audit >"${tmp}/audit-evalctl.json" ||
+  fail "evalctl audit failed: $(cat "${tmp}/audit-evalctl.json")"
+http_as adm GET "${server}/v1/audit" >"${tmp}/audit.json"
+audit="$(json "' '.join(sorted({'%s:%s' % (e['principal'], e['action']) for e in d['body']['events']
+                               if e['principal'] in ('op', 'rd')}))" <"${tmp}/audit.json")"
+[[ "${audit}" == *"op:submit"* && "${audit}" == *"rd:refused"* ]] ||
+  fail "the audit log lacks op's submit or rd's refusal: $(cat "${tmp}/audit.json")"
+log "PASS: campaign ${campaign} completed over the bridge on netns-w1 and netns-w2 with CURVE," \
+  "tokens and TLS; rogue workers and weak tokens were refused and audited"

@@ -7,6 +7,11 @@
 #   2. `scancel` of the job makes both workers drain and leave (SIGTERM reached them through
 #      srun and exec), the shards they were running go back to pending, and a worker started
 #      afterwards finishes the campaign, so nothing held by the Slurm workers is lost.
+# The cluster runs the secure setup: CURVE keys made with `evalctl keygen` (through
+# deploy/make-secrets.sh), the workers' keys in a node key directory as deploy/slurm/README.md
+# describes it (so each worker is named after its key: localhost-0, localhost-1), the
+# coordinator with --curve-secret and --worker-keys, and an API token file, with a token on every
+# evalctl call; at the end, the audit log names the token behind each submission.
 # Everything (daemons, jobs, temp dir) is torn down on exit, also on failure.
 #
 # Usage: run-slurm-test.sh BIN_DIR SOURCE_DIR
@@ -24,7 +29,7 @@ source "${source_dir}/tests/integration/script_lib.sh"
 
 # --- can this machine run Slurm at all? ------------------------------------------------------
 ((EUID == 0)) || skip "needs root: slurmd launches job steps as the submitting user via setuid"
-for tool in munged mungekey slurmctld slurmd sbatch srun squeue scancel sinfo python3; do
+for tool in munged mungekey slurmctld slurmd sbatch srun squeue scancel sinfo python3 flock; do
   command -v "${tool}" >/dev/null ||
     skip "${tool} not found; install slurm-wlm and munge (scripts/setup.sh does)"
 done
@@ -184,9 +189,24 @@ until node_idle; do
 done
 log "slurm is up: controller port ${ctld_port}, node localhost idle"
 
+# --- keys and tokens --------------------------------------------------------------------------
+# Slurm names the one node "localhost", so its workers' keys are localhost-0 and localhost-1;
+# after-slurm is the worker started outside Slurm at the end.
+secrets="${tmp}/secrets"
+make_secrets "${bin_dir}" "${source_dir}" --token tester:submitter --token auditor:admin \
+  "${secrets}" localhost-0 localhost-1 after-slurm
+check_secret_mode "${secrets}/coordinator.secret"
+# The node's key directory: the coordinator's public key and this node's worker keys.
+key_dir="${tmp}/keys"
+install -d -m 0700 "${key_dir}"
+install -m 0644 "${secrets}/coordinator.public" "${key_dir}/"
+install -m 0400 "${secrets}/workers/localhost-0.secret" "${secrets}/workers/localhost-1.secret" "${key_dir}/"
+
 # --- the coordinator --------------------------------------------------------------------------
 "${bin_dir}/evald-coordinator" --data-dir "${tmp}/store" --bind tcp://127.0.0.1:0 \
   --http 127.0.0.1:0 --heartbeat-ms 100 --worker-timeout-ms 1000 --retry-backoff-ms 20 \
+  --curve-secret "${secrets}/coordinator.secret" --worker-keys "${secrets}/worker-keys" \
+  --api-tokens "${secrets}/api-tokens" \
   >"${tmp}/log/endpoints.json" 2>"${tmp}/log/coordinator.log" &
 coordinator_pid=$!
 pids+=("${coordinator_pid}")
@@ -194,8 +214,13 @@ wait_for "the coordinator's endpoint line" 10 grep -q '"http"' "${tmp}/log/endpo
 bind="$(json 'd["bind"]' <"${tmp}/log/endpoints.json")"
 http="$(json 'd["http"]' <"${tmp}/log/endpoints.json")"
 export EVALD_SERVER="http://${http}"
+# Every call below carries the submitter's token; without it the API answers 401.
+export EVALD_TOKEN
+EVALD_TOKEN="$(token_of "${secrets}" tester)"
 evalctl() { "${bin_dir}/evalctl" --json "$@"; }
-log "coordinator: workers ${bind}, API ${EVALD_SERVER}"
+[[ "$(EVALD_TOKEN='' http_call GET "${EVALD_SERVER}/v1/workers" | json 'd["status"]')" == 401 ]] ||
+  fail "the API answered a request without a token"
+log "coordinator: workers ${bind} (CURVE), API ${EVALD_SERVER} (tokens)"
 
 # --- submit the shipped script: 2 tasks on the one node ---------------------------------------
 # The workers run evald-test-runner from the test runners dir; sbatch's default --export=ALL
@@ -203,7 +228,7 @@ log "coordinator: workers ${bind}, API ${EVALD_SERVER}"
 submit_workers() {
   PATH="${runners_dir}:${PATH}" EVALD_WORKER_BIN="${bin_dir}/evald-worker" EVALD_SLOTS=1 \
     EVALD_WORK_ROOT="${tmp}/jobs" EVALD_DRAIN_TIMEOUT_MS=1000 EVALD_HEARTBEAT_MS=100 \
-    EVALD_LABELS=pool=slurm-test \
+    EVALD_LABELS=pool=slurm-test EVALD_KEY_DIR="${key_dir}" \
     sbatch --parsable --ntasks=2 --ntasks-per-node=2 --output="${tmp}/log/job-%j.log" \
     "${sbatch_script}" "${bind}"
 }
@@ -221,9 +246,11 @@ sum(1 for w in d['workers'] if w['state'] == 'connected'
 wait_for "both Slurm workers of job ${job} to connect" 20 slurm_workers_connected
 evalctl workers >"${tmp}/workers.json"
 names="$(json "' '.join(sorted(w['name'] for w in d['workers']))" <"${tmp}/workers.json")"
-[[ "${names}" == "slurm-${job}-0 slurm-${job}-1" ]] ||
-  fail "expected workers slurm-${job}-0 and slurm-${job}-1, got: ${names}"
-log "workers connected: ${names}"
+[[ "${names}" == "localhost-0 localhost-1" ]] ||
+  fail "expected workers localhost-0 and localhost-1 (named after their keys), got: ${names}"
+grep -q "curve=on" "${tmp}/log/job-${job}.log" ||
+  fail "the job did not start its workers with CURVE: $(cat "${tmp}/log/job-${job}.log")"
+log "workers connected with their keys: ${names}"
 
 # --- part 1: a campaign completes on the Slurm workers ----------------------------------------
 # evald-test-runner: example i of a model is correct iff (i * mult + offset) % 7 < k.
@@ -245,7 +272,7 @@ evalctl shards "${campaign1}" | json "
 '\n'.join('%s %s %d %s %d' % (s['model'], s['benchmark'], s['index'], s['worker'], s['attempts'])
           for s in d['shards'])" >"${tmp}/shards1.txt"
 [[ "$(wc -l <"${tmp}/shards1.txt")" == 10 ]] || fail "expected 10 shards, got: $(cat "${tmp}/shards1.txt")"
-if grep -Ev " slurm-${job}-[01] 1$" "${tmp}/shards1.txt"; then
+if grep -Ev " localhost-[01] 1$" "${tmp}/shards1.txt"; then
   fail "the shards above did not run exactly once on a Slurm worker"
 fi
 # The leaderboard holds the exact example-weighted scores of the runner's formula.
@@ -276,7 +303,7 @@ shards2() {
 }
 running_on_both() {
   shards2 >"${tmp}/shards2.txt"
-  [[ "$(grep -cE ":running:1/1 slurm-${job}-[01]$" "${tmp}/shards2.txt")" == 2 ]] &&
+  [[ "$(grep -cE ":running:1/1 localhost-[01]$" "${tmp}/shards2.txt")" == 2 ]] &&
     [[ "$(cut -d' ' -f2 "${tmp}/shards2.txt" | sort -u | wc -l)" == 2 ]]
 }
 wait_for "each Slurm worker to run a shard of ${campaign2}" 20 running_on_both
@@ -293,7 +320,7 @@ hand_backs="$(grep -c 'hand_back attempts=1 sent=true' "${job_log}" || true)"
 [[ "${hand_backs}" == 2 ]] || fail "expected 2 hand_back lines in ${job_log}, got ${hand_backs}"
 no_slurm_worker_connected() {
   evalctl workers | json "
-sum(1 for w in d['workers'] if w['name'].startswith('slurm-${job}-') and w['state'] == 'connected')
+sum(1 for w in d['workers'] if w['name'].startswith('localhost-') and w['state'] == 'connected')
 " | grep -qx 0
 }
 wait_for "the Slurm workers to leave the coordinator" 10 no_slurm_worker_connected
@@ -307,11 +334,23 @@ log "both shards are pending again after the job ended"
 # A worker outside Slurm picks them up: their second attempts succeed, the campaign completes.
 PATH="${runners_dir}:${PATH}" "${bin_dir}/evald-worker" --coordinator "${bind}" --name after-slurm \
   --slots 2 --gpus none --heartbeat-ms 100 --work-dir "${tmp}/after-slurm" \
-  2>"${tmp}/log/after-slurm.log" &
+  --curve-secret "${secrets}/workers/after-slurm.secret" \
+  --coordinator-key "${secrets}/coordinator.public" 2>"${tmp}/log/after-slurm.log" &
 pids+=($!)
 wait_for "campaign ${campaign2} to succeed" 30 campaign_is "${campaign2}" succeeded
 final="$(shards2 | tr '\n' ' ')"
 [[ "${final}" == "m-a:succeeded:1/2 after-slurm m-b:succeeded:1/2 after-slurm " ]] ||
   fail "both shards should have succeeded on after-slurm at their 2nd attempt, got: ${final}"
+
+# The audit log (admin only) names the token behind both submissions.
+EVALD_TOKEN="$(token_of "${secrets}" auditor)" "${bin_dir}/evalctl" audit >"${tmp}/audit.txt" ||
+  fail "evalctl audit failed: $(cat "${tmp}/audit.txt")"
+audit="$(EVALD_TOKEN="$(token_of "${secrets}" auditor)" http_call GET "${EVALD_SERVER}/v1/audit")"
+submitters="$(json "' '.join('%s:%s' % (e['principal'], e['campaign'])
+                             for e in d['body']['events'] if e['action'] == 'submit')" <<<"${audit}")"
+[[ "${submitters}" == "tester:${campaign1} tester:${campaign2}" ]] ||
+  fail "expected both submissions by tester in the audit log, got: ${audit}"
+[[ "$(evalctl status "${campaign1}" | json 'd["submitted_by"]')" == tester ]] ||
+  fail "campaign ${campaign1} does not record its submitter: $(evalctl status "${campaign1}")"
 log "PASS: campaign ${campaign1} ran on Slurm; after scancel, the shards the Slurm workers held" \
   "were re-queued and finished elsewhere"
