@@ -1,4 +1,4 @@
-// Aggregation and the leaderboard (SPEC.md "Aggregation").
+// Aggregation and the leaderboard (docs/results.md, "Aggregation" and "The leaderboard").
 //
 // Scores are example-weighted means kept as running sums, so a shard that scored 1 example moves
 // a score by 1/N of what a full shard does. The leaderboard is a pure function of the cells.

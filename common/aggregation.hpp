@@ -1,4 +1,4 @@
-// Aggregation: per model x benchmark scores and the leaderboard (SPEC.md "Aggregation").
+// Aggregation: per model x benchmark scores and the leaderboard (docs/results.md).
 // The coordinator keeps a CellAggregate per model x benchmark, updated incrementally as results
 // are committed, so a leaderboard costs O(models x benchmarks), never O(shards).
 #pragma once
@@ -65,7 +65,7 @@ std::vector<LeaderboardRow> compute_leaderboard(
     const std::vector<std::string>& models, const std::vector<BenchmarkColumn>& benchmarks,
     const std::vector<std::vector<CellAggregate>>& cells);
 
-// The "models" array of SPEC.md's results JSON.
+// The "models" array of the results JSON (docs/api.md, RESULTS).
 nlohmann::json leaderboard_to_json(const std::vector<LeaderboardRow>& rows,
                                    const std::vector<BenchmarkColumn>& benchmarks);
 

@@ -75,7 +75,9 @@ constexpr size_t kConnectionShareDivisor = 2;
 constexpr size_t kMinConnections = 8;
 
 std::string error_body(const std::string& message) {
-  return nlohmann::json{{"error", message}}.dump();
+  // The message may quote bytes a client sent: never let them make dump() throw.
+  return nlohmann::json{{"error", message}}.dump(-1, ' ', false,
+                                                 nlohmann::json::error_handler_t::replace);
 }
 
 std::string format_endpoint(const tcp::endpoint& endpoint) {

@@ -1,4 +1,4 @@
-// CampaignSpec: the validated form of a campaign spec (SPEC.md "Campaign spec"), and how a
+// CampaignSpec: the validated form of a campaign spec (docs/campaign-spec.md), and how a
 // model x benchmark is split into shards. Used by the coordinator (validation at submit, sharding,
 // recovery), the worker (runner context) and evalctl (local validation before submit).
 #pragma once
@@ -24,7 +24,7 @@ inline constexpr size_t kMaxNameLength = 128;
 inline constexpr int64_t kMaxExamples = 1'000'000'000'000'000'000;
 inline constexpr double kMaxRunnerTimeoutS = 7 * 24 * 3600;
 
-// What one shard of a model needs from a worker (SPEC-style docs: docs/scheduling.md).
+// What one shard of a model needs from a worker (docs/scheduling.md).
 struct ResourceSpec {
   // GPUs per shard; unset means 1 on a worker that has GPUs and 0 on one that has none.
   std::optional<int> gpus;

@@ -12,7 +12,10 @@ namespace evald::coordinator {
 namespace {
 
 HttpResponse json_response(int status, const nlohmann::json& body) {
-  return HttpResponse{status, "application/json", body.dump()};
+  // Error messages may quote what a client sent (a request target, a parse error's bytes), which
+  // need not be UTF-8: replace such bytes with U+FFFD rather than let dump() throw (a 500).
+  return HttpResponse{status, "application/json",
+                      body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
 }
 
 HttpResponse error_response(int status, const std::string& message) {

@@ -36,7 +36,7 @@ constexpr const char* kDefaultServer = "http://127.0.0.1:8080";
 // global one.
 constexpr int kParseStyle =
     po::command_line_style::unix_style ^ po::command_line_style::allow_guessing;
-// `watch` rides out a coordinator restart (SPEC.md "Durability") for this long before giving up.
+// `watch` rides out a coordinator restart (docs/results.md) for this long before giving up.
 constexpr auto kWatchReconnectWindow = std::chrono::seconds(60);
 constexpr const char* kShardStates[] = {"pending", "running", "succeeded", "failed", "cancelled"};
 

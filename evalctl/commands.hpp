@@ -1,6 +1,6 @@
 // evalctl's command line: global flags, the subcommands, and the HTTP calls each one makes to the
-// coordinator (SPEC.md "evalctl", "HTTP API"). main.cpp only reads the process environment and
-// calls run(); tests call run() in-process with their own streams.
+// coordinator (docs/binaries.md "evalctl", docs/api.md). main.cpp only reads the process
+// environment and calls run(); tests call run() in-process with their own streams.
 #pragma once
 
 #include <iosfwd>

@@ -19,7 +19,7 @@ constexpr size_t kErrorBodyChars = 200;
 constexpr const char* kIncompleteNote =
     "incomplete: not every shard of this model x benchmark succeeded; the value covers the "
     "succeeded shards only";
-// Shard states in the order a reader follows them (SPEC.md "Shard and campaign states").
+// Shard states in the order a reader follows them (docs/results.md, "States").
 constexpr const char* kShardStates[] = {"succeeded", "failed", "running", "pending", "cancelled"};
 
 // --- Safe access to untrusted JSON ---------------------------------------------------------

@@ -1,5 +1,5 @@
-// How evalctl shows the coordinator's answers: pure functions from the server's JSON (SPEC.md
-// "HTTP API", "Aggregation") to the text printed on stdout. No I/O here, so every layout is unit
+// How evalctl shows the coordinator's answers: pure functions from the server's JSON (docs/api.md,
+// docs/results.md) to the text printed on stdout. No I/O here, so every layout is unit
 // tested on hand-written JSON (tests/unit/test_evalctl_format.cpp).
 //
 // The JSON comes from the network and is not trusted: a missing or mistyped field shows as "-"

@@ -1,4 +1,4 @@
-// ExecRunner: runs a campaign's runner.command as a child process per attempt (SPEC.md "Runners",
+// ExecRunner: runs a campaign's runner.command as a child process per attempt (docs/runners.md,
 // exec). Also the pure pieces it is built from, so they can be tested on their own: building the
 // job from the spec (placeholders, stdin JSON, environment) and parsing the runner's stdout.
 //

@@ -1,4 +1,4 @@
-// WorkerConfig: the resolved configuration of evald-worker (SPEC.md "evald-worker"), and the
+// WorkerConfig: the resolved configuration of evald-worker (docs/binaries.md), and the
 // flags it comes from. main() parses the flags with evald::parse_args, turns them into a
 // WorkerConfig here and hands that to the Worker.
 #pragma once

@@ -52,7 +52,7 @@ TEST_CASE("e2e: a 3x3 exec campaign yields the exact leaderboard", "[integration
   check_results(results, kModels, kBenchmarks);
   check_all_shards_succeeded(api, id, total);
 
-  // Shard ranges as SPEC.md defines them: [index*size, min(examples, (index+1)*size)).
+  // Shard ranges as docs/results.md defines them: [index*size, min(examples, (index+1)*size)).
   const auto shards = api.shards(id).at("shards");
   for (const auto& s : shards) {
     INFO("shard " << s.dump());
@@ -68,7 +68,7 @@ TEST_CASE("e2e: a 3x3 exec campaign yields the exact leaderboard", "[integration
   // Nothing more was counted than what the shards hold.
   CHECK(api.metric("evald_shards_completed_total") == static_cast<double>(total));
 
-  // A graceful stop is a clean exit (SPEC.md: SIGTERM = graceful stop, exit 0).
+  // A graceful stop is a clean exit (docs/binaries.md: SIGTERM = graceful stop, exit 0).
   for (size_t i = 0; i < cluster.worker_count(); ++i) CHECK(cluster.worker(i).terminate() == 0);
   CHECK(cluster.coordinator().terminate() == 0);
 }

@@ -1,4 +1,4 @@
-// kill -9 of the coordinator while a campaign is in flight (SPEC.md "Durability"): what the API
+// kill -9 of the coordinator while a campaign is in flight (docs/results.md): what the API
 // acknowledged (the submit) survives, the restarted coordinator on the same data dir and ports is
 // found again by the workers on their own, and the campaign completes with the exact numbers:
 // every shard succeeded, none counted twice (leaderboard counts = examples).

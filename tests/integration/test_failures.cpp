@@ -152,7 +152,7 @@ TEST_CASE("failures: rerun --failed after removing the cause gives a clean run's
     CHECK(s.at("model") == "m-beta");
     CHECK_THAT(s.at("last_error").get<std::string>(), Catch::Contains("broken-model exists"));
   }
-  // No score for m-beta at all: it ranks last with a null average (SPEC.md "Aggregation").
+  // No score for m-beta at all: it ranks last with a null average (docs/results.md).
   const auto partial = api.results(id);
   INFO(partial.dump());
   CHECK(partial.at("models").back().at("name") == "m-beta");

@@ -1,4 +1,4 @@
-// SIGTERM = graceful stop (SPEC.md "Binaries"), on the real binaries:
+// SIGTERM = graceful stop (docs/binaries.md), on the real binaries:
 //  - a worker told to stop sends DRAIN, takes no new shards, finishes what it runs (within
 //    --drain-timeout-ms) and exits 0; a shard that outlives the drain timeout is killed and runs
 //    again on another worker;
