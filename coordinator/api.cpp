@@ -304,20 +304,12 @@ HttpResponse Api::submit(const HttpRequest& request) {
   auto spec = parse_campaign_spec_text(request.body);
   if (!spec.ok()) return error_response(400, spec.error().message);
 
-  // The quota principal: the token's name, or the client address without tokens.
-  const auto owner_of = [](const std::optional<std::string>& name, const std::string& address) {
-    return name ? "token " + *name : "address " + address;
-  };
   const std::optional<std::string> name = principal ? std::optional(principal->name) : std::nullopt;
-  const std::string owner = owner_of(name, request.peer_address);
+  const std::string owner = quota_owner(name, request.peer_address);
   int64_t shards = 0;
   for (const auto& benchmark : spec.value().benchmarks) shards += benchmark.shard_count();
   shards *= static_cast<int64_t>(spec.value().models.size());
-  int64_t unfinished = 0;
-  for (const auto& [key, c] : scheduler_.campaigns()) {
-    if (owner_of(c->submitted_by, c->submitted_from) != owner) continue;
-    unfinished += c->count(ShardState::kPending) + c->count(ShardState::kRunning);
-  }
+  const int64_t unfinished = unfinished_shards_of(owner);
   if (unfinished + shards > options_.max_pending_shards_per_user) {
     return refuse(request, principal, 429,
                   "quota exceeded: " + owner + " has " + std::to_string(unfinished) +
@@ -500,6 +492,21 @@ HttpResponse Api::get_results(const Campaign& c) {
                              {"models", leaderboard_to_json(rows, columns)}});
 }
 
+std::string Api::quota_owner(const std::optional<std::string>& token_name,
+                             const std::string& address) {
+  // The quota principal: the token's name, or the client address without tokens.
+  return token_name ? "token " + *token_name : "address " + address;
+}
+
+int64_t Api::unfinished_shards_of(const std::string& owner) const {
+  int64_t unfinished = 0;
+  for (const auto& [key, c] : scheduler_.campaigns()) {
+    if (quota_owner(c->submitted_by, c->submitted_from) != owner) continue;
+    unfinished += c->count(ShardState::kPending) + c->count(ShardState::kRunning);
+  }
+  return unfinished;
+}
+
 HttpResponse Api::rerun(const Campaign& c, const HttpRequest& request) {
   RerunSelector selector;
   if (!request.body.empty()) {
@@ -523,6 +530,27 @@ HttpResponse Api::rerun(const Campaign& c, const HttpRequest& request) {
   if (c.state == CampaignState::kCancelled) {
     return error_response(409,
                           "campaign " + c.id + " is cancelled; a cancelled campaign is not rerun");
+  }
+  // A rerun puts shards back in the queue of the campaign's owner, so it counts against the same
+  // quota as a submit; otherwise submit, finish, rerun would grow the queue without bound.
+  int64_t selected = 0;
+  for (const auto& g : c.groups) {
+    if (selector.model && c.spec.models[g.model].name != *selector.model) continue;
+    if (selector.benchmark && c.spec.benchmarks[g.benchmark].name != *selector.benchmark) continue;
+    for (const auto& shard : g.shards) {
+      selected += selector.failed_only ? shard.state == ShardState::kFailed : is_final(shard.state);
+    }
+  }
+  const std::string owner = quota_owner(c.submitted_by, c.submitted_from);
+  if (const int64_t unfinished = unfinished_shards_of(owner);
+      selected > 0 && unfinished + selected > options_.max_pending_shards_per_user) {
+    return refuse(request, principal_of(request), 429,
+                  "quota exceeded: " + owner + " has " + std::to_string(unfinished) +
+                      " pending or running shards and this rerun adds " + std::to_string(selected) +
+                      ", over the limit of " +
+                      std::to_string(options_.max_pending_shards_per_user) +
+                      " (--max-pending-shards-per-user)",
+                  "quota");
   }
   auto requeued = scheduler_.rerun(c.id, selector);
   if (!requeued.ok()) return error_response(400, requeued.error().message);

@@ -53,6 +53,11 @@ class Api {
   HttpResponse get_shards(const Campaign& c, const std::string& query);
   HttpResponse get_results(const Campaign& c);
   HttpResponse rerun(const Campaign& c, const HttpRequest& request);
+  // Quotas (--max-pending-shards-per-user) are kept per token name, or per client address
+  // without tokens; a campaign's pending and running shards count against who submitted it.
+  static std::string quota_owner(const std::optional<std::string>& token_name,
+                                 const std::string& address);
+  int64_t unfinished_shards_of(const std::string& owner) const;
   HttpResponse cancel(const Campaign& c, const HttpRequest& request);
   HttpResponse list_workers();
   nlohmann::json campaign_json(const Campaign& c) const;

@@ -229,7 +229,11 @@ void Core::reject_unbound(const std::string& connection, const zmq::message_t& f
     }
   }
   // A legitimate worker gets here only if its HELLO was lost or replaced; it says HELLO again.
-  send_on(connection, who, protocol::ReHello{});
+  // One REHELLO per connection and second is plenty for that, and keeps a peer that sends
+  // without reading from growing our send queue with one reply per frame.
+  if (rehello_limit_.allow(connection, std::chrono::steady_clock::now())) {
+    send_on(connection, who, protocol::ReHello{});
+  }
 }
 
 void Core::commit_and_send(std::vector<PendingHttp>& reads,

@@ -89,6 +89,7 @@ class Core {
   Api& api_;
   Metrics& metrics_;
   PeerLogLimit log_limit_;
+  PeerLogLimit rehello_limit_{std::chrono::seconds(1)};  // per unbound connection
   zmq::context_t context_;
   // Declared after the context and before the ROUTER: it must be bound before the ROUTER
   // accepts a connection, and its thread joined before the context is terminated.

@@ -822,6 +822,15 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   for (uint64_t id : hello.running) {
     if (w->leases.contains(id)) continue;
     auto o = orphans_.find(id);
+    if (o != orphans_.end() && o->second.worker != identity) {
+      // Only the worker that held the lease before our restart may reclaim it: attempt ids are
+      // visible in the API, and another worker naming one must not take the shard over.
+      reject("not_lease_holder");
+      spdlog::warn("reclaim of another worker's lease refused worker={} attempt_id={} holder={}",
+                   identity, id, o->second.worker);
+      outgoing_.cancel(identity, id);
+      continue;
+    }
     if (o != orphans_.end()) {
       const ShardKey key = o->second.key;
       orphans_.erase(o);

@@ -822,6 +822,34 @@ TEST_CASE("a hand-back after a coordinator restart queues the orphan at once",
   CHECK(h.assignments("w2").size() == 1);
 }
 
+TEST_CASE("after a restart, another worker cannot reclaim a lease by naming its attempt id",
+          "[unit][scheduler]") {
+  Harness h;
+  const auto [id, lease] = h.start_on_one_slot(make_spec(2, 2));
+  h.open();  // restart: the lease is an orphan waiting for w1
+  // w2 claims to run w1's attempt (ids are visible in the API): it is told to stop, and the
+  // shard stays w1's orphan.
+  h.hello("w2", 1, {lease.attempt_id});
+  h.turn();
+  const auto cancels = h.take<protocol::Cancel>("w2");
+  REQUIRE(cancels.size() == 1);
+  CHECK(cancels[0].attempt_ids == std::vector<uint64_t>{lease.attempt_id});
+  CHECK(h.assignments("w2").empty());  // the shard is not free to hand out either
+  // w2's forged result changes nothing.
+  h.report("w2", lease, true, 0.99);
+  h.turn();
+  CHECK(h.campaign(id).count(ShardState::kRunning) == 1);
+  // The real holder reclaims it and its result counts.
+  h.hello("w1", 1, {lease.attempt_id});
+  h.turn();
+  CHECK(h.take<protocol::Cancel>("w1").empty());
+  h.report("w1", lease, true, 0.25);
+  h.turn();
+  const Campaign& c = h.campaign(id);
+  CHECK(c.state == CampaignState::kSucceeded);
+  CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(0.25));
+}
+
 TEST_CASE("a draining worker stops counting for its campaign's share",
           "[unit][scheduler][fairness]") {
   Harness h;
