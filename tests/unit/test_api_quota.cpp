@@ -35,8 +35,10 @@ struct Node {
     store = std::move(opened.value());
     scheduler = std::make_unique<Scheduler>(*store, clock, metrics, SchedulerOptions{});
     REQUIRE(scheduler->recover().ok());
-    api = std::make_unique<Api>(*scheduler, metrics,
-                                ApiOptions{.max_pending_shards_per_user = quota});
+    api = std::make_unique<Api>(
+        *scheduler, metrics,
+        ApiOptions{
+            .tokens = nullptr, .max_pending_shards_per_user = quota, .max_spec_bytes = 1u << 20});
   }
 
   HttpResponse call(const std::string& method, const std::string& target,
