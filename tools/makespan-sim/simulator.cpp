@@ -287,7 +287,8 @@ class Simulation {
       protocol::ShardResult r = protocol::result_for(a);
       r.ok = true;
       r.count = a.end - a.start;
-      r.metrics = {{"accuracy", 1.0}};
+      // The benchmark's primary metric: the coordinator refuses a success without it.
+      r.metrics = {{campaign_->spec.benchmarks[a.benchmark].metric, 1.0}};
       r.duration_ms = static_cast<uint32_t>(std::min<int64_t>(t_ms - done.started_ms, UINT32_MAX));
       if (results[done.worker].results.empty()) order.push_back(done.worker);
       results[done.worker].results.push_back(std::move(r));
