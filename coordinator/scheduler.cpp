@@ -50,7 +50,10 @@ std::optional<std::string> invalid_result(const protocol::ShardResult& r, int64_
   }
   std::unordered_set<std::string_view> seen;
   bool has_primary = false;
-  for (const auto& [name, value] : r.metrics) {
+  for (const auto& metric : r.metrics) {
+    const std::string& name = metric.first;
+    const double value = metric.second;
+    // (A named reference, not a structured binding: clang 14 cannot capture those.)
     const auto shown = [&name] { return utf8::sanitize_bounded(name, kMaxMetricNameBytes); };
     if (name.empty()) return "empty metric name";
     if (!utf8::is_valid(name)) return "metric name '" + shown() + "' is not valid UTF-8";
