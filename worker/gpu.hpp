@@ -17,7 +17,7 @@ namespace evald::worker {
 
 struct GpuInfo {
   uint32_t index = 0;
-  std::string name;                  // empty: unknown
+  std::string name;                   // empty: unknown
   std::optional<int64_t> memory_mib;  // unknown when nvidia-smi says [N/A] or --gpus listed it
 
   bool operator==(const GpuInfo&) const = default;

@@ -56,9 +56,9 @@ po::options_description worker_options() {
       "authenticated and encrypted")(
       "coordinator-key", po::value<std::string>()->value_name("FILE"),
       "the coordinator's CURVE public key (Z85): work is taken only from a coordinator that "
-      "proves it holds the matching secret")(
-      "log-level", po::value<std::string>()->default_value("info"),
-      "trace, debug, info, warn or error")(
+      "proves it holds the matching secret")("log-level",
+                                             po::value<std::string>()->default_value("info"),
+                                             "trace, debug, info, warn or error")(
       "allow-exec", po::value<std::vector<std::string>>()->composing(),
       "a program (file) or a directory exec runners may start programs from; repeatable, in "
       "--config a list. runner.command[0] is resolved (PATH, symlinks) and must be one of them "
