@@ -1,7 +1,7 @@
 // Fuzz target: the parser of an exec runner's stdout (worker/exec_runner.hpp), and the UTF-8
-// cleaner its stderr tail goes through. Both read whatever a user's program prints. Checks: the
-// documented limits hold for anything accepted, and the cleaned text is valid UTF-8 (it travels
-// on as JSON, which must be).
+// cleaner its stderr tail goes through (common/utf8.hpp). Both read whatever a user's program
+// prints. Checks: the documented limits hold for anything accepted, and the cleaned text is valid
+// UTF-8 (it travels on as JSON, which must be).
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/utf8.hpp"
 #include "tests/fuzz/fuzz_support.hpp"
 #include "worker/exec_runner.hpp"
 
@@ -37,12 +38,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
 
   // nlohmann's dump() throws on invalid UTF-8; the cleaned text must never make it throw.
-  const std::string clean = worker::sanitize_utf8(text);
+  const std::string clean = utf8::sanitize_tail(text);
   try {
     (void)nlohmann::json(clean).dump();
   } catch (const nlohmann::json::exception&) {
-    fuzz::fail("sanitize_utf8 output is not valid UTF-8");
+    fuzz::fail("utf8::sanitize_tail output is not valid UTF-8");
   }
-  fuzz::check(worker::sanitize_utf8(clean) == clean, "sanitize_utf8 is not idempotent");
+  fuzz::check(utf8::sanitize_tail(clean) == clean, "utf8::sanitize_tail is not idempotent");
   return 0;
 }
