@@ -178,7 +178,8 @@ TEST_CASE("evalctl: a failing shard makes watch exit 1 and shows in shards --sta
   }
   const auto as_json = evalctl({"--server", server, "--json", "shards", id, "--state", "failed"});
   REQUIRE(as_json.exit_code == 0);
-  for (const auto& s : json::parse(as_json.out).at("shards")) {
+  const auto failed_shards = json::parse(as_json.out);
+  for (const auto& s : failed_shards.at("shards")) {
     CHECK(s.at("index") == 2);
     CHECK(s.at("attempts") == 2);
     CHECK_THAT(s.at("last_error").get<std::string>(), Catch::Contains("always fails"));

@@ -180,7 +180,8 @@ TEST_CASE("graceful stop: a shard still running at the drain timeout runs again 
   CHECK_THAT(first.at("error").get<std::string>(), Catch::Contains("drain timeout"));
   // No attempt was charged to a lost worker: the drained worker handed its shard back. (Once it
   // has exited, the coordinator may list it as lost; that costs no shard anything.)
-  for (const auto& each : api.shards(id).at("shards")) {
+  const auto all_shards = api.shards(id);
+  for (const auto& each : all_shards.at("shards")) {
     for (const auto& attempt : each.value("history", nlohmann::json::array())) {
       INFO("shard " << each.dump());
       CHECK(attempt.at("outcome") != "lost");

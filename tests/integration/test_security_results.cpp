@@ -225,7 +225,8 @@ TEST_CASE("security: a result counts only from the worker holding the lease",
   rival.pump_until([&] { return api.campaign(id).at("state") != "running"; }, 30s);
   api.wait_for_state(id, "succeeded", 30s);
   check_results(api.results(id), models, benchmarks);
-  for (const auto& s : api.shards(id).at("shards")) {
+  const auto all_shards = api.shards(id);
+  for (const auto& s : all_shards.at("shards")) {
     INFO(s.dump());
     CHECK(s.at("worker") == real.name());
     CHECK(s.at("total_attempts") == 1);

@@ -172,7 +172,8 @@ TEST_CASE("security: a worker whose key is not allowed never gets work",
   const auto id = api.submit(make_spec("unknown-key", kModels, kBenchmarks));
   api.wait_for_state(id, "succeeded", 45s);
   check_results(api.results(id), kModels, kBenchmarks);
-  for (const auto& s : api.shards(id).at("shards")) CHECK(s.at("worker") == "w1");
+  const auto shards_1 = api.shards(id);
+  for (const auto& s : shards_1.at("shards")) CHECK(s.at("worker") == "w1");
   CHECK(worker_names(api) == std::vector<std::string>{"w1"});
   check_never_served(cluster.log_dir() / "worker-rogue.log");
   CHECK_THAT(read_text(cluster.log_dir() / "worker-rogue.log"),
@@ -216,7 +217,8 @@ TEST_CASE("security: a worker pinning another coordinator key runs nothing",
   const auto id = api.submit(make_spec("wrong-server-key", kModels, kBenchmarks));
   api.wait_for_state(id, "succeeded", 45s);
   check_results(api.results(id), kModels, kBenchmarks);
-  for (const auto& s : api.shards(id).at("shards")) CHECK(s.at("worker") == "w1");
+  const auto shards_2 = api.shards(id);
+  for (const auto& s : shards_2.at("shards")) CHECK(s.at("worker") == "w1");
   CHECK(worker_names(api) == std::vector<std::string>{"w1"});
   REQUIRE(eventually([&] {
     return read_text(cluster.log_dir() / "worker-w2.log").find("coordinator_handshake_failed") !=
@@ -271,7 +273,8 @@ TEST_CASE("security: a second connection cannot take over or drain a busy worker
 
   api.wait_for_state(id, "succeeded", 45s);
   check_results(api.results(id), models, benchmarks);
-  for (const auto& s : api.shards(id).at("shards")) {
+  const auto shards_3 = api.shards(id);
+  for (const auto& s : shards_3.at("shards")) {
     INFO(s.dump());
     CHECK(s.at("worker") == "w1");
     CHECK(s.at("attempts") == 1);
