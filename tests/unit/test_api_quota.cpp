@@ -6,6 +6,7 @@
 #include "common/clock.hpp"
 #include "coordinator/api.hpp"
 #include "tests/support/test_support.hpp"
+#include "tests/unit/scheduler_turn.hpp"
 
 using namespace evald;
 using namespace evald::coordinator;
@@ -57,23 +58,9 @@ struct Node {
   // One core turn; every ASSIGN is answered at once with a success (the worker runs noop).
   void turn() {
     for (int round = 0; round < 2; ++round) {
-      scheduler->tick();
-      scheduler->dispatch();
-      scheduler->stage_dirty_cells();
-      REQUIRE(store->commit(scheduler->batch()).ok());
-      std::vector<protocol::Assignment> given;
-      scheduler->outgoing().drain([&](const std::string&, const protocol::Message& m) {
-        if (const auto* a = std::get_if<protocol::Assign>(&m)) {
-          given.insert(given.end(), a->assignments.begin(), a->assignments.end());
-        }
-      });
-      for (const auto& a : given) {
+      for (const auto& a : testing::run_turn(*scheduler, *store)) {
         if (!worker_answers) break;
-        auto r = protocol::result_for(a);
-        r.ok = true;
-        r.count = a.end - a.start;
-        r.metrics = {{"accuracy", 1.0}};
-        scheduler->on_message("w1", protocol::Results{{r}});
+        scheduler->on_message("w1", protocol::Results{{testing::noop_success(a)}});
       }
     }
   }

@@ -8,6 +8,7 @@
 #include "common/clock.hpp"
 #include "coordinator/scheduler.hpp"
 #include "tests/support/test_support.hpp"
+#include "tests/unit/scheduler_turn.hpp"
 
 using namespace evald;
 using namespace evald::coordinator;
@@ -59,23 +60,9 @@ struct Node {
     scheduler->on_message("w1", hello);
     std::vector<uint64_t> ids;
     for (int turn = 0; turn < shards + 2; ++turn) {
-      scheduler->tick();
-      scheduler->dispatch();
-      scheduler->stage_dirty_cells();
-      REQUIRE(store->commit(scheduler->batch()).ok());
-      std::vector<protocol::Assignment> given;
-      scheduler->outgoing().drain([&](const std::string&, const protocol::Message& m) {
-        if (const auto* a = std::get_if<protocol::Assign>(&m)) {
-          given.insert(given.end(), a->assignments.begin(), a->assignments.end());
-        }
-      });
-      for (const auto& a : given) {
+      for (const auto& a : testing::run_turn(*scheduler, *store)) {
         ids.push_back(a.attempt_id);
-        auto r = protocol::result_for(a);
-        r.ok = true;
-        r.count = a.end - a.start;
-        r.metrics = {{"accuracy", 1.0}};
-        scheduler->on_message("w1", protocol::Results{{r}});
+        scheduler->on_message("w1", protocol::Results{{testing::noop_success(a)}});
       }
     }
     return ids;
