@@ -27,12 +27,14 @@
 #include <initializer_list>
 #include <limits>
 #include <optional>
+#include <regex>
 #include <string>
 #include <unordered_set>
 #include <utility>
 
 #include "common/json_limits.hpp"
 #include "common/spec_limits.hpp"
+#include "common/yaml.hpp"
 
 namespace evald {
 namespace {
@@ -254,6 +256,111 @@ Result<ResourceSpec> parse_resources(const json& model, std::string_view model_p
   return out;
 }
 
+Result<std::vector<std::string>> parse_command(const json& command, std::string_view field);
+Result<json> parse_env(const json& owner, std::string_view path);
+
+// A positive number of seconds up to `max`; absent means `fallback`. zero_ok admits 0.
+Result<double> read_seconds(const json& object, std::string_view key, std::string_view path,
+                            double fallback, double max, bool zero_ok = false) {
+  const json* value = find_field(object, key);
+  if (value == nullptr) return fallback;
+  const std::string field = join(path, key);
+  if (!value->is_number() || !std::isfinite(value->get<double>()) || value->get<double>() < 0 ||
+      (!zero_ok && value->get<double>() == 0)) {
+    return field_error(field, zero_ok ? "must be a number of seconds, 0 or more"
+                                      : "must be a positive number of seconds");
+  }
+  if (value->get<double>() > max) return field_error(field, fmt::format("must be at most {}", max));
+  return value->get<double>();
+}
+
+// A short string without control characters; the caller says whether it may be empty.
+Result<std::string> read_short_string(const json& value, std::string_view field, size_t max_bytes,
+                                      bool allow_empty = false) {
+  if (!value.is_string()) return field_error(field, "must be a string");
+  const auto& text = value.get_ref<const std::string&>();
+  if (text.empty() && !allow_empty) return field_error(field, "must not be empty");
+  if (text.size() > max_bytes) {
+    return field_error(field, fmt::format("must be at most {} bytes", max_bytes));
+  }
+  if (has_control_character(text)) return field_error(field, "must not contain control characters");
+  return text;
+}
+
+Result<ServeSpec> parse_serve(const json& value, const std::string& path) {
+  if (!value.is_object()) return field_error(path, "must be an object");
+  if (auto error = check_known_fields(
+          value, path,
+          {"command", "health", "ready_timeout_s", "keep_warm_s", "env", "model_id"})) {
+    return *std::move(error);
+  }
+  ServeSpec out;
+  const json* command = find_field(value, "command");
+  if (command == nullptr) return field_error(join(path, "command"), "is required");
+  auto parsed = parse_command(*command, join(path, "command"));
+  if (!parsed) return parsed.error();
+  out.command = std::move(parsed).value();
+  if (const json* health = find_field(value, "health")) {
+    auto text = read_short_string(*health, join(path, "health"), kMaxServeHealthBytes);
+    if (!text) return text.error();
+    if (text->front() != '/' || text->find_first_of(" ?#") != std::string::npos) {
+      return field_error(join(path, "health"),
+                         "must be a URL path starting with '/' (no spaces, query or fragment)");
+    }
+    out.health = std::move(text).value();
+  }
+  auto ready =
+      read_seconds(value, "ready_timeout_s", path, out.ready_timeout_s, kMaxRunnerTimeoutS);
+  if (!ready) return ready.error();
+  out.ready_timeout_s = ready.value();
+  auto warm = read_seconds(value, "keep_warm_s", path, out.keep_warm_s, kMaxRunnerTimeoutS, true);
+  if (!warm) return warm.error();
+  out.keep_warm_s = warm.value();
+  auto env = parse_env(value, path);
+  if (!env) return env.error();
+  out.env = std::move(env).value();
+  if (const json* model_id = find_field(value, "model_id")) {
+    auto text = read_short_string(*model_id, join(path, "model_id"), kMaxServedModelBytes);
+    if (!text) return text.error();
+    out.model_id = std::move(text).value();
+  }
+  return out;
+}
+
+Result<EndpointSpec> parse_endpoint(const json& value, const std::string& path) {
+  if (!value.is_object()) return field_error(path, "must be an object");
+  if (auto error = check_known_fields(value, path, {"url", "model", "api_key_env"})) {
+    return *std::move(error);
+  }
+  EndpointSpec out;
+  const json* url = find_field(value, "url");
+  if (url == nullptr) return field_error(join(path, "url"), "is required");
+  auto url_text = read_short_string(*url, join(path, "url"), kMaxEndpointUrlBytes);
+  if (!url_text) return url_text.error();
+  const bool http = url_text->rfind("http://", 0) == 0 || url_text->rfind("https://", 0) == 0;
+  if (!http || url_text->find_first_of(" ?#@") != std::string::npos) {
+    return field_error(join(path, "url"),
+                       "must be an http:// or https:// base URL such as http://host:8000/v1 "
+                       "(no user info, query or fragment)");
+  }
+  out.url = std::move(url_text).value();
+  while (!out.url.empty() && out.url.back() == '/') out.url.pop_back();
+  const json* model = find_field(value, "model");
+  if (model == nullptr) return field_error(join(path, "model"), "is required");
+  auto model_text = read_short_string(*model, join(path, "model"), kMaxServedModelBytes);
+  if (!model_text) return model_text.error();
+  out.model = std::move(model_text).value();
+  if (const json* key_env = find_field(value, "api_key_env")) {
+    if (!key_env->is_string() || !valid_env_name(key_env->get_ref<const std::string&>())) {
+      return field_error(join(path, "api_key_env"),
+                         "must be an environment variable name (letters, digits and '_', not "
+                         "starting with a digit)");
+    }
+    out.api_key_env = key_env->get<std::string>();
+  }
+  return out;
+}
+
 Result<std::vector<ModelSpec>> parse_models(const json& spec) {
   const json* models = find_field(spec, "models");
   if (models == nullptr) return field_error("models", "is required");
@@ -271,7 +378,8 @@ Result<std::vector<ModelSpec>> parse_models(const json& spec) {
     const json& entry = (*models)[i];
     const std::string path = index_path("models", i);
     if (!entry.is_object()) return field_error(path, "must be an object");
-    if (auto error = check_known_fields(entry, path, {"name", "params", "resources"})) {
+    if (auto error =
+            check_known_fields(entry, path, {"name", "params", "resources", "serve", "endpoint"})) {
       return *std::move(error);
     }
     auto name = read_name(entry, path);
@@ -284,8 +392,26 @@ Result<std::vector<ModelSpec>> parse_models(const json& spec) {
     if (!params) return params.error();
     auto resources = parse_resources(entry, path);
     if (!resources) return resources.error();
-    out.push_back(ModelSpec{std::move(name).value(), std::move(params).value(),
-                            std::move(resources).value()});
+    ModelSpec model;
+    model.name = std::move(name).value();
+    model.params = std::move(params).value();
+    model.resources = std::move(resources).value();
+    const json* serve = find_field(entry, "serve");
+    const json* endpoint = find_field(entry, "endpoint");
+    if (serve != nullptr && endpoint != nullptr) {
+      return field_error(path, "has both serve and endpoint; give one of them");
+    }
+    if (serve != nullptr) {
+      auto parsed = parse_serve(*serve, join(path, "serve"));
+      if (!parsed) return parsed.error();
+      model.serve = std::move(parsed).value();
+    }
+    if (endpoint != nullptr) {
+      auto parsed = parse_endpoint(*endpoint, join(path, "endpoint"));
+      if (!parsed) return parsed.error();
+      model.endpoint = std::move(parsed).value();
+    }
+    out.push_back(std::move(model));
   }
   return out;
 }
@@ -365,18 +491,18 @@ Result<std::vector<BenchmarkSpec>> parse_benchmarks(const json& spec) {
   return out;
 }
 
-Result<std::vector<std::string>> parse_command(const json& command) {
+Result<std::vector<std::string>> parse_command(const json& command, std::string_view field) {
   if (!command.is_array() || command.empty()) {
-    return field_error("runner.command", "must be a non-empty array of strings");
+    return field_error(field, "must be a non-empty array of strings");
   }
   if (command.size() > kMaxCommandArgs) {
-    return field_error("runner.command", fmt::format("has {} entries; the limit is {}",
-                                                     command.size(), kMaxCommandArgs));
+    return field_error(
+        field, fmt::format("has {} entries; the limit is {}", command.size(), kMaxCommandArgs));
   }
   std::vector<std::string> out;
   out.reserve(command.size());
   for (size_t i = 0; i < command.size(); ++i) {
-    const std::string path = index_path("runner.command", i);
+    const std::string path = index_path(field, i);
     if (!command[i].is_string()) return field_error(path, "must be a string");
     const auto& argument = command[i].get_ref<const std::string&>();
     if (argument.empty()) return field_error(path, "must not be empty");
@@ -392,24 +518,25 @@ Result<std::vector<std::string>> parse_command(const json& command) {
   return out;
 }
 
-Result<json> parse_env(const json& runner) {
-  const json* env = find_field(runner, "env");
+Result<json> parse_env(const json& owner, std::string_view path) {
+  const std::string env_path = join(path, "env");
+  const json* env = find_field(owner, "env");
   if (env == nullptr) return json::object();
-  if (!env->is_object()) return field_error("runner.env", "must be an object");
+  if (!env->is_object()) return field_error(env_path, "must be an object");
   if (env->size() > kMaxEnvVars) {
-    return field_error("runner.env",
+    return field_error(env_path,
                        fmt::format("has {} entries; the limit is {}", env->size(), kMaxEnvVars));
   }
   for (const auto& item : env->items()) {
     const std::string& key = item.key();
     // Also what setenv() and exec accept: no '=', no NUL.
     if (!valid_env_name(key)) {
-      return field_error("runner.env",
+      return field_error(env_path,
                          fmt::format("'{}' is not a valid variable name (letters, digits and '_', "
                                      "not starting with a digit, at most {} bytes)",
                                      printable(key), kMaxEnvNameBytes));
     }
-    const std::string field = join("runner.env", key);
+    const std::string field = join(env_path, key);
     if (auto reason = reserved_env_name(key)) return field_error(field, *reason);
     if (!item.value().is_string()) return field_error(field, "must be a string");
     const auto& value = item.value().get_ref<const std::string&>();
@@ -427,15 +554,50 @@ Result<RunnerSpec> parse_runner(const json& spec) {
   const json* runner = find_field(spec, "runner");
   if (runner == nullptr) return field_error("runner", "is required");
   if (!runner->is_object()) return field_error("runner", "must be an object");
-  if (auto error = check_known_fields(*runner, "runner", {"type", "command", "timeout_s", "env"})) {
+  if (auto error = check_known_fields(*runner, "runner",
+                                      {"type", "command", "timeout_s", "env", "max_concurrency",
+                                       "request_timeout_s", "max_retries"})) {
     return *std::move(error);
   }
   RunnerSpec out;
   if (const json* type = find_field(*runner, "type")) {
     const bool is_exec = type->is_string() && type->get_ref<const std::string&>() == "exec";
     const bool is_noop = type->is_string() && type->get_ref<const std::string&>() == "noop";
-    if (!is_exec && !is_noop) return field_error("runner.type", R"(must be "exec" or "noop")");
-    out.type = is_exec ? RunnerType::kExec : RunnerType::kNoop;
+    const bool is_openai = type->is_string() && type->get_ref<const std::string&>() == "openai";
+    if (!is_exec && !is_noop && !is_openai) {
+      return field_error("runner.type", R"(must be "exec", "noop" or "openai")");
+    }
+    out.type = is_exec ? RunnerType::kExec : is_noop ? RunnerType::kNoop : RunnerType::kOpenAi;
+  }
+  // The openai runner's own settings are refused for the other runners: they would do nothing.
+  for (const char* key : {"max_concurrency", "request_timeout_s", "max_retries"}) {
+    if (out.type != RunnerType::kOpenAi && find_field(*runner, key) != nullptr) {
+      return field_error(join("runner", key), "applies only to the openai runner");
+    }
+  }
+  if (out.type == RunnerType::kOpenAi) {
+    const json* concurrency = find_field(*runner, "max_concurrency");
+    if (concurrency != nullptr) {
+      const auto n = read_integer(*concurrency);
+      if (!n || *n < 1 || *n > kMaxRunnerConcurrency) {
+        return field_error("runner.max_concurrency",
+                           fmt::format("must be an integer from 1 to {}", kMaxRunnerConcurrency));
+      }
+      out.max_concurrency = static_cast<int>(*n);
+    }
+    const json* retries = find_field(*runner, "max_retries");
+    if (retries != nullptr) {
+      const auto n = read_integer(*retries);
+      if (!n || *n < 0 || *n > kMaxRunnerRetries) {
+        return field_error("runner.max_retries",
+                           fmt::format("must be an integer from 0 to {}", kMaxRunnerRetries));
+      }
+      out.max_retries = static_cast<int>(*n);
+    }
+    auto request_timeout = read_seconds(*runner, "request_timeout_s", "runner",
+                                        out.request_timeout_s, kMaxRunnerTimeoutS);
+    if (!request_timeout) return request_timeout.error();
+    out.request_timeout_s = request_timeout.value();
   }
 
   // The noop runner starts no process, so a command there is ignored rather than refused: that
@@ -443,7 +605,7 @@ Result<RunnerSpec> parse_runner(const json& spec) {
   if (out.type == RunnerType::kExec) {
     const json* command = find_field(*runner, "command");
     if (command == nullptr) return field_error("runner.command", "is required for the exec runner");
-    auto parsed = parse_command(*command);
+    auto parsed = parse_command(*command, "runner.command");
     if (!parsed) return parsed.error();
     out.command = std::move(parsed).value();
   }
@@ -460,10 +622,97 @@ Result<RunnerSpec> parse_runner(const json& spec) {
     out.timeout_s = timeout->get<double>();
   }
 
-  auto env = parse_env(*runner);
+  auto env = parse_env(*runner, "runner");
   if (!env) return env.error();
   out.env = std::move(env).value();
   return out;
+}
+
+// The built-in openai runner reads these benchmark params (docs/runners.md); other params are the
+// benchmark's own business and pass untouched.
+std::optional<Error> check_openai_params(const json& params, const std::string& path) {
+  const auto field = [&](std::string_view key) { return join(join(path, "params"), key); };
+  const json* data = find_field(params, "data");
+  if (data == nullptr) return field_error(field("data"), "is required for the openai runner");
+  if (auto text = read_short_string(*data, field("data"), kMaxCommandArgBytes); !text) {
+    return text.error();
+  }
+  const json* format = find_field(params, "format");
+  if (format == nullptr) return field_error(field("format"), "is required for the openai runner");
+  const bool generate = format->is_string() && format->get_ref<const std::string&>() == "generate";
+  const bool choice =
+      format->is_string() && format->get_ref<const std::string&>() == "multiple_choice";
+  if (!generate && !choice) {
+    return field_error(field("format"), R"(must be "generate" or "multiple_choice")");
+  }
+  if (const json* max_tokens = find_field(params, "max_tokens")) {
+    const auto n = read_integer(*max_tokens);
+    if (!n || *n < 1 || *n > kMaxGenerateTokens) {
+      return field_error(field("max_tokens"),
+                         fmt::format("must be an integer from 1 to {}", kMaxGenerateTokens));
+    }
+  }
+  if (const json* stop = find_field(params, "stop")) {
+    const auto stop_error = [&] {
+      return field_error(field("stop"), fmt::format("must be a non-empty string or an array of 1 "
+                                                    "to {} non-empty strings",
+                                                    kMaxStopSequences));
+    };
+    if (stop->is_string()) {
+      if (stop->get_ref<const std::string&>().empty()) return stop_error();
+    } else if (stop->is_array()) {
+      if (stop->empty() || stop->size() > kMaxStopSequences) return stop_error();
+      for (const auto& item : *stop) {
+        if (!item.is_string() || item.get_ref<const std::string&>().empty()) return stop_error();
+      }
+    } else {
+      return stop_error();
+    }
+  }
+  std::string match = "exact";
+  if (const json* value = find_field(params, "match")) {
+    const bool known = value->is_string() && (value->get_ref<const std::string&>() == "exact" ||
+                                              value->get_ref<const std::string&>() == "number" ||
+                                              value->get_ref<const std::string&>() == "regex");
+    if (!known) return field_error(field("match"), R"(must be "exact", "number" or "regex")");
+    match = value->get<std::string>();
+  }
+  const json* extract = find_field(params, "extract");
+  if (match == "regex") {
+    if (extract == nullptr)
+      return field_error(field("extract"), "is required with match \"regex\"");
+    if (!extract->is_string() || extract->get_ref<const std::string&>().empty()) {
+      return field_error(field("extract"), "must be a non-empty string");
+    }
+    if (auto error = check_extract_regex(extract->get_ref<const std::string&>())) {
+      return field_error(field("extract"), *error);
+    }
+  } else if (extract != nullptr) {
+    return field_error(field("extract"), "applies only with match \"regex\"");
+  }
+  if (const json* tmpl = find_field(params, "template")) {
+    if (!tmpl->is_string()) return field_error(field("template"), "must be a string");
+    if (tmpl->get_ref<const std::string&>().find("{question}") == std::string::npos) {
+      return field_error(field("template"), "must contain {question}");
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<Error> check_openai_campaign(const CampaignSpec& spec) {
+  for (size_t i = 0; i < spec.models.size(); ++i) {
+    const auto& model = spec.models[i];
+    if (!model.serve && !model.endpoint) {
+      return field_error(index_path("models", i),
+                         "needs serve or endpoint: the openai runner talks to a model server");
+    }
+  }
+  for (size_t i = 0; i < spec.benchmarks.size(); ++i) {
+    if (auto error = check_openai_params(spec.benchmarks[i].params, index_path("benchmarks", i))) {
+      return error;
+    }
+  }
+  return std::nullopt;
 }
 
 Int128 count_shards(const std::vector<ModelSpec>& models,
@@ -523,6 +772,10 @@ Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
   if (!runner) return runner.error();
   spec.runner = std::move(runner).value();
 
+  if (spec.runner.type == RunnerType::kOpenAi) {
+    if (auto error = check_openai_campaign(spec)) return *std::move(error);
+  }
+
   auto max_attempts = read_bounded_integer(json, "max_attempts", 3, 1, 100);
   if (!max_attempts) return max_attempts.error();
   spec.max_attempts = max_attempts.value();
@@ -537,6 +790,29 @@ Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
                                   kMaxShardsPerCampaign));
   }
   return spec;
+}
+
+Result<CampaignSpec> parse_campaign_spec_yaml(std::string_view text) {
+  if (text.size() > kMaxSpecBytes) {
+    return make_error(
+        fmt::format("spec is {} bytes; the limit is {} (1 MiB)", text.size(), kMaxSpecBytes));
+  }
+  auto json = yaml_to_json(text);
+  if (!json) return make_error("spec " + json.error().message);
+  return parse_campaign_spec(*json);
+}
+
+bool is_yaml_path(std::string_view path) {
+  const auto ends_with = [path](std::string_view suffix) {
+    return path.size() >= suffix.size() && path.substr(path.size() - suffix.size()) == suffix;
+  };
+  return ends_with(".yaml") || ends_with(".yml") || ends_with(".YAML") || ends_with(".YML");
+}
+
+const std::string& ModelSpec::served_name() const {
+  if (serve && !serve->model_id.empty()) return serve->model_id;
+  if (endpoint) return endpoint->model;
+  return name;
 }
 
 Result<CampaignSpec> parse_campaign_spec_text(std::string_view text) {
@@ -555,7 +831,22 @@ nlohmann::json to_json(const CampaignSpec& spec) {
     json resources = {{"gpu_memory_gb", model.resources.gpu_memory_gb},
                       {"labels", model.resources.labels}};
     if (model.resources.gpus) resources["gpus"] = *model.resources.gpus;
-    models.push_back({{"name", model.name}, {"params", model.params}, {"resources", resources}});
+    json entry = {{"name", model.name}, {"params", model.params}, {"resources", resources}};
+    if (model.serve) {
+      entry["serve"] = {{"command", model.serve->command},
+                        {"health", model.serve->health},
+                        {"ready_timeout_s", model.serve->ready_timeout_s},
+                        {"keep_warm_s", model.serve->keep_warm_s},
+                        {"env", model.serve->env}};
+      if (!model.serve->model_id.empty()) entry["serve"]["model_id"] = model.serve->model_id;
+    }
+    if (model.endpoint) {
+      entry["endpoint"] = {{"url", model.endpoint->url}, {"model", model.endpoint->model}};
+      if (!model.endpoint->api_key_env.empty()) {
+        entry["endpoint"]["api_key_env"] = model.endpoint->api_key_env;
+      }
+    }
+    models.push_back(std::move(entry));
   }
   json benchmarks = json::array();
   for (const auto& benchmark : spec.benchmarks) {
@@ -570,6 +861,11 @@ nlohmann::json to_json(const CampaignSpec& spec) {
                  {"timeout_s", spec.runner.timeout_s},
                  {"env", spec.runner.env}};
   if (spec.runner.type == RunnerType::kExec) runner["command"] = spec.runner.command;
+  if (spec.runner.type == RunnerType::kOpenAi) {
+    runner["max_concurrency"] = spec.runner.max_concurrency;
+    runner["request_timeout_s"] = spec.runner.request_timeout_s;
+    runner["max_retries"] = spec.runner.max_retries;
+  }
   return json{{"name", spec.name},           {"description", spec.description},
               {"models", std::move(models)}, {"benchmarks", std::move(benchmarks)},
               {"runner", std::move(runner)}, {"max_attempts", spec.max_attempts},
@@ -613,12 +909,29 @@ std::optional<std::string> reserved_env_name(std::string_view name) {
   return std::nullopt;
 }
 
+std::optional<std::string> check_extract_regex(std::string_view pattern) {
+  if (pattern.size() > kMaxExtractBytes) {
+    return fmt::format("must be at most {} bytes", kMaxExtractBytes);
+  }
+  try {
+    const std::regex compiled(pattern.begin(), pattern.end(), std::regex::ECMAScript);
+    if (compiled.mark_count() < 1) {
+      return std::string("must have a capture group: its first group is what is compared");
+    }
+  } catch (const std::regex_error& e) {
+    return fmt::format("is not a valid regular expression: {}", e.what());
+  }
+  return std::nullopt;
+}
+
 const char* to_string(RunnerType type) {
   switch (type) {
     case RunnerType::kExec:
       return "exec";
     case RunnerType::kNoop:
       return "noop";
+    case RunnerType::kOpenAi:
+      return "openai";
   }
   return "unknown";
 }

@@ -36,10 +36,38 @@ struct ResourceSpec {
 
 inline constexpr int kMaxGpusPerShard = 64;
 
+// How the worker starts and keeps warm a server for a model (docs/served-models.md). command may
+// hold {port} {model} {gpus} {gpu_count} {work_dir}.
+struct ServeSpec {
+  std::vector<std::string> command;
+  std::string health = "/health";  // GET http://127.0.0.1:{port}{health} answers 200 when ready
+  double ready_timeout_s = 1800;
+  double keep_warm_s = 600;  // after the model's last shard on this worker ends
+  nlohmann::json env = nlohmann::json::object();  // string values
+  std::string model_id;  // the name requests use; "" means the model's name
+
+  bool operator==(const ServeSpec&) const = default;
+};
+
+// A server somebody else runs. The API key is read from the worker's environment (api_key_env),
+// never carried in the spec.
+struct EndpointSpec {
+  std::string url;  // the base URL, e.g. "http://host:8000/v1"
+  std::string model;
+  std::string api_key_env;  // "" = no key
+
+  bool operator==(const EndpointSpec&) const = default;
+};
+
 struct ModelSpec {
   std::string name;
   nlohmann::json params = nlohmann::json::object();
   ResourceSpec resources;
+  std::optional<ServeSpec> serve;  // at most one of serve and endpoint
+  std::optional<EndpointSpec> endpoint;
+
+  // The model name requests carry: serve.model_id, endpoint.model, or the name.
+  const std::string& served_name() const;
 
   bool operator==(const ModelSpec&) const = default;
 };
@@ -56,13 +84,20 @@ struct BenchmarkSpec {
   bool operator==(const BenchmarkSpec&) const = default;
 };
 
-enum class RunnerType { kExec, kNoop };
+enum class RunnerType { kExec, kNoop, kOpenAi };
+
+inline constexpr int kMaxRunnerConcurrency = 1024;
+inline constexpr int kMaxRunnerRetries = 100;
 
 struct RunnerSpec {
   RunnerType type = RunnerType::kExec;
   std::vector<std::string> command;  // exec only; may contain {placeholders}
   double timeout_s = 3600;
   nlohmann::json env = nlohmann::json::object();  // extra environment for exec, string values
+  // openai only (the built-in runner, docs/runners.md)
+  int max_concurrency = 16;  // requests in flight per shard
+  double request_timeout_s = 600;
+  int max_retries = 5;  // per request, for transient failures
 
   bool operator==(const RunnerSpec&) const = default;
 };
@@ -95,6 +130,11 @@ ShardRange shard_range(const BenchmarkSpec& benchmark, int64_t index);
 Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json);
 // Same, from text; a JSON syntax error is reported with its byte offset.
 Result<CampaignSpec> parse_campaign_spec_text(std::string_view text);
+// Same, from YAML text (common/yaml.hpp turns it into the same JSON value first), so a YAML
+// spec gets exactly the messages its JSON twin would.
+Result<CampaignSpec> parse_campaign_spec_yaml(std::string_view text);
+// True for a path ending in .yaml or .yml (evalctl submit reads those as YAML).
+bool is_yaml_path(std::string_view path);
 
 // The canonical JSON form (all defaults filled in); parse_campaign_spec(to_json(s)) == s.
 nlohmann::json to_json(const CampaignSpec& spec);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -26,6 +27,12 @@ inline constexpr size_t kMaxEnvNameBytes = 128;              // one runner.env n
 inline constexpr size_t kMaxEnvValueBytes = 4096;            // one runner.env value
 inline constexpr size_t kMaxLabelsPerModel = 32;             // resources.labels entries
 inline constexpr size_t kMaxLabelBytes = 256;                // one label name or value
+inline constexpr size_t kMaxServeHealthBytes = 1024;         // serve.health
+inline constexpr size_t kMaxServedModelBytes = 256;          // serve.model_id, endpoint.model
+inline constexpr size_t kMaxEndpointUrlBytes = 2048;         // endpoint.url
+inline constexpr int64_t kMaxGenerateTokens = 1'000'000;     // params.max_tokens (openai runner)
+inline constexpr size_t kMaxStopSequences = 16;              // params.stop entries
+inline constexpr size_t kMaxExtractBytes = 1024;             // params.extract (a regex)
 
 // runner.env names must look like shell variables: [A-Za-z_][A-Za-z0-9_]*, at most
 // kMaxEnvNameBytes.
@@ -35,5 +42,9 @@ bool valid_env_name(std::string_view name);
 // CUDA_VISIBLE_DEVICES). The spec parser applies both rules, so every worker does too when a
 // campaign arrives, whoever sent it.
 std::optional<std::string> reserved_env_name(std::string_view name);
+
+// Why `pattern` cannot serve as params.extract, or nothing: it must compile as an ECMAScript
+// regex, have at least one capture group and be at most kMaxExtractBytes.
+std::optional<std::string> check_extract_regex(std::string_view pattern);
 
 }  // namespace evald

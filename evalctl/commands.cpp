@@ -23,6 +23,7 @@
 #include "common/json_limits.hpp"
 #include "common/spec.hpp"
 #include "common/version.hpp"
+#include "common/yaml.hpp"
 #include "evalctl/format.hpp"
 #include "independence/check.hpp"
 
@@ -47,7 +48,8 @@ struct CommandInfo {
 };
 
 constexpr CommandInfo kCommands[] = {
-    {"submit", "submit FILE", "validate a campaign spec, submit it, print its id"},
+    {"submit", "submit FILE",
+     "validate a campaign spec (JSON, or YAML for .yaml/.yml), submit it, print its id"},
     {"status", "status [ID]", "one campaign's shard counts and ETA, or all campaigns"},
     {"watch", "watch ID [--interval-ms MS]", "live progress; exit 0 only if every shard succeeded"},
     {"results", "results ID [--format table|json|csv|markdown]", "the campaign's leaderboard"},
@@ -299,11 +301,19 @@ int submit(const Context& context, const std::string& path) {
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) return fail(context, "cannot read campaign spec '" + path + "': read error");
 
-  // Refused locally with the field named, so nothing half-valid reaches the coordinator.
-  const auto spec = parse_campaign_spec_text(text);
+  // Refused locally with the field named, so nothing half-valid reaches the coordinator. A YAML
+  // spec is sent as the JSON value it denotes: the coordinator only ever sees JSON.
+  const bool yaml = is_yaml_path(path);
+  const auto spec = yaml ? parse_campaign_spec_yaml(text) : parse_campaign_spec_text(text);
   if (!spec) return fail(context, path + ": " + spec.error().message);
+  std::string body = text;
+  if (yaml) {
+    auto converted = yaml_to_json(text);
+    if (!converted) return fail(context, path + ": spec " + converted.error().message);
+    body = converted->dump();
+  }
 
-  const auto reply = call(context, "POST", "/v1/campaigns", text);
+  const auto reply = call(context, "POST", "/v1/campaigns", body);
   if (!reply) return fail(context, reply.error().message);
   if (context.json_output) {
     print_json(context, *reply);

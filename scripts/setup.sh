@@ -40,6 +40,8 @@ packages=(
   systemd python3-yaml slurm-wlm munge iproute2
   # independence-check tests: numpy writes the synthetic safetensors checkpoints
   python3-numpy
+  # served models: campaign specs written in YAML are read with yaml-cpp
+  libyaml-cpp-dev
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
