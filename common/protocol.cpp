@@ -1,5 +1,6 @@
 #include "common/protocol.hpp"
 
+#include <stdexcept>
 #include <type_traits>
 
 #include "common/binary_codec.hpp"
@@ -14,12 +15,36 @@ constexpr char kMagic1 = 'V';
 constexpr size_t kMinResultBytes = 8 + 4 * 4 + 1 + 8 + 4 + 4 + 4 + 4;
 constexpr size_t kMinAssignmentBytes = 8 + 4 * 4 + 8 + 8 + 4 + 4;
 
+nlohmann::json warm_json(const std::vector<WarmModel>& warm) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& server : warm) out.push_back({{"model", server.model}, {"gpus", server.gpus}});
+  return out;
+}
+
+// Throws (nlohmann::json::exception, std::invalid_argument) on a wrong shape; the callers turn
+// that into an error.
+std::vector<WarmModel> read_warm(const nlohmann::json& value) {
+  std::vector<WarmModel> out;
+  if (value.is_null()) return out;
+  if (!value.is_array()) throw std::invalid_argument("warm is not an array");
+  for (const auto& item : value) {
+    out.push_back(WarmModel{item.at("model").get<std::string>(),
+                            item.value("gpus", std::vector<uint32_t>{})});
+  }
+  return out;
+}
+
 void encode_body(BinaryWriter& w, const Hello& m) {
   nlohmann::json body = {{"name", m.name}, {"instance", m.instance}, {"slots", m.slots},
                          {"gpus", m.gpus}, {"labels", m.labels},     {"running", m.running}};
+  if (!m.warm.empty()) body["warm"] = warm_json(m.warm);
   w.str(body.dump());
 }
-void encode_body(BinaryWriter& /*w*/, const Heartbeat& /*m*/) {}
+void encode_body(BinaryWriter& w, const Heartbeat& m) {
+  if (!m.status) return;
+  const nlohmann::json body = {{"warm", warm_json(m.status->warm)}, {"loading", m.status->loading}};
+  w.str(body.dump());
+}
 void encode_body(BinaryWriter& /*w*/, const Drain& /*m*/) {}
 void encode_body(BinaryWriter& /*w*/, const ReHello& /*m*/) {}
 void encode_body(BinaryWriter& w, const Results& m) {
@@ -97,12 +122,33 @@ Result<Message> decode_hello(BinaryReader& r) {
     m.gpus = body.value("gpus", nlohmann::json::array());
     m.labels = body.value("labels", nlohmann::json::object());
     m.running = body.value("running", std::vector<uint64_t>{});
-  } catch (const nlohmann::json::exception& e) {
+    if (body.contains("warm")) m.warm = read_warm(body["warm"]);
+  } catch (const std::exception& e) {
     return make_error(std::string("HELLO: bad field: ") + e.what());
   }
   if (m.name.empty()) return make_error("HELLO: name is empty");
   if (!m.gpus.is_array()) return make_error("HELLO: gpus is not an array");
   if (!m.labels.is_object()) return make_error("HELLO: labels is not an object");
+  return Message{std::move(m)};
+}
+
+Result<Message> decode_heartbeat(BinaryReader& r) {
+  Heartbeat m;
+  if (r.at_end()) return Message{m};
+  std::string text;
+  if (!r.str(text)) return make_error("HEARTBEAT: truncated body");
+  auto parsed = parse_json_bounded(text);
+  if (!parsed) return make_error("HEARTBEAT: body " + parsed.error().message);
+  const auto& body = parsed.value();
+  if (!body.is_object()) return make_error("HEARTBEAT: body is not a JSON object");
+  try {
+    ServeStatus status;
+    status.warm = read_warm(body.value("warm", nlohmann::json::array()));
+    status.loading = body.value("loading", std::vector<uint64_t>{});
+    m.status = std::move(status);
+  } catch (const std::exception& e) {
+    return make_error(std::string("HEARTBEAT: bad field: ") + e.what());
+  }
   return Message{std::move(m)};
 }
 
@@ -250,7 +296,7 @@ Result<Message> decode(std::string_view frame) {
       decoded = decode_hello(r);
       break;
     case MessageType::kHeartbeat:
-      decoded = Message{Heartbeat{}};
+      decoded = decode_heartbeat(r);
       break;
     case MessageType::kDrain:
       decoded = Message{Drain{}};

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -58,6 +59,21 @@ enum class MessageType : uint8_t {
 
 const char* to_string(MessageType type);
 
+// A model server a worker keeps up (docs/served-models.md): the model's name and its GPUs.
+struct WarmModel {
+  std::string model;
+  std::vector<uint32_t> gpus;
+  bool operator==(const WarmModel&) const = default;
+};
+
+// What a worker's model servers are doing: the servers that are ready, and the attempts that
+// wait for a server to load (their shards show phase "loading").
+struct ServeStatus {
+  std::vector<WarmModel> warm;
+  std::vector<uint64_t> loading;
+  bool operator==(const ServeStatus&) const = default;
+};
+
 // worker -> coordinator
 struct Hello {
   std::string name;
@@ -66,9 +82,14 @@ struct Hello {
   nlohmann::json gpus = nlohmann::json::array();     // [{"index":0,"name":"...","memory_mib":N}]
   nlohmann::json labels = nlohmann::json::object();  // {"k":"v"}
   std::vector<uint64_t> running;                     // attempt ids still running on the worker
+  std::vector<WarmModel> warm;                       // model servers ready on the worker
 };
 
-struct Heartbeat {};
+// Both ways. A worker attaches `status` when its model servers changed since it last said so;
+// otherwise (and always from the coordinator) the body is empty.
+struct Heartbeat {
+  std::optional<ServeStatus> status;
+};
 struct Drain {};
 
 // A stopping worker gives these attempts back unfinished (their runners were killed at the drain

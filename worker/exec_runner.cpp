@@ -221,6 +221,8 @@ std::string substitute_placeholders(std::string_view text, const RunRequest& req
       out += std::to_string(a.attempt);
     } else if (name == "campaign") {
       out += request.campaign_id;
+    } else if (name == "endpoint" && !request.endpoint.empty()) {
+      out += request.endpoint;
     } else {
       // Not ours (a literal brace in an argument): keep the '{' and look again after it.
       out += '{';
@@ -283,6 +285,10 @@ ExecJob build_exec_job(const RunRequest& request,
   env["EVALD_ATTEMPT"] = std::to_string(a.attempt);
   env["EVALD_ATTEMPT_ID"] = std::to_string(a.attempt_id);
   env["CUDA_VISIBLE_DEVICES"] = gpus;
+  if (!request.endpoint.empty()) {
+    env["EVALD_ENDPOINT"] = request.endpoint;
+    env["EVALD_SERVED_MODEL"] = request.served_model;
+  }
   job.process.environment.assign(env.begin(), env.end());
 
   job.process.working_dir = run_root / std::to_string(a.attempt_id);

@@ -49,12 +49,13 @@ struct ExecJob {
   double timeout_s = 0;
 };
 
-// Substitutes {model} {benchmark} {shard} {start} {end} {attempt} {campaign} in `text`; any other
-// {word} is left as it is.
+// Substitutes {model} {benchmark} {shard} {start} {end} {attempt} {campaign} in `text`, and
+// {endpoint} for a served model; any other {word} is left as it is.
 std::string substitute_placeholders(std::string_view text, const RunRequest& request);
 
 // The command with placeholders substituted; the shard as one JSON object on stdin; the
-// environment = base_env + runner.env + EVALD_* + CUDA_VISIBLE_DEVICES (the variables evald sets
+// environment = base_env + runner.env + EVALD_* (EVALD_ENDPOINT and EVALD_SERVED_MODEL for a served
+// model) + CUDA_VISIBLE_DEVICES (the variables evald sets
 // win over runner.env, so a spec cannot hand a shard somebody else's GPUs); working directory
 // run_root/<attempt_id>; the spec's timeout.
 ExecJob build_exec_job(const RunRequest& request,

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -64,6 +65,7 @@ struct ChildSetup : bp::extend::handler {
   // The child's environment, set directly: bp::environment's lookup reads past the end of
   // entries shorter than the key (Boost 1.74, found by AddressSanitizer).
   char** environment = nullptr;
+  bool kill_with_parent = false;
 
   template <typename Executor>
   void on_setup(Executor& exec) const {
@@ -73,6 +75,7 @@ struct ChildSetup : bp::extend::handler {
   template <typename Executor>
   void on_exec_setup(Executor& /*exec*/) const {
     ::setpgid(0, 0);
+    if (kill_with_parent) ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -166,7 +169,8 @@ struct ChildProcess::State : std::enable_shared_from_this<ChildProcess::State> {
     std::error_code ec;
     bp::child child(bp::exe = executable, bp::args = spec.args, bp::start_dir = dir.string(),
                     (bp::std_in < stdin_pipe), (bp::std_out > stdout_pipe),
-                    (bp::std_err > stderr_pipe), ChildSetup{{}, envp.data()}, ec);
+                    (bp::std_err > stderr_pipe), ChildSetup{{}, envp.data(), spec.kill_with_parent},
+                    ec);
     if (ec || !child.valid()) {
       return fail_spawn("cannot start '" + executable +
                         "': " + (ec ? ec.message() : std::string("unknown error")));
@@ -223,7 +227,7 @@ struct ChildProcess::State : std::enable_shared_from_this<ChildProcess::State> {
             self->stdout_eof = true;
             return self->maybe_finish();
           }
-          if (!self->overflowed) {
+          if (!self->overflowed && self->spec.stdout_limit_bytes > 0) {
             self->outcome.stdout_data.append(self->stdout_chunk.data(), n);
             if (self->outcome.stdout_data.size() > self->spec.stdout_limit_bytes) {
               self->overflowed = true;
@@ -361,6 +365,12 @@ void ChildProcess::kill() {
   if (!state_ || state_->finished) return;
   state_->killed = true;
   state_->kill_group();
+}
+
+void ChildProcess::terminate() {
+  if (!state_ || state_->finished || state_->exited || state_->pid <= 0) return;
+  state_->killed = true;
+  ::kill(-state_->pid, SIGTERM);
 }
 
 pid_t ChildProcess::pid() const {

@@ -36,9 +36,12 @@ struct ProcessSpec {
   std::vector<std::pair<std::string, std::string>> environment;  // the child's whole environment
   std::filesystem::path working_dir;                             // empty: the worker's own
   std::string stdin_data;
-  std::chrono::milliseconds timeout{0};  // zero: no limit
-  size_t stdout_limit_bytes = kStdoutLimitBytes;
+  std::chrono::milliseconds timeout{0};           // zero: no limit
+  size_t stdout_limit_bytes = kStdoutLimitBytes;  // 0: stdout is read and thrown away
   size_t stderr_tail_bytes = kStderrTailBytes;
+  // The child gets SIGKILL when the thread that started it dies (PR_SET_PDEATHSIG), so a
+  // long-lived child (a model server) cannot outlive a worker that was killed with SIGKILL.
+  bool kill_with_parent = false;
 };
 
 enum class ProcessEnd {
@@ -72,6 +75,9 @@ class ChildProcess {
 
   // SIGKILL to the whole process group; `done` still follows, with ProcessEnd::kKilled.
   void kill();
+  // SIGTERM to the whole process group, a request to stop; `done` follows when it has exited
+  // (with ProcessEnd::kKilled, since we asked). The caller escalates with kill() after a grace.
+  void terminate();
   pid_t pid() const;
 
  private:

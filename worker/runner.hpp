@@ -20,6 +20,10 @@ struct RunRequest {
   const protocol::Assignment& assignment;
   const CampaignSpec& spec;  // model and benchmark indexes are already checked against it
   const std::string& campaign_id;
+  // For a model with serve or endpoint: the server's base URL (ending in /v1) and the model
+  // name requests carry. Empty otherwise.
+  std::string endpoint = {};
+  std::string served_model = {};
 };
 
 class Runner {

@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <random>
@@ -38,6 +39,7 @@
 
 #include "common/cli_options.hpp"
 #include "worker/gpu.hpp"
+#include "worker/serve_metrics.hpp"
 
 namespace evald::worker {
 namespace {
@@ -162,6 +164,10 @@ Result<std::unique_ptr<Worker>> Worker::create(WorkerConfig config, const Clock&
     return make_error("--work-dir: " + config.work_dir.string() +
                       " is in use by another running worker");
   }
+  // Model servers left by a worker that was killed (SIGKILL, OOM) still hold GPUs: gone before we
+  // start anything.
+  const size_t reaped = ModelServers::reap_stale(config.work_dir / "servers");
+  if (reaped > 0) spdlog::warn("model_servers_reaped count={}", reaped);
   // Run directories left by a worker that died are of no use: their attempts are lost anyway.
   const auto runs = config.work_dir / "runs";
   std::filesystem::remove_all(runs, ec);
@@ -203,6 +209,12 @@ Worker::Worker(WorkerConfig config, const Clock& clock, UniqueFd lock, Outbox ou
       exec_runner_(std::make_unique<ExecRunner>(config_.work_dir / "runs", clock)),
       heartbeat_(config_.heartbeat),
       metrics_(config_.name, config_.slots, config_.gpus) {
+  serve_metrics_ = std::make_shared<ServeMetrics>(metrics_.registry());
+  openai_runner_ = std::make_unique<OpenAiRunner>(serve_metrics_);
+  model_servers_ = std::make_unique<ModelServers>(
+      ModelServersOptions{config_.work_dir / "servers", std::chrono::milliseconds(10000),
+                          std::chrono::milliseconds(200)},
+      clock_, serve_metrics_.get());
   const auto now = clock_.now();
   last_heard_ = now;
   next_heartbeat_ = now;
@@ -295,6 +307,8 @@ int Worker::run(int stop_fd) {
     kill_running("worker failed: " + std::string(e.what()));
   }
   exec_runner_.reset();  // nothing should be running now; this reaps whatever still is
+  openai_runner_.reset();
+  model_servers_.reset();  // SIGTERM to every model server, SIGKILL after the grace
   if (!persist_unacked()) ok = false;
   publish_metrics();
   spdlog::info(
@@ -310,7 +324,10 @@ void Worker::loop(int stop_fd) {
       {socket_.handle(), 0, ZMQ_POLLIN, 0},
       {monitor_.handle(), 0, ZMQ_POLLIN, 0},
       {nullptr, exec_runner_->wake_fd(), ZMQ_POLLIN, 0},
+      {nullptr, model_servers_->wake_fd(), ZMQ_POLLIN, 0},
+      {nullptr, openai_runner_->wake_fd(), ZMQ_POLLIN, 0},
   };
+  constexpr size_t kStopItem = 5;
   if (stop_fd >= 0) items.push_back({nullptr, stop_fd, ZMQ_POLLIN, 0});
   while (true) {
     ++stats_.loop_turns;
@@ -322,12 +339,17 @@ void Worker::loop(int stop_fd) {
       if (e.num() != EINTR) throw;
       continue;
     }
-    if (items.size() > 3 && (items[3].revents & ZMQ_POLLIN) != 0) on_stop(stop_fd);
+    if (items.size() > kStopItem && (items[kStopItem].revents & ZMQ_POLLIN) != 0) {
+      on_stop(stop_fd);
+    }
     if ((items[1].revents & ZMQ_POLLIN) != 0) read_monitor();
     if ((items[0].revents & ZMQ_POLLIN) != 0) read_socket();
     if ((items[2].revents & ZMQ_POLLIN) != 0) collect_exec_results();
+    if ((items[3].revents & ZMQ_POLLIN) != 0) on_serve_events();
+    if ((items[4].revents & ZMQ_POLLIN) != 0) collect_openai_results();
     flush_results();
     on_timers();
+    send_serve_status();
     publish_metrics();
     if (draining_ && drain_done()) return;
   }
@@ -358,6 +380,8 @@ void Worker::on_stop(int stop_fd) {
   spdlog::info("drain_started signal={} running={} unacked={} drain_timeout_ms={}", signal_number,
                running_.size(), unacked_.size(), config_.drain_timeout.count());
   send_frame(protocol::encode(protocol::Drain{}));
+  // No more shards will come: servers nobody uses go now, the others when their shards end.
+  model_servers_->stop_idle();
 }
 
 void Worker::read_monitor() {
@@ -472,6 +496,7 @@ void Worker::on_welcome(const protocol::Welcome& welcome) {
     return a->result.attempt_id < b->result.attempt_id;
   });
   resend(all);
+  status_sent_.reset();  // a new coordinator process knows nothing of our loading shards
   // A coordinator that restarted during our drain has not heard that we are leaving.
   if (draining_) send_frame(protocol::encode(protocol::Drain{}));
 }
@@ -547,22 +572,36 @@ void Worker::on_assign(const protocol::Assign& assign) {
       outgoing_.push_back(Outgoing{*noop_runner_.start(request), false});
       continue;
     }
+    const auto& model = spec.models[a.model];
     // The node's owner decides what runs here, not the spec: checked before anything starts.
     // A refusal is an ordinary failed attempt (it uses one of the shard's attempts), so a
     // campaign that no worker will run ends failed with this error instead of circling the
     // cluster forever.
-    if (auto refused = config_.exec_policy.check(
-            substitute_placeholders(spec.runner.command.front(), request))) {
+    if (auto refused = spec.runner.type != RunnerType::kExec
+                           ? std::nullopt
+                           : config_.exec_policy.check(
+                                 substitute_placeholders(spec.runner.command.front(), request))) {
       metrics_.count_exec_refused(refused->reason);
       spdlog::warn("exec_refused attempt={} campaign={} reason={} error=\"{}\"", a.attempt_id,
                    campaign->second.id, to_string(refused->reason), refused->message);
       fail(a, "worker " + config_.name + " refuses to run " + refused->message);
       continue;
     }
-    spdlog::info("exec_assigned attempt={} campaign={} model={} benchmark={} shard={} gpus={}",
-                 a.attempt_id, campaign->second.id, spec.models[a.model].name,
-                 spec.benchmarks[a.benchmark].name, a.shard, a.gpus.size());
+    spdlog::info(
+        "shard_assigned attempt={} campaign={} runner={} model={} benchmark={} shard={} gpus={}",
+        a.attempt_id, campaign->second.id, to_string(spec.runner.type), model.name,
+        spec.benchmarks[a.benchmark].name, a.shard, a.gpus.size());
     running_.emplace(a.attempt_id, a);
+    if (model.serve) {
+      // Runs once the model's server is ready (at once when one is warm): on_serve_events.
+      loading_.emplace(a.attempt_id, true);
+      model_servers_->acquire(ServeRequest{a.attempt_id, model.name, *model.serve, a.gpus});
+      continue;
+    }
+    if (model.endpoint) {
+      start_served(a, model.endpoint->url);
+      continue;
+    }
     exec_runner_->start(request);
   }
   // One line per message, not per shard: a coordinator that ignores credit must not flood the log.
@@ -592,7 +631,7 @@ void Worker::on_cancel(const protocol::Cancel& cancel) {
       spdlog::debug("cancel_ignored attempt={} reason=\"not running here\"", attempt_id);
       continue;
     }
-    exec_runner_->cancel(attempt_id);
+    stop_attempt(attempt_id);
     ++stats_.cancelled;
     spdlog::info("cancel attempt={}", attempt_id);
   }
@@ -601,11 +640,80 @@ void Worker::on_cancel(const protocol::Cancel& cancel) {
 void Worker::collect_exec_results() {
   for (auto& result : exec_runner_->take_finished()) {
     metrics_.count_runner_exit(result);
+    model_servers_->release(result.attempt_id);
     // Cancelled meanwhile: the coordinator has given up on it and wants nothing.
     if (running_.erase(result.attempt_id) == 0) continue;
     fit_in_frame(result);
     outgoing_.push_back(Outgoing{std::move(result), true});
   }
+}
+
+void Worker::collect_openai_results() {
+  for (auto& result : openai_runner_->take_finished()) {
+    model_servers_->release(result.attempt_id);
+    if (running_.erase(result.attempt_id) == 0) continue;
+    if (!result.ok) {
+      spdlog::warn("openai_shard_failed attempt={} error=\"{}\"", result.attempt_id, result.error);
+    }
+    fit_in_frame(result);
+    // Through the outbox like exec results: a shard of requests is worth keeping.
+    outgoing_.push_back(Outgoing{std::move(result), true});
+  }
+}
+
+void Worker::on_serve_events() {
+  for (auto& event : model_servers_->take_events()) {
+    const auto it = running_.find(event.attempt_id);
+    if (it == running_.end()) {  // cancelled meanwhile
+      model_servers_->release(event.attempt_id);
+      continue;
+    }
+    if (event.ready) {
+      if (loading_.erase(event.attempt_id) == 0) continue;  // told twice: already running
+      start_served(it->second, std::move(event.endpoint));
+      continue;
+    }
+    // The server failed: the attempt fails with its words, whether it waited or was running.
+    const auto assignment = it->second;
+    running_.erase(it);
+    stop_attempt(event.attempt_id);
+    fail(assignment, std::move(event.error));
+  }
+}
+
+void Worker::start_served(const protocol::Assignment& a, std::string endpoint) {
+  const auto& campaign = campaigns_.at(a.campaign);
+  const auto& spec = *campaign.spec;
+  const auto& model = spec.models[a.model];
+  const auto& benchmark = spec.benchmarks[a.benchmark];
+  if (spec.runner.type == RunnerType::kOpenAi) {
+    OpenAiJob job;
+    job.identity = protocol::result_for(a);
+    job.endpoint = std::move(endpoint);
+    job.model = model.served_name();
+    if (model.endpoint && !model.endpoint->api_key_env.empty()) {
+      const char* key = std::getenv(model.endpoint->api_key_env.c_str());
+      job.api_key = key != nullptr ? key : "";
+    }
+    job.metric = benchmark.metric;
+    job.start = a.start;
+    job.end = a.end;
+    job.params = benchmark.params;
+    job.max_concurrency = spec.runner.max_concurrency;
+    job.request_timeout_s = spec.runner.request_timeout_s;
+    job.max_retries = spec.runner.max_retries;
+    openai_runner_->start(std::move(job));
+    return;
+  }
+  RunRequest request{a, spec, campaign.id, std::move(endpoint), model.served_name()};
+  exec_runner_->start(request);
+}
+
+void Worker::stop_attempt(uint64_t attempt_id) {
+  loading_.erase(attempt_id);
+  exec_runner_->cancel(attempt_id);
+  openai_runner_->cancel(attempt_id);
+  model_servers_->release(attempt_id);
 }
 
 void Worker::flush_results() {
@@ -721,7 +829,7 @@ bool Worker::drain_done() {
 void Worker::kill_running(const std::string& reason) {
   for (const auto& [attempt_id, assignment] : running_) {
     spdlog::warn("exec_killed attempt={} reason=\"{}\"", attempt_id, reason);
-    if (exec_runner_) exec_runner_->cancel(attempt_id);
+    stop_attempt(attempt_id);
     outgoing_.push_back(Outgoing{failed_result(assignment, reason), true});
   }
   running_.clear();
@@ -736,7 +844,7 @@ void Worker::hand_back_running() {
   for (const auto& [attempt_id, assignment] : running_) {
     spdlog::warn("exec_killed attempt={} reason=\"drain timeout of {} ms expired; handed back\"",
                  attempt_id, config_.drain_timeout.count());
-    if (exec_runner_) exec_runner_->cancel(attempt_id);
+    stop_attempt(attempt_id);
     hand_back.attempt_ids.push_back(attempt_id);
   }
   running_.clear();
@@ -778,11 +886,36 @@ void Worker::try_send_hello() {
   for (const auto& [attempt_id, pending] : unacked_) hello.running.push_back(attempt_id);
   for (const auto& item : outgoing_) hello.running.push_back(item.result.attempt_id);
   std::sort(hello.running.begin(), hello.running.end());
+  hello.warm = serve_status().warm;
   if (!send_frame(protocol::encode(hello))) return;  // not connected yet; the monitor tells us
   hello_pending_ = false;
   awaiting_welcome_ = true;
   spdlog::info("hello_sent name={} instance={} slots={} running={}", config_.name, instance_,
                config_.slots, hello.running.size());
+}
+
+protocol::ServeStatus Worker::serve_status() const {
+  protocol::ServeStatus status;
+  for (auto& server : model_servers_->warm()) {
+    if (server.ready) status.warm.push_back(protocol::WarmModel{server.model, server.gpus});
+  }
+  std::sort(status.warm.begin(), status.warm.end(), [](const auto& a, const auto& b) {
+    return a.model != b.model ? a.model < b.model : a.gpus < b.gpus;
+  });
+  for (const auto& [attempt_id, waiting] : loading_) status.loading.push_back(attempt_id);
+  std::sort(status.loading.begin(), status.loading.end());
+  return status;
+}
+
+void Worker::send_serve_status() {
+  if (!connected_ || hello_pending_ || awaiting_welcome_) return;
+  auto status = serve_status();
+  // Nothing served, nothing said: a worker without model servers sends what it always sent.
+  if (!status_sent_ && status.warm.empty() && status.loading.empty()) return;
+  if (status_sent_ && *status_sent_ == status) return;
+  if (!send_frame(protocol::encode(protocol::Heartbeat{status}))) return;
+  spdlog::debug("serve_status_sent warm={} loading={}", status.warm.size(), status.loading.size());
+  status_sent_ = std::move(status);
 }
 
 bool Worker::send_results_frame(const std::string& frame) {

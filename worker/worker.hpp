@@ -21,6 +21,8 @@
 #include "common/result.hpp"
 #include "common/spec.hpp"
 #include "worker/exec_runner.hpp"
+#include "worker/model_server.hpp"
+#include "worker/openai_runner.hpp"
 #include "worker/outbox.hpp"
 #include "worker/runner.hpp"
 #include "worker/unique_fd.hpp"
@@ -98,6 +100,13 @@ class Worker {
   void on_ack(const protocol::Ack& ack);
   void on_cancel(const protocol::Cancel& cancel);
   void collect_exec_results();
+  void collect_openai_results();
+  void on_serve_events();
+  // Starts an attempt whose model server is ready (or whose model has an endpoint).
+  void start_served(const protocol::Assignment& assignment, std::string endpoint);
+  // The runner side of an attempt that ends early (cancel, server lost, drain): stops it in
+  // whichever runner has it and lets go of its model server.
+  void stop_attempt(uint64_t attempt_id);
   void flush_results();
   void on_timers();
   bool drain_done();
@@ -106,6 +115,9 @@ class Worker {
   bool persist_unacked();
 
   void try_send_hello();
+  // A heartbeat with the model servers' status when it changed since the last one sent.
+  void send_serve_status();
+  protocol::ServeStatus serve_status() const;
   // send_frame for RESULTS: refused (false) while our HELLO on this connection is not yet sent.
   bool send_results_frame(const std::string& frame);
   bool send_frame(const std::string& frame);
@@ -128,9 +140,14 @@ class Worker {
 
   NoopRunner noop_runner_;
   std::unique_ptr<ExecRunner> exec_runner_;
+  std::shared_ptr<ServeMetrics> serve_metrics_;
+  std::unique_ptr<OpenAiRunner> openai_runner_;
+  std::unique_ptr<ModelServers> model_servers_;
 
   std::unordered_map<uint32_t, Campaign> campaigns_;
-  std::unordered_map<uint64_t, protocol::Assignment> running_;  // exec attempts in flight
+  std::unordered_map<uint64_t, protocol::Assignment> running_;  // exec and openai attempts
+  // Of running_, the attempts waiting for their model server (phase "loading").
+  std::unordered_map<uint64_t, bool> loading_;
   std::unordered_map<uint64_t, Pending> unacked_;
   std::vector<Outgoing> outgoing_;
 
@@ -148,6 +165,7 @@ class Worker {
   bool awaiting_welcome_ = false;  // HELLO sent on this connection, no WELCOME yet
   bool silent_ = false;  // "coordinator silent" was logged and nothing has been heard since
   bool draining_ = false;
+  std::optional<protocol::ServeStatus> status_sent_;  // the last status the coordinator got
   WorkerStats stats_;
   size_t outbox_files_ = 0;  // unacked_ entries with on_disk
   uint64_t outbox_bytes_ = 0;

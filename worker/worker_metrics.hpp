@@ -63,6 +63,8 @@ class WorkerMetrics {
   WorkerMetrics& operator=(const WorkerMetrics&) = delete;
 
   std::string serialize() const;  // Prometheus text format 0.0.4
+  // For metrics registered elsewhere (ServeMetrics), served with these.
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
   // Counters follow `counts`, which only grow; cheap enough for every loop turn.
   void publish(const WorkerCounts& counts, const WorkerGauges& gauges);

@@ -17,7 +17,7 @@ The model's rule (tests/integration/openai_rule.hpp reimplements it in C++):
     the generated ones.
 
 Failure knobs: --load-seconds (health answers 503 meanwhile, requests 503 too), --never-ready,
---exit-during-load CODE, --crash-after N completions, --burst-429 K:M (K of every M completion
+--exit-during-load CODE (never ready; exits with CODE halfway through --load-seconds), --crash-after N completions, --burst-429 K:M (K of every M completion
 requests answer 429 with Retry-After), --retry-after S, --latency-ms.
 
 GET /health, GET /v1/models, POST /v1/completions, GET /stats (counts, for benchmarks).
@@ -73,7 +73,7 @@ class State:
         self.completion_tokens = 0
 
     def ready(self):
-        if self.args.never_ready:
+        if self.args.never_ready or self.args.exit_during_load is not None:
             return False
         return time.monotonic() - self.started >= self.args.load_seconds
 
@@ -237,7 +237,7 @@ def main():
             f.write("%d\n" % os.getpid())
     if args.exit_during_load is not None:
         def die():
-            time.sleep(args.load_seconds)
+            time.sleep(args.load_seconds / 2)
             sys.stderr.write("error: cannot load weights: out of memory (test server)\n")
             sys.stderr.flush()
             os._exit(args.exit_during_load)
