@@ -170,8 +170,10 @@ TEST_CASE("every broken field is refused with a message that names it", "[unit][
 
       {[](json& s) { s.erase("runner"); }, "runner: is required"},
       {[](json& s) { s["runner"] = json::array(); }, "runner: must be an object"},
-      {[](json& s) { s["runner"]["type"] = "docker"; }, R"(runner.type: must be "exec" or "noop")"},
-      {[](json& s) { s["runner"]["type"] = 1; }, R"(runner.type: must be "exec" or "noop")"},
+      {[](json& s) { s["runner"]["type"] = "docker"; },
+       R"(runner.type: must be "exec", "noop" or "openai")"},
+      {[](json& s) { s["runner"]["type"] = 1; },
+       R"(runner.type: must be "exec", "noop" or "openai")"},
       {[](json& s) { s["runner"].erase("command"); },
        "runner.command: is required for the exec runner"},
       {[](json& s) { s["runner"]["command"] = json::array(); },
