@@ -378,6 +378,7 @@ nlohmann::json Api::campaign_json(const Campaign& c) const {
       {"models", c.spec.models.size()},
       {"benchmarks", c.spec.benchmarks.size()},
   };
+  if (!c.model_loads.empty()) out["model_loads"] = c.model_loads;
   if (!c.unschedulable.empty()) {
     std::string reasons;
     nlohmann::json models = nlohmann::json::array();
@@ -464,6 +465,14 @@ HttpResponse Api::get_shards(const Campaign& c, const std::string& query) {
           item["metrics"] = metrics;
         }
         if (r.state == ShardState::kRunning) item["attempt_id"] = r.attempt_id;
+        // Waiting for its model server to become ready (docs/served-models.md).
+        if (s.state == ShardState::kRunning) {
+          for (const WorkerInfo* w : workers) {
+            if (w != nullptr && w->index == s.worker && w->loading.contains(s.attempt_id)) {
+              item["phase"] = "loading";
+            }
+          }
+        }
       }
       if (const auto& err = scheduler_.last_error(c, gi, i); !err.empty()) item["last_error"] = err;
       if (auto h = history.find({gi, i}); h != history.end()) item["history"] = h->second;

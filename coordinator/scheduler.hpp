@@ -193,6 +193,9 @@ struct Campaign {
   std::chrono::steady_clock::time_point cursor_ready_since;
   // model index -> why no connected worker could ever run its shards
   std::map<uint32_t, std::string> unschedulable;
+  // Served models: model servers that became ready on a worker for its shards, per model name
+  // (in memory: a restarted coordinator counts from zero).
+  std::map<std::string, uint64_t> model_loads;
   // ETA: progress rate since the campaign last (re)started running.
   std::chrono::steady_clock::time_point rate_since;
   int64_t final_at_rate_since = 0;
@@ -234,6 +237,16 @@ struct WorkerInfo {
   // Affinity: the campaign key and model of the last shard it was given (0 = none yet).
   uint32_t last_campaign = 0;
   uint32_t last_model = 0;
+  // Served models (docs/served-models.md): the model servers ready on the worker, as its HELLO
+  // and its status heartbeats say, and the attempts of its leases that wait for a server to load.
+  std::vector<protocol::WarmModel> warm;
+  std::unordered_set<uint64_t> loading;
+  bool warm_on(const std::string& model) const {
+    for (const auto& server : warm) {
+      if (server.model == model) return true;
+    }
+    return false;
+  }
   prometheus::Gauge* slots_used = nullptr;
   prometheus::Gauge* slots_total = nullptr;
   prometheus::Gauge* slots_free = nullptr;
@@ -342,6 +355,9 @@ class Scheduler {
   void release_lease(WorkerInfo& w, uint64_t attempt_id);
   void mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, bool busy);
   void set_last_model(WorkerInfo& w, Campaign* c, uint32_t model);
+  // A worker's served-model status (a heartbeat's): warm servers, loading attempts; a server
+  // that is new counts as a load for the campaigns whose shards there run that model.
+  void apply_serve_status(WorkerInfo& w, protocol::ServeStatus status);
   // The next pending shard of a model (dispatch rule 8, docs/scheduling.md).
   std::optional<ReadyRef> next_in_model(Campaign& c, uint32_t model);
   void check_unschedulable();

@@ -156,6 +156,12 @@ bool is_remainder(const Campaign& c, uint32_t m, const WorkerInfo& w, double sco
 // remembered in `remainder` instead.
 std::optional<uint32_t> spreading_pick(Campaign& c, const WorkerInfo& w, const DispatchPass& pass,
                                        std::optional<CampaignModel>& remainder) {
+  // Served models: a model whose server is already warm on this worker costs no load, so it goes
+  // first (also right after a coordinator restart, when no worker has a last model yet).
+  for (uint32_t m = 0; m < c.queues.size(); ++m) {
+    if (!pass.has_work(c, m) || !w.warm_on(c.spec.models[m].name)) continue;
+    if (place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) return m;
+  }
   std::optional<uint32_t> best;
   double best_score = -1;
   for (uint32_t m = 0; m < c.queues.size(); ++m) {

@@ -2,6 +2,7 @@
 // result validation and the lease-holder checks that make counting exactly-once.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_set>
 
@@ -57,6 +58,21 @@ bool fits(const nlohmann::json& value, size_t limit) {
   return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() <= limit;
 }
 
+// What a worker says about its model servers is kept bounded, like the rest of its HELLO: at
+// most 64 servers, names as long as a spec allows, valid UTF-8.
+std::vector<protocol::WarmModel> bounded_warm(std::vector<protocol::WarmModel> warm) {
+  std::vector<protocol::WarmModel> kept;
+  for (auto& server : warm) {
+    if (kept.size() >= 64) break;
+    if (server.model.empty() || server.model.size() > kMaxNameLength ||
+        !utf8::is_valid(server.model) || server.gpus.size() > 1024) {
+      continue;
+    }
+    kept.push_back(std::move(server));
+  }
+  return kept;
+}
+
 }  // namespace
 
 void Scheduler::on_message(const std::string& identity, protocol::Message message) {
@@ -79,6 +95,9 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
   } else if (std::holds_alternative<protocol::Heartbeat>(message)) {
     if (known) {
       w->last_seen = clock_.now();
+      if (auto& status = std::get<protocol::Heartbeat>(message).status) {
+        apply_serve_status(*w, std::move(*status));
+      }
     } else {
       outgoing_.send(identity, protocol::ReHello{});
     }
@@ -107,6 +126,27 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
     metrics_.messages_malformed.Increment();
     spdlog::warn("dropped message worker={} reason=\"{} is not a worker-to-coordinator message\"",
                  identity, protocol::to_string(protocol::type_of(message)));
+  }
+}
+
+void Scheduler::apply_serve_status(WorkerInfo& w, protocol::ServeStatus status) {
+  auto warm = bounded_warm(std::move(status.warm));
+  for (const auto& server : warm) {
+    if (std::find(w.warm.begin(), w.warm.end(), server) != w.warm.end()) continue;
+    std::unordered_set<uint32_t> counted;
+    for (const auto& [attempt_id, key] : w.leases) {
+      Campaign* c = campaign_by_key(key.campaign);
+      if (c == nullptr || c->spec.models[c->model_of(key.group)].name != server.model) continue;
+      if (counted.insert(c->key).second) ++c->model_loads[server.model];
+    }
+    spdlog::info("model loaded worker={} model={} campaigns={}", w.name, server.model,
+                 counted.size());
+  }
+  w.warm = std::move(warm);
+  w.loading.clear();
+  for (const uint64_t attempt_id : status.loading) {
+    if (w.loading.size() >= kMaxHelloRunning) break;
+    if (w.leases.contains(attempt_id)) w.loading.insert(attempt_id);
   }
 }
 
@@ -253,6 +293,9 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
   w->gpus = std::move(hello.gpus);
   w->labels = std::move(hello.labels);
+  // Servers it already has (we may have restarted): affinity prefers them; no load is counted.
+  w->warm = bounded_warm(std::move(hello.warm));
+  w->loading.clear();
   w->last_seen = now;
   w->last_sent = now;
   w->campaigns_sent.clear();

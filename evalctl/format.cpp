@@ -486,6 +486,23 @@ std::string format_campaign(const json& campaign) {
   };
   if (const auto reason = unschedulable_of(campaign))
     table.rows.push_back({"unschedulable", *reason});
+  // Served models: how many times each model's server was loaded, and where a model is not
+  // placed for now (its server failed to start there again and again).
+  if (const json* loads = find(campaign, "model_loads"); loads != nullptr && loads->is_object()) {
+    std::string text;
+    for (const auto& [model, count] : loads->items()) {
+      text += (text.empty() ? "" : ", ") + model + " " + count.dump();
+    }
+    if (!text.empty()) table.rows.push_back({"model loads", text});
+  }
+  if (const json* held = find(campaign, "not_placed"); held != nullptr && held->is_array()) {
+    for (const auto& item : *held) {
+      if (!item.is_object()) continue;
+      table.rows.push_back({"not placed", text_at(item, "model") + " on " +
+                                              text_at(item, "worker") + ": " +
+                                              text_at(item, "reason")});
+    }
+  }
   return render_table(table);
 }
 

@@ -49,7 +49,8 @@ class ProtocolPeer {
                          .slots = slots,
                          .gpus = std::move(gpus),
                          .labels = std::move(labels),
-                         .running = {}});
+                         .running = {},
+                         .warm = {}});
   }
 
   // Reads what arrives for up to `timeout`, heartbeating so the coordinator keeps the peer

@@ -219,6 +219,15 @@ TEST_CASE("served: both formats give the exact leaderboard, each model loaded on
       CHECK(count_in_log(log, std::string("model_server_starting model=") + model + " ") <= 1);
     }
   }
+  // The coordinator counted the loads per model for the campaign: at least one per model, at
+  // most one per worker.
+  const auto campaign = api.campaign(id);
+  INFO(campaign.dump());
+  REQUIRE(campaign.contains("model_loads"));
+  for (const char* model : {"m-strong", "m-weak"}) {
+    CHECK(campaign.at("model_loads").at(model).get<int>() >= 1);
+    CHECK(campaign.at("model_loads").at(model).get<int>() <= 2);
+  }
   // Every shard ran once and succeeded.
   const auto shards = api.shards(id).at("shards");
   CHECK(shards.size() == 2 * (4 + 5));
@@ -350,6 +359,15 @@ TEST_CASE("served: a worker killed with SIGKILL leaves no server; drain stops se
   const auto slow_id = api.submit(spec);
   const pid_t server = wait_pidfile(pidfile, 30s);
   REQUIRE(process_alive(server));
+  // While its server loads, the shard is running with phase "loading".
+  bool loading = false;
+  for (int i = 0; i < 200 && !loading; ++i) {
+    const auto shards = api.shards(slow_id).at("shards");
+    loading = shards.size() == 1 && shards[0].value("phase", "") == "loading" &&
+              shards[0].at("state") == "running";
+    if (!loading) std::this_thread::sleep_for(25ms);
+  }
+  CHECK(loading);
   cluster.worker(0).kill();  // SIGKILL: no chance to stop anything
   CHECK(wait_gone(server, 10s));
   // Its shard would go to the restarted worker and load for 600 s: not what the rest tests.

@@ -35,8 +35,8 @@ std::filesystem::path write_script(const std::filesystem::path& dir, const std::
 evald::CampaignSpec exec_spec(std::vector<std::string> command, double timeout_s = 30) {
   evald::CampaignSpec spec;
   spec.name = "test";
-  spec.models = {{"model-a", {{"path", "/models/a"}}, {}},
-                 {"model-b", nlohmann::json::object(), {}}};
+  spec.models = {{"model-a", {{"path", "/models/a"}}, {}, {}, {}},
+                 {"model-b", nlohmann::json::object(), {}, {}, {}}};
   evald::BenchmarkSpec benchmark;
   benchmark.name = "kmmlu";
   benchmark.examples = 5000;
