@@ -40,6 +40,8 @@ packages=(
   systemd python3-yaml slurm-wlm munge iproute2
   # independence-check tests: numpy writes the synthetic safetensors checkpoints
   python3-numpy
+  # scripts/stress-test.sh: the test suite with every CPU kept busy, to find timing assumptions
+  stress-ng
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
