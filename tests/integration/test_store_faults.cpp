@@ -189,7 +189,7 @@ TEST_CASE("store faults: a submit whose WAL sync fails gets no 201", "[integrati
   fail_submit("sync@campaign", "injected WAL sync fault");
 }
 
-TEST_CASE("store faults: an unreadable epoch stops the start; the next start takes a new epoch",
+TEST_CASE("store faults: an unreadable epoch stops the start, and the next start takes a new epoch",
           "[integration][faults]") {
   TempDir dir;
   const auto data_dir = dir.path() / "store";

@@ -91,7 +91,7 @@ TEST_CASE("a commit fault fails the first batch that writes the chosen record ki
   CHECK(cells == 0);
 }
 
-TEST_CASE("a sync fault fails the chosen commit; the write is in the log or absent, never torn",
+TEST_CASE("a sync fault fails the chosen commit, the write is in the log or absent, never torn",
           "[unit][store][faults]") {
   testing::TempDir dir;
   {
