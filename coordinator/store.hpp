@@ -6,9 +6,6 @@
 // Thread: owned by the coordinator's core thread; not thread-safe by design.
 #pragma once
 
-#include <rocksdb/db.h>
-#include <rocksdb/write_batch.h>
-
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -21,6 +18,13 @@
 #include "common/result.hpp"
 #include "coordinator/records.hpp"
 #include "coordinator/store_faults.hpp"
+
+// RocksDB stays behind this header: the scheduler and everything that includes it see only the
+// Store's own types, so they compile without RocksDB's headers and do not rebuild when it changes.
+namespace rocksdb {
+class DB;
+class Env;
+}  // namespace rocksdb
 
 namespace evald::coordinator {
 
@@ -37,6 +41,11 @@ class Store {
  public:
   class Batch {
    public:
+    Batch();
+    ~Batch();
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+
     void put_meta_u64(std::string_view name, uint64_t value);
     void put_campaign(uint32_t campaign, const std::string& json);
     void put_shard(const ShardKey& key, const ShardRecord& record);
@@ -59,7 +68,8 @@ class Store {
       ++puts_;
       kinds_ |= static_cast<uint32_t>(kind);
     }
-    rocksdb::WriteBatch batch_;
+    struct Impl;  // the rocksdb::WriteBatch
+    std::unique_ptr<Impl> impl_;
     size_t puts_ = 0;
     uint32_t kinds_ = 0;
   };
