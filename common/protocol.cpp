@@ -5,6 +5,7 @@
 
 #include "common/binary_codec.hpp"
 #include "common/json_limits.hpp"
+#include "common/spec.hpp"
 
 namespace evald::protocol {
 namespace {
@@ -127,6 +128,11 @@ Result<Message> decode_hello(BinaryReader& r) {
     return make_error(std::string("HELLO: bad field: ") + e.what());
   }
   if (m.name.empty()) return make_error("HELLO: name is empty");
+  // Bounded with or without CURVE, to the limit a worker's --name is held to at start.
+  if (m.name.size() > kMaxNameLength) {
+    return make_error("HELLO: worker name is " + std::to_string(m.name.size()) +
+                      " bytes; the limit is " + std::to_string(kMaxNameLength));
+  }
   if (!m.gpus.is_array()) return make_error("HELLO: gpus is not an array");
   if (!m.labels.is_object()) return make_error("HELLO: labels is not an object");
   return Message{std::move(m)};

@@ -1,12 +1,40 @@
 // evald-coordinator: parses flags and runs the coordinator (coordinator/server.hpp).
 #include <iostream>
+#include <string_view>
+#include <vector>
 
 #include "common/cli_options.hpp"
 #include "common/log.hpp"
 #include "common/version.hpp"
 #include "coordinator/server.hpp"
 
-int main(int argc, char** argv) {
+namespace {
+
+// Takes the hidden --test-store-fault=SPEC flag out of argv (coordinator/store_faults.hpp).
+// Builds without EVALD_FAULT_INJECTION do not know it: there it is an unknown option.
+std::vector<char*> take_test_flags(int argc, char** argv, std::string& store_fault) {
+  std::vector<char*> rest(argv, argv + argc);
+#ifdef EVALD_FAULT_INJECTION
+  constexpr std::string_view kFlag = "--test-store-fault=";
+  std::erase_if(rest, [&](const char* arg) {
+    const std::string_view text(arg);
+    if (!text.starts_with(kFlag)) return false;
+    store_fault = std::string(text.substr(kFlag.size()));
+    return true;
+  });
+#else
+  (void)store_fault;
+#endif
+  return rest;
+}
+
+}  // namespace
+
+int main(int argc_in, char** argv_in) {
+  std::string store_fault;
+  auto args_left = take_test_flags(argc_in, argv_in, store_fault);
+  const int argc = static_cast<int>(args_left.size());
+  char** argv = args_left.data();
   using evald::po::value;
   evald::po::options_description options("evald-coordinator options");
   options.add_options()("data-dir", value<std::string>()->default_value("./evald-data"),
@@ -136,6 +164,14 @@ int main(int argc, char** argv) {
                  "--http-max-connections, --http-max-connections-per-address, "
                  "--http-header-timeout-ms and --http-body-budget-bytes must be positive\n";
     return evald::kExitUsage;
+  }
+  if (!store_fault.empty()) {
+    auto fault = evald::coordinator::parse_store_fault(store_fault);
+    if (!fault.ok()) {
+      std::cerr << "evald-coordinator: " << fault.error().message << '\n';
+      return evald::kExitUsage;
+    }
+    config.store_fault = fault.value();
   }
   config.max_pending_shards_per_user = quota;
   config.max_spec_bytes = static_cast<size_t>(spec_bytes);

@@ -96,7 +96,12 @@ int run_coordinator(const CoordinatorConfig& config) {
   spdlog::info("open file limit={}", open_files);
   try {
     SignalPipe signals;
-    auto opened = Store::open(config.data_dir);
+    if (config.store_fault.kind != StoreFault::Kind::kNone) {
+      spdlog::warn(
+          "test_store_fault_armed fault={} warning=\"this coordinator will fail on purpose\"",
+          describe(config.store_fault));
+    }
+    auto opened = Store::open(config.data_dir, config.store_fault);
     if (!opened.ok()) {
       spdlog::error("startup failed error=\"{}\"", opened.error().message);
       return 1;

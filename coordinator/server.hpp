@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/result.hpp"
+#include "coordinator/store_faults.hpp"
 #include "coordinator/worker_auth.hpp"
 
 namespace evald::coordinator {
@@ -46,6 +47,9 @@ struct CoordinatorConfig {
   size_t http_max_connections_per_address = 64;
   std::chrono::milliseconds http_header_timeout{10000};
   size_t http_body_budget_bytes = 256u << 20;
+
+  // Test-only (the hidden --test-store-fault flag of a build with EVALD_FAULT_INJECTION).
+  StoreFault store_fault;
 };
 
 // Reads the key files named in `config` into config.curve and applies protected mode to the

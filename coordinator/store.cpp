@@ -1,11 +1,14 @@
 #include "coordinator/store.hpp"
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
 #include <array>
+
+#include "coordinator/fault_injection_fs.hpp"
 
 namespace evald::coordinator {
 namespace {
@@ -92,26 +95,26 @@ void Store::Batch::put_meta_u64(std::string_view name, uint64_t value) {
   std::string v;
   append_be64(v, value);
   impl_->batch.Put(key, v);
-  ++puts_;
+  count(RecordKind::kMeta);
 }
 
 void Store::Batch::put_audit(uint64_t seq, const std::string& json) {
   std::string key(1, kAuditPrefix);
   append_be64(key, seq);
   impl_->batch.Put(key, json);
-  ++puts_;
+  count(RecordKind::kAudit);
 }
 
 void Store::Batch::put_campaign(uint32_t campaign, const std::string& json) {
   std::string key(1, kCampaignPrefix);
   append_be32(key, campaign);
   impl_->batch.Put(key, json);
-  ++puts_;
+  count(RecordKind::kCampaign);
 }
 
 void Store::Batch::put_shard(const ShardKey& key, const ShardRecord& record) {
   impl_->batch.Put(shard_key(kShardPrefix, key), encode(record));
-  ++puts_;
+  count(RecordKind::kShard);
 }
 
 void Store::Batch::put_attempt(const ShardKey& key, uint64_t attempt_id,
@@ -120,7 +123,7 @@ void Store::Batch::put_attempt(const ShardKey& key, uint64_t attempt_id,
   append_be64(k, attempt_id);
   if (record.outcome == AttemptOutcome::kStale) k.push_back(kLateResultSuffix);
   impl_->batch.Put(k, encode(record));
-  ++puts_;
+  count(RecordKind::kAttempt);
 }
 
 void Store::Batch::put_cell(uint32_t campaign, uint32_t group, const CellAggregate& cell) {
@@ -128,20 +131,22 @@ void Store::Batch::put_cell(uint32_t campaign, uint32_t group, const CellAggrega
   append_be32(key, campaign);
   append_be32(key, group);
   impl_->batch.Put(key, encode(cell));
-  ++puts_;
+  count(RecordKind::kCell);
 }
 
 void Store::Batch::put_samples(const ShardKey& key, const std::string& samples_json) {
   impl_->batch.Put(shard_key(kSamplesPrefix, key), samples_json);
-  ++puts_;
+  count(RecordKind::kSamples);
 }
 
 void Store::Batch::clear() {
   impl_->batch.Clear();
   puts_ = 0;
+  kinds_ = 0;
 }
 
-Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& dir) {
+Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& dir,
+                                           const StoreFault& fault) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return make_error("data dir '" + dir.string() + "': " + ec.message());
@@ -155,15 +160,44 @@ Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& dir) {
   rocksdb::BlockBasedTableOptions table;
   table.block_size = 16 << 10;
   options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  std::shared_ptr<FaultInjectionFs> fault_fs;
+  std::unique_ptr<rocksdb::Env> env;
+  if (fault.kind == StoreFault::Kind::kCommit || fault.kind == StoreFault::Kind::kSync) {
+    fault_fs = std::make_shared<FaultInjectionFs>(rocksdb::FileSystem::Default());
+    env = rocksdb::NewCompositeEnv(fault_fs);
+    options.env = env.get();
+  }
   rocksdb::DB* raw = nullptr;
   const auto status = rocksdb::DB::Open(options, dir.string(), &raw);
   if (!status.ok()) {
     return make_error("cannot open RocksDB in '" + dir.string() + "': " + status.ToString());
   }
-  return std::unique_ptr<Store>(new Store(std::unique_ptr<rocksdb::DB>(raw)));
+  return std::unique_ptr<Store>(
+      new Store(std::unique_ptr<rocksdb::DB>(raw), std::move(env), std::move(fault_fs), fault));
 }
 
-Store::Store(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {}
+Store::Store(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<rocksdb::Env> env,
+             std::shared_ptr<FaultInjectionFs> fault_fs, StoreFault fault)
+    : fault_fs_(std::move(fault_fs)),
+      env_(std::move(env)),
+      db_(std::move(db)),
+      fault_(std::move(fault)) {}
+
+uint64_t Store::injected_faults() const {
+  return fault_fs_ ? fault_fs_->injected() : 0;
+}
+
+void Store::arm_fault_for(const Batch& batch) {
+  const bool armed =
+      fault_.kind == StoreFault::Kind::kCommit || fault_.kind == StoreFault::Kind::kSync;
+  if (!fault_fs_ || !armed) return;
+  const bool chosen = fault_.record_kinds != 0 ? (batch.kinds_ & fault_.record_kinds) != 0
+                                               : commits_ == fault_.commit_number;
+  if (!chosen) return;
+  fault_fs_->arm(fault_.kind == StoreFault::Kind::kCommit ? FaultInjectionFs::Armed::kWalAppend
+                                                          : FaultInjectionFs::Armed::kWalSync);
+  fault_.kind = StoreFault::Kind::kNone;  // one fault per process: the coordinator stops on it
+}
 
 Store::~Store() {
   if (db_) {
@@ -177,8 +211,11 @@ Status Store::commit(Batch& batch) {
   if (batch.empty()) return Ok{};
   rocksdb::WriteOptions options;
   options.sync = true;
+  ++commits_;
+  arm_fault_for(batch);
   const auto start = std::chrono::steady_clock::now();
   const auto status = db_->Write(options, &batch.impl_->batch);
+  if (fault_fs_) fault_fs_->disarm();
   last_commit_latency_ = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - start);
   batch.clear();
@@ -190,7 +227,9 @@ Result<std::optional<uint64_t>> Store::get_meta_u64(std::string_view name) const
   std::string key(1, kMetaPrefix);
   key.append(name);
   std::string value;
-  const auto status = db_->Get(rocksdb::ReadOptions(), key, &value);
+  const auto status = fault_.kind == StoreFault::Kind::kMetaRead && fault_.meta_key == name
+                          ? rocksdb::Status::IOError("injected meta read fault")
+                          : db_->Get(rocksdb::ReadOptions(), key, &value);
   if (status.IsNotFound()) return std::optional<uint64_t>{};
   if (!status.ok()) {
     return make_error("reading meta key '" + std::string(name) + "': " + status.ToString());

@@ -17,14 +17,18 @@
 #include "common/aggregation.hpp"
 #include "common/result.hpp"
 #include "coordinator/records.hpp"
+#include "coordinator/store_faults.hpp"
 
 // RocksDB stays behind this header: the scheduler and everything that includes it see only the
 // Store's own types, so they compile without RocksDB's headers and do not rebuild when it changes.
 namespace rocksdb {
 class DB;
-}
+class Env;
+}  // namespace rocksdb
 
 namespace evald::coordinator {
+
+class FaultInjectionFs;
 
 struct ShardKey {
   uint32_t campaign = 0;
@@ -54,24 +58,38 @@ class Store {
     void put_audit(uint64_t seq, const std::string& json);
     bool empty() const { return puts_ == 0; }
     size_t size() const { return puts_; }
+    // Whether the batch writes a record of this kind (the store fault seam triggers on it).
+    bool writes(RecordKind kind) const { return (kinds_ & static_cast<uint32_t>(kind)) != 0; }
     void clear();
 
    private:
     friend class Store;
+    void count(RecordKind kind) {
+      ++puts_;
+      kinds_ |= static_cast<uint32_t>(kind);
+    }
     struct Impl;  // the rocksdb::WriteBatch
     std::unique_ptr<Impl> impl_;
     size_t puts_ = 0;
+    uint32_t kinds_ = 0;
   };
 
   // Opens (creating if missing) the database in `dir`. The error names the directory and
   // RocksDB's reason (permissions, a lock held by another coordinator, corruption).
-  static Result<std::unique_ptr<Store>> open(const std::filesystem::path& dir);
+  // `fault` arms the test-only fault seam (store_faults.hpp); the default arms nothing and
+  // leaves RocksDB on its own file system.
+  static Result<std::unique_ptr<Store>> open(const std::filesystem::path& dir,
+                                             const StoreFault& fault = {});
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Writes the batch with sync=true and clears it. A failure means nothing of it is durable.
+  // Writes the batch with sync=true and clears it. A failure means it may or may not be durable
+  // (a failed sync can leave the write in the log): the caller must tell nobody about it and
+  // stop, and the next start recovers whichever it is.
   Status commit(Batch& batch);
+  // Operations the fault seam failed so far (0 without one), so tests see the fault was real.
+  uint64_t injected_faults() const;
   // Time the last commit took, for metrics.
   std::chrono::microseconds last_commit_latency() const { return last_commit_latency_; }
 
@@ -106,8 +124,17 @@ class Store {
   Status flush();
 
  private:
-  explicit Store(std::unique_ptr<rocksdb::DB> db);
+  Store(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<rocksdb::Env> env,
+        std::shared_ptr<FaultInjectionFs> fault_fs, StoreFault fault);
+  // Arms the seam's file system when this commit is the one the fault waits for.
+  void arm_fault_for(const Batch& batch);
+
+  // Declared before db_, destroyed after it: RocksDB uses the Env until it is closed.
+  std::shared_ptr<FaultInjectionFs> fault_fs_;
+  std::unique_ptr<rocksdb::Env> env_;
   std::unique_ptr<rocksdb::DB> db_;
+  StoreFault fault_;
+  uint64_t commits_ = 0;
   std::chrono::microseconds last_commit_latency_{0};
 };
 

@@ -49,6 +49,8 @@ packages=(
   python3-numpy
   # served models: campaign specs written in YAML are read with yaml-cpp
   libyaml-cpp-dev
+  # scripts/stress-test.sh: the test suite with every CPU kept busy, to find timing assumptions
+  stress-ng
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

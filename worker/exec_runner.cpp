@@ -410,8 +410,19 @@ class ExecRunner::Impl {
                    attempt.run_dir.string(), ec.message());
     }
     if (attempt.cancelled) {
-      spdlog::info("exec_cancelled attempt={} pid={}", attempt_id, outcome.pid);
-      return;
+      // A SIGKILL shows as a signal; exit code 0 means the runner ended by itself before the
+      // kill landed, and its stdout was read to the end. That result is real (a late result the
+      // coordinator records as stale, or counts when it is still the shard's only attempt), so it
+      // is reported like any other; everything else the kill made of it is dropped.
+      const bool ended_first =
+          outcome.signal == 0 && outcome.exit_code == 0 &&
+          (outcome.end == ProcessEnd::kKilled || outcome.end == ProcessEnd::kExited);
+      if (!ended_first) {
+        spdlog::info("exec_cancelled attempt={} pid={}", attempt_id, outcome.pid);
+        return;
+      }
+      outcome.end = ProcessEnd::kExited;
+      spdlog::info("exec_finished_before_cancel attempt={} pid={}", attempt_id, outcome.pid);
     }
     auto result = make_result(std::move(attempt.identity), outcome, attempt.timeout_s);
     const auto elapsed =

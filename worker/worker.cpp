@@ -14,7 +14,8 @@
 // re-send every unACKed result, as the coordinator may be a new process that never saw them.
 //
 // Delivery guarantee: a result is kept until an ACK names its attempt. Exec results are written
-// to the outbox before they are first sent; noop results live in memory only (redoing one costs
+// to the outbox before they are first sent (a failed write is counted and the result is sent
+// anyway, see flush_results); noop results live in memory only (redoing one costs
 // nothing) until a graceful stop writes every unACKed result to the outbox. After a restart the
 // outbox is loaded, its attempts are listed in HELLO's `running` (so a restarted coordinator
 // keeps their leases) and they are sent after WELCOME. Results unACKed for 5 heartbeats are
@@ -35,6 +36,7 @@
 #include <cstring>
 #include <optional>
 #include <random>
+#include <thread>
 #include <variant>
 
 #include "common/cli_options.hpp"
@@ -57,6 +59,7 @@ constexpr int kResendHeartbeats = 5;
 constexpr int kAckWaitHeartbeats = 2;
 constexpr milliseconds kMaxPollWait{250};
 constexpr milliseconds kHelloRetry{10};
+constexpr int kHandBackRetries = 50;  // x kHelloRetry: how long a hand-back waits for a HELLO
 constexpr int64_t kMaxMessageBytes = int64_t{256} << 20;
 constexpr int kReconnectIvlMs = 100;
 constexpr int kReconnectIvlMaxMs = 5000;
@@ -313,9 +316,10 @@ int Worker::run(int stop_fd) {
   publish_metrics();
   spdlog::info(
       "worker_stopped assigned={} results_sent={} results_failed={} results_resent={} acked={} "
-      "cancelled={} bad_messages={} sends_dropped={} unacked={}",
+      "cancelled={} bad_messages={} sends_dropped={} outbox_write_failures={} unacked={}",
       stats_.assigned, stats_.results_sent, stats_.results_failed, stats_.results_resent,
-      stats_.acked, stats_.cancelled, stats_.bad_messages, stats_.sends_dropped, unacked_.size());
+      stats_.acked, stats_.cancelled, stats_.bad_messages, stats_.sends_dropped,
+      stats_.outbox_write_failures, unacked_.size());
   return ok ? kExitOk : kExitFailure;
 }
 
@@ -400,6 +404,7 @@ void Worker::read_monitor() {
     std::memcpy(&id, event.data(), sizeof id);
     if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       connected_ = true;
+      ++handshakes_;
       metrics_.count_connection();
       awaiting_welcome_ = false;  // a new connection: whatever we sent before is gone
       hello_pending_ = true;
@@ -641,8 +646,14 @@ void Worker::collect_exec_results() {
   for (auto& result : exec_runner_->take_finished()) {
     metrics_.count_runner_exit(result);
     model_servers_->release(result.attempt_id);
-    // Cancelled meanwhile: the coordinator has given up on it and wants nothing.
-    if (running_.erase(result.attempt_id) == 0) continue;
+    if (running_.erase(result.attempt_id) == 0) {
+      // Cancelled meanwhile. A failure is what the kill made of it and tells nobody anything. A
+      // success finished before the CANCEL could stop it (a frozen worker resumes with both): it
+      // goes to the coordinator, which records it as a stale attempt and counts nothing twice,
+      // rather than vanishing from the shard's history.
+      if (!result.ok) continue;
+      spdlog::info("late_result_after_cancel attempt={}", result.attempt_id);
+    }
     fit_in_frame(result);
     outgoing_.push_back(Outgoing{std::move(result), true});
   }
@@ -723,13 +734,22 @@ void Worker::flush_results() {
   for (const auto& item : outgoing_) {
     if (item.exec) durable.push_back(&item.result);
   }
+  // A failed write does not hold the results back. Sending is safe: the coordinator counts an
+  // attempt once, by its id, and ACKs only after its own synced commit, so from the ACK on the
+  // result is durable there. What the failure costs is the local copy until then: if this worker
+  // dies before the ACK, the shard runs again (it is never lost, never counted twice). Holding
+  // the results instead would stall every shard behind a full or broken disk, with the same
+  // crash window. The files are written again by the graceful-stop persist.
   bool stored = true;
   if (!durable.empty()) {
     auto status = outbox_.write(durable);
     if (!status.ok()) {
       stored = false;
-      spdlog::error("outbox_write_failed results={} error=\"{}\" action=\"kept in memory\"",
-                    durable.size(), status.error().message);
+      stats_.outbox_write_failures += durable.size();
+      spdlog::error(
+          "outbox_write_failed results={} error=\"{}\" action=\"sent without a local copy; "
+          "a crash before the ACK reruns them\"",
+          durable.size(), status.error().message);
     }
   }
   const auto now = clock_.now();
@@ -764,7 +784,8 @@ void Worker::put_unacked(uint64_t attempt_id, Pending pending) {
 void Worker::publish_metrics() {
   metrics_.publish(
       WorkerCounts{stats_.assigned, stats_.results_sent, stats_.results_failed,
-                   stats_.results_resent, stats_.acked, stats_.bad_messages, stats_.sends_dropped},
+                   stats_.results_resent, stats_.acked, stats_.bad_messages, stats_.sends_dropped,
+                   stats_.outbox_write_failures},
       WorkerGauges{running_.size(), unacked_.size(), outbox_files_, outbox_bytes_, connected_});
 }
 
@@ -848,7 +869,14 @@ void Worker::hand_back_running() {
     hand_back.attempt_ids.push_back(attempt_id);
   }
   running_.clear();
-  const bool sent = send_frame(protocol::encode(hand_back));
+  const auto frame = protocol::encode(hand_back);
+  bool sent = send_frame(frame);
+  // Right after a reconnection the new pipe refuses our HELLO for a moment (see poll_wait), and a
+  // hand-back cannot go before it; lost, it would cost each shard an attempt. Worth a short wait.
+  for (int tries = 0; !sent && connected_ && tries < kHandBackRetries; ++tries) {
+    std::this_thread::sleep_for(kHelloRetry);
+    sent = send_frame(frame);
+  }
   // The socket closes right after this; without a linger the frame could die in its queue.
   if (sent) socket_.set(zmq::sockopt::linger, kFinalFramesLingerMs);
   spdlog::info("hand_back attempts={} sent={}", hand_back.attempt_ids.size(), sent);
@@ -863,6 +891,7 @@ bool Worker::persist_unacked() {
   if (to_write.empty()) return true;
   auto status = outbox_.write(to_write);
   if (!status.ok()) {
+    stats_.outbox_write_failures += to_write.size();
     spdlog::error("outbox_persist_failed results={} error=\"{}\"", to_write.size(),
                   status.error().message);
     return false;
@@ -887,7 +916,7 @@ void Worker::try_send_hello() {
   for (const auto& item : outgoing_) hello.running.push_back(item.result.attempt_id);
   std::sort(hello.running.begin(), hello.running.end());
   hello.warm = serve_status().warm;
-  if (!send_frame(protocol::encode(hello))) return;  // not connected yet; the monitor tells us
+  if (!send_raw(protocol::encode(hello))) return;  // not connected yet; the monitor tells us
   hello_pending_ = false;
   awaiting_welcome_ = true;
   spdlog::info("hello_sent name={} instance={} slots={} running={}", config_.name, instance_,
@@ -922,10 +951,32 @@ bool Worker::send_results_frame(const std::string& frame) {
   // The coordinator takes results only from the connection our HELLO was bound to. Between a new
   // connection and our HELLO on it, results would be refused; they go after the WELCOME instead.
   if (!connected_ || hello_pending_) return false;
-  return send_frame(frame);
+  const uint64_t handshakes = handshakes_;
+  // A connection made since the last look gets its HELLO now, and these results wait for the
+  // WELCOME, which re-sends everything unACKed.
+  if (!hello_sent_on_connection() || handshakes_ != handshakes || !connected_) return false;
+  return send_raw(frame);
+}
+
+bool Worker::hello_sent_on_connection() {
+  // The coordinator refuses anything but HELLO from a connection no HELLO was bound to (a
+  // HAND_BACK so refused charges its shards an attempt once we look lost). ZeroMQ reports a
+  // completed handshake on the monitor before it attaches the new connection's pipe, so reading
+  // the monitor right before a send is enough to learn of any connection the frame could take.
+  read_monitor();
+  if (hello_pending_) try_send_hello();
+  return !hello_pending_;
 }
 
 bool Worker::send_frame(const std::string& frame) {
+  if (!hello_sent_on_connection()) {
+    ++stats_.sends_dropped;
+    return false;
+  }
+  return send_raw(frame);
+}
+
+bool Worker::send_raw(const std::string& frame) {
   if (!socket_.send(zmq::buffer(frame), zmq::send_flags::dontwait)) {
     ++stats_.sends_dropped;
     return false;

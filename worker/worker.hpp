@@ -41,7 +41,9 @@ struct WorkerStats {
   uint64_t cancelled = 0;
   uint64_t bad_messages = 0;   // frames that did not decode, or of a type we never receive
   uint64_t sends_dropped = 0;  // sends refused because no coordinator was connected
-  uint64_t loop_turns = 0;     // event-loop iterations: an idle worker must not spin
+  // Results whose outbox write failed: sent anyway, with no copy on this node's disk.
+  uint64_t outbox_write_failures = 0;
+  uint64_t loop_turns = 0;  // event-loop iterations: an idle worker must not spin
 };
 
 class Worker {
@@ -118,9 +120,16 @@ class Worker {
   // A heartbeat with the model servers' status when it changed since the last one sent.
   void send_serve_status();
   protocol::ServeStatus serve_status() const;
-  // send_frame for RESULTS: refused (false) while our HELLO on this connection is not yet sent.
+  // send_frame for RESULTS: refused (false) while our HELLO on this connection is not yet sent;
+  // they go after its WELCOME.
   bool send_results_frame(const std::string& frame);
+  // Any frame but HELLO: HELLO goes first on a new connection, or the frame is not sent (false).
   bool send_frame(const std::string& frame);
+  // True when the current connection (if any) has had our HELLO. Reads the monitor first, and
+  // sends the HELLO now if a new connection is waiting for one.
+  bool hello_sent_on_connection();
+  // The socket send itself; false when nothing is connected.
+  bool send_raw(const std::string& frame);
   void resend(const std::vector<Pending*>& pending);
   void fail(const protocol::Assignment& assignment, std::string error);
   // Every insertion into unacked_ goes through here, so the outbox gauges stay true.
@@ -163,6 +172,7 @@ class Worker {
   // HELLO on one connection could make a coordinator forget the assignments in flight.
   bool hello_pending_ = false;
   bool awaiting_welcome_ = false;  // HELLO sent on this connection, no WELCOME yet
+  uint64_t handshakes_ = 0;        // completed handshakes the monitor reported
   bool silent_ = false;  // "coordinator silent" was logged and nothing has been heard since
   bool draining_ = false;
   std::optional<protocol::ServeStatus> status_sent_;  // the last status the coordinator got

@@ -129,6 +129,12 @@ WorkerMetrics::WorkerMetrics(const std::string& worker_name, uint32_t slots,
                          .Help("Messages not sent because no coordinator was connected")
                          .Register(*registry_)
                          .Add({})),
+      outbox_write_failures_(BuildCounter()
+                                 .Name("evald_worker_outbox_write_failures_total")
+                                 .Help("Exec results whose outbox write failed; they were sent "
+                                       "anyway, with no copy on this node until ACKed")
+                                 .Register(*registry_)
+                                 .Add({})),
       exec_refused_(BuildCounter()
                         .Name("evald_worker_exec_refused_total")
                         .Help("Exec attempts refused without starting anything: the program is "
@@ -216,6 +222,7 @@ void WorkerMetrics::publish(const WorkerCounts& counts, const WorkerGauges& gaug
   advance(results_acked_, counts.acked, published_.acked);
   advance(bad_messages_, counts.bad_messages, published_.bad_messages);
   advance(sends_dropped_, counts.sends_dropped, published_.sends_dropped);
+  advance(outbox_write_failures_, counts.outbox_write_failures, published_.outbox_write_failures);
   published_ = counts;
   running_.Set(static_cast<double>(gauges.running));
   unacked_.Set(static_cast<double>(gauges.unacked));

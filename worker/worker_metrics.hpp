@@ -45,6 +45,7 @@ struct WorkerCounts {
   uint64_t acked = 0;
   uint64_t bad_messages = 0;
   uint64_t sends_dropped = 0;
+  uint64_t outbox_write_failures = 0;
 };
 
 // Gauges, set as a whole once per event-loop turn.
@@ -89,6 +90,7 @@ class WorkerMetrics {
   prometheus::Counter& results_acked_;
   prometheus::Counter& bad_messages_;
   prometheus::Counter& sends_dropped_;
+  prometheus::Counter& outbox_write_failures_;
   prometheus::Family<prometheus::Counter>& exec_refused_;
   prometheus::Counter& exec_refused_not_allowed_;
   prometheus::Counter& exec_refused_not_found_;

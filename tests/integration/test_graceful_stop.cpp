@@ -34,13 +34,15 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kHeartbeatMs = 200;
 
 // A coordinator with short heartbeats and no workers yet: the tests add workers with their own
-// --drain-timeout-ms.
+// --drain-timeout-ms. No test here waits for a worker to be declared lost, and one that is (a
+// draining worker whose heartbeats a busy machine delays past the timeout) would turn a handed-back
+// shard into a lost attempt: the timeout is far beyond any scheduling delay, not 5 heartbeats.
 ClusterOptions fast_cluster() {
   ClusterOptions options;
   options.workers = 0;
   options.worker_heartbeat_ms = kHeartbeatMs;
   options.coordinator.heartbeat_ms = kHeartbeatMs;
-  options.coordinator.worker_timeout_ms = 1000;
+  options.coordinator.worker_timeout_ms = 30000;
   return options;
 }
 

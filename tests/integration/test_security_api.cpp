@@ -227,7 +227,7 @@ TEST_CASE("api auth: submitted_by and the audit log survive a coordinator restar
   CHECK(later.back().at("seq") > after.back().at("seq"));
 }
 
-TEST_CASE("api auth: /metrics is open with --public-metrics; without tokens submitted_by is null",
+TEST_CASE("api auth: /metrics is open with --public-metrics, without tokens submitted_by is null",
           "[integration][security]") {
   {
     SecureCluster s({"--public-metrics"});

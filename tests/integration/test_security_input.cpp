@@ -340,7 +340,7 @@ TEST_CASE("security input: a worker refuses a forbidden runner.env whoever sends
   CHECK_FALSE(std::filesystem::exists(marker));
 }
 
-TEST_CASE("security input: --allow-exec takes files and lists; a missing path stops the start",
+TEST_CASE("security input: --allow-exec takes files and lists, a missing path stops the start",
           "[integration]") {
   TempDir dir("evald-allow-exec-flags");
   const auto worker = bin_dir() / "evald-worker";

@@ -25,7 +25,7 @@ TEST_CASE("sha256 matches sha256sum", "[unit][auth]") {
   CHECK(hex(sha256("abc")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
-TEST_CASE("token table: parses names, roles and hashes; authenticates by token", "[unit][auth]") {
+TEST_CASE("token table: parses names, roles and hashes, authenticates by token", "[unit][auth]") {
   const std::string text = "# who role hash\n\nalice reader " + hex(sha256("a-token")) +
                            "  # trailing comment\nbob admin " + hex(sha256("b-token")) + "\n";
   auto table = TokenTable::parse(text, "tokens");

@@ -231,13 +231,37 @@ TEST_CASE("watch line: bar, counts, percent and ETA", "[unit][evalctl]") {
 }
 
 TEST_CASE("malformed server JSON shows as '-', never throws", "[unit][evalctl]") {
+  // Wrong types everywhere: a number where a name belongs is printed as the number, anything
+  // else that is not what the field should be shows as '-' (empty in CSV), and every table keeps
+  // its columns.
   const json junk = json::parse(R"({"models": [{"name": 7, "rank": "x", "scores": []}],
                                     "benchmarks": [1]})");
-  CHECK_NOTHROW(ev::format_results(junk, ev::ResultsFormat::kTable));
-  CHECK_NOTHROW(ev::format_results(junk, ev::ResultsFormat::kCsv));
-  CHECK_NOTHROW(ev::format_campaign(json::array()));
-  CHECK_NOTHROW(ev::format_shards(json{{"shards", {1, "x", nullptr}}}));
-  CHECK_NOTHROW(ev::format_workers(json{{"workers", "none"}}));
+  CHECK(ev::format_results(junk, ev::ResultsFormat::kTable) ==
+        "leaderboard of - (-), state -\n"
+        "rank  model  average  firsts  1\n"
+        "   -  7            -       -  -\n");
+  CHECK(ev::format_results(junk, ev::ResultsFormat::kCsv) ==
+        "rank,model,average,firsts,1\n"
+        ",7,,,\n");
+  CHECK(ev::format_results(junk, ev::ResultsFormat::kMarkdown) ==
+        "| rank | model | average | firsts | 1 |\n"
+        "| ---: | --- | ---: | ---: | ---: |\n"
+        "| - | 7 | - | - | - |\n");
+  CHECK(ev::format_campaign(json::array()) ==
+        "campaign  -\n"
+        "name      -\n"
+        "state     -\n"
+        "created   -\n"
+        "progress  0.0%  0/0 shards done\n"
+        "shards    succeeded 0  failed 0  running 0  pending 0  cancelled 0\n"
+        "eta       -\n");
+  // Entries that are not objects are rows of '-', one per entry.
+  const std::string dashes =
+      "-      -              -    ---  -             -  -        -                -\n";
+  CHECK(ev::format_shards(json{{"shards", {1, "x", nullptr}}}) ==
+        "model  benchmark  index  range  state  attempts  earlier  worker  duration_s  "
+        "last_error\n" +
+            dashes + dashes + dashes);
   CHECK(ev::format_workers(json{{"workers", "none"}}) == "no workers\n");
 }
 

@@ -346,7 +346,7 @@ TEST_CASE("split_host_port accepts HOST:PORT forms and names bad input", "[unit]
   }
 }
 
-TEST_CASE("parse_http_url reads host, port and prefix; refuses the rest", "[unit][http]") {
+TEST_CASE("parse_http_url reads host, port and prefix, refuses the rest", "[unit][http]") {
   auto plain = evald::parse_http_url("http://127.0.0.1:8080");
   REQUIRE(plain.ok());
   CHECK(plain->host == "127.0.0.1");

@@ -104,7 +104,7 @@ TEST_CASE("http bounds: idle connections over the per-address cap are evicted fo
   CHECK(idle.front()->read_all().empty());
 }
 
-TEST_CASE("http bounds: a connection busy with a request is not evicted; the new one is refused",
+TEST_CASE("http bounds: a connection busy with a request is not evicted, the new one is refused",
           "[unit][http]") {
   Refusals refusals;
   evald::HttpServerOptions options;
@@ -165,7 +165,7 @@ TEST_CASE("http bounds: a header that does not complete in time closes the conne
   CHECK(evald::testing::wait_until([&] { return refusals.count("header_timeout") == 1; }, 2s));
 }
 
-TEST_CASE("http bounds: bodies being read share one budget; over it is 503", "[unit][http]") {
+TEST_CASE("http bounds: bodies being read share one budget, over it is 503", "[unit][http]") {
   Refusals refusals;
   evald::HttpServerOptions options;
   options.max_body_bytes = 1000;

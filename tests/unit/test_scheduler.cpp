@@ -235,7 +235,7 @@ TEST_CASE("a lost worker's shards run again and its late result is stale", "[uni
   CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(1.0));
 }
 
-TEST_CASE("failed attempts retry with backoff, then fail; rerun gives a fresh budget",
+TEST_CASE("failed attempts retry with backoff, then fail, rerun gives a fresh budget",
           "[unit][scheduler]") {
   Harness h;
   auto id = h.scheduler->submit(make_spec(1, 1, /*max_attempts=*/2));

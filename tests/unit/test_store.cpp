@@ -156,7 +156,7 @@ TEST_CASE("a corrupt record found by a scan is named by its key", "[unit][store]
   CHECK_THAT(cells.error().message, Catch::Contains("at key 670000000100000002"));
 }
 
-TEST_CASE("shard records keep hand-backs; version 1 records still decode", "[unit][store]") {
+TEST_CASE("shard records keep hand-backs, version 1 records still decode", "[unit][store]") {
   ShardRecord rec;
   rec.state = ShardState::kPending;
   rec.attempt_id = 42;
