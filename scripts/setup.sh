@@ -40,6 +40,9 @@ packages=(
   systemd python3-yaml slurm-wlm munge iproute2
   # independence-check tests: numpy writes the synthetic safetensors checkpoints
   python3-numpy
+  # statistics tests: SciPy is the independent computation the stderr, McNemar, t-test and Holm
+  # values are checked against; headless Chromium renders `evalctl report` in a test
+  python3-scipy chromium
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
