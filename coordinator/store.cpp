@@ -127,6 +127,11 @@ void Store::Batch::put_samples(const ShardKey& key, const std::string& samples_j
   ++puts_;
 }
 
+void Store::Batch::delete_samples(const ShardKey& key) {
+  batch_.Delete(shard_key(kSamplesPrefix, key));
+  ++puts_;
+}
+
 void Store::Batch::clear() {
   batch_.Clear();
   puts_ = 0;
