@@ -4,19 +4,24 @@
 // Student t CDF are computed through the regularized incomplete beta function to full double
 // precision, which a hand-written continued fraction would have to be tested for at every corner.
 //
-// The bootstrap is the only costly part: 1000 resamples x the examples of every benchmark. It is
-// laid out so that one draw costs one random number and one contiguous row of additions: the
-// scores of a benchmark are a matrix with one row per example and one (padded) column per model,
-// so a draw adds a whole row to the per-model accumulators, which the compiler vectorizes. The
-// random numbers come from xoshiro256** with Lemire's multiply-shift reduction; both are fully
-// specified here (unlike std::uniform_int_distribution), so a seed gives the same intervals on
-// every platform and standard library.
+// The bootstrap is the only costly part: 1000 resamples x the examples of every benchmark x the
+// models. A resample of a benchmark is a count per example (how often it was drawn, n draws with
+// replacement); the scores are a matrix of floats with one row per example and one (padded)
+// column per model, streamed in order and summed with the counts as weights into accumulators
+// the compiler keeps in vector registers. Streaming in order instead of fetching drawn rows at
+// random, and floats instead of doubles, are what bring 15 models x 13 benchmarks x 10,000
+// examples to about a second of CPU; the scores are centred on each model's mean first, so the
+// sums stay small and their rounding (relative 1e-7) is far below any difference a resample can
+// show. The random numbers come from xoshiro256** with Lemire's multiply-shift reduction; both
+// are fully specified here (unlike std::uniform_int_distribution), so a seed gives the same
+// intervals on every platform and standard library.
 #include "common/statistics.hpp"
 
 #include <algorithm>
 #include <boost/math/distributions/binomial.hpp>
 #include <boost/math/distributions/students_t.hpp>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <unordered_map>
 
@@ -73,16 +78,19 @@ class Xoshiro256 {
 };
 
 // One benchmark laid out for the bootstrap: row j holds every model's score on the j-th example
-// of the union (0 where a model lacks it); `present` the same shape with 1 where it has it, kept
-// only when some model lacks some example.
+// of the union, minus the model's mean (0 where a model lacks the example); `present` the same
+// shape with 1 where it has it, kept only when some model lacks some example. Centred scores make
+// a resample's sum directly the shift of the model's mean, and keep the float sums small.
 struct BenchmarkMatrix {
   size_t rows = 0;
-  std::vector<double> scores;
-  std::vector<double> present;
-  std::vector<double> full_mean;  // per model: mean over the examples it has; NaN if none
+  std::vector<float> centred;
+  std::vector<float> present;
+  std::vector<bool> has_samples;  // per model
 };
 
-constexpr size_t kLane = 4;  // columns are padded to a multiple of this, for the vector adds
+// Columns are padded to a multiple of this: one block of accumulators (one cache line of a row)
+// that the compiler keeps in vector registers while it streams the rows.
+constexpr size_t kBlock = 16;
 
 BenchmarkMatrix build_matrix(const RankBenchmark& bench, size_t models, size_t width) {
   BenchmarkMatrix m;
@@ -93,26 +101,52 @@ BenchmarkMatrix build_matrix(const RankBenchmark& bench, size_t models, size_t w
   std::sort(indexes.begin(), indexes.end());
   indexes.erase(std::unique(indexes.begin(), indexes.end()), indexes.end());
   m.rows = indexes.size();
-  m.scores.assign(m.rows * width, 0.0);
-  std::vector<double> present(m.rows * width, 0.0);
+  m.centred.assign(m.rows * width, 0.0F);
+  std::vector<float> present(m.rows * width, 0.0F);
   bool dense = true;
-  m.full_mean.assign(models, std::nan(""));
+  m.has_samples.assign(models, false);
   for (size_t model = 0; model < models && model < bench.samples.size(); ++model) {
     const auto& list = bench.samples[model];
     if (list.empty()) continue;
+    m.has_samples[model] = true;
     if (list.size() != m.rows) dense = false;
     double sum = 0;
+    for (const auto& s : list) sum += s.score;
+    const double mean = sum / static_cast<double>(list.size());
     for (const auto& s : list) {
       const size_t row = static_cast<size_t>(
           std::lower_bound(indexes.begin(), indexes.end(), s.index) - indexes.begin());
-      m.scores[row * width + model] = s.score;
-      present[row * width + model] = 1.0;
-      sum += s.score;
+      m.centred[row * width + model] = static_cast<float>(s.score - mean);
+      present[row * width + model] = 1.0F;
     }
-    m.full_mean[model] = sum / static_cast<double>(list.size());
   }
   if (!dense) m.present = std::move(present);
   return m;
+}
+
+// sums[0..width) = sum over rows j of weight[j] * row j, for a row-major matrix with `width`
+// columns (a multiple of kBlock). A resample is a count per example (how often it was drawn), so
+// the rows are streamed in order (the prefetcher's favourite pattern) instead of being fetched at
+// random. GCC's vector extension (GCC and Clang have it) keeps the block's accumulators in
+// 128-bit registers on any x86-64 or ARM64, without -march flags.
+__extension__ using Float4 = float __attribute__((vector_size(16)));
+
+void add_weighted_rows(const float* matrix, size_t width, const std::vector<float>& weight,
+                       float* sums) {
+  for (size_t block = 0; block < width; block += kBlock) {
+    Float4 acc[kBlock / 4] = {};
+    const float* row = matrix + block;
+    for (const float w : weight) {
+      const Float4 wv = {w, w, w, w};
+      for (size_t v = 0; v < kBlock / 4; ++v) {
+        Float4 x;
+        std::memcpy(&x, row + 4 * v, sizeof x);
+        acc[v] += wv * x;
+      }
+      row += width;
+    }
+    std::memcpy(sums + block, acc, sizeof acc);
+  }
 }
 
 // Competition ranks (1 + the number of strictly better averages); a model without an average
@@ -250,7 +284,7 @@ std::vector<std::array<int, 2>> bootstrap_rank_intervals(
     size_t models, const std::vector<RankBenchmark>& benchmarks, int resamples, uint64_t seed) {
   std::vector<std::array<int, 2>> intervals(models, {0, 0});
   if (models == 0) return intervals;
-  const size_t width = (models + kLane - 1) / kLane * kLane;
+  const size_t width = (models + kBlock - 1) / kBlock * kBlock;
 
   // Models with a missing score have no average, in every resample: they rank last throughout.
   std::vector<bool> ranked(models, !benchmarks.empty());
@@ -271,34 +305,30 @@ std::vector<std::array<int, 2>> bootstrap_rank_intervals(
   const size_t draws_total = static_cast<size_t>(std::max(resamples, 1));
   std::vector<int> ranks_by_model(models * draws_total);
   std::vector<double> averages(models);
+  std::vector<double> total(models);
   std::vector<int> ranks(models);
-  std::vector<double> sums(width);
-  std::vector<double> counts(width);
+  std::vector<float> sums(width);
+  std::vector<float> counts(width);
+  std::vector<float> drawn;  // per example of the benchmark: times drawn in this resample
   Xoshiro256 rng(seed);
   const double benchmark_count = static_cast<double>(std::max<size_t>(benchmarks.size(), 1));
 
   for (size_t r = 0; r < draws_total; ++r) {
-    std::vector<double> total = fixed_sum;
+    total = fixed_sum;
     for (const auto& matrix : matrices) {
       if (matrix.rows == 0) continue;
-      std::fill(sums.begin(), sums.end(), 0.0);
-      std::fill(counts.begin(), counts.end(), 0.0);
-      const double* scores = matrix.scores.data();
+      // Draw rows-many examples with replacement, as a count per example.
+      drawn.assign(matrix.rows, 0.0F);
+      for (size_t k = 0; k < matrix.rows; ++k) drawn[rng.below(matrix.rows)] += 1.0F;
+      add_weighted_rows(matrix.centred.data(), width, drawn, sums.data());
       const bool dense = matrix.present.empty();
-      for (size_t k = 0; k < matrix.rows; ++k) {
-        const size_t row = static_cast<size_t>(rng.below(matrix.rows)) * width;
-        const double* s = scores + row;
-        for (size_t c = 0; c < width; ++c) sums[c] += s[c];
-        if (!dense) {
-          const double* p = matrix.present.data() + row;
-          for (size_t c = 0; c < width; ++c) counts[c] += p[c];
-        }
-      }
+      if (!dense) add_weighted_rows(matrix.present.data(), width, drawn, counts.data());
       for (size_t m = 0; m < models; ++m) {
-        if (!ranked[m] || std::isnan(matrix.full_mean[m])) continue;
-        const double drawn = dense ? static_cast<double>(matrix.rows) : counts[m];
-        if (drawn == 0) continue;  // none of its examples drawn: keep its value
-        total[m] += sums[m] / drawn - matrix.full_mean[m];
+        if (!ranked[m] || !matrix.has_samples[m]) continue;
+        const double n = dense ? static_cast<double>(matrix.rows) : counts[m];
+        if (n == 0) continue;  // none of its examples drawn: keep its value
+        // The mean of its drawn scores minus the mean of all of them.
+        total[m] += static_cast<double>(sums[m]) / n;
       }
     }
     for (size_t m = 0; m < models; ++m) averages[m] = total[m] / benchmark_count;

@@ -241,7 +241,11 @@ std::string rank_chart(const std::vector<Model>& models) {
     svg += "<text x=\"" + num(kLabelWidth - 10) + "\" y=\"" + num(y + 4) +
            "\" font-size=\"12\" text-anchor=\"end\" fill=\"#24292f\">" +
            html_escape(models[i].name) + "</text>";
-    if (!models[i].rank_interval) continue;
+    if (!models[i].rank_interval) {
+      svg += "<text x=\"" + num(plot_left + 4) + "\" y=\"" + num(y + 4) +
+             "\" font-size=\"11\" fill=\"#8c959f\">no interval (no per-example scores)</text>\n";
+      continue;
+    }
     const auto& r = *models[i].rank_interval;
     svg += "<rect x=\"" + num(x(r[0]) - 6) + "\" y=\"" + num(y - 7) + "\" width=\"" +
            num(x(r[1]) - x(r[0]) + 12) + "\" height=\"14\" rx=\"7\" fill=\"" + colour +
