@@ -48,6 +48,18 @@ struct CellSamples {
   std::vector<stats::IndexedScore> indexed;
 };
 
+// What the statistics need of one sample: its score (a finite number, or a boolean as 1/0), its
+// integer index and its cluster as a key that compares JSON values ("1" and 1 differ).
+struct SampleFields {
+  std::optional<double> score;
+  std::optional<int64_t> index;
+  std::optional<std::string> cluster;
+};
+
+// The fields of every object in a stored samples blob (a JSON array); nullopt if the blob is not
+// a JSON array. Reads without building a document (a third of the cost for a million samples).
+std::optional<std::vector<SampleFields>> read_sample_fields(const std::string& blob);
+
 struct SamplesPage {
   nlohmann::json samples = nlohmann::json::array();
   std::optional<uint32_t> next_cursor;  // the shard to continue from, if any is left
