@@ -137,7 +137,7 @@ void Store::Batch::put_samples(const ShardKey& key, const std::string& samples_j
 }
 
 void Store::Batch::delete_samples(const ShardKey& key) {
-  batch_.Delete(shard_key(kSamplesPrefix, key));
+  impl_->batch.Delete(shard_key(kSamplesPrefix, key));
   ++puts_;
 }
 

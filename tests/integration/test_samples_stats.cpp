@@ -206,6 +206,33 @@ TEST_CASE("results: n, stderr and ci95 per score, average_stderr and rank_interv
   CHECK(again == results);
 }
 
+TEST_CASE("samples: a rerun result without samples drops the old ones", "[integration]") {
+  TestCluster cluster;
+  const auto api = cluster.api();
+  const auto marker = cluster.dir() / "no-samples";
+  std::vector<TestModel> models = {kModels[0]};
+  models[0].extra["no_samples_file"] = marker.string();
+  const std::vector<TestBenchmark> benchmarks = {kBenchmarks[0]};
+  const std::string id = api.submit(make_spec("rerun-samples", models, benchmarks));
+  api.wait_for_state(id, "succeeded", 60s);
+  const std::string target =
+      "/v1/campaigns/" + id + "/samples?model=m-alpha&benchmark=" + benchmarks[0].name;
+  REQUIRE(api.get(target).at("samples").size() == static_cast<size_t>(benchmarks[0].examples));
+  REQUIRE(api.results(id).at("models")[0].at("scores").at("b-plain").at("n") ==
+          benchmarks[0].examples);
+
+  // While a shard is rerun its samples are not served; once it counts again without samples,
+  // nothing of the earlier result stands in for it.
+  std::ofstream(marker) << "x";
+  api.post("/v1/campaigns/" + id + "/rerun", {{"failed", false}});
+  api.wait_for_state(id, "succeeded", 60s);
+  CHECK(api.get(target).at("samples").empty());
+  const auto score = api.results(id).at("models")[0].at("scores").at("b-plain");
+  CHECK(score.at("n").is_null());
+  CHECK(score.at("stderr").is_null());
+  CHECK(score.at("value").get<double>() == Approx(expected_score(models[0], benchmarks[0])));
+}
+
 TEST_CASE("compare: paired differences, McNemar on 0/1 scores, Holm across benchmarks",
           "[integration]") {
   TestCluster cluster;
