@@ -98,7 +98,8 @@ Api::Api(Scheduler& scheduler, Metrics& metrics, ApiOptions options)
     : scheduler_(scheduler),
       metrics_(metrics),
       options_(std::move(options)),
-      audit_(scheduler.store(), metrics) {}
+      audit_(scheduler.store(), metrics),
+      sample_stats_(scheduler.store(), metrics) {}
 
 Api::Access Api::access_for(const HttpRequest& request) const {
   const std::string path = request.target.substr(0, request.target.find('?'));
@@ -272,7 +273,8 @@ HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
     if (parts.size() == 4) {
       const std::string& action = parts[3];
       route_name = "/v1/campaigns/{id}/" + action;
-      const bool is_get = action == "shards" || action == "results";
+      const bool is_get =
+          action == "shards" || action == "results" || action == "samples" || action == "compare";
       const bool is_post = action == "rerun" || action == "cancel";
       if (!is_get && !is_post) {
         route_name = "unknown";
@@ -283,6 +285,8 @@ HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
       if (c == nullptr) return error_response(404, "unknown campaign '" + parts[2] + "'");
       if (action == "shards") return get_shards(*c, query);
       if (action == "results") return get_results(*c);
+      if (action == "samples") return get_samples(*c, parse_query(query));
+      if (action == "compare") return get_compare(*c, parse_query(query));
       if (action == "rerun") return rerun(*c, request);
       return cancel(*c, request);
     }
@@ -494,11 +498,13 @@ HttpResponse Api::get_results(const Campaign& c) {
   std::vector<std::vector<CellAggregate>> cells(models.size());
   for (const auto& g : c.groups) cells[g.model].push_back(g.cell);
   const auto rows = compute_leaderboard(models, columns, cells);
+  auto models_json = leaderboard_to_json(rows, columns);
+  sample_stats_.annotate_results(c, models_json);
   return json_response(200, {{"campaign", c.id},
                              {"name", c.spec.name},
                              {"state", to_string(c.state)},
                              {"benchmarks", bench_names},
-                             {"models", leaderboard_to_json(rows, columns)}});
+                             {"models", std::move(models_json)}});
 }
 
 std::string Api::quota_owner(const std::optional<std::string>& token_name,

@@ -9,6 +9,7 @@
 // then serves what passed. Without tokens everything is open (loopback development mode).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 #include "coordinator/audit.hpp"
 #include "coordinator/auth.hpp"
 #include "coordinator/metrics.hpp"
+#include "coordinator/sample_stats.hpp"
 #include "coordinator/scheduler.hpp"
 
 namespace evald::coordinator {
@@ -52,6 +54,10 @@ class Api {
   HttpResponse get_campaign(const Campaign& c);
   HttpResponse get_shards(const Campaign& c, const std::string& query);
   HttpResponse get_results(const Campaign& c);
+  // Per-example samples and the paired comparison (api_stats.cpp); `params` is the query.
+  using QueryParams = std::map<std::string, std::string>;
+  HttpResponse get_samples(const Campaign& c, const QueryParams& params);
+  HttpResponse get_compare(const Campaign& c, const QueryParams& params);
   HttpResponse rerun(const Campaign& c, const HttpRequest& request);
   // Quotas (--max-pending-shards-per-user) are kept per token name, or per client address
   // without tokens; a campaign's pending and running shards count against who submitted it.
@@ -70,6 +76,7 @@ class Api {
   Metrics& metrics_;
   ApiOptions options_;
   AuditLog audit_;
+  SampleStats sample_stats_;
 };
 
 // "2026-11-25T06:00:00Z" for milliseconds since the epoch.

@@ -407,7 +407,13 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
       dirty_cells_.emplace_back(c->key, gi);
     }
     write_shard(*c, gi, r.shard, holder != nullptr ? holder : w, &r);
-    if (!r.samples_json.empty()) batch_.put_samples(key, r.samples_json);
+    // Samples are served and used for statistics only for counted results: a result without
+    // any must not leave an earlier (rerun) result's samples standing in for its own.
+    if (!r.samples_json.empty()) {
+      batch_.put_samples(key, r.samples_json);
+    } else {
+      batch_.delete_samples(key);
+    }
     g.completed->Increment();
     g.duration->Observe(r.duration_ms / 1000.0);
     maybe_finish(*c);

@@ -139,6 +139,11 @@ void Store::Batch::put_samples(const ShardKey& key, const std::string& samples_j
   count(RecordKind::kSamples);
 }
 
+void Store::Batch::delete_samples(const ShardKey& key) {
+  impl_->batch.Delete(shard_key(kSamplesPrefix, key));
+  ++puts_;
+}
+
 void Store::Batch::clear() {
   impl_->batch.Clear();
   puts_ = 0;

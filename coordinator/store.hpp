@@ -54,6 +54,8 @@ class Store {
     void put_attempt(const ShardKey& key, uint64_t attempt_id, const AttemptRecord& record);
     void put_cell(uint32_t campaign, uint32_t group, const CellAggregate& cell);
     void put_samples(const ShardKey& key, const std::string& samples_json);
+    // A counted result without samples: an earlier result's samples must not stand in for it.
+    void delete_samples(const ShardKey& key);
     // One audit event (coordinator/audit.hpp), JSON; seq increases by one per event.
     void put_audit(uint64_t seq, const std::string& json);
     bool empty() const { return puts_ == 0; }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -25,6 +26,7 @@
 #include "common/version.hpp"
 #include "common/yaml.hpp"
 #include "evalctl/format.hpp"
+#include "evalctl/report.hpp"
 #include "independence/check.hpp"
 
 namespace evald::evalctl {
@@ -54,6 +56,11 @@ constexpr CommandInfo kCommands[] = {
     {"watch", "watch ID [--interval-ms MS]", "live progress; exit 0 only if every shard succeeded"},
     {"results", "results ID [--format table|json|csv|markdown]", "the campaign's leaderboard"},
     {"shards", "shards ID [--state STATE]", "shards: attempts, worker, duration, last error"},
+    {"samples", "samples ID --model M --benchmark B",
+     "per-example scores of counted results, one JSON object per line"},
+    {"compare", "compare ID MODEL_A MODEL_B",
+     "paired comparison per benchmark: difference, 95% interval, p-value (Holm-adjusted)"},
+    {"report", "report ID -o FILE.html", "write a self-contained HTML report of the results"},
     {"rerun", "rerun ID [--failed|--all] [--model M] [--benchmark B]",
      "queue failed (or selected) shards again"},
     {"cancel", "cancel ID", "stop a campaign; running shards are told to stop"},
@@ -152,6 +159,16 @@ void describe_command(const std::string& name, CommandSpec& spec) {
   }
   spec.hidden.add_options()("id", po::value<std::string>(), "");
   spec.positional.add("id", 1);
+  if (name == "samples") {
+    spec.visible.add_options()("model", po::value<std::string>()->value_name("M"), "the model")(
+        "benchmark", po::value<std::string>()->value_name("B"), "the benchmark");
+  } else if (name == "compare") {
+    spec.hidden.add_options()("a", po::value<std::string>(), "")("b", po::value<std::string>(), "");
+    spec.positional.add("a", 1).add("b", 1);
+  } else if (name == "report") {
+    spec.visible.add_options()("output,o", po::value<std::string>()->value_name("FILE"),
+                               "where to write the HTML file");
+  }
   if (name == "watch") {
     spec.visible.add_options()("interval-ms",
                                po::value<int>()->default_value(500)->value_name("MS"),
@@ -413,6 +430,97 @@ int shards(const Context& context, const std::string& id, const std::optional<st
   return kExitOk;
 }
 
+// Pages through GET .../samples and prints each sample as one line of JSON, in index order.
+int samples(const Context& context, const std::string& id, const std::string& model,
+            const std::string& benchmark) {
+  const std::string base = "/v1/campaigns/" + url_encode(id) +
+                           "/samples?model=" + url_encode(model) +
+                           "&benchmark=" + url_encode(benchmark);
+  std::optional<int64_t> cursor = 0;
+  while (cursor) {
+    const auto reply = call(context, "GET", base + "&cursor=" + std::to_string(*cursor));
+    if (!reply) return fail(context, reply.error().message);
+    const auto list = reply->find("samples");
+    if (list == reply->end() || !list->is_array()) {
+      return fail(context, "unexpected answer: no \"samples\" array");
+    }
+    for (const auto& sample : *list) {
+      context.out << sample.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    }
+    const auto next = integer_field(*reply, "next_cursor");
+    // A cursor that does not move forward would loop forever; the server never sends one.
+    if (next && *next <= *cursor) return fail(context, "unexpected answer: cursor went back");
+    cursor = next;
+  }
+  return kExitOk;
+}
+
+int compare(const Context& context, const std::string& id, const std::string& a,
+            const std::string& b) {
+  const auto reply = call(
+      context, "GET",
+      "/v1/campaigns/" + url_encode(id) + "/compare?a=" + url_encode(a) + "&b=" + url_encode(b));
+  if (!reply) return fail(context, reply.error().message);
+  if (context.json_output) {
+    print_json(context, *reply);
+  } else {
+    context.out << format_compare(*reply);
+  }
+  return kExitOk;
+}
+
+// The provenance endpoint may be missing (an older coordinator) or empty: the report says so
+// instead of failing.
+int report(const Context& context, const std::string& id, const std::string& path) {
+  const std::string base = "/v1/campaigns/" + url_encode(id);
+  const auto results_reply = call(context, "GET", base + "/results");
+  if (!results_reply) return fail(context, results_reply.error().message);
+  json provenance = nullptr;
+  std::string note;
+  auto response = http_request(context.server, context.client, "GET", base + "/provenance", "");
+  if (!response) {
+    return fail(context, response.error().message);
+  }
+  if (response->status == 404) {
+    note = "no provenance recorded";
+  } else if (response->status < 200 || response->status >= 300) {
+    note = "provenance could not be read: " + http_error_message(response->status, response->body);
+  } else if (auto parsed = parse_json_bounded(response->body); parsed && parsed->is_object()) {
+    provenance = std::move(parsed).value();
+  } else {
+    note = "provenance could not be read: the answer is not a JSON object";
+  }
+  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  const std::string html = render_report_html(*results_reply, provenance, note, stamp);
+  // Written next to the target and renamed, so a reader never sees half a report.
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << html;
+    out.close();
+    if (!out) {
+      std::filesystem::remove(tmp);
+      return fail(context, "cannot write report '" + path + "': " + std::strerror(errno));
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp);
+    return fail(context, "cannot write report '" + path + "': " + ec.message());
+  }
+  if (context.json_output) {
+    print_json(context, {{"report", path}, {"bytes", html.size()}});
+  } else {
+    context.out << "wrote " << path << " (" << html.size() << " bytes)\n";
+  }
+  return kExitOk;
+}
+
 // rerun and cancel: a POST whose answer is one count.
 int post_count(const Context& context, const std::string& target, const json& body,
                const char* count_key, const char* verb) {
@@ -610,6 +718,22 @@ int run_command(const CommandInfo& info, const std::vector<std::string>& args,
     auto format = parse_results_format(values["format"].as<std::string>());
     if (!format) throw UsageError("results: " + format.error().message);
     return results(context, id, context.json_output ? ResultsFormat::kJson : format.value());
+  }
+  if (name == "samples") {
+    if (values.count("model") == 0 || values.count("benchmark") == 0) {
+      throw UsageError("samples: --model and --benchmark are required (usage: evalctl " +
+                       std::string(info.usage) + ")");
+    }
+    return samples(context, id, values["model"].as<std::string>(),
+                   values["benchmark"].as<std::string>());
+  }
+  if (name == "compare") {
+    return compare(context, id, require_positional(info, values, "a", "MODEL_A"),
+                   require_positional(info, values, "b", "MODEL_B"));
+  }
+  if (name == "report") {
+    if (values.count("output") == 0) throw UsageError("report: -o FILE is required");
+    return report(context, id, values["output"].as<std::string>());
   }
   if (name == "shards") {
     std::optional<std::string> state;

@@ -1,6 +1,7 @@
 #include "evalctl/format.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -16,6 +17,9 @@ using nlohmann::json;
 constexpr size_t kProgressBarWidth = 30;
 constexpr size_t kErrorCellChars = 80;
 constexpr size_t kErrorBodyChars = 200;
+constexpr const char* kOverlapNote =
+    "rank 95%: the model's bootstrap rank interval overlaps another model's, so the data do not "
+    "settle their order; scores show value \u00b1 standard error";
 constexpr const char* kIncompleteNote =
     "incomplete: not every shard of this model x benchmark succeeded; the value covers the "
     "succeeded shards only";
@@ -196,6 +200,7 @@ struct Cell {
   std::optional<double> value;
   std::string raw;  // the server's number as JSON text, full precision
   bool incomplete = false;
+  std::optional<double> stderr_value;  // shown as "value ± stderr" when the server sends one
 };
 
 struct LeaderboardRow {
@@ -204,7 +209,22 @@ struct LeaderboardRow {
   Cell average;
   std::optional<int64_t> firsts;
   std::vector<Cell> scores;  // one per benchmark, in the campaign's order
+  std::optional<std::array<int64_t, 2>> rank_interval;
 };
+
+std::optional<double> finite_number_at(const json& object, const char* key) {
+  const json* value = find(object, key);
+  if (value == nullptr || !value->is_number()) return std::nullopt;
+  const double v = value->get<double>();
+  return std::isfinite(v) ? std::optional(v) : std::nullopt;
+}
+
+std::optional<std::array<int64_t, 2>> rank_interval_at(const json& model) {
+  const json* value = find(model, "rank_interval");
+  if (value == nullptr || !value->is_array() || value->size() != 2) return std::nullopt;
+  if (!(*value)[0].is_number_integer() || !(*value)[1].is_number_integer()) return std::nullopt;
+  return std::array<int64_t, 2>{(*value)[0].get<int64_t>(), (*value)[1].get<int64_t>()};
+}
 
 Cell cell_at(const json& object, const char* key) {
   Cell cell;
@@ -232,13 +252,16 @@ std::vector<LeaderboardRow> leaderboard_rows(const json& results,
     row.rank = integer_at(model, "rank");
     row.model = text_at(model, "name");
     row.average = cell_at(model, "average");
+    row.average.stderr_value = finite_number_at(model, "average_stderr");
     row.firsts = integer_at(model, "firsts");
+    row.rank_interval = rank_interval_at(model);
     const json* scores = find(model, "scores");
     for (const auto& benchmark : benchmarks) {
       Cell cell;
       const json* score = scores != nullptr ? find(*scores, benchmark.c_str()) : nullptr;
       if (score != nullptr) {
         cell = cell_at(*score, "value");
+        cell.stderr_value = finite_number_at(*score, "stderr");
         const json* complete = find(*score, "complete");
         cell.incomplete =
             cell.value && complete != nullptr && complete->is_boolean() && !complete->get<bool>();
@@ -263,9 +286,36 @@ bool any_incomplete(const std::vector<LeaderboardRow>& rows) {
 // other cells get a space in its place so that right-aligned digits still line up.
 std::string cell_text(const Cell& cell, const std::string& marker, bool column_has_marker) {
   std::string text = cell.value ? fixed(*cell.value, 4) : "-";
+  if (cell.value && cell.stderr_value) text += " \u00b1 " + fixed(*cell.stderr_value, 4);
   if (cell.incomplete) return text + marker;
   if (column_has_marker) text += std::string(marker.size(), ' ');
   return text;
+}
+
+// Whether row i's rank interval overlaps another model's: their order is not settled by the data.
+bool rank_overlaps(const std::vector<LeaderboardRow>& rows, size_t i) {
+  if (!rows[i].rank_interval) return false;
+  const auto& mine = *rows[i].rank_interval;
+  for (size_t j = 0; j < rows.size(); ++j) {
+    if (j == i || !rows[j].rank_interval) continue;
+    const auto& other = *rows[j].rank_interval;
+    if (mine[0] <= other[1] && other[0] <= mine[1]) return true;
+  }
+  return false;
+}
+
+bool any_rank_interval(const std::vector<LeaderboardRow>& rows) {
+  return std::any_of(rows.begin(), rows.end(),
+                     [](const LeaderboardRow& row) { return row.rank_interval.has_value(); });
+}
+
+// "1-3" and the overlap mark, or "-".
+std::string rank_interval_text(const std::vector<LeaderboardRow>& rows, size_t i) {
+  if (!rows[i].rank_interval) return "-";
+  const auto& r = *rows[i].rank_interval;
+  std::string text =
+      r[0] == r[1] ? std::to_string(r[0]) : std::to_string(r[0]) + "-" + std::to_string(r[1]);
+  return text + (rank_overlaps(rows, i) ? " ~" : "  ");
 }
 
 std::string results_table(const json& results) {
@@ -278,6 +328,11 @@ std::string results_table(const json& results) {
   Table table;
   table.headers = {"rank", "model", "average", "firsts"};
   table.right_align = {true, false, true, true};
+  const bool with_ranks = any_rank_interval(rows);
+  if (with_ranks) {
+    table.headers.insert(table.headers.begin() + 1, "rank 95%");
+    table.right_align.insert(table.right_align.begin() + 1, true);
+  }
   for (const auto& benchmark : benchmarks) {
     table.headers.push_back(benchmark);
     table.right_align.push_back(true);
@@ -288,9 +343,15 @@ std::string results_table(const json& results) {
       if (row.scores[b].incomplete) column_has_marker[b] = true;
     }
   }
-  for (const auto& row : rows) {
+  bool any_overlap = false;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
     std::vector<std::string> cells = {integer_text(row.rank), row.model,
                                       cell_text(row.average, "", false), integer_text(row.firsts)};
+    if (with_ranks) {
+      cells.insert(cells.begin() + 1, rank_interval_text(rows, i));
+      any_overlap = any_overlap || rank_overlaps(rows, i);
+    }
     for (size_t b = 0; b < benchmarks.size(); ++b) {
       cells.push_back(cell_text(row.scores[b], "*", column_has_marker[b]));
     }
@@ -298,6 +359,7 @@ std::string results_table(const json& results) {
   }
   out += render_table(table);
   if (any_incomplete(rows)) out += "\n* " + std::string(kIncompleteNote) + "\n";
+  if (any_overlap) out += "\n~ " + std::string(kOverlapNote) + "\n";
   return out;
 }
 
@@ -469,6 +531,42 @@ std::string format_results(const json& results, ResultsFormat format) {
       break;
   }
   return results_table(results);
+}
+
+std::string format_compare(const json& compare) {
+  std::string out = "compare " + text_at(compare, "a") + " (a) with " + text_at(compare, "b") +
+                    " (b) in " + text_at(compare, "campaign") +
+                    ", paired on examples both scored\n";
+  const json& list = array_at(compare, "benchmarks");
+  if (list.empty()) return out + "no benchmarks\n";
+  Table table;
+  table.headers = {"benchmark", "n", "diff a-b", "stderr", "ci95", "test", "p", "p_holm"};
+  table.right_align = {false, true, true, true, true, false, true, true};
+  const auto number = [](const json& item, const char* key, int digits) {
+    const auto v = finite_number_at(item, key);
+    return v ? fixed(*v, digits) : std::string("-");
+  };
+  const auto p_text = [](const json& item, const char* key) {
+    const auto v = finite_number_at(item, key);
+    if (!v) return std::string("-");
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, *v != 0 && *v < 1e-4 ? "%.2e" : "%.4f", *v);
+    return std::string(buffer);
+  };
+  for (const auto& item : list) {
+    std::string ci = "-";
+    if (const json* interval = find(item, "ci95");
+        interval != nullptr && interval->is_array() && interval->size() == 2 &&
+        (*interval)[0].is_number() && (*interval)[1].is_number()) {
+      ci = "[" + fixed((*interval)[0].get<double>(), 4) + ", " +
+           fixed((*interval)[1].get<double>(), 4) + "]";
+    }
+    table.rows.push_back({text_at(item, "benchmark"), integer_text(integer_at(item, "n")),
+                          number(item, "diff", 4), number(item, "stderr", 4), ci,
+                          text_at(item, "test"), p_text(item, "p_value"),
+                          p_text(item, "p_adjusted")});
+  }
+  return out + render_table(table);
 }
 
 std::string format_campaign(const json& campaign) {

@@ -41,6 +41,11 @@ std::string format_duration(std::optional<double> seconds);
 // the server's full precision and leaves missing cells empty; JSON is the server's, indented.
 std::string format_results(const nlohmann::json& results, ResultsFormat format);
 
+// A paired comparison (GET /v1/campaigns/{id}/compare) as a table: per benchmark n, the mean
+// difference a - b with its stderr and 95% interval, the test, its p-value and the Holm-adjusted
+// one.
+std::string format_compare(const nlohmann::json& compare);
+
 // One campaign (GET /v1/campaigns/{id}): name, state, counts per shard state, progress, ETA and
 // the reason it cannot be scheduled, if the server gives one.
 std::string format_campaign(const nlohmann::json& campaign);

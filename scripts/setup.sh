@@ -51,6 +51,9 @@ packages=(
   libyaml-cpp-dev
   # scripts/stress-test.sh: the test suite with every CPU kept busy, to find timing assumptions
   stress-ng
+  # statistics tests: SciPy is the independent computation the stderr, McNemar, t-test and Holm
+  # values are checked against; headless Chromium renders `evalctl report` in a test
+  python3-scipy chromium
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
