@@ -504,7 +504,7 @@ void Worker::on_assign(const protocol::Assign& assign) {
   for (const auto& a : assign.assignments) {
     ++stats_.assigned;
     if (running_.count(a.attempt_id) > 0) {
-      spdlog::warn("assign_duplicate attempt={} state=running", a.attempt_id);
+      spdlog::warn("assign_duplicate attempt_id={} state=running", a.attempt_id);
       continue;
     }
     if (const auto held = unacked_.find(a.attempt_id); held != unacked_.end()) {
@@ -520,7 +520,7 @@ void Worker::on_assign(const protocol::Assign& assign) {
     }
     const auto campaign = campaigns_.find(a.campaign);
     if (campaign == campaigns_.end()) {
-      spdlog::warn("assign_unknown_campaign attempt={} campaign={}", a.attempt_id, a.campaign);
+      spdlog::warn("assign_unknown_campaign attempt_id={} campaign={}", a.attempt_id, a.campaign);
       fail(a, "worker has no spec for campaign " + std::to_string(a.campaign));
       continue;
     }
@@ -554,12 +554,12 @@ void Worker::on_assign(const protocol::Assign& assign) {
     if (auto refused = config_.exec_policy.check(
             substitute_placeholders(spec.runner.command.front(), request))) {
       metrics_.count_exec_refused(refused->reason);
-      spdlog::warn("exec_refused attempt={} campaign={} reason={} error=\"{}\"", a.attempt_id,
+      spdlog::warn("exec_refused attempt_id={} campaign={} reason={} error=\"{}\"", a.attempt_id,
                    campaign->second.id, to_string(refused->reason), refused->message);
       fail(a, "worker " + config_.name + " refuses to run " + refused->message);
       continue;
     }
-    spdlog::info("exec_assigned attempt={} campaign={} model={} benchmark={} shard={} gpus={}",
+    spdlog::info("exec_assigned attempt_id={} campaign={} model={} benchmark={} shard={} gpus={}",
                  a.attempt_id, campaign->second.id, spec.models[a.model].name,
                  spec.benchmarks[a.benchmark].name, a.shard, a.gpus.size());
     running_.emplace(a.attempt_id, a);
@@ -589,12 +589,12 @@ void Worker::on_ack(const protocol::Ack& ack) {
 void Worker::on_cancel(const protocol::Cancel& cancel) {
   for (const uint64_t attempt_id : cancel.attempt_ids) {
     if (running_.erase(attempt_id) == 0) {
-      spdlog::debug("cancel_ignored attempt={} reason=\"not running here\"", attempt_id);
+      spdlog::debug("cancel_ignored attempt_id={} reason=\"not running here\"", attempt_id);
       continue;
     }
     exec_runner_->cancel(attempt_id);
     ++stats_.cancelled;
-    spdlog::info("cancel attempt={}", attempt_id);
+    spdlog::info("cancel attempt_id={}", attempt_id);
   }
 }
 
@@ -720,7 +720,7 @@ bool Worker::drain_done() {
 
 void Worker::kill_running(const std::string& reason) {
   for (const auto& [attempt_id, assignment] : running_) {
-    spdlog::warn("exec_killed attempt={} reason=\"{}\"", attempt_id, reason);
+    spdlog::warn("exec_killed attempt_id={} reason=\"{}\"", attempt_id, reason);
     if (exec_runner_) exec_runner_->cancel(attempt_id);
     outgoing_.push_back(Outgoing{failed_result(assignment, reason), true});
   }
@@ -734,7 +734,7 @@ void Worker::kill_running(const std::string& reason) {
 void Worker::hand_back_running() {
   protocol::HandBack hand_back;
   for (const auto& [attempt_id, assignment] : running_) {
-    spdlog::warn("exec_killed attempt={} reason=\"drain timeout of {} ms expired; handed back\"",
+    spdlog::warn("exec_killed attempt_id={} reason=\"drain timeout of {} ms expired; handed back\"",
                  attempt_id, config_.drain_timeout.count());
     if (exec_runner_) exec_runner_->cancel(attempt_id);
     hand_back.attempt_ids.push_back(attempt_id);
