@@ -73,8 +73,8 @@ Result<std::string> read_key_file(const std::string& path, std::string_view flag
   if (secret) {
     struct stat st {};
     if (::stat(path.c_str(), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-      spdlog::warn("secret key file is readable by group or others flag={} path={} mode={:o}", flag,
-                   path, st.st_mode & 0777);
+      spdlog::warn("secret_key_readable_by_others flag={} path={} mode={:o}", flag, path,
+                   st.st_mode & 0777);
     }
   }
   return text;

@@ -746,8 +746,7 @@ size_t raise_open_file_limit() {
     if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
       limit = raised;
     } else {
-      spdlog::warn("cannot raise the open file limit soft={} hard={}", limit.rlim_cur,
-                   limit.rlim_max);
+      spdlog::warn("open_file_limit_not_raised soft={} hard={}", limit.rlim_cur, limit.rlim_max);
     }
   }
   return limit.rlim_cur == RLIM_INFINITY ? SIZE_MAX : static_cast<size_t>(limit.rlim_cur);

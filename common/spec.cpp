@@ -32,6 +32,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "common/json_fields.hpp"
 #include "common/json_limits.hpp"
 #include "common/spec_limits.hpp"
 #include "common/yaml.hpp"
@@ -91,33 +92,6 @@ std::optional<Error> check_known_fields(const json& object, std::string_view pat
     if (std::find(known.begin(), known.end(), item.key()) == known.end()) {
       return field_error(join(path, printable(item.key())), "unknown field");
     }
-  }
-  return std::nullopt;
-}
-
-const json* find_field(const json& object, std::string_view key) {
-  const auto it = object.find(key);
-  return it == object.end() ? nullptr : &*it;
-}
-
-// A JSON number that is an integer. Integral floats (3.0, 1e15) count, since JSON itself does not
-// tell the two apart and generators often write large numbers in exponent form; 3.5, booleans and
-// everything else do not. Values beyond int64 are clamped, so range checks still refuse them.
-std::optional<int64_t> read_integer(const json& value) {
-  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-  constexpr int64_t kMin = std::numeric_limits<int64_t>::min();
-  if (value.is_number_unsigned()) {
-    const auto u = value.get<uint64_t>();
-    return u > static_cast<uint64_t>(kMax) ? kMax : static_cast<int64_t>(u);
-  }
-  if (value.is_number_integer()) return value.get<int64_t>();
-  if (value.is_number_float()) {
-    const double d = value.get<double>();
-    if (!std::isfinite(d) || std::trunc(d) != d) return std::nullopt;
-    constexpr double kTwoTo63 = 9223372036854775808.0;
-    if (d >= kTwoTo63) return kMax;
-    if (d < -kTwoTo63) return kMin;
-    return static_cast<int64_t>(d);
   }
   return std::nullopt;
 }
@@ -187,7 +161,7 @@ Result<int64_t> read_positive_integer(const json& object, std::string_view key,
   const std::string field = join(path, key);
   const json* value = find_field(object, key);
   if (value == nullptr) return field_error(field, "is required");
-  const auto number = read_integer(*value);
+  const auto number = integer_value(*value);
   if (!number || *number <= 0) return field_error(field, "must be a positive integer");
   if (*number > max) return field_error(field, fmt::format("must be at most {}", max));
   return *number;
@@ -198,7 +172,7 @@ Result<int> read_bounded_integer(const json& object, std::string_view key, int f
                                  int max) {
   const json* value = find_field(object, key);
   if (value == nullptr) return fallback;
-  const auto number = read_integer(*value);
+  const auto number = integer_value(*value);
   if (!number || *number < min || *number > max) {
     return field_error(key, fmt::format("must be an integer from {} to {}", min, max));
   }
@@ -215,7 +189,7 @@ Result<ResourceSpec> parse_resources(const json& model, std::string_view model_p
     return *std::move(error);
   }
   if (const json* gpus = find_field(*value, "gpus")) {
-    const auto n = read_integer(*gpus);
+    const auto n = integer_value(*gpus);
     if (!n || *n < 0 || *n > kMaxGpusPerShard) {
       return field_error(join(path, "gpus"),
                          fmt::format("must be an integer from 0 to {}", kMaxGpusPerShard));

@@ -216,7 +216,7 @@ HttpResponse Api::handle(const HttpRequest& request) {
     response = route(request, route_name);
   } catch (const std::exception& e) {
     // A bug in our own rendering must not take the coordinator down with it: answer 500 and log.
-    spdlog::error("http handler failed method={} target={} error=\"{}\"", request.method,
+    spdlog::error("http_handler_failed method={} target={} error=\"{}\"", request.method,
                   request.target, e.what());
     response = error_response(500, std::string("internal error: ") + e.what());
   }

@@ -98,7 +98,7 @@ void Core::send_to(const std::string& name, const protocol::Message& message) {
     // Only a name that never said HELLO on this coordinator has none; the scheduler addresses
     // workers it knows from a HELLO, so this is a bug's symptom rather than a peer's doing.
     count_dropped("no_connection");
-    spdlog::warn("no connection for worker; message dropped worker={} type={}", name,
+    spdlog::warn("send_dropped reason=no_connection worker={} type={}", name,
                  protocol::to_string(protocol::type_of(message)));
     return;
   }
@@ -115,7 +115,7 @@ void Core::send_on(const std::string& connection, const std::string& who,
     if (sent) sent = router_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
     if (!sent) {
       count_dropped("would_block");
-      spdlog::warn("send to worker would block; message dropped worker={} type={}", who,
+      spdlog::warn("send_dropped reason=would_block worker={} type={}", who,
                    protocol::to_string(protocol::type_of(message)));
       return;
     }
@@ -123,7 +123,7 @@ void Core::send_on(const std::string& connection, const std::string& who,
     // EHOSTUNREACH: the connection is gone. The worker will HELLO again on its next one, and
     // every state change this message carried is already durable.
     count_dropped("unreachable");
-    spdlog::debug("worker unreachable worker={} type={} error=\"{}\"", who,
+    spdlog::debug("send_dropped reason=unreachable worker={} type={} error=\"{}\"", who,
                   protocol::to_string(protocol::type_of(message)), e.what());
     return;
   }
@@ -155,22 +155,22 @@ void Core::on_frames(const std::string& connection, std::vector<zmq::message_t>&
   const std::string who = bound != nullptr ? *bound : "conn-" + printable_routing_id(connection);
   if (frames.size() != 1) {
     metrics_.messages_malformed.Increment();
-    spdlog::warn("dropped malformed message worker={} reason=\"expected 1 frame, got {}\"", who,
+    spdlog::warn("message_malformed worker={} reason=\"expected 1 frame, got {}\"", who,
                  frames.size());
     return;
   }
   auto decoded = protocol::decode(frames[0].to_string_view());
   if (!decoded.ok()) {
     metrics_.messages_malformed.Increment();
-    spdlog::warn("dropped malformed message worker={} bytes={} reason=\"{}\"", who,
-                 frames[0].size(), decoded.error().message);
+    spdlog::warn("message_malformed worker={} bytes={} reason=\"{}\"", who, frames[0].size(),
+                 decoded.error().message);
     return;
   }
   auto& message = decoded.value();
   if (auto* hello = std::get_if<protocol::Hello>(&message)) {
     if (hello->name.empty()) {
       metrics_.messages_malformed.Increment();
-      spdlog::warn("dropped malformed message worker={} reason=\"hello without a name\"", who);
+      spdlog::warn("message_malformed worker={} reason=\"hello without a name\"", who);
       return;
     }
     if (curve_) {
@@ -186,7 +186,7 @@ void Core::on_frames(const std::string& connection, std::vector<zmq::message_t>&
     const std::string name = hello->name;
     if (const std::string* previous = connections_.connection_of(name);
         previous != nullptr && *previous != connection) {
-      spdlog::info("worker connection replaced worker={} connection={} previous={}", name,
+      spdlog::info("worker_connection_replaced worker={} connection={} previous={}", name,
                    printable_routing_id(connection), printable_routing_id(*previous));
     }
     connections_.bind(name, connection);
@@ -215,7 +215,7 @@ void Core::reject_unbound(const std::string& connection, const zmq::message_t& f
     reason = "unknown_connection_hand_back";
   } else if (!std::holds_alternative<protocol::Heartbeat>(message)) {
     metrics_.messages_malformed.Increment();
-    spdlog::warn("dropped message worker={} reason=\"{} is not a worker-to-coordinator message\"",
+    spdlog::warn("message_dropped worker={} reason=\"{} is not a worker-to-coordinator message\"",
                  who, protocol::to_string(type));
     return;
   }
@@ -223,8 +223,8 @@ void Core::reject_unbound(const std::string& connection, const zmq::message_t& f
     metrics_.results_rejected.Add({{"reason", reason}}).Increment(rejected);
     if (log_limit_.allow(peer_address(frame), std::chrono::steady_clock::now())) {
       spdlog::warn(
-          "message from a connection that is no worker's rejected type={} reason={} "
-          "connection={} peer={} (logged once per peer and minute)",
+          "unbound_message_rejected type={} reason={} connection={} peer={} "
+          "note=\"logged once per peer and minute\"",
           protocol::to_string(type), reason, who, peer_address(frame));
     }
   }
@@ -241,7 +241,7 @@ void Core::commit_and_send(TurnKind kind, std::vector<PendingHttp>& reads,
   auto send = [this](const std::string& name, const protocol::Message& m) { send_to(name, m); };
   auto committed = kind == TurnKind::kFull ? scheduler_.run_turn(send) : scheduler_.end_turn(send);
   if (!committed.ok()) {
-    spdlog::critical("store commit failed; stopping without acknowledging anything error=\"{}\"",
+    spdlog::critical("store_commit_failed action=stop_without_acknowledging error=\"{}\"",
                      committed.error().message);
     throw std::runtime_error(committed.error().message);
   }
@@ -278,7 +278,7 @@ void Core::run(const SignalPipe& signals) {
     }
     if ((items[2].revents & ZMQ_POLLIN) != 0) {
       const int signo = signals.take();
-      spdlog::info("stopping on signal signal={}", signo);
+      spdlog::info("stopping signal={}", signo);
       break;
     }
     const auto turn_start = std::chrono::steady_clock::now();

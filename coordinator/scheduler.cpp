@@ -86,13 +86,13 @@ uint64_t Scheduler::next_attempt_id() {
     // A wrap would hand out ids of this epoch again: exactly-once depends on ids never repeating.
     // A coordinator that has used four billion epochs stops rather than reuse one.
     if (epoch_ >= kMaxEpoch) {
-      spdlog::critical("attempt-id epochs exhausted epoch={}", epoch_);
+      spdlog::critical("attempt_id_epochs_exhausted epoch={}", epoch_);
       std::abort();
     }
     ++epoch_;
     attempt_seq_ = options_.first_attempt_seq;
     batch_.put_meta_u64("epoch", epoch_);
-    spdlog::info("attempt-id sequence wrapped; new epoch epoch={}", epoch_);
+    spdlog::info("attempt_id_epoch_started reason=sequence_wrapped epoch={}", epoch_);
   }
   return (epoch_ << 32) | ++attempt_seq_;
 }
@@ -251,7 +251,7 @@ void Scheduler::maybe_finish(Campaign& c) {
                                                        : CampaignState::kFailed;
   c.finished_at_ms = clock_.wall_ms();
   write_campaign(c);
-  spdlog::info("campaign finished campaign={} name={} state={} succeeded={} failed={}", c.id,
+  spdlog::info("campaign_finished campaign={} name={} state={} succeeded={} failed={}", c.id,
                c.spec.name, to_string(c.state), c.count(ShardState::kSucceeded),
                c.count(ShardState::kFailed));
 }
@@ -296,8 +296,8 @@ void Scheduler::fail_attempt(Campaign& c, uint32_t group, uint32_t index, Attemp
   s.worker = kNoWorker;
   const bool exhausted = counts_as_attempt && s.attempts >= c.spec.max_attempts;
   spdlog::info(
-      "attempt ended campaign={} model={} benchmark={} shard={} attempt_id={} outcome={} "
-      "attempt={} budget={}/{} final={} error=\"{}\"",
+      "attempt_ended campaign={} model={} benchmark={} shard={} attempt_id={} outcome={} "
+      "attempt_number={} budget={}/{} final={} error=\"{}\"",
       c.id, c.spec.models[g.model].name, c.spec.benchmarks[g.benchmark].name, index, s.attempt_id,
       to_string(outcome), rec.attempt, s.attempts, c.spec.max_attempts, exhausted,
       utf8::truncate(rec.error, 200));

@@ -15,7 +15,7 @@ Result<std::string> Scheduler::submit(const CampaignSpec& spec, const Submitter&
   c.submitted_from = submitter.address;
   write_campaign(c);
   spdlog::info(
-      "campaign submitted campaign={} name={} models={} benchmarks={} shards={} "
+      "campaign_submitted campaign={} name={} models={} benchmarks={} shards={} "
       "priority={}",
       c.id, c.spec.name, c.spec.models.size(), c.spec.benchmarks.size(), c.total, c.spec.priority);
   maybe_finish(c);  // a campaign cannot be empty today, but keep the invariant obvious
@@ -145,7 +145,7 @@ Result<int64_t> Scheduler::cancel(const std::string& campaign_id) {
   c.state = CampaignState::kCancelled;
   c.finished_at_ms = clock_.wall_ms();
   write_campaign(c);
-  spdlog::info("campaign cancelled campaign={} shards_cancelled={}", c.id, cancelled);
+  spdlog::info("campaign_cancelled campaign={} shards_cancelled={}", c.id, cancelled);
   return cancelled;
 }
 

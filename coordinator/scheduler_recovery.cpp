@@ -67,7 +67,7 @@ Status Scheduler::recover() {
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr || key.group >= c->groups.size() ||
         key.shard >= c->groups[key.group].shards.size()) {
-      spdlog::warn("recovery skipped shard record of unknown shard campaign={} group={} shard={}",
+      spdlog::warn("recovery_skipped_record reason=unknown_shard campaign={} group={} shard={}",
                    key.campaign, key.group, key.shard);
       return;
     }

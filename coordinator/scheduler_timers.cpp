@@ -64,7 +64,7 @@ void Scheduler::detach_campaign_metrics(Campaign& c) {
     }
     metrics_.benchmark_shard_gauges.erase(it);
   }
-  spdlog::info("campaign metrics removed campaign={} finished_at_ms={}", c.id, c.finished_at_ms);
+  spdlog::info("campaign_metrics_removed campaign={} finished_at_ms={}", c.id, c.finished_at_ms);
 }
 
 void Scheduler::forget_worker_metrics(const WorkerInfo& w) {
@@ -89,7 +89,7 @@ void Scheduler::tick() {
         w.last_sent = now;
       }
     } else if (w.leases.empty() && now - lost_at_[w.index] > options_.forget_lost_workers_after) {
-      spdlog::info("forgetting lost worker worker={}", w.name);
+      spdlog::info("worker_forgotten worker={}", w.name);
       forget_worker_metrics(w);
       worker_by_name_.erase(w.name);
       lost_at_.erase(w.index);

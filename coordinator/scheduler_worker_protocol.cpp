@@ -117,14 +117,14 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
       w->state = WorkerState::kDraining;
       // It takes no more work: it no longer counts for its campaign's fair share.
       set_last_model(*w, nullptr, 0);
-      spdlog::info("worker draining worker={} running={}", w->name, w->leases.size());
+      spdlog::info("worker_draining worker={} running={}", w->name, w->leases.size());
     } else {
       reject("unknown_worker");  // a drain changes only its own sender's state
       outgoing_.send(identity, protocol::ReHello{});
     }
   } else {
     metrics_.messages_malformed.Increment();
-    spdlog::warn("dropped message worker={} reason=\"{} is not a worker-to-coordinator message\"",
+    spdlog::warn("message_dropped worker={} reason=\"{} is not a worker-to-coordinator message\"",
                  identity, protocol::to_string(protocol::type_of(message)));
   }
 }
@@ -139,7 +139,7 @@ void Scheduler::apply_serve_status(WorkerInfo& w, protocol::ServeStatus status) 
       if (c == nullptr || c->spec.models[c->model_of(key.group)].name != server.model) continue;
       if (counted.insert(c->key).second) ++c->model_loads[server.model];
     }
-    spdlog::info("model loaded worker={} model={} campaigns={}", w.name, server.model,
+    spdlog::info("model_loaded worker={} model={} campaigns={}", w.name, server.model,
                  counted.size());
   }
   w.warm = std::move(warm);
@@ -156,7 +156,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   // byte-exact to route replies: a name that is not valid UTF-8 is refused, not rewritten.
   if (identity.empty() || !utf8::is_valid(identity)) {
     metrics_.messages_malformed.Increment();
-    spdlog::warn("hello refused routing_id={} reason=\"name is not valid UTF-8\"",
+    spdlog::warn("hello_refused routing_id={} reason=\"name is not valid UTF-8\"",
                  utf8::sanitize_bounded(identity, 64));
     return;
   }
@@ -164,7 +164,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   auto count_dropped = [&](const char* field, size_t count) {
     if (count == 0) return;
     metrics_.hello_items_dropped.Add({{"field", field}}).Increment(static_cast<double>(count));
-    spdlog::warn("hello items dropped worker={} field={} dropped={}", identity, field, count);
+    spdlog::warn("hello_items_dropped worker={} field={} dropped={}", identity, field, count);
   };
   if (hello.instance.size() > kMaxInstanceBytes || !utf8::is_valid(hello.instance)) {
     hello.instance = utf8::sanitize_bounded(hello.instance, kMaxInstanceBytes);
@@ -202,11 +202,11 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     hello.labels = std::move(kept);
   }
   if (hello.name != identity) {
-    spdlog::warn("hello name differs from routing id name={} routing_id={}; using the routing id",
+    spdlog::warn("hello_name_differs name={} routing_id={} note=\"using the routing id\"",
                  utf8::sanitize_bounded(hello.name, 256), identity);
   }
   if (hello.slots == 0) {
-    spdlog::warn("hello with 0 slots worker={}; treating it as 1", identity);
+    spdlog::warn("hello_zero_slots worker={} note=\"treating it as 1\"", identity);
     hello.slots = 1;
   }
   WorkerInfo* w = find_worker(identity);
@@ -254,8 +254,9 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
       // Only the worker that held the lease before our restart may reclaim it: attempt ids are
       // visible in the API, and another worker naming one must not take the shard over.
       reject("not_lease_holder");
-      spdlog::warn("reclaim of another worker's lease refused worker={} attempt_id={} holder={}",
-                   identity, id, o->second.worker);
+      spdlog::warn(
+          "lease_reclaim_refused reason=not_lease_holder worker={} attempt_id={} holder={}",
+          identity, id, o->second.worker);
       outgoing_.cancel(identity, id);
       continue;
     }
@@ -279,7 +280,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
             mark_gpus(*w, *placed, true);
             w->lease_gpus[id] = *placed;
           }
-          spdlog::info("lease reclaimed worker={} campaign={} attempt_id={}", w->name, c->id, id);
+          spdlog::info("lease_reclaimed worker={} campaign={} attempt_id={}", w->name, c->id, id);
           continue;
         }
       }
@@ -303,7 +304,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   outgoing_.send(identity,
                  protocol::Welcome{static_cast<uint32_t>(options_.heartbeat.count()),
                                    static_cast<uint32_t>(options_.worker_timeout.count()), epoch_});
-  spdlog::info("worker connected worker={} slots={} gpus={} running={} restarted={}", w->name,
+  spdlog::info("worker_connected worker={} slots={} gpus={} running={} restarted={}", w->name,
                w->slots, w->gpus.size(), w->leases.size(), restarted);
 }
 
@@ -319,7 +320,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
       r.shard >= c->groups[r.model * benchmarks + r.benchmark].shards.size()) {
     reject("unknown_shard");
     spdlog::warn(
-        "result rejected reason=unknown_shard worker={} campaign={} model={} benchmark={} "
+        "result_rejected reason=unknown_shard worker={} campaign={} model={} benchmark={} "
         "shard={} attempt_id={}",
         identity, r.campaign, r.model, r.benchmark, r.shard, r.attempt_id);
     // Nothing is stored; the ACK lets a worker drop a result no one can ever use.
@@ -333,7 +334,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
   const bool current_id = s.attempt_id == r.attempt_id && s.attempt_id != 0;
   auto refuse = [&](const char* reason) {
     reject(reason);
-    spdlog::warn("result rejected reason={} worker={} campaign={} shard={} attempt_id={} state={}",
+    spdlog::warn("result_rejected reason={} worker={} campaign={} shard={} attempt_id={} state={}",
                  reason, identity, c->id, r.shard, r.attempt_id, to_string(s.state));
   };
 
@@ -364,7 +365,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     }
     given_up_by_.erase(given_up);
     spdlog::info(
-        "late result of the latest attempt counted campaign={} shard={} attempt_id={} "
+        "late_result_counted campaign={} shard={} attempt_id={} "
         "worker={}",
         c->id, r.shard, r.attempt_id, identity);
     set_state(*c, gi, s, ShardState::kRunning);  // so the success path below sees a lease
@@ -431,7 +432,7 @@ void Scheduler::store_stale(Campaign& c, uint32_t group, uint32_t index,
   if (s.stale_records >= kMaxStaleRecordsPerShard) {
     reject("stale_not_stored");
     spdlog::info(
-        "stale result not stored campaign={} shard={} attempt_id={} worker={} reason=\"{} "
+        "stale_result_not_stored campaign={} shard={} attempt_id={} worker={} reason=\"{} "
         "stale records already stored for this shard\"",
         c.id, index, r.attempt_id, identity, kMaxStaleRecordsPerShard);
     return;
@@ -453,7 +454,7 @@ void Scheduler::store_stale(Campaign& c, uint32_t group, uint32_t index,
   }
   batch_.put_attempt(ShardKey{c.key, group, index}, r.attempt_id, rec);
   spdlog::info(
-      "stale result stored campaign={} shard={} attempt_id={} worker={} current_attempt_id={} "
+      "stale_result_stored campaign={} shard={} attempt_id={} worker={} current_attempt_id={} "
       "state={}",
       c.id, index, r.attempt_id, identity, s.attempt_id, to_string(s.state));
 }
@@ -464,7 +465,7 @@ void Scheduler::hand_back_orphans(const std::string& identity,
     auto o = orphans_.find(id);
     if (o == orphans_.end() || o->second.worker != identity) {
       reject("not_lease_holder");
-      spdlog::info("hand-back from unknown worker ignored worker={} attempt_id={}", identity, id);
+      spdlog::info("hand_back_ignored reason=unknown_worker worker={} attempt_id={}", identity, id);
       continue;
     }
     const ShardKey key = o->second.key;
@@ -496,8 +497,7 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
     auto lease = w.leases.find(id);
     if (lease == w.leases.end()) {
       reject("not_lease_holder");
-      spdlog::info("hand-back of an attempt the worker does not hold worker={} attempt_id={}",
-                   w.name, id);
+      spdlog::info("hand_back_ignored reason=not_lease_holder worker={} attempt_id={}", w.name, id);
       continue;
     }
     const ShardKey key = lease->second;
@@ -511,7 +511,7 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
 }
 
 void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
-  spdlog::warn("worker lost worker={} reason=\"{}\" leases={}", w.name, reason, w.leases.size());
+  spdlog::warn("worker_lost worker={} reason=\"{}\" leases={}", w.name, reason, w.leases.size());
   metrics_.workers_lost.Add({{"worker", w.name}}).Increment();
   w.state = WorkerState::kLost;
   lost_at_[w.index] = clock_.now();

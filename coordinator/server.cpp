@@ -71,13 +71,13 @@ int run_coordinator(const CoordinatorConfig& config) {
       config.worker_timeout.count(), config.retry_backoff.count(), config.max_body_bytes,
       config.max_message_bytes);
   if (auto refusal = protected_mode_refusal(config)) {
-    spdlog::error("startup refused (protected mode) error=\"{}\"", *refusal);
+    spdlog::error("startup_refused reason=protected_mode error=\"{}\"", *refusal);
     return 2;
   }
   if (config.insecure) {
     spdlog::warn(
-        "insecure mode: protected mode is off (--insecure); without --api-tokens anyone who "
-        "reaches http={} can submit, cancel and read every campaign",
+        "insecure_mode http={} note=\"protected mode is off (--insecure); without --api-tokens "
+        "anyone who reaches it can submit, cancel and read every campaign\"",
         config.http);
   }
   const size_t open_files = raise_open_file_limit();
@@ -85,15 +85,17 @@ int run_coordinator(const CoordinatorConfig& config) {
   if (!config.api_tokens_file.empty()) {
     auto loaded = TokenTable::load(config.api_tokens_file);
     if (!loaded.ok()) {
-      spdlog::error("startup failed error=\"{}\"", loaded.error().message);
+      spdlog::error("startup_failed error=\"{}\"", loaded.error().message);
       return 1;
     }
     tokens = std::make_shared<const TokenTable>(std::move(loaded.value()));
-    spdlog::info("api tokens loaded file={} tokens={}", config.api_tokens_file, tokens->size());
+    spdlog::info("api_tokens_loaded file={} tokens={}", config.api_tokens_file, tokens->size());
   } else {
-    spdlog::info("api authentication off (no --api-tokens); serving http={} only", config.http);
+    spdlog::info(
+        "api_authentication_off http={} note=\"no --api-tokens; serving this address only\"",
+        config.http);
   }
-  spdlog::info("open file limit={}", open_files);
+  spdlog::info("open_file_limit limit={}", open_files);
   try {
     SignalPipe signals;
     if (config.store_fault.kind != StoreFault::Kind::kNone) {
@@ -103,7 +105,7 @@ int run_coordinator(const CoordinatorConfig& config) {
     }
     auto opened = Store::open(config.data_dir, config.store_fault);
     if (!opened.ok()) {
-      spdlog::error("startup failed error=\"{}\"", opened.error().message);
+      spdlog::error("startup_failed error=\"{}\"", opened.error().message);
       return 1;
     }
     Store& store = *opened.value();
@@ -118,7 +120,7 @@ int run_coordinator(const CoordinatorConfig& config) {
                          .restart_grace = config.restart_grace,
                          .finished_campaign_metrics = config.finished_campaign_metrics});
     if (auto recovered = scheduler.recover(); !recovered.ok()) {
-      spdlog::error("recovery failed data_dir={} error=\"{}\"", config.data_dir,
+      spdlog::error("recovery_failed data_dir={} error=\"{}\"", config.data_dir,
                     recovered.error().message);
       return 1;
     }
@@ -128,13 +130,13 @@ int run_coordinator(const CoordinatorConfig& config) {
                        .max_spec_bytes = config.max_spec_bytes});
     if (config.curve) {
       auto public_key = curve_public_key(config.curve->secret_z85);
-      spdlog::info("worker socket uses CURVE public_key={} workers_allowed={}",
+      spdlog::info("worker_socket_curve public_key={} workers_allowed={}",
                    public_key.ok() ? public_key.value() : "?",
                    config.curve->worker_keys.name_by_key.size());
     } else if (!is_loopback_endpoint(config.bind)) {
       spdlog::warn(
-          "insecure: worker socket open to anyone who can reach it, without authentication or "
-          "encryption bind={} (add --curve-secret and --worker-keys)",
+          "worker_socket_insecure bind={} note=\"open to anyone who can reach it, without "
+          "authentication or encryption; add --curve-secret and --worker-keys\"",
           config.bind);
     }
     Core core(CoreOptions{.bind = config.bind,
@@ -182,21 +184,21 @@ int run_coordinator(const CoordinatorConfig& config) {
     spdlog::info("serving bind={} http={} data_dir={}", core.bound_endpoint(), http.local_address(),
                  config.data_dir);
     if (auto notified = sd_notify("READY=1\nSTATUS=serving"); !notified.ok()) {
-      spdlog::warn("sd_notify failed error=\"{}\"", notified.error().message);
+      spdlog::warn("sd_notify_failed error=\"{}\"", notified.error().message);
     }
     core.run(signals);
     if (auto notified = sd_notify("STOPPING=1"); !notified.ok()) {
-      spdlog::warn("sd_notify failed error=\"{}\"", notified.error().message);
+      spdlog::warn("sd_notify_failed error=\"{}\"", notified.error().message);
     }
     http.stop();
     if (auto flushed = store.flush(); !flushed.ok()) {
-      spdlog::error("shutdown flush failed error=\"{}\"", flushed.error().message);
+      spdlog::error("shutdown_flush_failed error=\"{}\"", flushed.error().message);
       return 1;
     }
-    spdlog::info("stopped cleanly");
+    spdlog::info("stopped_cleanly");
     return 0;
   } catch (const std::exception& e) {
-    spdlog::error("coordinator failed error=\"{}\"", e.what());
+    spdlog::error("coordinator_failed error=\"{}\"", e.what());
     return 1;
   }
 }

@@ -35,8 +35,8 @@ void count_auth_failure(Metrics& metrics, PeerLogLimit& log_limit, const std::st
   // Per reason too: one peer address (a NAT, a node running several workers) may be refused for
   // different reasons, and each deserves its line.
   if (log_limit.allow(reason + " " + peer, std::chrono::steady_clock::now())) {
-    spdlog::warn("worker refused reason={} peer={} {} (logged once per peer and minute)", reason,
-                 peer, detail);
+    spdlog::warn("worker_refused reason={} peer={} {} note=\"logged once per peer and minute\"",
+                 reason, peer, detail);
   }
 }
 
@@ -67,7 +67,7 @@ void ZapHandler::serve(const std::stop_token& stop) {
       if (e.num() == ETERM) return;
       // A REP socket that failed mid-exchange would refuse every later request; a handler that
       // stops answering makes every handshake fail, which is safe, and is logged.
-      spdlog::error("zap handler failed error=\"{}\"", e.what());
+      spdlog::error("zap_handler_failed error=\"{}\"", e.what());
       return;
     }
   }

@@ -7,7 +7,6 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
-#include <cmath>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -21,6 +20,7 @@
 #include "common/cli_options.hpp"
 #include "common/curve_keys.hpp"
 #include "common/http_client.hpp"
+#include "common/json_fields.hpp"
 #include "common/json_limits.hpp"
 #include "common/spec.hpp"
 #include "common/version.hpp"
@@ -282,22 +282,6 @@ Result<json> call(const Context& context, const std::string& method, const std::
   return std::move(parsed).value();
 }
 
-std::string string_field(const json& object, const char* key) {
-  const auto it = object.find(key);
-  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
-}
-
-std::optional<int64_t> integer_field(const json& object, const char* key) {
-  const auto it = object.find(key);
-  if (it == object.end()) return std::nullopt;
-  if (it->is_number_integer()) return it->get<int64_t>();
-  // A count sent as 3.0 is still a count; anything out of range is not.
-  if (!it->is_number_float()) return std::nullopt;
-  const double value = it->get<double>();
-  if (!std::isfinite(value) || std::fabs(value) > 9.0e15) return std::nullopt;
-  return static_cast<int64_t>(std::llround(value));
-}
-
 void print_json(const Context& context, const json& value) {
   context.out << value.dump(2) << "\n";
 }
@@ -335,7 +319,7 @@ int submit(const Context& context, const std::string& path) {
   if (context.json_output) {
     print_json(context, *reply);
   } else {
-    const std::string id = string_field(*reply, "id");
+    const std::string id = string_field(*reply, "id").value_or("");
     if (id.empty()) return fail(context, "unexpected answer to submit: no campaign id");
     context.out << id << "\n";
   }
@@ -386,7 +370,7 @@ int watch(const Context& context, const std::string& id, std::chrono::millisecon
     }
     auto parsed = parse_json_bounded(response->body);
     json campaign = parsed ? std::move(parsed).value() : json();
-    state = campaign.is_object() ? string_field(campaign, "state") : std::string();
+    state = campaign.is_object() ? string_field(campaign, "state").value_or("") : std::string();
     if (state.empty()) {
       end_line();
       return fail(context, "unexpected answer to GET " + target + ": no campaign state");

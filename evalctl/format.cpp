@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "common/json_fields.hpp"
 #include "common/json_limits.hpp"
 #include "common/utf8.hpp"
 
@@ -28,37 +29,13 @@ constexpr const char* kShardStates[] = {"succeeded", "failed", "running", "pendi
 
 // --- Safe access to untrusted JSON ---------------------------------------------------------
 
-const json* find(const json& object, const char* key) {
-  if (!object.is_object()) return nullptr;
-  const auto it = object.find(key);
-  return it == object.end() ? nullptr : &*it;
-}
-
-std::optional<double> number_at(const json& object, const char* key) {
-  const json* value = find(object, key);
-  if (value == nullptr || !value->is_number()) return std::nullopt;
-  return value->get<double>();
-}
-
-std::optional<int64_t> integer_at(const json& object, const char* key) {
-  const auto number = number_at(object, key);
-  if (!number || !std::isfinite(*number)) return std::nullopt;
-  return static_cast<int64_t>(std::llround(*number));
-}
-
 // Strings as they are, numbers as JSON writes them, anything else (null, missing) as `fallback`.
 std::string text_at(const json& object, const char* key, const std::string& fallback = "-") {
-  const json* value = find(object, key);
+  const json* value = find_field(object, key);
   if (value == nullptr) return fallback;
   if (value->is_string()) return value->get<std::string>();
   if (value->is_number() || value->is_boolean()) return value->dump();
   return fallback;
-}
-
-const json& array_at(const json& object, const char* key) {
-  static const json kEmpty = json::array();  // immutable; a stand-in for "no such array"
-  const json* value = find(object, key);
-  return value != nullptr && value->is_array() ? *value : kEmpty;
 }
 
 std::string integer_text(std::optional<int64_t> value, const std::string& fallback = "-") {
@@ -147,15 +124,16 @@ struct Counts {
 
 Counts counts_of(const json& campaign) {
   Counts counts;
-  const json* shards = find(campaign, "shards");
+  const json* shards = find_field(campaign, "shards");
   int64_t sum = 0;
   for (size_t i = 0; i < std::size(kShardStates); ++i) {
-    counts.per_state[i] = shards != nullptr ? integer_at(*shards, kShardStates[i]).value_or(0) : 0;
+    counts.per_state[i] =
+        shards != nullptr ? integer_field(*shards, kShardStates[i]).value_or(0) : 0;
     sum += counts.per_state[i];
   }
   counts.done = counts.per_state[0] + counts.per_state[1] + counts.per_state[4];
-  counts.total = integer_at(campaign, "total").value_or(sum);
-  const auto progress = number_at(campaign, "progress");
+  counts.total = integer_field(campaign, "total").value_or(sum);
+  const auto progress = number_field(campaign, "progress");
   if (progress) {
     counts.progress = *progress;
   } else if (counts.total > 0) {
@@ -177,11 +155,11 @@ std::string state_counts_text(const Counts& counts, bool skip_zero_cancelled) {
 }
 
 std::optional<double> eta_of(const json& campaign) {
-  return number_at(campaign, "eta_s");
+  return number_field(campaign, "eta_s");
 }
 
 std::optional<std::string> unschedulable_of(const json& campaign) {
-  const json* reason = find(campaign, "unschedulable");
+  const json* reason = find_field(campaign, "unschedulable");
   if (reason == nullptr || reason->is_null()) return std::nullopt;
   if (reason->is_string()) {
     if (reason->get<std::string>().empty()) return std::nullopt;
@@ -213,14 +191,14 @@ struct LeaderboardRow {
 };
 
 std::optional<double> finite_number_at(const json& object, const char* key) {
-  const json* value = find(object, key);
+  const json* value = find_field(object, key);
   if (value == nullptr || !value->is_number()) return std::nullopt;
   const double v = value->get<double>();
   return std::isfinite(v) ? std::optional(v) : std::nullopt;
 }
 
 std::optional<std::array<int64_t, 2>> rank_interval_at(const json& model) {
-  const json* value = find(model, "rank_interval");
+  const json* value = find_field(model, "rank_interval");
   if (value == nullptr || !value->is_array() || value->size() != 2) return std::nullopt;
   if (!(*value)[0].is_number_integer() || !(*value)[1].is_number_integer()) return std::nullopt;
   return std::array<int64_t, 2>{(*value)[0].get<int64_t>(), (*value)[1].get<int64_t>()};
@@ -228,7 +206,7 @@ std::optional<std::array<int64_t, 2>> rank_interval_at(const json& model) {
 
 Cell cell_at(const json& object, const char* key) {
   Cell cell;
-  const json* value = find(object, key);
+  const json* value = find_field(object, key);
   if (value != nullptr && value->is_number()) {
     cell.value = value->get<double>();
     cell.raw = value->dump();
@@ -238,7 +216,7 @@ Cell cell_at(const json& object, const char* key) {
 
 std::vector<std::string> benchmarks_of(const json& results) {
   std::vector<std::string> names;
-  for (const auto& name : array_at(results, "benchmarks")) {
+  for (const auto& name : array_field(results, "benchmarks")) {
     names.push_back(name.is_string() ? name.get<std::string>() : name.dump());
   }
   return names;
@@ -247,22 +225,22 @@ std::vector<std::string> benchmarks_of(const json& results) {
 std::vector<LeaderboardRow> leaderboard_rows(const json& results,
                                              const std::vector<std::string>& benchmarks) {
   std::vector<LeaderboardRow> rows;
-  for (const auto& model : array_at(results, "models")) {
+  for (const auto& model : array_field(results, "models")) {
     LeaderboardRow row;
-    row.rank = integer_at(model, "rank");
+    row.rank = integer_field(model, "rank");
     row.model = text_at(model, "name");
     row.average = cell_at(model, "average");
     row.average.stderr_value = finite_number_at(model, "average_stderr");
-    row.firsts = integer_at(model, "firsts");
+    row.firsts = integer_field(model, "firsts");
     row.rank_interval = rank_interval_at(model);
-    const json* scores = find(model, "scores");
+    const json* scores = find_field(model, "scores");
     for (const auto& benchmark : benchmarks) {
       Cell cell;
-      const json* score = scores != nullptr ? find(*scores, benchmark.c_str()) : nullptr;
+      const json* score = scores != nullptr ? find_field(*scores, benchmark) : nullptr;
       if (score != nullptr) {
         cell = cell_at(*score, "value");
         cell.stderr_value = finite_number_at(*score, "stderr");
-        const json* complete = find(*score, "complete");
+        const json* complete = find_field(*score, "complete");
         cell.incomplete =
             cell.value && complete != nullptr && complete->is_boolean() && !complete->get<bool>();
       }
@@ -415,7 +393,7 @@ std::string results_markdown(const json& results) {
 // --- Workers -------------------------------------------------------------------------------
 
 std::string gpus_text(const json& worker) {
-  const json* gpus = find(worker, "gpus");
+  const json* gpus = find_field(worker, "gpus");
   if (gpus == nullptr || gpus->is_null()) return "-";
   if (gpus->is_string()) return gpus->get<std::string>().empty() ? "-" : gpus->get<std::string>();
   if (!gpus->is_array() || gpus->empty()) return "-";
@@ -430,13 +408,13 @@ std::string gpus_text(const json& worker) {
   }
   // Worker GPUs are usually one model; name it once.
   const json& first = gpus->front();
-  if (first.is_object() && find(first, "name") != nullptr)
+  if (first.is_object() && find_field(first, "name") != nullptr)
     text += " (" + text_at(first, "name") + ")";
   return text;
 }
 
 std::string labels_text(const json& worker) {
-  const json* labels = find(worker, "labels");
+  const json* labels = find_field(worker, "labels");
   if (labels == nullptr || !labels->is_object() || labels->empty()) return "-";
   std::string text;
   for (const auto& [key, value] : labels->items()) {
@@ -448,10 +426,10 @@ std::string labels_text(const json& worker) {
 
 // `running` is the number of running shards, or the list of them.
 int64_t running_of(const json& worker) {
-  const json* running = find(worker, "running");
+  const json* running = find_field(worker, "running");
   if (running == nullptr) return 0;
   if (running->is_array()) return static_cast<int64_t>(running->size());
-  return integer_at(worker, "running").value_or(0);
+  return integer_field(worker, "running").value_or(0);
 }
 
 }  // namespace
@@ -605,7 +583,7 @@ std::string format_campaign(const json& campaign) {
 }
 
 std::string format_campaigns(const json& campaigns) {
-  const json& list = array_at(campaigns, "campaigns");
+  const json& list = array_field(campaigns, "campaigns");
   if (list.empty()) return "no campaigns\n";
   bool any_note = false;
   for (const auto& campaign : list) any_note = any_note || unschedulable_of(campaign).has_value();
@@ -663,56 +641,57 @@ std::string history_text(const json& shard) {
 }  // namespace
 
 std::string format_shards(const json& shards) {
-  const json& list = array_at(shards, "shards");
+  const json& list = array_field(shards, "shards");
   if (list.empty()) return "no shards\n";
   Table table;
   table.headers = {"model",    "benchmark", "index",  "range",      "state",
                    "attempts", "earlier",   "worker", "duration_s", "last_error"};
   table.right_align = {false, false, true, true, false, true, false, false, true, false};
   for (const auto& shard : list) {
-    const auto duration = number_at(shard, "duration_s");
+    const auto duration = number_field(shard, "duration_s");
     const std::string worker = text_at(shard, "worker");
-    table.rows.push_back(
-        {text_at(shard, "model"), text_at(shard, "benchmark"),
-         integer_text(integer_at(shard, "index")),
-         integer_text(integer_at(shard, "start")) + "-" + integer_text(integer_at(shard, "end")),
-         text_at(shard, "state"), integer_text(integer_at(shard, "attempts")), history_text(shard),
-         worker.empty() ? "-" : worker, duration ? fixed(*duration, 1) : "-",
-         one_line(text_at(shard, "last_error", ""), kErrorCellChars)});
+    table.rows.push_back({text_at(shard, "model"), text_at(shard, "benchmark"),
+                          integer_text(integer_field(shard, "index")),
+                          integer_text(integer_field(shard, "start")) + "-" +
+                              integer_text(integer_field(shard, "end")),
+                          text_at(shard, "state"), integer_text(integer_field(shard, "attempts")),
+                          history_text(shard), worker.empty() ? "-" : worker,
+                          duration ? fixed(*duration, 1) : "-",
+                          one_line(text_at(shard, "last_error", ""), kErrorCellChars)});
   }
   return render_table(table);
 }
 
 std::string format_workers(const json& workers) {
-  const json& list = array_at(workers, "workers");
+  const json& list = array_field(workers, "workers");
   if (list.empty()) return "no workers\n";
   Table table;
   table.headers = {"name", "state", "slots", "gpus", "labels", "heartbeat", "shards"};
   table.right_align = {false, false, true, false, false, true, true};
   for (const auto& worker : list) {
     const int64_t running = running_of(worker);
-    const auto heartbeat = number_at(worker, "last_heartbeat_s");
-    table.rows.push_back({text_at(worker, "name"), text_at(worker, "state"),
-                          std::to_string(running) + "/" + integer_text(integer_at(worker, "slots")),
-                          gpus_text(worker), labels_text(worker),
-                          heartbeat ? fixed(*heartbeat, 1) + "s ago" : "-",
-                          std::to_string(running)});
+    const auto heartbeat = number_field(worker, "last_heartbeat_s");
+    table.rows.push_back(
+        {text_at(worker, "name"), text_at(worker, "state"),
+         std::to_string(running) + "/" + integer_text(integer_field(worker, "slots")),
+         gpus_text(worker), labels_text(worker), heartbeat ? fixed(*heartbeat, 1) + "s ago" : "-",
+         std::to_string(running)});
   }
   return render_table(table);
 }
 
 std::string format_audit(const json& audit) {
-  const json& list = array_at(audit, "events");
+  const json& list = array_field(audit, "events");
   if (list.empty()) return "no audit events\n";
   Table table;
   table.headers = {"seq", "at", "who", "action", "campaign", "detail"};
   table.right_align = {true, false, false, false, false, false};
   for (const auto& event : list) {
-    const json* principal = find(event, "principal");
+    const json* principal = find_field(event, "principal");
     const std::string who = principal != nullptr && principal->is_string()
                                 ? principal->get<std::string>()
                                 : "(" + text_at(event, "address") + ")";
-    table.rows.push_back({integer_text(integer_at(event, "seq")), text_at(event, "at"), who,
+    table.rows.push_back({integer_text(integer_field(event, "seq")), text_at(event, "at"), who,
                           text_at(event, "action"), text_at(event, "campaign"),
                           one_line(text_at(event, "detail", ""), kErrorBodyChars)});
   }
@@ -733,7 +712,7 @@ std::string format_watch_line(const json& campaign) {
 
 std::string http_error_message(int status, std::string_view body) {
   const auto parsed = parse_json_bounded(body);
-  const json* error = parsed ? find(*parsed, "error") : nullptr;
+  const json* error = parsed ? find_field(*parsed, "error") : nullptr;
   std::string message;
   if (error != nullptr && error->is_string()) {
     message = error->get<std::string>();
@@ -753,8 +732,8 @@ std::string http_error_message(int status, std::string_view body) {
 }
 
 bool watch_counts_changed(const json& before, const json& after) {
-  const json* before_shards = find(before, "shards");
-  const json* after_shards = find(after, "shards");
+  const json* before_shards = find_field(before, "shards");
+  const json* after_shards = find_field(after, "shards");
   const bool shards_differ = (before_shards == nullptr) != (after_shards == nullptr) ||
                              (before_shards != nullptr && *before_shards != *after_shards);
   return shards_differ || text_at(before, "state") != text_at(after, "state") ||

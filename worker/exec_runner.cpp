@@ -391,7 +391,7 @@ class ExecRunner::Impl {
     auto child = ChildProcess::start(
         io_, std::move(job.process),
         [this, attempt_id](ProcessOutcome outcome) { finish(attempt_id, std::move(outcome)); });
-    spdlog::debug("exec_started attempt={} pid={} dir={}", attempt_id, child.pid(),
+    spdlog::debug("exec_started attempt_id={} pid={} dir={}", attempt_id, child.pid(),
                   run_dir.string());
     running_.insert_or_assign(attempt_id, Attempt{std::move(child), std::move(job.identity),
                                                   job.timeout_s, run_dir, started, false});
@@ -406,7 +406,7 @@ class ExecRunner::Impl {
     std::error_code ec;
     std::filesystem::remove_all(attempt.run_dir, ec);
     if (ec) {
-      spdlog::warn("run_dir_not_removed attempt={} dir={} error=\"{}\"", attempt_id,
+      spdlog::warn("run_dir_not_removed attempt_id={} dir={} error=\"{}\"", attempt_id,
                    attempt.run_dir.string(), ec.message());
     }
     if (attempt.cancelled) {
@@ -418,11 +418,11 @@ class ExecRunner::Impl {
           outcome.signal == 0 && outcome.exit_code == 0 &&
           (outcome.end == ProcessEnd::kKilled || outcome.end == ProcessEnd::kExited);
       if (!ended_first) {
-        spdlog::info("exec_cancelled attempt={} pid={}", attempt_id, outcome.pid);
+        spdlog::info("exec_cancelled attempt_id={} pid={}", attempt_id, outcome.pid);
         return;
       }
       outcome.end = ProcessEnd::kExited;
-      spdlog::info("exec_finished_before_cancel attempt={} pid={}", attempt_id, outcome.pid);
+      spdlog::info("exec_finished_before_cancel attempt_id={} pid={}", attempt_id, outcome.pid);
     }
     auto result = make_result(std::move(attempt.identity), outcome, attempt.timeout_s);
     const auto elapsed =
@@ -430,10 +430,10 @@ class ExecRunner::Impl {
     result.duration_ms = static_cast<uint32_t>(
         std::clamp<int64_t>(elapsed.count(), 0, std::numeric_limits<uint32_t>::max()));
     if (result.ok) {
-      spdlog::info("exec_finished attempt={} pid={} ok=true count={} duration_ms={}", attempt_id,
+      spdlog::info("exec_finished attempt_id={} pid={} ok=true count={} duration_ms={}", attempt_id,
                    outcome.pid, result.count, result.duration_ms);
     } else {
-      spdlog::warn("exec_finished attempt={} pid={} ok=false duration_ms={} error=\"{}\"",
+      spdlog::warn("exec_finished attempt_id={} pid={} ok=false duration_ms={} error=\"{}\"",
                    attempt_id, outcome.pid, result.duration_ms, one_line(result.error, 300));
     }
     publish(std::move(result));

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   }
   SignalPipe signals;  // before GPU discovery, which can take seconds: a SIGTERM then still drains
   config->gpus = worker::resolve_gpus(config->gpu_selection);
-  spdlog::debug("config {}", worker::to_json(*config).dump());
+  spdlog::debug("config config={}", worker::to_json(*config).dump());
 
   SystemClock clock;
   const std::string coordinator = config->coordinator;

@@ -127,8 +127,8 @@ Status Outbox::write(const std::vector<const protocol::ShardResult*>& results) {
 void Outbox::remove(uint64_t attempt_id) {
   const auto path = path_of(attempt_id);
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    spdlog::warn("outbox_remove_failed attempt={} path={} error=\"{}\"", attempt_id, path.string(),
-                 errno_text());
+    spdlog::warn("outbox_remove_failed attempt_id={} path={} error=\"{}\"", attempt_id,
+                 path.string(), errno_text());
   }
 }
 

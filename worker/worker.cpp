@@ -534,7 +534,7 @@ void Worker::on_assign(const protocol::Assign& assign) {
   for (const auto& a : assign.assignments) {
     ++stats_.assigned;
     if (running_.count(a.attempt_id) > 0) {
-      spdlog::warn("assign_duplicate attempt={} state=running", a.attempt_id);
+      spdlog::warn("assign_duplicate attempt_id={} state=running", a.attempt_id);
       continue;
     }
     if (const auto held = unacked_.find(a.attempt_id); held != unacked_.end()) {
@@ -550,7 +550,7 @@ void Worker::on_assign(const protocol::Assign& assign) {
     }
     const auto campaign = campaigns_.find(a.campaign);
     if (campaign == campaigns_.end()) {
-      spdlog::warn("assign_unknown_campaign attempt={} campaign={}", a.attempt_id, a.campaign);
+      spdlog::warn("assign_unknown_campaign attempt_id={} campaign={}", a.attempt_id, a.campaign);
       fail(a, "worker has no spec for campaign " + std::to_string(a.campaign));
       continue;
     }
@@ -587,13 +587,13 @@ void Worker::on_assign(const protocol::Assign& assign) {
                            : config_.exec_policy.check(
                                  substitute_placeholders(spec.runner.command.front(), request))) {
       metrics_.count_exec_refused(refused->reason);
-      spdlog::warn("exec_refused attempt={} campaign={} reason={} error=\"{}\"", a.attempt_id,
+      spdlog::warn("exec_refused attempt_id={} campaign={} reason={} error=\"{}\"", a.attempt_id,
                    campaign->second.id, to_string(refused->reason), refused->message);
       fail(a, "worker " + config_.name + " refuses to run " + refused->message);
       continue;
     }
     spdlog::info(
-        "shard_assigned attempt={} campaign={} runner={} model={} benchmark={} shard={} gpus={}",
+        "shard_assigned attempt_id={} campaign={} runner={} model={} benchmark={} shard={} gpus={}",
         a.attempt_id, campaign->second.id, to_string(spec.runner.type), model.name,
         spec.benchmarks[a.benchmark].name, a.shard, a.gpus.size());
     running_.emplace(a.attempt_id, a);
@@ -633,12 +633,12 @@ void Worker::on_ack(const protocol::Ack& ack) {
 void Worker::on_cancel(const protocol::Cancel& cancel) {
   for (const uint64_t attempt_id : cancel.attempt_ids) {
     if (running_.erase(attempt_id) == 0) {
-      spdlog::debug("cancel_ignored attempt={} reason=\"not running here\"", attempt_id);
+      spdlog::debug("cancel_ignored attempt_id={} reason=\"not running here\"", attempt_id);
       continue;
     }
     stop_attempt(attempt_id);
     ++stats_.cancelled;
-    spdlog::info("cancel attempt={}", attempt_id);
+    spdlog::info("cancel attempt_id={}", attempt_id);
   }
 }
 
@@ -652,7 +652,7 @@ void Worker::collect_exec_results() {
       // goes to the coordinator, which records it as a stale attempt and counts nothing twice,
       // rather than vanishing from the shard's history.
       if (!result.ok) continue;
-      spdlog::info("late_result_after_cancel attempt={}", result.attempt_id);
+      spdlog::info("late_result_after_cancel attempt_id={}", result.attempt_id);
     }
     fit_in_frame(result);
     outgoing_.push_back(Outgoing{std::move(result), true});
@@ -664,7 +664,7 @@ void Worker::collect_openai_results() {
     model_servers_->release(result.attempt_id);
     if (running_.erase(result.attempt_id) == 0) continue;
     if (!result.ok) {
-      spdlog::warn("openai_shard_failed attempt={} error=\"{}\"", result.attempt_id, result.error);
+      spdlog::warn("openai_shard_failed attempt_id={} error=\"{}\"", result.attempt_id, result.error);
     }
     fit_in_frame(result);
     // Through the outbox like exec results: a shard of requests is worth keeping.
@@ -849,7 +849,7 @@ bool Worker::drain_done() {
 
 void Worker::kill_running(const std::string& reason) {
   for (const auto& [attempt_id, assignment] : running_) {
-    spdlog::warn("exec_killed attempt={} reason=\"{}\"", attempt_id, reason);
+    spdlog::warn("exec_killed attempt_id={} reason=\"{}\"", attempt_id, reason);
     stop_attempt(attempt_id);
     outgoing_.push_back(Outgoing{failed_result(assignment, reason), true});
   }
@@ -863,7 +863,7 @@ void Worker::kill_running(const std::string& reason) {
 void Worker::hand_back_running() {
   protocol::HandBack hand_back;
   for (const auto& [attempt_id, assignment] : running_) {
-    spdlog::warn("exec_killed attempt={} reason=\"drain timeout of {} ms expired; handed back\"",
+    spdlog::warn("exec_killed attempt_id={} reason=\"drain timeout of {} ms expired; handed back\"",
                  attempt_id, config_.drain_timeout.count());
     stop_attempt(attempt_id);
     hand_back.attempt_ids.push_back(attempt_id);

@@ -2,7 +2,7 @@
 //  - a worker told to stop sends DRAIN, takes no new shards, finishes what it runs (within
 //    --drain-timeout-ms) and exits 0; a shard that outlives the drain timeout is killed and runs
 //    again on another worker;
-//  - the coordinator exits 0 with "stopped cleanly", and a restart on the same data dir shows
+//  - the coordinator exits 0 with "stopped_cleanly", and a restart on the same data dir shows
 //    every acknowledged campaign in the state it had.
 // The runner's trace files (`trace_dir` in evald-test-runner) tell the test when a shard is
 // mid-run, so no step waits on a fixed sleep.
@@ -219,7 +219,7 @@ TEST_CASE("graceful stop: a coordinator stopped by SIGTERM keeps every acknowled
   const std::map<std::string, std::string> expected = {
       {succeeded, "succeeded"}, {failed, "failed"}, {cancelled, "cancelled"}, {hanging, "running"}};
   CHECK(cluster.coordinator().terminate() == 0);
-  CHECK_THAT(read_file(cluster.log_dir() / "coordinator.log"), Catch::Contains("stopped cleanly"));
+  CHECK_THAT(read_file(cluster.log_dir() / "coordinator.log"), Catch::Contains("stopped_cleanly"));
 
   cluster.coordinator().restart();
   const auto campaigns = api.get("/v1/campaigns").at("campaigns");

@@ -313,7 +313,8 @@ TEST_CASE("api startup: protected mode, --insecure and a malformed token file",
   ChildProcess insecure(std::move(process));
   REQUIRE(insecure.read_line(10s).has_value());
   CHECK(insecure.terminate() == 0);
-  CHECK(file_tail(dir.path() / "insecure.log", 100000).find("insecure mode") != std::string::npos);
+  CHECK(file_tail(dir.path() / "insecure.log", 100000).find("insecure_mode http=") !=
+        std::string::npos);
 }
 
 // A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with the

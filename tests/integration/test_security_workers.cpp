@@ -152,7 +152,7 @@ TEST_CASE("security: with CURVE an allowed worker completes a campaign exactly",
   check_all_shards_succeeded(api, id, total_shards(kModels, kBenchmarks));
   CHECK(series(api, "evald_worker_auth_failures_total", "") == 0);
   const auto coordinator_log = read_text(cluster.log_dir() / "coordinator.log");
-  CHECK(coordinator_log.find("worker socket uses CURVE") != std::string::npos);
+  CHECK(coordinator_log.find("worker_socket_curve public_key=") != std::string::npos);
 }
 
 TEST_CASE("security: a worker whose key is not allowed never gets work",
