@@ -552,7 +552,7 @@ Result<RunnerSpec> parse_runner(const json& spec) {
   if (out.type == RunnerType::kOpenAi) {
     const json* concurrency = find_field(*runner, "max_concurrency");
     if (concurrency != nullptr) {
-      const auto n = read_integer(*concurrency);
+      const auto n = integer_value(*concurrency);
       if (!n || *n < 1 || *n > kMaxRunnerConcurrency) {
         return field_error("runner.max_concurrency",
                            fmt::format("must be an integer from 1 to {}", kMaxRunnerConcurrency));
@@ -561,7 +561,7 @@ Result<RunnerSpec> parse_runner(const json& spec) {
     }
     const json* retries = find_field(*runner, "max_retries");
     if (retries != nullptr) {
-      const auto n = read_integer(*retries);
+      const auto n = integer_value(*retries);
       if (!n || *n < 0 || *n > kMaxRunnerRetries) {
         return field_error("runner.max_retries",
                            fmt::format("must be an integer from 0 to {}", kMaxRunnerRetries));
@@ -620,7 +620,7 @@ std::optional<Error> check_openai_params(const json& params, const std::string& 
     return field_error(field("format"), R"(must be "generate" or "multiple_choice")");
   }
   if (const json* max_tokens = find_field(params, "max_tokens")) {
-    const auto n = read_integer(*max_tokens);
+    const auto n = integer_value(*max_tokens);
     if (!n || *n < 1 || *n > kMaxGenerateTokens) {
       return field_error(field("max_tokens"),
                          fmt::format("must be an integer from 1 to {}", kMaxGenerateTokens));

@@ -515,7 +515,7 @@ std::string format_compare(const json& compare) {
   std::string out = "compare " + text_at(compare, "a") + " (a) with " + text_at(compare, "b") +
                     " (b) in " + text_at(compare, "campaign") +
                     ", paired on examples both scored\n";
-  const json& list = array_at(compare, "benchmarks");
+  const json& list = array_field(compare, "benchmarks");
   if (list.empty()) return out + "no benchmarks\n";
   Table table;
   table.headers = {"benchmark", "n", "diff a-b", "stderr", "ci95", "test", "p", "p_holm"};
@@ -533,13 +533,13 @@ std::string format_compare(const json& compare) {
   };
   for (const auto& item : list) {
     std::string ci = "-";
-    if (const json* interval = find(item, "ci95");
+    if (const json* interval = find_field(item, "ci95");
         interval != nullptr && interval->is_array() && interval->size() == 2 &&
         (*interval)[0].is_number() && (*interval)[1].is_number()) {
       ci = "[" + fixed((*interval)[0].get<double>(), 4) + ", " +
            fixed((*interval)[1].get<double>(), 4) + "]";
     }
-    table.rows.push_back({text_at(item, "benchmark"), integer_text(integer_at(item, "n")),
+    table.rows.push_back({text_at(item, "benchmark"), integer_text(integer_field(item, "n")),
                           number(item, "diff", 4), number(item, "stderr", 4), ci,
                           text_at(item, "test"), p_text(item, "p_value"),
                           p_text(item, "p_adjusted")});
@@ -564,14 +564,15 @@ std::string format_campaign(const json& campaign) {
     table.rows.push_back({"unschedulable", *reason});
   // Served models: how many times each model's server was loaded, and where a model is not
   // placed for now (its server failed to start there again and again).
-  if (const json* loads = find(campaign, "model_loads"); loads != nullptr && loads->is_object()) {
+  if (const json* loads = find_field(campaign, "model_loads");
+      loads != nullptr && loads->is_object()) {
     std::string text;
     for (const auto& [model, count] : loads->items()) {
       text += (text.empty() ? "" : ", ") + model + " " + count.dump();
     }
     if (!text.empty()) table.rows.push_back({"model loads", text});
   }
-  if (const json* held = find(campaign, "not_placed"); held != nullptr && held->is_array()) {
+  if (const json* held = find_field(campaign, "not_placed"); held != nullptr && held->is_array()) {
     for (const auto& item : *held) {
       if (!item.is_object()) continue;
       table.rows.push_back({"not placed", text_at(item, "model") + " on " +

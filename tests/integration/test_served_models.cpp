@@ -336,7 +336,7 @@ TEST_CASE("served: 429 bursts are ridden out, honouring Retry-After", "[integrat
   CHECK(shards[0].at("attempts") == 1);
 }
 
-TEST_CASE("served: a worker killed with SIGKILL leaves no server; drain stops servers",
+TEST_CASE("served: a worker killed with SIGKILL leaves no server, drain stops servers",
           "[integration][served]") {
   ClusterOptions options;
   options.workers = 1;

@@ -7,7 +7,7 @@
 
 using namespace evald::protocol;
 
-TEST_CASE("protocol: HELLO carries warm servers; a heartbeat may carry a serve status") {
+TEST_CASE("protocol: HELLO carries warm servers, a heartbeat may carry a serve status") {
   Hello hello;
   hello.name = "w1";
   hello.slots = 4;

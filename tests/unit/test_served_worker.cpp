@@ -87,7 +87,7 @@ evald::ServeSpec spec_with(std::vector<std::string> extra, double keep_warm_s = 
 
 }  // namespace
 
-TEST_CASE("ModelServers: one warm server is shared; a crash fails its users with stderr") {
+TEST_CASE("ModelServers: one warm server is shared, a crash fails its users with stderr") {
   evald::testing::TempDir dir("evald-servers");
   evald::SystemClock clock;
   ModelServers servers(ModelServersOptions{dir.path(), 2000ms, 50ms}, clock, nullptr);
