@@ -1,6 +1,7 @@
 #include "evalctl/bundle.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
