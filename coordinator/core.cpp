@@ -236,25 +236,21 @@ void Core::reject_unbound(const std::string& connection, const zmq::message_t& f
   }
 }
 
-void Core::commit_and_send(std::vector<PendingHttp>& reads,
+void Core::commit_and_send(TurnKind kind, std::vector<PendingHttp>& reads,
                            std::vector<std::pair<HttpRespond, HttpResponse>>& answers) {
-  scheduler_.stage_dirty_cells();
-  auto& batch = scheduler_.batch();
-  if (!batch.empty()) {
-    const auto keys = batch.size();
-    auto status = store_.commit(batch);
-    if (!status.ok()) {
-      spdlog::critical("store commit failed; stopping without acknowledging anything error=\"{}\"",
-                       status.error().message);
-      throw std::runtime_error(status.error().message);
-    }
-    metrics_.store_commits.Increment();
-    metrics_.store_keys_written.Increment(static_cast<double>(keys));
-    metrics_.store_commit_latency.Observe(
-        std::chrono::duration<double>(store_.last_commit_latency()).count());
+  auto send = [this](const std::string& name, const protocol::Message& m) { send_to(name, m); };
+  auto committed = kind == TurnKind::kFull ? scheduler_.run_turn(send) : scheduler_.end_turn(send);
+  if (!committed.ok()) {
+    spdlog::critical("store commit failed; stopping without acknowledging anything error=\"{}\"",
+                     committed.error().message);
+    throw std::runtime_error(committed.error().message);
   }
-  scheduler_.outgoing().drain(
-      [this](const std::string& name, const protocol::Message& m) { send_to(name, m); });
+  if (committed.value().keys > 0) {
+    metrics_.store_commits.Increment();
+    metrics_.store_keys_written.Increment(static_cast<double>(committed.value().keys));
+    metrics_.store_commit_latency.Observe(
+        std::chrono::duration<double>(committed.value().latency).count());
+  }
   for (auto& [respond, response] : answers) respond(std::move(response));
   answers.clear();
   for (auto& read : reads) read.respond(api_.handle(read.request));
@@ -306,9 +302,7 @@ void Core::run(const SignalPipe& signals) {
         reads.push_back(std::move(p));
       }
     }
-    scheduler_.tick();
-    scheduler_.dispatch();
-    commit_and_send(reads, answers);
+    commit_and_send(TurnKind::kFull, reads, answers);
     const double turn =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - turn_start).count();
     longest_turn = std::max(longest_turn, turn);
@@ -329,7 +323,7 @@ void Core::run(const SignalPipe& signals) {
   for (auto& p : http) {
     p.respond(HttpResponse{503, "application/json", R"({"error":"coordinator is shutting down"})"});
   }
-  commit_and_send(reads, answers);
+  commit_and_send(TurnKind::kCommitOnly, reads, answers);
 }
 
 }  // namespace evald::coordinator

@@ -71,7 +71,10 @@ class Core {
     HttpRespond respond;
   };
   void read_messages();
-  void commit_and_send(std::vector<PendingHttp>& reads,
+  // Ends a turn: the scheduler's turn (Scheduler::run_turn, or only its commit and sends for
+  // `kCommitOnly` on the way out), then the HTTP answers, which follow the commit.
+  enum class TurnKind { kFull, kCommitOnly };
+  void commit_and_send(TurnKind kind, std::vector<PendingHttp>& reads,
                        std::vector<std::pair<HttpRespond, HttpResponse>>& answers);
   // Decodes and applies one message from `connection` (its frames after the routing id).
   void on_frames(const std::string& connection, std::vector<zmq::message_t>& frames);

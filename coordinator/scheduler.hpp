@@ -6,7 +6,8 @@
 // sends the messages and answers HTTP. So nobody is ever told about a state change that a crash
 // could take back.
 //
-// Invariants (after every operation):
+// Invariants (after every operation; check_invariants() verifies them, after every turn in debug
+// builds and in the scheduler unit tests):
 //  * A shard is `running` iff exactly one lease (attempt id) for it exists, held by a worker or,
 //    right after a restart, by the orphan table until its worker reclaims it or the grace expires.
 //  * A result counts only if its attempt id is the shard's current lease AND it comes from the
@@ -39,6 +40,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "common/aggregation.hpp"
@@ -242,6 +244,20 @@ struct WorkerInfo {
   }
 };
 
+// Debug builds check the invariants after every turn (Scheduler::end_turn); release builds leave
+// that to the tests, since the check walks every shard.
+#ifdef NDEBUG
+inline constexpr bool kCheckInvariantsEveryTurn = false;
+#else
+inline constexpr bool kCheckInvariantsEveryTurn = true;
+#endif
+
+// What the commit of one turn wrote, for the core's store metrics.
+struct TurnCommit {
+  size_t keys = 0;  // keys written; 0 when the batch was empty and nothing was committed
+  std::chrono::microseconds latency{0};
+};
+
 struct Submitter {
   std::optional<std::string> name;
   std::string address;
@@ -269,13 +285,43 @@ class Scheduler {
   Result<int64_t> cancel(const std::string& campaign_id);
   // Liveness, heartbeats, orphan and backoff expiry, gauges. Cheap; call every turn.
   void tick();
-  // Hands ready shards to workers with free slots.
+  // Hands ready shards to workers with free slots, by the rules of docs/scheduling.md ("Order"),
+  // one named function each in scheduler_dispatch.cpp.
   void dispatch();
 
   Store::Batch& batch() { return batch_; }
   Outgoing& outgoing() { return outgoing_; }
-  // Stages the aggregate cells changed this turn; call right before committing.
-  void stage_dirty_cells();
+
+  // --- the turn: the one sequence the core, the unit tests and the makespan simulator run ---
+  // tick(), dispatch(), then end_turn(). Operations (messages, API calls) go before it.
+  template <typename Send>
+  Result<TurnCommit> run_turn(Send&& send_one) {
+    tick();
+    dispatch();
+    return end_turn(std::forward<Send>(send_one));
+  }
+  // Stages the aggregate cells changed this turn, commits the batch with one fsync (nothing when
+  // it is empty), and only then hands every outgoing message to send_one(identity, message).
+  // When the commit fails nothing is sent and the error is returned: memory is then ahead of the
+  // store, so the caller must stop without acknowledging anything of this turn.
+  template <typename Send>
+  Result<TurnCommit> end_turn(Send&& send_one) {
+    stage_dirty_cells();
+    TurnCommit done;
+    if (!batch_.empty()) {
+      done.keys = batch_.size();
+      if (auto s = store_.commit(batch_); !s.ok()) return s.error();
+      done.latency = store_.last_commit_latency();
+    }
+    outgoing_.drain(std::forward<Send>(send_one));
+    if constexpr (kCheckInvariantsEveryTurn) check_invariants();
+    return done;
+  }
+
+  // Verifies the invariants listed at the top of this file (and the counters kept alongside
+  // them); throws std::logic_error naming the first broken one. O(shards + leases): run after
+  // turns in debug builds and tests, not in release builds.
+  void check_invariants() const;
 
   // --- read access for the API (core thread) ---
   const Campaign* find_campaign(const std::string& id) const;
@@ -296,7 +342,8 @@ class Scheduler {
   void release_lease(WorkerInfo& w, uint64_t attempt_id);
   void mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, bool busy);
   void set_last_model(WorkerInfo& w, Campaign* c, uint32_t model);
-  std::optional<ReadyRef> next_ready(Campaign& c, uint32_t model);
+  // The next pending shard of a model (dispatch rule 8, docs/scheduling.md).
+  std::optional<ReadyRef> next_in_model(Campaign& c, uint32_t model);
   void check_unschedulable();
   void maybe_finish(Campaign& c);
   void requeue(Campaign& c, uint32_t group, uint32_t index, bool with_backoff);
@@ -329,6 +376,8 @@ class Scheduler {
   void attach_campaign_metrics(Campaign& c);
   void detach_campaign_metrics(Campaign& c);
   void forget_worker_metrics(const WorkerInfo& w);
+  // Stages the aggregate cells changed this turn; end_turn calls it right before committing.
+  void stage_dirty_cells();
 
   Store& store_;
   const Clock& clock_;

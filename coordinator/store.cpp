@@ -1,7 +1,9 @@
 #include "coordinator/store.hpp"
 
+#include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
 
 #include <array>
 #include <cassert>
@@ -104,8 +106,15 @@ std::string reuse_key(std::string_view identity_hex) {
 
 }  // namespace
 
+struct Store::Batch::Impl {
+  rocksdb::WriteBatch batch;
+};
+
+Store::Batch::Batch() : impl_(std::make_unique<Impl>()) {}
+Store::Batch::~Batch() = default;
+
 void Store::Batch::put_provenance(const ShardKey& key, const std::string& json) {
-  batch_.Put(shard_key(kProvenancePrefix, key), json);
+  impl_->batch.Put(shard_key(kProvenancePrefix, key), json);
   ++puts_;
 }
 
@@ -118,7 +127,7 @@ void Store::Batch::put_reuse(std::string_view identity_hex, const ShardKey& sour
   append_be32(value, source.group);
   append_be32(value, source.shard);
   append_be64(value, attempt_id);
-  batch_.Put(key, value);
+  impl_->batch.Put(key, value);
   ++puts_;
 }
 
@@ -127,7 +136,7 @@ void Store::Batch::put_scores(uint32_t campaign, const std::string& component,
   std::string key(1, kScoresPrefix);
   append_be32(key, campaign);
   key.append(component);
-  batch_.Put(key, json);
+  impl_->batch.Put(key, json);
   ++puts_;
 }
 
@@ -136,26 +145,26 @@ void Store::Batch::put_meta_u64(std::string_view name, uint64_t value) {
   key.append(name);
   std::string v;
   append_be64(v, value);
-  batch_.Put(key, v);
+  impl_->batch.Put(key, v);
   ++puts_;
 }
 
 void Store::Batch::put_audit(uint64_t seq, const std::string& json) {
   std::string key(1, kAuditPrefix);
   append_be64(key, seq);
-  batch_.Put(key, json);
+  impl_->batch.Put(key, json);
   ++puts_;
 }
 
 void Store::Batch::put_campaign(uint32_t campaign, const std::string& json) {
   std::string key(1, kCampaignPrefix);
   append_be32(key, campaign);
-  batch_.Put(key, json);
+  impl_->batch.Put(key, json);
   ++puts_;
 }
 
 void Store::Batch::put_shard(const ShardKey& key, const ShardRecord& record) {
-  batch_.Put(shard_key(kShardPrefix, key), encode(record));
+  impl_->batch.Put(shard_key(kShardPrefix, key), encode(record));
   ++puts_;
 }
 
@@ -164,7 +173,7 @@ void Store::Batch::put_attempt(const ShardKey& key, uint64_t attempt_id,
   std::string k = shard_key(kAttemptPrefix, key);
   append_be64(k, attempt_id);
   if (record.outcome == AttemptOutcome::kStale) k.push_back(kLateResultSuffix);
-  batch_.Put(k, encode(record));
+  impl_->batch.Put(k, encode(record));
   ++puts_;
 }
 
@@ -172,17 +181,17 @@ void Store::Batch::put_cell(uint32_t campaign, uint32_t group, const CellAggrega
   std::string key(1, kCellPrefix);
   append_be32(key, campaign);
   append_be32(key, group);
-  batch_.Put(key, encode(cell));
+  impl_->batch.Put(key, encode(cell));
   ++puts_;
 }
 
 void Store::Batch::put_samples(const ShardKey& key, const std::string& samples_json) {
-  batch_.Put(shard_key(kSamplesPrefix, key), samples_json);
+  impl_->batch.Put(shard_key(kSamplesPrefix, key), samples_json);
   ++puts_;
 }
 
 void Store::Batch::clear() {
-  batch_.Clear();
+  impl_->batch.Clear();
   puts_ = 0;
 }
 
@@ -223,7 +232,7 @@ Status Store::commit(Batch& batch) {
   rocksdb::WriteOptions options;
   options.sync = true;
   const auto start = std::chrono::steady_clock::now();
-  const auto status = db_->Write(options, &batch.batch_);
+  const auto status = db_->Write(options, &batch.impl_->batch);
   last_commit_latency_ = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - start);
   batch.clear();

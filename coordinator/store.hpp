@@ -6,9 +6,6 @@
 // Thread: owned by the coordinator's core thread; not thread-safe by design.
 #pragma once
 
-#include <rocksdb/db.h>
-#include <rocksdb/write_batch.h>
-
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -20,6 +17,12 @@
 #include "common/aggregation.hpp"
 #include "common/result.hpp"
 #include "coordinator/records.hpp"
+
+// RocksDB stays behind this header: the scheduler and everything that includes it see only the
+// Store's own types, so they compile without RocksDB's headers and do not rebuild when it changes.
+namespace rocksdb {
+class DB;
+}
 
 namespace evald::coordinator {
 
@@ -34,6 +37,11 @@ class Store {
  public:
   class Batch {
    public:
+    Batch();
+    ~Batch();
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+
     void put_meta_u64(std::string_view name, uint64_t value);
     void put_campaign(uint32_t campaign, const std::string& json);
     void put_shard(const ShardKey& key, const ShardRecord& record);
@@ -57,7 +65,8 @@ class Store {
 
    private:
     friend class Store;
-    rocksdb::WriteBatch batch_;
+    struct Impl;  // the rocksdb::WriteBatch
+    std::unique_ptr<Impl> impl_;
     size_t puts_ = 0;
   };
 

@@ -53,16 +53,13 @@ struct Coordinator {
   std::unique_ptr<evald::coordinator::Scheduler> scheduler;
   std::unique_ptr<evald::coordinator::Api> api;
 
+  // The end of a core turn (the HTTP requests of this input are the turn's operations).
   void commit() {
-    scheduler->stage_dirty_cells();
-    auto& batch = scheduler->batch();
-    if (!batch.empty()) {
-      if (auto status = store->commit(batch); !status.ok()) {
-        evald::fuzz::fail("store commit failed: " + status.error().message);
-      }
-    }
     // No worker is connected; what would be sent to one is dropped.
-    scheduler->outgoing().drain([](const std::string&, const evald::protocol::Message&) {});
+    auto committed =
+        scheduler->end_turn([](const std::string&, const evald::protocol::Message&) {});
+    if (!committed.ok()) evald::fuzz::fail("store commit failed: " + committed.error().message);
+    scheduler->check_invariants();  // throws, which the fuzzer reports, when one is broken
   }
 };
 Coordinator* instance = nullptr;

@@ -1,9 +1,13 @@
 // One coordinator turn for unit tests that drive a Scheduler on a real store without the core:
-// tick, dispatch, stage cells, commit, then drain the outgoing messages, as coordinator/core.cpp
-// does. Returns the assignments the turn sent; `noop_success` is what a noop worker answers.
+// Scheduler::run_turn (tick, dispatch, stage cells, commit, drain), the sequence the core runs,
+// with the commit required to succeed and the scheduler's invariants checked after every turn
+// (release builds skip that check in the core). Returns the assignments the turn sent;
+// `noop_success` is what a noop worker answers.
 #pragma once
 
 #include <catch2/catch.hpp>
+#include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -11,14 +15,18 @@
 
 namespace evald::testing {
 
-inline std::vector<protocol::Assignment> run_turn(coordinator::Scheduler& scheduler,
-                                                  coordinator::Store& store) {
-  scheduler.tick();
-  scheduler.dispatch();
-  scheduler.stage_dirty_cells();
-  REQUIRE(store.commit(scheduler.batch()).ok());
+// Runs one turn; every message it sends goes to send_one(identity, message).
+template <typename Send>
+void run_turn(coordinator::Scheduler& scheduler, Send&& send_one) {
+  auto committed = scheduler.run_turn(std::forward<Send>(send_one));
+  INFO((committed.ok() ? std::string() : committed.error().message));
+  REQUIRE(committed.ok());
+  scheduler.check_invariants();
+}
+
+inline std::vector<protocol::Assignment> run_turn(coordinator::Scheduler& scheduler) {
   std::vector<protocol::Assignment> given;
-  scheduler.outgoing().drain([&](const std::string&, const protocol::Message& m) {
+  run_turn(scheduler, [&](const std::string&, const protocol::Message& m) {
     if (const auto* a = std::get_if<protocol::Assign>(&m)) {
       given.insert(given.end(), a->assignments.begin(), a->assignments.end());
     }

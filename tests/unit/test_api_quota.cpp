@@ -58,7 +58,7 @@ struct Node {
   // One core turn; every ASSIGN is answered at once with a success (the worker runs noop).
   void turn() {
     for (int round = 0; round < 2; ++round) {
-      for (const auto& a : testing::run_turn(*scheduler, *store)) {
+      for (const auto& a : testing::run_turn(*scheduler)) {
         if (!worker_answers) break;
         scheduler->on_message("w1", protocol::Results{{testing::noop_success(a)}});
       }

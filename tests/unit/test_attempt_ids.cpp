@@ -60,7 +60,7 @@ struct Node {
     scheduler->on_message("w1", hello);
     std::vector<uint64_t> ids;
     for (int turn = 0; turn < shards + 2; ++turn) {
-      for (const auto& a : testing::run_turn(*scheduler, *store)) {
+      for (const auto& a : testing::run_turn(*scheduler)) {
         ids.push_back(a.attempt_id);
         scheduler->on_message("w1", protocol::Results{{testing::noop_success(a)}});
       }

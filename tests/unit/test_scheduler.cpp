@@ -6,6 +6,7 @@
 #include "common/clock.hpp"
 #include "coordinator/scheduler.hpp"
 #include "tests/support/test_support.hpp"
+#include "tests/unit/scheduler_turn.hpp"
 
 using namespace evald;
 using namespace evald::coordinator;
@@ -52,14 +53,11 @@ struct Harness {
     REQUIRE(scheduler->recover().ok());
   }
 
-  // One event-loop turn, as the core runs it.
+  // One event-loop turn, as the core runs it; the invariants are checked after it.
   void turn() {
-    scheduler->tick();
-    scheduler->dispatch();
-    scheduler->stage_dirty_cells();
-    REQUIRE(store->commit(scheduler->batch()).ok());
-    scheduler->outgoing().drain(
-        [&](const std::string& who, const protocol::Message& m) { sent.emplace_back(who, m); });
+    testing::run_turn(*scheduler, [&](const std::string& who, const protocol::Message& m) {
+      sent.emplace_back(who, m);
+    });
   }
 
   void hello(const std::string& name, uint32_t slots, std::vector<uint64_t> running = {},

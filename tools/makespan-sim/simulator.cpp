@@ -1,11 +1,11 @@
 // The simulation: the real Scheduler, a ManualClock and simulated workers, in one thread.
 //
 // Event loop. Every simulated worker says HELLO with its GPUs (index, memory) and as many slots as
-// GPUs. Each turn is what the coordinator's core does: tick, dispatch, stage the aggregate cells,
-// commit the batch to a scratch RocksDB, drain the outgoing messages. Every ASSIGN becomes a
-// completion event at the time the shard will finish. Then the clock jumps to the earliest
-// completion, every shard finishing at that millisecond is reported in one RESULTS per worker,
-// every worker sends a HEARTBEAT (so a jump of hours does not make the scheduler declare it
+// GPUs. Each turn is the coordinator core's turn, Scheduler::run_turn: tick, dispatch, stage the
+// aggregate cells, commit the batch to a scratch RocksDB, drain the outgoing messages. Every ASSIGN
+// becomes a completion event at the time the shard will finish. Then the clock jumps to the
+// earliest completion, every shard finishing at that millisecond is reported in one RESULTS per
+// worker, every worker sends a HEARTBEAT (so a jump of hours does not make the scheduler declare it
 // lost; its timeouts stay the production defaults), and the next turn runs. The campaign is done
 // when the scheduler says it has succeeded. When nothing runs and shards are still pending, the
 // clock moves in 1 s steps so the scheduler's own timers can act; after 2 minutes of that the
@@ -123,7 +123,6 @@ class Simulation {
   Simulation(const Scenario& scenario, const SimOptions& options, Store& store, SimReport& report)
       : scenario_(scenario),
         options_(options),
-        store_(store),
         report_(report),
         scheduler_(store, clock_, metrics_, coordinator::SchedulerOptions{}) {}
 
@@ -196,23 +195,21 @@ class Simulation {
   // One event-loop turn, as the coordinator's core runs it.
   Status turn() {
     ++report_.turns;
-    scheduler_.tick();
-    scheduler_.dispatch();
-    scheduler_.stage_dirty_cells();
-    if (auto s = store_.commit(scheduler_.batch()); !s.ok()) {
-      return make_error("commit to the scratch store failed: " + s.error().message);
+    auto committed =
+        scheduler_.run_turn([&](const std::string& who, const protocol::Message& message) {
+          if (const auto* assign = std::get_if<protocol::Assign>(&message)) {
+            for (const auto& a : assign->assignments) start(who, a);
+          } else if (std::holds_alternative<protocol::Cancel>(message)) {
+            violation(
+                fmt::format("worker {} was told to cancel a shard, but nothing was cancelled "
+                            "and no worker was lost",
+                            who));
+          }
+          // WELCOME, CAMPAIGN, ACK and HEARTBEAT change nothing a simulated worker models.
+        });
+    if (!committed.ok()) {
+      return make_error("commit to the scratch store failed: " + committed.error().message);
     }
-    scheduler_.outgoing().drain([&](const std::string& who, const protocol::Message& message) {
-      if (const auto* assign = std::get_if<protocol::Assign>(&message)) {
-        for (const auto& a : assign->assignments) start(who, a);
-      } else if (std::holds_alternative<protocol::Cancel>(message)) {
-        violation(
-            fmt::format("worker {} was told to cancel a shard, but nothing was cancelled "
-                        "and no worker was lost",
-                        who));
-      }
-      // WELCOME, CAMPAIGN, ACK and HEARTBEAT change nothing a simulated worker models.
-    });
     return Ok{};
   }
 
@@ -308,7 +305,6 @@ class Simulation {
 
   const Scenario& scenario_;
   const SimOptions& options_;
-  Store& store_;
   SimReport& report_;
   ManualClock clock_;
   coordinator::Metrics metrics_;

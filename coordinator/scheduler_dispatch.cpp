@@ -1,0 +1,355 @@
+// Scheduler: the dispatch policy (docs/scheduling.md, "Order") and leasing a shard to a worker.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <memory>
+#include <set>
+#include <span>
+#include <tuple>
+
+#include "coordinator/scheduler.hpp"
+#include "coordinator/scheduler_internal.hpp"
+
+namespace evald::coordinator {
+using scheduler_detail::seconds_between;
+namespace {
+
+// The rules of docs/scheduling.md ("Order"), one function each, named there. dispatch() applies
+// them per worker; the helpers between them are not rules of their own.
+
+// Model m of a campaign given to a worker, with the GPUs its shard gets (none yet: the worker
+// waits for its own GPUs, see join in dispatch()).
+struct Pick {
+  Campaign* campaign = nullptr;
+  uint32_t model = 0;
+  std::vector<uint32_t> gpus;
+};
+using CampaignModel = std::pair<Campaign*, uint32_t>;
+// Campaigns of equal priority, in campaign order.
+using Tier = std::span<Campaign* const>;
+
+struct TierEntry {
+  int64_t held = 0;  // workers the campaign holds
+  size_t order = 0;  // its turn this time
+  Campaign* campaign = nullptr;
+};
+
+// What one dispatch() call knows across its leases.
+struct DispatchPass {
+  std::vector<Campaign*> active;  // running campaigns with pending shards, by priority
+  std::vector<Tier> tiers;        // of `active`, highest priority first
+  // Model queues found empty this pass (their pending shards are all backing off).
+  std::set<std::pair<uint32_t, uint32_t>> exhausted;
+  std::vector<TierEntry> by_share;  // fair_share_order's output, reused per lease
+
+  bool has_work(const Campaign& c, uint32_t m) const {
+    return c.queues[m].pending > 0 && !exhausted.contains({c.key, m});
+  }
+};
+
+// Rule 1, priority: running campaigns with pending shards, highest priority first, cut into tiers
+// of equal priority; a lower tier is served only when the higher ones have nothing for a worker.
+void priority_tiers(const std::map<uint32_t, std::unique_ptr<Campaign>>& campaigns,
+                    DispatchPass& pass) {
+  for (const auto& [key, c] : campaigns) {
+    if (c->state == CampaignState::kRunning && c->count(ShardState::kPending) > 0) {
+      pass.active.push_back(c.get());
+    }
+  }
+  std::stable_sort(
+      pass.active.begin(), pass.active.end(),
+      [](const Campaign* a, const Campaign* b) { return a->spec.priority > b->spec.priority; });
+  const Tier all(pass.active);
+  size_t begin = 0;
+  while (begin < all.size()) {
+    size_t end = begin;
+    while (end < all.size() && all[end]->spec.priority == all[begin]->spec.priority) ++end;
+    pass.tiers.push_back(all.subspan(begin, end - begin));
+    begin = end;
+  }
+}
+
+// Rule 2, fair share: the order in which a worker without a model to stay on tries the campaigns
+// of a tier: the one holding the fewest workers first, ties taking turns (`turn` moves the start).
+const std::vector<TierEntry>& fair_share_order(Tier tier, size_t turn,
+                                               std::vector<TierEntry>& out) {
+  out.clear();
+  for (size_t k = 0; k < tier.size(); ++k) {
+    Campaign* c = tier[(turn + k) % tier.size()];
+    out.push_back(TierEntry{c->workers_held, k, c});
+  }
+  if (tier.size() > 1) {
+    std::sort(out.begin(), out.end(), [](const TierEntry& a, const TierEntry& b) {
+      return std::tie(a.held, a.order) < std::tie(b.held, b.order);
+    });
+  }
+  return out;
+}
+
+// The campaign of this tier whose model worker w is committed to (it ran it last, or was given it
+// while its GPUs were still busy), if that model still has work. Input to rules 3 and 4.
+Campaign* committed_campaign(Tier tier, const WorkerInfo& w, const DispatchPass& pass) {
+  for (Campaign* c : tier) {
+    if (c->key != w.last_campaign || w.last_model >= c->queues.size()) continue;
+    if (pass.has_work(*c, w.last_model)) return c;
+  }
+  return nullptr;
+}
+
+// Rule 3, rebalancing: equal priorities share the cluster. A worker committed to campaign `own`
+// moves (paying a model load) to the campaign of the tier holding the fewest workers, if that is at
+// least two fewer than `own` holds (and, checked by the caller, it has a model worth joining).
+// Campaigns then differ by at most one worker, and one submitted behind a long one gets its share
+// as workers finish shards, not at the end. A move changes both counts, so it settles.
+Campaign* rebalance_target(Tier tier, const Campaign& own) {
+  if (tier.size() <= 1) return nullptr;
+  Campaign* poorest = nullptr;
+  for (Campaign* other : tier) {
+    if (other->workers_held + 1 < own.workers_held &&
+        (poorest == nullptr || other->workers_held < poorest->workers_held)) {
+      poorest = other;
+    }
+  }
+  return poorest;
+}
+
+// What rule 4 decides for a worker committed to a model with work.
+struct Affinity {
+  bool holds = false;        // the model can run on this worker: nothing else is considered
+  std::optional<Pick> pick;  // its next shard now; none: wait for the worker's own GPUs
+};
+
+// Rule 4, affinity: a worker committed to a model with work runs its next shard when it fits.
+// When it does not fit yet but would on the idle worker, the worker waits for its own shards to
+// free GPUs rather than fill them with another model: that would load a second model and, worse,
+// move the worker's affinity to it, so it would drift from model to model paying a load each time.
+Affinity affinity(Campaign& own, const WorkerInfo& w) {
+  const auto& resources = own.spec.models[w.last_model].resources;
+  if (auto gpus = place_shard(resources, w.labels, w.gpu_slots, false)) {
+    return Affinity{true, Pick{&own, w.last_model, std::move(*gpus)}};
+  }
+  return Affinity{place_shard(resources, w.labels, w.gpu_slots, true).has_value(), std::nullopt};
+}
+
+// Work left in model m, in GPU-shards per worker warm on it if one more joined. The scheduler
+// does not know how long a shard runs; counting each shard as the GPUs it holds at least tells
+// a 4-GPU model's queue from a 1-GPU model's queue of the same length.
+double work_score(const Campaign& c, uint32_t m) {
+  const int gpus = std::max(1, c.spec.models[m].resources.gpus.value_or(1));
+  return static_cast<double>(c.queues[m].pending) * gpus /
+         (1.0 + static_cast<double>(c.queues[m].warm_workers));
+}
+
+// Rule 6, remainders: a GPU model that other workers already run is worth a load only if the work
+// left (work_score) would fill this worker's GPUs at least once. (Without GPUs there are no weights
+// to load, and no reason to leave a slot empty.)
+bool is_remainder(const Campaign& c, uint32_t m, const WorkerInfo& w, double score) {
+  return c.queues[m].warm_workers > 0 && score < static_cast<double>(w.gpu_slots.size()) &&
+         gpus_needed(c.spec.models[m].resources, w.gpu_slots.size()) > 0;
+}
+
+// Rule 5, spreading: the model of campaign c that worker w should join: the one it could run with
+// the most work left per worker warm on it (largest first, so big models start early and workers
+// spread in proportion to the work). A remainder (rule 6) is not picked; the first one seen is
+// remembered in `remainder` instead.
+std::optional<uint32_t> spreading_pick(Campaign& c, const WorkerInfo& w, const DispatchPass& pass,
+                                       std::optional<CampaignModel>& remainder) {
+  std::optional<uint32_t> best;
+  double best_score = -1;
+  for (uint32_t m = 0; m < c.queues.size(); ++m) {
+    if (!pass.has_work(c, m)) continue;
+    const double score = work_score(c, m);
+    if (score <= best_score) continue;
+    if (!place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) continue;
+    if (is_remainder(c, m, w, score)) {
+      if (!remainder) remainder = CampaignModel{&c, m};
+      continue;
+    }
+    best_score = score;
+    best = m;
+  }
+  return best;
+}
+
+// Rule 7, no idling: when only remainders are left in a tier, a worker that still runs shards
+// leaves its spare GPUs free rather than pay a load for them, unless the alternative is lower-
+// priority work; a worker with nothing running always takes one: no worker sits idle while there
+// is pending work it can run.
+bool takes_remainder(const WorkerInfo& w, bool lower_tiers_left) {
+  return lower_tiers_left || w.leases.empty();
+}
+
+}  // namespace
+
+// Rule 8, within a model: shards that failed and were retried (after their backoff) or requeued
+// go first, then never-run shards in benchmark order. Queue entries are checked on pop, so a
+// stale one is skipped.
+std::optional<ReadyRef> Scheduler::next_in_model(Campaign& c, uint32_t model) {
+  ModelQueue& q = c.queues[model];
+  while (!q.requeued.empty()) {
+    ReadyRef ref = q.requeued.front();
+    q.requeued.pop_front();
+    if (c.groups[ref.group].shards[ref.shard].state == ShardState::kPending) return ref;
+  }
+  while (q.cursor_group < q.end_group) {
+    auto& shards = c.groups[q.cursor_group].shards;
+    if (q.cursor_shard >= shards.size()) {
+      ++q.cursor_group;
+      q.cursor_shard = 0;
+      continue;
+    }
+    const uint32_t index = q.cursor_shard++;
+    if (shards[index].state == ShardState::kPending) {
+      return ReadyRef{q.cursor_group, index, c.cursor_ready_since};
+    }
+  }
+  return std::nullopt;
+}
+
+void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vector<uint32_t> gpus) {
+  Group& g = c.groups[ref.group];
+  Shard& s = g.shards[ref.shard];
+  set_state(c, ref.group, s, ShardState::kRunning);
+  ++s.attempts;
+  if (s.total_attempts < std::numeric_limits<uint16_t>::max()) ++s.total_attempts;
+  if (s.awaiting_given_up_attempt) given_up_by_.erase(s.attempt_id);
+  s.attempt_id = next_attempt_id();
+  s.awaiting_given_up_attempt = false;
+  s.worker = w.index;
+  w.leases[s.attempt_id] = ShardKey{c.key, ref.group, ref.shard};
+  if (!gpus.empty()) {
+    mark_gpus(w, gpus, true);
+    w.lease_gpus[s.attempt_id] = gpus;
+  }
+  set_last_model(w, &c, g.model);
+  write_shard(c, ref.group, ref.shard, &w);
+  if (!w.campaigns_sent.contains(c.key)) {
+    outgoing_.send(w.name, protocol::CampaignInfo{c.key, c.id, c.spec_json});
+    w.campaigns_sent.insert(c.key);
+  }
+  const auto range = shard_range(c.spec.benchmarks[g.benchmark], ref.shard);
+  outgoing_.assign(w.name, protocol::Assignment{.attempt_id = s.attempt_id,
+                                                .campaign = c.key,
+                                                .model = g.model,
+                                                .benchmark = g.benchmark,
+                                                .shard = ref.shard,
+                                                .start = range.start,
+                                                .end = range.end,
+                                                .attempt = s.total_attempts,
+                                                .gpus = std::move(gpus)});
+  metrics_.dispatch_latency.Observe(seconds_between(ref.ready_since, clock_.now()));
+}
+
+void Scheduler::dispatch() {
+  std::vector<WorkerInfo*> idle;
+  for (auto& w : workers_) {
+    if (w && w->state == WorkerState::kConnected && w->free_slots() > 0) idle.push_back(w.get());
+  }
+  if (idle.empty()) return;
+  DispatchPass pass;
+  priority_tiers(campaigns_, pass);
+  if (pass.active.empty()) return;
+
+  // Worker w takes model m: a shard now if one fits, else the commitment (last_model) holds the
+  // worker's GPUs for m as its running shards free them (rule 4 on its next turns).
+  auto join = [&](WorkerInfo& w, Campaign& c, uint32_t m) -> std::optional<Pick> {
+    if (auto gpus = place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, false)) {
+      return Pick{&c, m, std::move(*gpus)};
+    }
+    set_last_model(w, &c, m);
+    return std::nullopt;
+  };
+  // What worker w should run next; nothing if nothing fits, or if w waits for GPUs of the model it
+  // is committed to.
+  auto choose = [&](WorkerInfo& w) -> std::optional<Pick> {
+    for (size_t t = 0; t < pass.tiers.size(); ++t) {
+      const Tier tier = pass.tiers[t];
+      if (Campaign* own = committed_campaign(tier, w, pass)) {
+        if (Campaign* poorer = rebalance_target(tier, *own)) {
+          std::optional<CampaignModel> ignored;
+          if (auto m = spreading_pick(*poorer, w, pass, ignored)) return join(w, *poorer, *m);
+        }
+        if (Affinity stay = affinity(*own, w); stay.holds) return std::move(stay.pick);
+      }
+      // Otherwise commit the worker to a new model: the campaigns of the tier in fair-share
+      // order, and in each the spreading pick.
+      std::optional<CampaignModel> remainder;
+      for (const TierEntry& entry : fair_share_order(tier, tier_turn_++, pass.by_share)) {
+        if (auto m = spreading_pick(*entry.campaign, w, pass, remainder)) {
+          return join(w, *entry.campaign, *m);
+        }
+      }
+      if (remainder) {
+        if (!takes_remainder(w, /*lower_tiers_left=*/t + 1 < pass.tiers.size())) {
+          return std::nullopt;
+        }
+        return join(w, *remainder->first, remainder->second);
+      }
+    }
+    return std::nullopt;
+  };
+
+  // Workers take turns, one lease per pass, starting one further each call: no worker hoards the
+  // queue, and a worker never gets more than its free slots.
+  const size_t rotate = dispatch_rr_++ % idle.size();
+  std::rotate(idle.begin(), idle.begin() + static_cast<std::ptrdiff_t>(rotate), idle.end());
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (WorkerInfo* w : idle) {
+      if (w->free_slots() == 0) continue;
+      while (auto pick = choose(*w)) {
+        auto ref = next_in_model(*pick->campaign, pick->model);
+        if (!ref) {
+          pass.exhausted.insert({pick->campaign->key, pick->model});
+          continue;
+        }
+        lease(*pick->campaign, *ref, *w, std::move(pick->gpus));
+        progress = true;
+        break;
+      }
+    }
+  }
+}
+
+void Scheduler::check_unschedulable() {
+  std::vector<const WorkerInfo*> connected;
+  for (const auto& w : workers_) {
+    if (w && w->state != WorkerState::kLost) connected.push_back(w.get());
+  }
+  for (auto& [key, c] : campaigns_) {
+    if (c->state != CampaignState::kRunning) {
+      c->unschedulable.clear();
+      continue;
+    }
+    for (uint32_t m = 0; m < c->queues.size(); ++m) {
+      const auto& resources = c->spec.models[m].resources;
+      bool possible = connected.empty();  // with no worker at all there is nothing to judge
+      for (const WorkerInfo* w : connected) {
+        possible = possible || place_shard(resources, w->labels, w->gpu_slots, true).has_value();
+      }
+      if (possible || c->queues[m].pending == 0) {
+        c->unschedulable.erase(m);
+        continue;
+      }
+      std::string reason = "model " + c->spec.models[m].name + " needs " +
+                           describe_needs(resources) + " per shard; no connected worker has that (";
+      for (size_t i = 0; i < connected.size() && i < 8; ++i) {
+        const WorkerInfo* w = connected[i];
+        reason += (i > 0 ? ", " : "") + w->name + ": " + std::to_string(w->gpu_slots.size()) +
+                  " GPU" + (w->gpu_slots.size() == 1 ? "" : "s");
+      }
+      if (connected.size() > 8) reason += ", ...";
+      reason += ")";
+      auto [it, inserted] = c->unschedulable.try_emplace(m, reason);
+      if (inserted || it->second != reason) {
+        it->second = reason;
+        spdlog::warn("unschedulable campaign={} reason=\"{}\"", c->id, reason);
+      }
+    }
+  }
+}
+
+}  // namespace evald::coordinator

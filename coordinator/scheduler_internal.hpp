@@ -1,0 +1,24 @@
+// Shared by the scheduler_*.cpp files only (one class, split by concern): helpers and limits
+// that more than one of them needs. Not part of the scheduler's interface.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace evald::coordinator::scheduler_detail {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+inline double seconds_between(SteadyTime from, SteadyTime to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+inline std::string campaign_id_for(uint32_t key) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "c%06u", key);
+  return buf;
+}
+
+}  // namespace evald::coordinator::scheduler_detail

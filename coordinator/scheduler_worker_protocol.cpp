@@ -1,0 +1,485 @@
+// Scheduler: the worker protocol. HELLO, RESULTS, HEARTBEAT, HAND_BACK and DRAIN from workers,
+// result validation and the lease-holder checks that make counting exactly-once.
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <unordered_set>
+
+#include "common/utf8.hpp"
+#include "coordinator/scheduler.hpp"
+
+namespace evald::coordinator {
+
+namespace {
+
+// Hand-backs per attempt budget that do not use an attempt (see give_back).
+constexpr uint8_t kFreeHandBacks = 3;
+
+// Validates what the lease holder claims before it can touch an aggregate: a count within the
+// shard, a bounded set of uniquely and validly named finite metrics that includes the benchmark's
+// primary metric. The reason names the problem; names in it are made printable first.
+std::optional<std::string> invalid_result(const protocol::ShardResult& r, int64_t shard_size,
+                                          const std::string& primary_metric) {
+  if (r.count < 0) return "negative count " + std::to_string(r.count);
+  if (r.count > shard_size) {
+    return "count " + std::to_string(r.count) + " exceeds the shard's size " +
+           std::to_string(shard_size);
+  }
+  if (r.metrics.empty()) return "no metrics";
+  if (r.metrics.size() > kMaxMetricsPerResult) {
+    return std::to_string(r.metrics.size()) + " metrics, at most " +
+           std::to_string(kMaxMetricsPerResult) + " allowed";
+  }
+  std::unordered_set<std::string_view> seen;
+  bool has_primary = false;
+  for (const auto& metric : r.metrics) {
+    const std::string& name = metric.first;
+    const double value = metric.second;
+    // (A named reference, not a structured binding: clang 14 cannot capture those.)
+    const auto shown = [&name] { return utf8::sanitize_bounded(name, kMaxMetricNameBytes); };
+    if (name.empty()) return "empty metric name";
+    if (!utf8::is_valid(name)) return "metric name '" + shown() + "' is not valid UTF-8";
+    if (name.size() > kMaxMetricNameBytes) {
+      return "metric name '" + shown() + "' is longer than " + std::to_string(kMaxMetricNameBytes) +
+             " bytes";
+    }
+    if (!seen.insert(name).second) return "metric '" + name + "' appears more than once";
+    if (!std::isfinite(value)) return "metric '" + name + "' is not a finite number";
+    has_primary = has_primary || name == primary_metric;
+  }
+  if (!has_primary) return "primary metric '" + primary_metric + "' missing";
+  if (!utf8::is_valid(r.samples_json)) return "samples are not valid UTF-8";
+  return std::nullopt;
+}
+
+// A JSON value from a HELLO kept only if it is small: `limit` bytes as JSON.
+bool fits(const nlohmann::json& value, size_t limit) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).size() <= limit;
+}
+
+}  // namespace
+
+void Scheduler::on_message(const std::string& identity, protocol::Message message) {
+  const auto type = static_cast<size_t>(protocol::type_of(message));
+  if (type < received_by_type_.size()) {
+    if (received_by_type_[type] == nullptr) {
+      received_by_type_[type] = &metrics_.messages_received.Add(
+          {{"type", protocol::to_string(protocol::type_of(message))}});
+    }
+    received_by_type_[type]->Increment();
+  }
+  WorkerInfo* w = find_worker(identity);
+  const bool known = w != nullptr && w->state != WorkerState::kLost;
+  if (std::holds_alternative<protocol::Hello>(message)) {
+    on_hello(identity, std::move(std::get<protocol::Hello>(message)));
+  } else if (std::holds_alternative<protocol::Results>(message)) {
+    if (known) w->last_seen = clock_.now();
+    on_results(identity, std::move(std::get<protocol::Results>(message)));
+    if (!known) outgoing_.send(identity, protocol::ReHello{});
+  } else if (std::holds_alternative<protocol::Heartbeat>(message)) {
+    if (known) {
+      w->last_seen = clock_.now();
+    } else {
+      outgoing_.send(identity, protocol::ReHello{});
+    }
+  } else if (std::holds_alternative<protocol::HandBack>(message)) {
+    if (known) {
+      w->last_seen = clock_.now();
+      on_hand_back(*w, std::get<protocol::HandBack>(message));
+    } else {
+      // Not a worker we know: we restarted while it drained (its leases are orphans: queue them
+      // now rather than when they expire), or it was declared lost (its shards were queued
+      // again then, and nothing is left to do). Only the orphans' own worker can hand them back.
+      hand_back_orphans(identity, std::get<protocol::HandBack>(message));
+    }
+  } else if (std::holds_alternative<protocol::Drain>(message)) {
+    if (known) {
+      w->last_seen = clock_.now();
+      w->state = WorkerState::kDraining;
+      // It takes no more work: it no longer counts for its campaign's fair share.
+      set_last_model(*w, nullptr, 0);
+      spdlog::info("worker draining worker={} running={}", w->name, w->leases.size());
+    } else {
+      reject("unknown_worker");  // a drain changes only its own sender's state
+      outgoing_.send(identity, protocol::ReHello{});
+    }
+  } else {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn("dropped message worker={} reason=\"{} is not a worker-to-coordinator message\"",
+                 identity, protocol::to_string(protocol::type_of(message)));
+  }
+}
+
+void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
+  const auto now = clock_.now();
+  // The routing id becomes the worker's name in every response and on /metrics, and must stay
+  // byte-exact to route replies: a name that is not valid UTF-8 is refused, not rewritten.
+  if (identity.empty() || !utf8::is_valid(identity)) {
+    metrics_.messages_malformed.Increment();
+    spdlog::warn("hello refused routing_id={} reason=\"name is not valid UTF-8\"",
+                 utf8::sanitize_bounded(identity, 64));
+    return;
+  }
+  // Bound what a HELLO can make us keep; what is dropped is counted and logged once per HELLO.
+  auto count_dropped = [&](const char* field, size_t count) {
+    if (count == 0) return;
+    metrics_.hello_items_dropped.Add({{"field", field}}).Increment(static_cast<double>(count));
+    spdlog::warn("hello items dropped worker={} field={} dropped={}", identity, field, count);
+  };
+  if (hello.instance.size() > kMaxInstanceBytes || !utf8::is_valid(hello.instance)) {
+    hello.instance = utf8::sanitize_bounded(hello.instance, kMaxInstanceBytes);
+    count_dropped("instance", 1);
+  }
+  if (hello.running.size() > kMaxHelloRunning) {
+    count_dropped("running", hello.running.size() - kMaxHelloRunning);
+    hello.running.resize(kMaxHelloRunning);
+  }
+  {
+    nlohmann::json kept = nlohmann::json::array();
+    size_t n = hello.gpus.is_array() ? hello.gpus.size() : (hello.gpus.is_null() ? 0 : 1);
+    if (hello.gpus.is_array()) {
+      for (auto& gpu : hello.gpus) {
+        if (kept.size() < kMaxHelloGpus && fits(gpu, kMaxHelloGpuBytes)) {
+          kept.push_back(std::move(gpu));
+        }
+      }
+    }
+    count_dropped("gpus", n - kept.size());
+    hello.gpus = std::move(kept);
+  }
+  {
+    nlohmann::json kept = nlohmann::json::object();
+    size_t n = hello.labels.is_object() ? hello.labels.size() : (hello.labels.is_null() ? 0 : 1);
+    if (hello.labels.is_object()) {
+      for (auto& [key, value] : hello.labels.items()) {
+        if (kept.size() < kMaxHelloLabels && key.size() + 2 < kMaxHelloLabelBytes &&
+            fits(value, kMaxHelloLabelBytes - key.size() - 2)) {
+          kept[key] = std::move(value);
+        }
+      }
+    }
+    count_dropped("labels", n - kept.size());
+    hello.labels = std::move(kept);
+  }
+  if (hello.name != identity) {
+    spdlog::warn("hello name differs from routing id name={} routing_id={}; using the routing id",
+                 utf8::sanitize_bounded(hello.name, 256), identity);
+  }
+  if (hello.slots == 0) {
+    spdlog::warn("hello with 0 slots worker={}; treating it as 1", identity);
+    hello.slots = 1;
+  }
+  WorkerInfo* w = find_worker(identity);
+  const bool restarted = w != nullptr && w->instance != hello.instance;
+  if (w == nullptr) {
+    uint32_t index = 0;
+    while (index < workers_.size() && workers_[index]) ++index;
+    if (index == workers_.size()) workers_.emplace_back();
+    workers_[index] = std::make_unique<WorkerInfo>();
+    w = workers_[index].get();
+    w->index = index;
+    w->name = identity;
+    worker_by_name_[identity] = index;
+    w->slots_used = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "used"}});
+    w->slots_total = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "total"}});
+    w->slots_free = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "free"}});
+    w->heartbeat_age = &metrics_.worker_heartbeat_age.Add({{"worker", identity}});
+  }
+  const std::unordered_set<uint64_t> still_running(hello.running.begin(), hello.running.end());
+  // Leases this worker held that it no longer has: it restarted, or an ASSIGN never reached it.
+  std::vector<std::pair<uint64_t, ShardKey>> dropped;
+  for (const auto& [id, key] : w->leases) {
+    if (!still_running.contains(id)) dropped.emplace_back(id, key);
+  }
+  for (const auto& [id, key] : dropped) {
+    release_lease(*w, id);
+    // The ASSIGN may still be in flight behind this HELLO; tell the worker not to run it, so
+    // both sides agree on its free slots.
+    outgoing_.cancel(identity, id);
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kLost,
+                 restarted ? "worker lost: " + w->name + " (restarted while running it)"
+                           : "worker lost: " + w->name + " (assignment not received)",
+                 w->name, 0, /*counts_as_attempt=*/restarted);
+  }
+  // Attempts it runs that are not its leases: reclaim orphans from before our restart, stop the
+  // rest (their results, if any, will be recorded as stale).
+  for (uint64_t id : hello.running) {
+    if (w->leases.contains(id)) continue;
+    auto o = orphans_.find(id);
+    if (o != orphans_.end() && o->second.worker != identity) {
+      // Only the worker that held the lease before our restart may reclaim it: attempt ids are
+      // visible in the API, and another worker naming one must not take the shard over.
+      reject("not_lease_holder");
+      spdlog::warn("reclaim of another worker's lease refused worker={} attempt_id={} holder={}",
+                   identity, id, o->second.worker);
+      outgoing_.cancel(identity, id);
+      continue;
+    }
+    if (o != orphans_.end()) {
+      const ShardKey key = o->second.key;
+      orphans_.erase(o);
+      Campaign* c = campaign_by_key(key.campaign);
+      if (c != nullptr) {
+        Shard& s = c->groups[key.group].shards[key.shard];
+        if (s.state == ShardState::kRunning && s.attempt_id == id) {
+          s.worker = w->index;
+          w->leases[id] = key;
+          // Which GPUs it runs on is not stored; book as many as its model needs so the count of
+          // free GPUs stays right.
+          const auto& resources = c->spec.models[c->model_of(key.group)].resources;
+          auto gpus = parse_worker_gpus(hello.gpus);
+          w->gpu_slots = gpus;
+          for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
+          if (auto placed = place_shard(resources, hello.labels, w->gpu_slots, false);
+              placed && !placed->empty()) {
+            mark_gpus(*w, *placed, true);
+            w->lease_gpus[id] = *placed;
+          }
+          spdlog::info("lease reclaimed worker={} campaign={} attempt_id={}", w->name, c->id, id);
+          continue;
+        }
+      }
+    }
+    outgoing_.cancel(identity, id);
+  }
+  w->instance = hello.instance;
+  w->state = WorkerState::kConnected;
+  w->slots = hello.slots;
+  w->gpu_slots = parse_worker_gpus(hello.gpus);
+  for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
+  w->gpus = std::move(hello.gpus);
+  w->labels = std::move(hello.labels);
+  w->last_seen = now;
+  w->last_sent = now;
+  w->campaigns_sent.clear();
+  lost_at_.erase(w->index);
+  outgoing_.send(identity,
+                 protocol::Welcome{static_cast<uint32_t>(options_.heartbeat.count()),
+                                   static_cast<uint32_t>(options_.worker_timeout.count()), epoch_});
+  spdlog::info("worker connected worker={} slots={} gpus={} running={} restarted={}", w->name,
+               w->slots, w->gpus.size(), w->leases.size(), restarted);
+}
+
+void Scheduler::on_results(const std::string& identity, protocol::Results results) {
+  WorkerInfo* w = find_worker(identity);
+  for (auto& r : results.results) on_result(w, identity, r);
+}
+
+void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::ShardResult& r) {
+  Campaign* c = campaign_by_key(r.campaign);
+  const size_t benchmarks = c == nullptr ? 0 : c->spec.benchmarks.size();
+  if (c == nullptr || r.model >= c->spec.models.size() || r.benchmark >= benchmarks ||
+      r.shard >= c->groups[r.model * benchmarks + r.benchmark].shards.size()) {
+    reject("unknown_shard");
+    spdlog::warn(
+        "result rejected reason=unknown_shard worker={} campaign={} model={} benchmark={} "
+        "shard={} attempt_id={}",
+        identity, r.campaign, r.model, r.benchmark, r.shard, r.attempt_id);
+    // Nothing is stored; the ACK lets a worker drop a result no one can ever use.
+    outgoing_.ack(identity, r.attempt_id);
+    return;
+  }
+  const auto gi = static_cast<uint32_t>(r.model * benchmarks + r.benchmark);
+  Group& g = c->groups[gi];
+  Shard& s = g.shards[r.shard];
+  const ShardKey key{c->key, gi, r.shard};
+  const bool current_id = s.attempt_id == r.attempt_id && s.attempt_id != 0;
+  auto refuse = [&](const char* reason) {
+    reject(reason);
+    spdlog::warn("result rejected reason={} worker={} campaign={} shard={} attempt_id={} state={}",
+                 reason, identity, c->id, r.shard, r.attempt_id, to_string(s.state));
+  };
+
+  // The lease: its id alone proves nothing (ids are sequential and shown by the API); the sender
+  // must be the worker it was given to, or after a restart the worker named in the orphan table.
+  WorkerInfo* holder = nullptr;
+  if (current_id && s.state == ShardState::kRunning) {
+    holder = worker_at(s.worker);
+    bool from_holder = false;
+    if (holder != nullptr) {
+      from_holder = holder == w;
+    } else if (auto o = orphans_.find(r.attempt_id); o != orphans_.end()) {
+      from_holder = o->second.worker == identity;
+    }
+    if (!from_holder) {
+      refuse("not_lease_holder");  // not ACKed: nothing was committed for it
+      return;
+    }
+  } else if (current_id && s.state == ShardState::kPending && s.awaiting_given_up_attempt && r.ok) {
+    // A successful result of the shard's latest attempt still counts when the shard was put back
+    // in the queue (its worker looked lost, or did not reclaim it in time after a restart) and
+    // has not been handed out again: the attempt id and its worker prove it is that attempt's
+    // only result.
+    auto given_up = given_up_by_.find(r.attempt_id);
+    if (given_up == given_up_by_.end() || given_up->second != identity) {
+      refuse("not_lease_holder");
+      return;
+    }
+    given_up_by_.erase(given_up);
+    spdlog::info(
+        "late result of the latest attempt counted campaign={} shard={} attempt_id={} "
+        "worker={}",
+        c->id, r.shard, r.attempt_id, identity);
+    set_state(*c, gi, s, ShardState::kRunning);  // so the success path below sees a lease
+    s.worker = kNoWorker;
+    s.awaiting_given_up_attempt = false;
+  } else {
+    // An attempt that is no longer current: a re-sent copy of a result already counted, or a
+    // result of an attempt given up since. Kept for the history when a known worker sends it;
+    // it changes nothing, so the sender gets its ACK and stops re-sending.
+    if (w == nullptr) {
+      refuse("unknown_worker");  // not ACKed; the worker is asked to HELLO and will re-send
+      return;
+    }
+    outgoing_.ack(identity, r.attempt_id);
+    store_stale(*c, gi, r.shard, identity, r);
+    return;
+  }
+
+  outgoing_.ack(identity, r.attempt_id);  // sent only after this turn's commit
+  if (holder != nullptr) {
+    release_lease(*holder, r.attempt_id);
+  } else {
+    orphans_.erase(r.attempt_id);
+  }
+  const std::string& worker_name = holder != nullptr ? holder->name : identity;
+  if (r.ok) {
+    const auto& benchmark = c->spec.benchmarks[g.benchmark];
+    const auto range = shard_range(benchmark, r.shard);
+    if (auto why = invalid_result(r, range.end - range.start, benchmark.metric)) {
+      reject("invalid");
+      fail_attempt(*c, gi, r.shard, AttemptOutcome::kFailed, "invalid result: " + *why, worker_name,
+                   r.duration_ms, true);
+      return;
+    }
+    set_state(*c, gi, s, ShardState::kSucceeded);
+    s.worker = kNoWorker;
+    g.cell.add(r.metrics, r.count);
+    if (!g.cell_dirty) {
+      g.cell_dirty = true;
+      dirty_cells_.emplace_back(c->key, gi);
+    }
+    write_shard(*c, gi, r.shard, holder != nullptr ? holder : w, &r);
+    if (!r.samples_json.empty()) batch_.put_samples(key, r.samples_json);
+    g.completed->Increment();
+    g.duration->Observe(r.duration_ms / 1000.0);
+    maybe_finish(*c);
+    return;
+  }
+  fail_attempt(*c, gi, r.shard, AttemptOutcome::kFailed,
+               r.error.empty() ? "runner failed without an error message" : r.error, worker_name,
+               r.duration_ms, true);
+}
+
+void Scheduler::store_stale(Campaign& c, uint32_t group, uint32_t index,
+                            const std::string& identity, const protocol::ShardResult& r) {
+  Shard& s = c.groups[group].shards[index];
+  if (c.metrics_attached) metrics_.stale_results.Add({{"campaign", c.id}}).Increment();
+  if (s.stale_records >= kMaxStaleRecordsPerShard) {
+    reject("stale_not_stored");
+    spdlog::info(
+        "stale result not stored campaign={} shard={} attempt_id={} worker={} reason=\"{} "
+        "stale records already stored for this shard\"",
+        c.id, index, r.attempt_id, identity, kMaxStaleRecordsPerShard);
+    return;
+  }
+  ++s.stale_records;
+  AttemptRecord rec;
+  rec.outcome = AttemptOutcome::kStale;
+  rec.worker = identity;
+  rec.ended_at_ms = clock_.wall_ms();
+  rec.duration_ms = r.duration_ms;
+  rec.error = r.ok ? "late result of an attempt already given up; not counted"
+                   : utf8::sanitize_bounded(r.error, kMaxStoredErrorBytes);
+  rec.result_ok = r.ok;
+  rec.count = r.count;
+  // What the late result said, bounded and printable: it is shown in the shard's history.
+  for (const auto& [name, value] : r.metrics) {
+    if (rec.metrics.size() >= kMaxMetricsPerResult) break;
+    rec.metrics.emplace_back(utf8::sanitize_bounded(name, kMaxMetricNameBytes), value);
+  }
+  batch_.put_attempt(ShardKey{c.key, group, index}, r.attempt_id, rec);
+  spdlog::info(
+      "stale result stored campaign={} shard={} attempt_id={} worker={} current_attempt_id={} "
+      "state={}",
+      c.id, index, r.attempt_id, identity, s.attempt_id, to_string(s.state));
+}
+
+void Scheduler::hand_back_orphans(const std::string& identity,
+                                  const protocol::HandBack& hand_back) {
+  for (uint64_t id : hand_back.attempt_ids) {
+    auto o = orphans_.find(id);
+    if (o == orphans_.end() || o->second.worker != identity) {
+      reject("not_lease_holder");
+      spdlog::info("hand-back from unknown worker ignored worker={} attempt_id={}", identity, id);
+      continue;
+    }
+    const ShardKey key = o->second.key;
+    orphans_.erase(o);
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    give_back(*c, key, identity);
+  }
+}
+
+void Scheduler::give_back(Campaign& c, const ShardKey& key, const std::string& worker) {
+  Shard& s = c.groups[key.group].shards[key.shard];
+  // The worker is leaving (drain timeout on SIGTERM, e.g. a preempted Slurm job), not failing
+  // the shard: it goes back to the queue at once and keeps its attempt budget. Only the first
+  // few times, though: a shard that outlives every worker it is given (longer than the jobs
+  // that run them) must still end failed rather than circle forever.
+  const bool free_of_charge = s.hand_backs < kFreeHandBacks;
+  if (free_of_charge) ++s.hand_backs;
+  fail_attempt(c, key.group, key.shard, AttemptOutcome::kHandedBack,
+               "handed back unfinished by worker " + worker + " (stopping: drain timeout)" +
+                   (free_of_charge ? "" : "; handed back too often, counts as an attempt"),
+               worker, 0, /*counts_as_attempt=*/!free_of_charge);
+}
+
+void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back) {
+  for (uint64_t id : hand_back.attempt_ids) {
+    auto lease = w.leases.find(id);
+    if (lease == w.leases.end()) {
+      reject("not_lease_holder");
+      spdlog::info("hand-back of an attempt the worker does not hold worker={} attempt_id={}",
+                   w.name, id);
+      continue;
+    }
+    const ShardKey key = lease->second;
+    release_lease(w, id);
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    give_back(*c, key, w.name);
+  }
+}
+
+void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
+  spdlog::warn("worker lost worker={} reason=\"{}\" leases={}", w.name, reason, w.leases.size());
+  metrics_.workers_lost.Add({{"worker", w.name}}).Increment();
+  w.state = WorkerState::kLost;
+  lost_at_[w.index] = clock_.now();
+  auto leases = std::move(w.leases);
+  w.leases.clear();
+  w.lease_gpus.clear();
+  for (auto& slot : w.gpu_slots) slot.busy = false;
+  w.campaigns_sent.clear();
+  set_last_model(w, nullptr, 0);
+  for (const auto& [id, key] : leases) {
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kLost, "worker lost: " + w.name, w.name,
+                 0, /*counts_as_attempt=*/true);
+  }
+}
+
+}  // namespace evald::coordinator
