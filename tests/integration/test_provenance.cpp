@@ -177,7 +177,11 @@ TEST_CASE("reuse: an identical campaign runs no runner and yields the same leade
   api.wait_for_state(first, "succeeded", 60s);
   REQUIRE(line_count(log) == static_cast<size_t>(total));
   std::map<ShardId, uint64_t> attempt_of;
-  for (const auto& r : api.get("/v1/campaigns/" + first + "/provenance").at("records")) {
+  // By value: a range-for over a member of the temporary answer would outlive it.
+  const nlohmann::json first_records =
+      api.get("/v1/campaigns/" + first + "/provenance").at("records");
+  REQUIRE(first_records.size() == static_cast<size_t>(total));
+  for (const auto& r : first_records) {
     attempt_of[shard_id(r)] = r.at("attempt_id").get<uint64_t>();
   }
 
@@ -261,7 +265,10 @@ TEST_CASE("data pinning: a changed data file fails with data changed, and is nev
   api.wait_for_state(third, "succeeded", 60s);
   CHECK(line_count(log) == 2 * runs);
   for (const auto& s : shard_list(api, third)) CHECK_FALSE(s.contains("reused_from"));
-  for (const auto& r : api.get("/v1/campaigns/" + third + "/provenance").at("records")) {
+  const nlohmann::json third_records =
+      api.get("/v1/campaigns/" + third + "/provenance").at("records");
+  CHECK(third_records.size() == static_cast<size_t>(runs));
+  for (const auto& r : third_records) {
     CHECK(r.at("data_sha256") == changed_sha);
   }
   CHECK(api.metric("evald_shards_reused_total") == 0);
