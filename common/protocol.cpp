@@ -13,7 +13,8 @@ namespace {
 constexpr char kMagic0 = 'E';
 constexpr char kMagic1 = 'V';
 // Smallest encodings, used to refuse item counts the frame cannot hold.
-constexpr size_t kMinResultBytes = 8 + 4 * 4 + 1 + 8 + 4 + 4 + 4 + 4;
+constexpr size_t kMinResultBytesV1 = 8 + 4 * 4 + 1 + 8 + 4 + 4 + 4 + 4;
+constexpr size_t kMinResultBytes = kMinResultBytesV1 + 8 + 8 + 4 + 4 + 4;
 constexpr size_t kMinAssignmentBytes = 8 + 4 * 4 + 8 + 8 + 4 + 4;
 
 nlohmann::json warm_json(const std::vector<WarmModel>& warm) {
@@ -36,8 +37,9 @@ std::vector<WarmModel> read_warm(const nlohmann::json& value) {
 }
 
 void encode_body(BinaryWriter& w, const Hello& m) {
-  nlohmann::json body = {{"name", m.name}, {"instance", m.instance}, {"slots", m.slots},
-                         {"gpus", m.gpus}, {"labels", m.labels},     {"running", m.running}};
+  nlohmann::json body = {{"name", m.name},      {"instance", m.instance}, {"host", m.host},
+                         {"slots", m.slots},    {"gpus", m.gpus},         {"labels", m.labels},
+                         {"running", m.running}};
   if (!m.warm.empty()) body["warm"] = warm_json(m.warm);
   w.str(body.dump());
 }
@@ -66,6 +68,12 @@ void encode_body(BinaryWriter& w, const Results& m) {
     w.str(r.error);
     w.u32(r.duration_ms);
     w.str(r.samples_json);
+    w.i64(r.started_at_ms);
+    w.i64(r.ended_at_ms);
+    w.u32(static_cast<uint32_t>(r.gpus.size()));
+    for (uint32_t g : r.gpus) w.u32(g);
+    w.str(r.executable_sha256);
+    w.str(r.data_sha256);
   }
 }
 void encode_body(BinaryWriter& w, const Welcome& m) {
@@ -119,6 +127,7 @@ Result<Message> decode_hello(BinaryReader& r) {
   try {
     m.name = body.at("name").get<std::string>();
     m.instance = body.value("instance", std::string{});
+    m.host = body.value("host", std::string{});
     m.slots = body.at("slots").get<uint32_t>();
     m.gpus = body.value("gpus", nlohmann::json::array());
     m.labels = body.value("labels", nlohmann::json::object());
@@ -158,10 +167,12 @@ Result<Message> decode_heartbeat(BinaryReader& r) {
   return Message{std::move(m)};
 }
 
-Result<Message> decode_results(BinaryReader& r) {
+Result<Message> decode_results(BinaryReader& r, uint8_t version) {
   Results m;
   uint32_t n = 0;
-  if (!r.count(n, kMinResultBytes)) return make_error("RESULTS: bad result count");
+  if (!r.count(n, version >= 2 ? kMinResultBytes : kMinResultBytesV1)) {
+    return make_error("RESULTS: bad result count");
+  }
   m.results.resize(n);
   for (auto& res : m.results) {
     uint8_t ok = 0;
@@ -178,6 +189,18 @@ Result<Message> decode_results(BinaryReader& r) {
     }
     if (!r.str(res.error) || !r.u32(res.duration_ms) || !r.str(res.samples_json)) {
       return make_error("RESULTS: truncated result tail");
+    }
+    if (version < 2) continue;
+    uint32_t gpu_count = 0;
+    if (!r.i64(res.started_at_ms) || !r.i64(res.ended_at_ms) || !r.count(gpu_count, 4)) {
+      return make_error("RESULTS: truncated provenance");
+    }
+    res.gpus.resize(gpu_count);
+    for (auto& g : res.gpus) {
+      if (!r.u32(g)) return make_error("RESULTS: truncated gpu list");
+    }
+    if (!r.str(res.executable_sha256) || !r.str(res.data_sha256)) {
+      return make_error("RESULTS: truncated provenance hashes");
     }
   }
   return Message{std::move(m)};
@@ -222,6 +245,7 @@ ShardResult result_for(const Assignment& assignment) {
   result.model = assignment.model;
   result.benchmark = assignment.benchmark;
   result.shard = assignment.shard;
+  result.gpus = assignment.gpus;
   return result;
 }
 
@@ -289,8 +313,9 @@ Result<Message> decode(std::string_view frame) {
   if (frame[0] != kMagic0 || frame[1] != kMagic1)
     return make_error("bad magic (not an evald frame)");
   const auto version = static_cast<uint8_t>(frame[2]);
-  if (version != kProtocolVersion) {
+  if (version < kMinProtocolVersion || version > kProtocolVersion) {
     return make_error("unsupported protocol version " + std::to_string(version) + " (expected " +
+                      std::to_string(kMinProtocolVersion) + ".." +
                       std::to_string(kProtocolVersion) + ")");
   }
   const auto type = static_cast<MessageType>(static_cast<uint8_t>(frame[3]));
@@ -311,7 +336,7 @@ Result<Message> decode(std::string_view frame) {
       decoded = Message{ReHello{}};
       break;
     case MessageType::kResults:
-      decoded = decode_results(r);
+      decoded = decode_results(r, version);
       break;
     case MessageType::kAssign:
       decoded = decode_assign(r);

@@ -8,7 +8,9 @@
 // routing-id frame the ROUTER adds), at most the coordinator's --max-message-bytes (8 MiB):
 //
 //   byte 0..1  magic "EV"
-//   byte 2     protocol version (kProtocolVersion); other versions are refused with a log line
+//   byte 2     protocol version: kProtocolVersion is sent; kMinProtocolVersion.. are decoded (a
+//              version-1 RESULTS simply has no provenance fields); others are refused with a log
+//              line
 //   byte 3     MessageType
 //   byte 4..   body, little-endian binary (common/binary_codec.hpp); Hello and CampaignInfo carry
 //              JSON strings for their open-ended parts (GPUs, labels, the campaign spec)
@@ -40,7 +42,11 @@
 
 namespace evald::protocol {
 
-inline constexpr uint8_t kProtocolVersion = 1;
+// Version 2 added provenance to each result (ShardResult's started_at_ms .. data_sha256) and the
+// host to HELLO. Version-1 frames still decode, so a worker's outbox written before the upgrade
+// is delivered, not thrown away; its results carry no provenance.
+inline constexpr uint8_t kProtocolVersion = 2;
+inline constexpr uint8_t kMinProtocolVersion = 1;
 inline constexpr size_t kHeaderBytes = 4;
 
 enum class MessageType : uint8_t {
@@ -78,8 +84,10 @@ struct ServeStatus {
 struct Hello {
   std::string name;
   std::string instance;  // random per worker process start; tells a restart from a reconnect
+  std::string host;      // the worker's hostname, for provenance ("" from a version-1 worker)
   uint32_t slots = 1;
-  nlohmann::json gpus = nlohmann::json::array();     // [{"index":0,"name":"...","memory_mib":N}]
+  // [{"index":0,"name":"...","memory_mib":N,"uuid":"GPU-..."}]; results name GPUs by index only
+  nlohmann::json gpus = nlohmann::json::array();
   nlohmann::json labels = nlohmann::json::object();  // {"k":"v"}
   std::vector<uint64_t> running;                     // attempt ids still running on the worker
   std::vector<WarmModel> warm;                       // model servers ready on the worker
@@ -111,6 +119,14 @@ struct ShardResult {
   std::string error;  // for a failed attempt: what happened and the stderr tail
   uint32_t duration_ms = 0;
   std::string samples_json;  // optional per-example records as a JSON array, "" if none
+  // Provenance (version 2): when and with what the attempt ran. The worker's name, host and GPU
+  // names/UUIDs are known per connection (HELLO), so a result names its GPUs by index only and
+  // the noop hot path stays a few dozen bytes.
+  int64_t started_at_ms = 0;  // wall clock, Unix ms; 0 = unknown (a version-1 result)
+  int64_t ended_at_ms = 0;
+  std::vector<uint32_t> gpus;     // the GPU indexes it ran on (CUDA_VISIBLE_DEVICES)
+  std::string executable_sha256;  // exec: SHA-256 (hex) of the resolved executable; "" unknown
+  std::string data_sha256;        // SHA-256 (hex) of the benchmark's params.data file; "" none
 };
 
 struct Results {

@@ -34,6 +34,7 @@
 
 #include "common/json_fields.hpp"
 #include "common/json_limits.hpp"
+#include "common/sha256.hpp"
 #include "common/spec_limits.hpp"
 #include "common/yaml.hpp"
 
@@ -436,7 +437,50 @@ Result<BenchmarkSpec> parse_benchmark(const json& entry, const std::string& path
   auto params = read_params(entry, path);
   if (!params) return params.error();
   benchmark.params = std::move(params).value();
+  if (const auto pin = benchmark.params.find("data_sha256"); pin != benchmark.params.end()) {
+    const std::string field = join(join(path, "params"), "data_sha256");
+    if (!pin->is_string() || !is_sha256_hex(pin->get_ref<const std::string&>())) {
+      return field_error(field, "must be a SHA-256 digest: 64 lowercase hex digits");
+    }
+    const auto data = benchmark.params.find("data");
+    if (data == benchmark.params.end() || !data->is_string()) {
+      return field_error(field, "pins params.data, which must then be a file path (a string)");
+    }
+  }
   return benchmark;
+}
+
+Result<std::optional<ScoringSpec>> parse_scoring(const json& spec) {
+  const json* scoring = find_field(spec, "scoring");
+  if (scoring == nullptr) return std::optional<ScoringSpec>{};
+  if (!scoring->is_object()) return field_error("scoring", "must be an object");
+  if (auto error = check_known_fields(*scoring, "scoring", {"weights"})) return *std::move(error);
+  const json* weights = find_field(*scoring, "weights");
+  if (weights == nullptr) return field_error("scoring.weights", "is required");
+  if (!weights->is_object() || weights->empty()) {
+    return field_error("scoring.weights", "must be a non-empty object of component: weight");
+  }
+  if (weights->size() > kMaxScoringComponents) {
+    return field_error("scoring.weights", fmt::format("has {} components; the limit is {}",
+                                                      weights->size(), kMaxScoringComponents));
+  }
+  ScoringSpec out;
+  double total = 0;
+  for (const auto& [name, weight] : weights->items()) {
+    const std::string field = "scoring.weights." + name;
+    if (name.empty() || name.size() > kMaxNameLength || has_control_character(name)) {
+      return field_error("scoring.weights", fmt::format("component names must be 1..{} printable "
+                                                        "characters",
+                                                        kMaxNameLength));
+    }
+    if (!weight.is_number() || !std::isfinite(weight.get<double>()) || weight.get<double>() < 0) {
+      return field_error(field, "must be a non-negative number");
+    }
+    total += weight.get<double>();
+    out.weights.emplace(name, weight.get<double>());
+  }
+  if (!(total > 0)) return field_error("scoring.weights", "must have a positive weight");
+  return std::optional<ScoringSpec>{std::move(out)};
 }
 
 Result<std::vector<BenchmarkSpec>> parse_benchmarks(const json& spec) {
@@ -714,9 +758,9 @@ ShardRange shard_range(const BenchmarkSpec& benchmark, int64_t index) {
 
 Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
   if (!json.is_object()) return make_error("spec: must be a JSON object");
-  if (auto error = check_known_fields(
-          json, "",
-          {"name", "description", "models", "benchmarks", "runner", "max_attempts", "priority"})) {
+  if (auto error = check_known_fields(json, "",
+                                      {"name", "description", "models", "benchmarks", "runner",
+                                       "max_attempts", "priority", "reuse", "scoring"})) {
     return *std::move(error);
   }
   CampaignSpec spec;
@@ -757,6 +801,14 @@ Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
   auto priority = read_bounded_integer(json, "priority", 0, -1'000'000, 1'000'000);
   if (!priority) return priority.error();
   spec.priority = priority.value();
+
+  if (const nlohmann::json* reuse = find_field(json, "reuse")) {
+    if (!reuse->is_boolean()) return field_error("reuse", "must be true or false");
+    spec.reuse = reuse->get<bool>();
+  }
+  auto scoring = parse_scoring(json);
+  if (!scoring) return scoring.error();
+  spec.scoring = std::move(scoring).value();
 
   const Int128 shards = count_shards(spec.models, spec.benchmarks);
   if (shards > kMaxShardsPerCampaign) {
@@ -840,10 +892,14 @@ nlohmann::json to_json(const CampaignSpec& spec) {
     runner["request_timeout_s"] = spec.runner.request_timeout_s;
     runner["max_retries"] = spec.runner.max_retries;
   }
-  return json{{"name", spec.name},           {"description", spec.description},
-              {"models", std::move(models)}, {"benchmarks", std::move(benchmarks)},
-              {"runner", std::move(runner)}, {"max_attempts", spec.max_attempts},
-              {"priority", spec.priority}};
+  json out{{"name", spec.name},           {"description", spec.description},
+           {"models", std::move(models)}, {"benchmarks", std::move(benchmarks)},
+           {"runner", std::move(runner)}, {"max_attempts", spec.max_attempts},
+           {"priority", spec.priority}};
+  // Only when set, so the canonical form (and its hash) of a spec without them is unchanged.
+  if (spec.reuse) out["reuse"] = true;
+  if (spec.scoring) out["scoring"] = {{"weights", spec.scoring->weights}};
+  return out;
 }
 
 bool valid_env_name(std::string_view name) {

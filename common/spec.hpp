@@ -102,6 +102,17 @@ struct RunnerSpec {
   bool operator==(const RunnerSpec&) const = default;
 };
 
+// How models are ranked when a campaign weighs more than benchmarks (docs/results.md, composite
+// score): component name -> non-negative weight. "benchmarks" is the benchmark average x 100;
+// every other component is imported per model (POST .../scores).
+struct ScoringSpec {
+  std::map<std::string, double> weights;
+
+  bool operator==(const ScoringSpec&) const = default;
+};
+
+inline constexpr size_t kMaxScoringComponents = 16;
+
 struct CampaignSpec {
   std::string name;
   std::string description;
@@ -110,6 +121,10 @@ struct CampaignSpec {
   RunnerSpec runner;
   int max_attempts = 3;
   int priority = 0;
+  // A shard identical to one that succeeded in an earlier campaign takes that result instead of
+  // running (docs/results.md, reuse).
+  bool reuse = false;
+  std::optional<ScoringSpec> scoring;
 
   // Saturates at INT64_MAX instead of overflowing; a validated spec is far below that.
   int64_t total_shards() const;

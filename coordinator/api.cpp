@@ -99,7 +99,9 @@ Api::Api(Scheduler& scheduler, Metrics& metrics, ApiOptions options)
       metrics_(metrics),
       options_(std::move(options)),
       audit_(scheduler.store(), metrics),
-      sample_stats_(scheduler.store(), metrics) {}
+      sample_stats_(scheduler.store(), metrics) {
+  load_imported_scores();
+}
 
 Api::Access Api::access_for(const HttpRequest& request) const {
   const std::string path = request.target.substr(0, request.target.find('?'));
@@ -130,7 +132,8 @@ Api::Access Api::access_for(const HttpRequest& request) const {
     access.route_name = "/v1/campaigns";
     access.role = Role::kSubmitter;
     access.action = "submit";
-  } else if (parts.size() == 4 && (parts[3] == "rerun" || parts[3] == "cancel")) {
+  } else if (parts.size() == 4 &&
+             (parts[3] == "rerun" || parts[3] == "cancel" || parts[3] == "scores")) {
     access.route_name = "/v1/campaigns/{id}/" + parts[3];
     access.role = Role::kSubmitter;
     access.action = parts[3];
@@ -273,9 +276,9 @@ HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
     if (parts.size() == 4) {
       const std::string& action = parts[3];
       route_name = "/v1/campaigns/{id}/" + action;
-      const bool is_get =
-          action == "shards" || action == "results" || action == "samples" || action == "compare";
-      const bool is_post = action == "rerun" || action == "cancel";
+      const bool is_get = action == "shards" || action == "results" || action == "samples" ||
+                          action == "compare" || action == "provenance";
+      const bool is_post = action == "rerun" || action == "cancel" || action == "scores";
       if (!is_get && !is_post) {
         route_name = "unknown";
         return error_response(404, "no route for " + method + " " + path);
@@ -287,6 +290,8 @@ HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
       if (action == "results") return get_results(*c);
       if (action == "samples") return get_samples(*c, parse_query(query));
       if (action == "compare") return get_compare(*c, parse_query(query));
+      if (action == "provenance") return get_provenance(*c);
+      if (action == "scores") return post_scores(*c, request);
       if (action == "rerun") return rerun(*c, request);
       return cancel(*c, request);
     }
@@ -403,7 +408,9 @@ HttpResponse Api::list_campaigns() {
 }
 
 HttpResponse Api::get_campaign(const Campaign& c) {
-  return json_response(200, campaign_json(c));
+  auto out = campaign_json(c);
+  add_spec(c, out);
+  return json_response(200, out);
 }
 
 HttpResponse Api::get_shards(const Campaign& c, const std::string& query) {
@@ -467,6 +474,10 @@ HttpResponse Api::get_shards(const Campaign& c, const std::string& query) {
           nlohmann::json metrics = nlohmann::json::object();
           for (const auto& [name, value] : r.metrics) metrics[name] = value;
           item["metrics"] = metrics;
+          if (!r.reused_from_campaign.empty()) {
+            item["reused_from"] = {{"campaign", r.reused_from_campaign},
+                                   {"attempt_id", r.reused_from_attempt}};
+          }
         }
         if (r.state == ShardState::kRunning) item["attempt_id"] = r.attempt_id;
         // Waiting for its model server to become ready (docs/served-models.md).
@@ -504,7 +515,7 @@ HttpResponse Api::get_results(const Campaign& c) {
                              {"name", c.spec.name},
                              {"state", to_string(c.state)},
                              {"benchmarks", bench_names},
-                             {"models", std::move(models_json)}});
+                             {"models", with_composite(c, std::move(models_json))}});
 }
 
 std::string Api::quota_owner(const std::optional<std::string>& token_name,

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 
+#include "common/composite.hpp"
 #include "common/http_server.hpp"
 #include "coordinator/audit.hpp"
 #include "coordinator/auth.hpp"
@@ -68,6 +69,14 @@ class Api {
   HttpResponse list_workers();
   nlohmann::json campaign_json(const Campaign& c) const;
 
+  // Results you can defend (api_defend.cpp).
+  void add_spec(const Campaign& c, nlohmann::json& out) const;
+  HttpResponse get_provenance(const Campaign& c);
+  HttpResponse post_scores(const Campaign& c, const HttpRequest& request);
+  // The results' models array with "composite" and re-ranked, when the spec has scoring.
+  nlohmann::json with_composite(const Campaign& c, nlohmann::json models) const;
+  void load_imported_scores();
+
   std::optional<Principal> principal_of(const HttpRequest& request) const;
   HttpResponse refuse(const HttpRequest& request, const std::optional<Principal>& principal,
                       int status, const std::string& reason, const std::string& metric_reason);
@@ -77,6 +86,9 @@ class Api {
   ApiOptions options_;
   AuditLog audit_;
   SampleStats sample_stats_;
+  // Imported composite components per campaign key, loaded from the store at start and kept in
+  // step with every import (written in the import's batch).
+  std::map<uint32_t, ImportedScores> imported_scores_;
 };
 
 // "2026-11-25T06:00:00Z" for milliseconds since the epoch.

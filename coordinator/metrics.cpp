@@ -168,7 +168,18 @@ Metrics::Metrics()
                            .Help("Longest core event-loop turn in the current window; the "
                                  "window restarts every 10 s, independent of scrapes")
                            .Register(*registry)
-                           .Add({})) {}
+                           .Add({})),
+      shards_reused(BuildCounter()
+                        .Name("evald_shards_reused_total")
+                        .Help("Shards that took the result of an identical shard of an earlier "
+                              "campaign instead of running (reuse)")
+                        .Register(*registry)
+                        .Add({})),
+      scores_imported(BuildCounter()
+                          .Name("evald_scores_imported_total")
+                          .Help("Model scores imported for composite score components")
+                          .Register(*registry)
+                          .Add({})) {}
 
 std::string Metrics::serialize() const {
   const prometheus::TextSerializer serializer;

@@ -77,6 +77,10 @@ struct Metrics {
   prometheus::Counter& audit_suppressed;
   prometheus::Gauge& queue_ready;
   prometheus::Gauge& turn_seconds_max;
+  // Shards that took an earlier campaign's identical result instead of running ("reuse": true).
+  prometheus::Counter& shards_reused;
+  // Model scores imported for composite components (POST .../scores).
+  prometheus::Counter& scores_imported;
 
   // benchmark_shards handles per campaign id, one per group (model x benchmark), so refreshing
   // them is a few atomic stores. Core thread only.

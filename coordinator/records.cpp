@@ -7,6 +7,9 @@ namespace {
 
 // Each record starts with a format version so the layout can evolve without a migration tool.
 // Shard records: version 2 appends hand_backs; version 1 (without it) is still read, as 0.
+// Version 3 appends reused_from (campaign id, attempt id); it is written only for a reused shard,
+// so every other record keeps the version-2 bytes and an older binary still reads it.
+constexpr uint8_t kShardRecordVersionReused = 3;
 constexpr uint8_t kShardRecordVersion = 2;
 constexpr uint8_t kShardRecordVersionWithoutHandBacks = 1;
 constexpr uint8_t kAttemptRecordVersion = 1;
@@ -97,7 +100,8 @@ std::string encode(const ShardRecord& record) {
   std::string out;
   out.reserve(64 + record.worker.size() + record.last_error.size());
   BinaryWriter w(out);
-  w.u8(kShardRecordVersion);
+  const bool reused = !record.reused_from_campaign.empty();
+  w.u8(reused ? kShardRecordVersionReused : kShardRecordVersion);
   w.u8(static_cast<uint8_t>(record.state));
   w.u32(record.attempts);
   w.u32(record.total_attempts);
@@ -109,6 +113,10 @@ std::string encode(const ShardRecord& record) {
   write_metrics(w, record.metrics);
   w.str(record.last_error);
   w.u32(record.hand_backs);
+  if (reused) {
+    w.str(record.reused_from_campaign);
+    w.u64(record.reused_from_attempt);
+  }
   return out;
 }
 
@@ -118,14 +126,19 @@ Result<ShardRecord> decode_shard_record(std::string_view bytes) {
   uint8_t version = 0;
   uint8_t state = 0;
   if (!r.u8(version) ||
-      (version != kShardRecordVersion && version != kShardRecordVersionWithoutHandBacks)) {
+      (version != kShardRecordVersion && version != kShardRecordVersionWithoutHandBacks &&
+       version != kShardRecordVersionReused)) {
     return make_error("shard record: unknown format version");
   }
   if (!r.u8(state) || state >= kShardStateCount || !r.u32(rec.attempts) ||
       !r.u32(rec.total_attempts) || !r.u64(rec.attempt_id) || !r.str(rec.worker) ||
       !r.i64(rec.started_at_ms) || !r.u32(rec.duration_ms) || !r.i64(rec.count) ||
       !read_metrics(r, rec.metrics) || !r.str(rec.last_error) ||
-      (version == kShardRecordVersion && !r.u32(rec.hand_backs)) || !r.at_end()) {
+      (version >= kShardRecordVersion && !r.u32(rec.hand_backs)) ||
+      (version == kShardRecordVersionReused &&
+       (!r.str(rec.reused_from_campaign) || !r.u64(rec.reused_from_attempt) ||
+        rec.reused_from_campaign.empty())) ||
+      !r.at_end()) {
     return make_error("shard record: truncated or corrupt");
   }
   rec.state = static_cast<ShardState>(state);

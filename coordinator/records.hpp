@@ -46,6 +46,10 @@ struct ShardRecord {
   // Free hand-backs used within the current budget. Stored so that a coordinator restart does not
   // give a shard that outlives every worker it is given a fresh set of free hand-backs.
   uint32_t hand_backs = 0;
+  // Succeeded by reuse (format 3): the campaign id and attempt id of the earlier result taken
+  // instead of running; empty / 0 for a shard that ran.
+  std::string reused_from_campaign;
+  uint64_t reused_from_attempt = 0;
 };
 
 enum class AttemptOutcome : uint8_t {

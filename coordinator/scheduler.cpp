@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "common/sha256.hpp"
 #include "common/utf8.hpp"
 #include "coordinator/scheduler_internal.hpp"
 
@@ -132,6 +133,7 @@ Campaign& Scheduler::create_campaign(uint32_t key, std::string id, CampaignSpec 
   c->key = key;
   c->id = std::move(id);
   c->spec_json = to_json(spec).dump();
+  c->spec_sha256 = sha256_hex(c->spec_json);
   c->spec = std::move(spec);
   c->created_at_ms = created_at_ms;
   const auto now = clock_.now();

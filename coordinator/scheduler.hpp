@@ -50,6 +50,7 @@
 #include "common/spec.hpp"
 #include "coordinator/metrics.hpp"
 #include "coordinator/placement.hpp"
+#include "coordinator/provenance.hpp"
 #include "coordinator/records.hpp"
 #include "coordinator/store.hpp"
 
@@ -178,6 +179,7 @@ struct Campaign {
   std::string id;
   CampaignSpec spec;
   std::string spec_json;
+  std::string spec_sha256;  // of spec_json: every provenance record of the campaign names it
   int64_t created_at_ms = 0;
   int64_t finished_at_ms = 0;
   // Who submitted it: the API token's name (nullopt when the API runs without tokens) and the
@@ -224,6 +226,7 @@ struct WorkerInfo {
   uint32_t index = 0;
   std::string name;  // from HELLO; the core maps it to the connection (core.hpp)
   std::string instance;
+  std::string host;  // from HELLO (at most kMaxHostBytes), for provenance
   WorkerState state = WorkerState::kConnected;
   uint32_t slots = 1;
   nlohmann::json gpus = nlohmann::json::array();
@@ -389,6 +392,12 @@ class Scheduler {
   // Stores a result of an attempt that is no longer current, within the per-shard bound.
   void store_stale(Campaign& c, uint32_t group, uint32_t index, const std::string& identity,
                    const protocol::ShardResult& r);
+  // Provenance and reuse (scheduler_defend.cpp).
+  const ShardIdentity& identity_of(const Campaign& c, uint32_t group);
+  void record_provenance(const Campaign& c, const ShardKey& key, const WorkerInfo* who,
+                         const std::string& worker_name, const protocol::ShardResult& r);
+  // At submit: shards identical to an earlier success take its result. Returns how many.
+  int64_t apply_reuse(Campaign& c);
   void attach_campaign_metrics(Campaign& c);
   void detach_campaign_metrics(Campaign& c);
   void forget_worker_metrics(const WorkerInfo& w);
@@ -422,6 +431,8 @@ class Scheduler {
   std::multimap<std::chrono::steady_clock::time_point, ShardKey> delayed_;
   std::unordered_map<uint32_t, std::chrono::steady_clock::time_point> lost_at_;  // worker index
   std::vector<std::pair<uint32_t, uint32_t>> dirty_cells_;
+  std::unordered_map<uint64_t, ShardIdentity> identities_;  // (campaign << 32 | group), bounded
+  std::unordered_map<uint32_t, nlohmann::json> canonical_specs_;  // campaign key, bounded
   size_t dispatch_rr_ = 0;
   size_t tier_turn_ = 0;
   std::array<prometheus::Counter*, 32> received_by_type_{};

@@ -14,6 +14,7 @@ Result<std::string> Scheduler::submit(const CampaignSpec& spec, const Submitter&
   c.submitted_by = submitter.name;
   c.submitted_from = submitter.address;
   write_campaign(c);
+  apply_reuse(c);
   spdlog::info(
       "campaign_submitted campaign={} name={} models={} benchmarks={} shards={} "
       "priority={}",

@@ -50,6 +50,7 @@ std::optional<std::string> invalid_result(const protocol::ShardResult& r, int64_
   }
   if (!has_primary) return "primary metric '" + primary_metric + "' missing";
   if (!utf8::is_valid(r.samples_json)) return "samples are not valid UTF-8";
+  if (auto why = check_result_provenance(r)) return *why;
   return std::nullopt;
 }
 
@@ -170,6 +171,10 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     hello.instance = utf8::sanitize_bounded(hello.instance, kMaxInstanceBytes);
     count_dropped("instance", 1);
   }
+  if (hello.host.size() > kMaxHostBytes || !utf8::is_valid(hello.host)) {
+    hello.host = utf8::sanitize_bounded(hello.host, kMaxHostBytes);
+    count_dropped("host", 1);
+  }
   if (hello.running.size() > kMaxHelloRunning) {
     count_dropped("running", hello.running.size() - kMaxHelloRunning);
     hello.running.resize(kMaxHelloRunning);
@@ -288,6 +293,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     outgoing_.cancel(identity, id);
   }
   w->instance = hello.instance;
+  w->host = std::move(hello.host);
   w->state = WorkerState::kConnected;
   w->slots = hello.slots;
   w->gpu_slots = parse_worker_gpus(hello.gpus);
@@ -415,6 +421,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     } else {
       batch_.delete_samples(key);
     }
+    record_provenance(*c, key, holder != nullptr ? holder : w, worker_name, r);
     g.completed->Increment();
     g.duration->Observe(r.duration_ms / 1000.0);
     maybe_finish(*c);

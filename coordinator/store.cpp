@@ -7,6 +7,7 @@
 #include <rocksdb/write_batch.h>
 
 #include <array>
+#include <cassert>
 
 #include "coordinator/fault_injection_fs.hpp"
 
@@ -21,6 +22,9 @@ constexpr char kAttemptPrefix = 'a';
 constexpr char kCellPrefix = 'g';
 constexpr char kSamplesPrefix = 'x';
 constexpr char kAuditPrefix = 'u';
+constexpr char kProvenancePrefix = 'p';
+constexpr char kReusePrefix = 'r';
+constexpr char kScoresPrefix = 'k';
 constexpr char kLateResultSuffix = 'L';  // after an attempt key: the late result of that attempt
 
 void append_be32(std::string& out, uint32_t v) {
@@ -80,6 +84,29 @@ Status scan_prefix(rocksdb::DB& db, const std::string& prefix, Visit&& visit) {
   return Ok{};
 }
 
+// 'r' + the 32 raw bytes of the identity digest; "" when it is not 64 hex digits.
+std::string reuse_key(std::string_view identity_hex) {
+  if (identity_hex.size() != 64) return {};
+  std::string out(1, kReusePrefix);
+  for (size_t i = 0; i < 64; i += 2) {
+    int byte = 0;
+    for (size_t j = 0; j < 2; ++j) {
+      const char c = identity_hex[i + j];
+      int v = 0;
+      if (c >= '0' && c <= '9') {
+        v = c - '0';
+      } else if (c >= 'a' && c <= 'f') {
+        v = c - 'a' + 10;
+      } else {
+        return {};
+      }
+      byte = byte * 16 + v;
+    }
+    out.push_back(static_cast<char>(byte));
+  }
+  return out;
+}
+
 }  // namespace
 
 struct Store::Batch::Impl {
@@ -88,6 +115,33 @@ struct Store::Batch::Impl {
 
 Store::Batch::Batch() : impl_(std::make_unique<Impl>()) {}
 Store::Batch::~Batch() = default;
+
+void Store::Batch::put_provenance(const ShardKey& key, const std::string& json) {
+  impl_->batch.Put(shard_key(kProvenancePrefix, key), json);
+  ++puts_;
+}
+
+void Store::Batch::put_reuse(std::string_view identity_hex, const ShardKey& source,
+                             uint64_t attempt_id) {
+  const std::string key = reuse_key(identity_hex);
+  assert(!key.empty() && "identity digests are made by sha256_hex");
+  std::string value;
+  append_be32(value, source.campaign);
+  append_be32(value, source.group);
+  append_be32(value, source.shard);
+  append_be64(value, attempt_id);
+  impl_->batch.Put(key, value);
+  ++puts_;
+}
+
+void Store::Batch::put_scores(uint32_t campaign, const std::string& component,
+                              const std::string& json) {
+  std::string key(1, kScoresPrefix);
+  append_be32(key, campaign);
+  key.append(component);
+  impl_->batch.Put(key, json);
+  ++puts_;
+}
 
 void Store::Batch::put_meta_u64(std::string_view name, uint64_t value) {
   std::string key(1, kMetaPrefix);
@@ -252,6 +306,57 @@ std::optional<std::string> Store::get_samples(const ShardKey& key) const {
     return std::nullopt;
   }
   return value;
+}
+
+std::optional<std::string> Store::get_provenance(const ShardKey& key) const {
+  std::string value;
+  if (!db_->Get(rocksdb::ReadOptions(), shard_key(kProvenancePrefix, key), &value).ok()) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<Store::ReuseSource> Store::get_reuse(std::string_view identity_hex) const {
+  const std::string key = reuse_key(identity_hex);
+  if (key.empty()) return std::nullopt;
+  std::string value;
+  if (!db_->Get(rocksdb::ReadOptions(), key, &value).ok() || value.size() != 20) {
+    return std::nullopt;
+  }
+  return ReuseSource{ShardKey{read_be32(value, 0), read_be32(value, 4), read_be32(value, 8)},
+                     read_be64(value, 12)};
+}
+
+std::optional<ShardRecord> Store::get_shard(const ShardKey& key) const {
+  std::string value;
+  if (!db_->Get(rocksdb::ReadOptions(), shard_key(kShardPrefix, key), &value).ok()) {
+    return std::nullopt;
+  }
+  auto record = decode_shard_record(value);
+  if (!record.ok()) return std::nullopt;
+  return std::move(record).value();
+}
+
+Status Store::scan_provenance(
+    uint32_t campaign,
+    const std::function<void(const ShardKey&, std::string_view json)>& visit) const {
+  std::string prefix(1, kProvenancePrefix);
+  append_be32(prefix, campaign);
+  return scan_prefix(*db_, prefix, [&](std::string_view k, std::string_view v) -> Status {
+    if (k.size() != 13) return make_error("bad provenance key " + hex(k));
+    visit(parse_shard_key(k), v);
+    return Ok{};
+  });
+}
+
+Status Store::scan_scores(const std::function<void(uint32_t campaign, std::string_view component,
+                                                   std::string_view json)>& visit) const {
+  return scan_prefix(*db_, std::string(1, kScoresPrefix),
+                     [&](std::string_view k, std::string_view v) -> Status {
+                       if (k.size() < 6) return make_error("bad scores key " + hex(k));
+                       visit(read_be32(k, 1), k.substr(5), v);
+                       return Ok{};
+                     });
 }
 
 Status Store::scan_campaigns(

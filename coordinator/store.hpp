@@ -56,6 +56,13 @@ class Store {
     void put_samples(const ShardKey& key, const std::string& samples_json);
     // A counted result without samples: an earlier result's samples must not stand in for it.
     void delete_samples(const ShardKey& key);
+    // Provenance of a counted result (coordinator/provenance.hpp), JSON.
+    void put_provenance(const ShardKey& key, const std::string& json);
+    // Reuse index: the shard identity digest (64 hex digits, coordinator/provenance.hpp) -> the
+    // shard and attempt whose success may stand in for an identical shard.
+    void put_reuse(std::string_view identity_hex, const ShardKey& source, uint64_t attempt_id);
+    // Imported scores of one composite component of a campaign, JSON {"scores": {model: score}}.
+    void put_scores(uint32_t campaign, const std::string& component, const std::string& json);
     // One audit event (coordinator/audit.hpp), JSON; seq increases by one per event.
     void put_audit(uint64_t seq, const std::string& json);
     bool empty() const { return puts_ == 0; }
@@ -100,6 +107,15 @@ class Store {
   // and hand out ids that already exist.
   Result<std::optional<uint64_t>> get_meta_u64(std::string_view name) const;
   std::optional<std::string> get_samples(const ShardKey& key) const;
+  std::optional<std::string> get_provenance(const ShardKey& key) const;
+  struct ReuseSource {
+    ShardKey shard;
+    uint64_t attempt_id = 0;
+  };
+  // nullopt when no succeeded shard with this identity was ever indexed.
+  std::optional<ReuseSource> get_reuse(std::string_view identity_hex) const;
+  // nullopt when the shard has no record (never left pending) or it does not decode.
+  std::optional<ShardRecord> get_shard(const ShardKey& key) const;
 
   // Scans call `visit` in key order; a record that does not decode stops the scan with an error
   // that names its key.
@@ -111,6 +127,12 @@ class Store {
   Status scan_attempts(uint32_t campaign,
                        const std::function<void(const ShardKey&, uint64_t attempt_id,
                                                 const AttemptRecord&)>& visit) const;
+  // Provenance records of one campaign, in shard key order.
+  Status scan_provenance(
+      uint32_t campaign,
+      const std::function<void(const ShardKey&, std::string_view json)>& visit) const;
+  Status scan_scores(const std::function<void(uint32_t campaign, std::string_view component,
+                                              std::string_view json)>& visit) const;
   Status scan_cells(const std::function<void(uint32_t campaign, uint32_t group,
                                              const CellAggregate&)>& visit) const;
 

@@ -25,6 +25,7 @@
 #include "common/spec.hpp"
 #include "common/version.hpp"
 #include "common/yaml.hpp"
+#include "evalctl/bundle.hpp"
 #include "evalctl/format.hpp"
 #include "evalctl/report.hpp"
 #include "independence/check.hpp"
@@ -71,6 +72,10 @@ constexpr CommandInfo kCommands[] = {
      "write a CURVE key pair for the worker socket: PREFIX.secret (0600) and PREFIX.public"},
     {"audit", "audit [--since SEQ] [--limit N]",
      "who submitted, reran and cancelled what, and refused requests (admin)"},
+    {"export", "export ID DIR",
+     "write spec, results, provenance and samples to DIR with a MANIFEST.sha256"},
+    {"scores", "scores import ID COMPONENT FILE.csv",
+     "import 0-100 scores per model ('model,score' lines) for the composite score"},
 };
 
 const CommandInfo* find_command(const std::string& name) {
@@ -157,6 +162,13 @@ void describe_command(const std::string& name, CommandSpec& spec) {
         "at most N events (default: all, fetched page by page)");
     return;
   }
+  if (name == "scores") {
+    spec.hidden.add_options()("action", po::value<std::string>(), "")(
+        "id", po::value<std::string>(), "")("component", po::value<std::string>(), "")(
+        "file", po::value<std::string>(), "");
+    spec.positional.add("action", 1).add("id", 1).add("component", 1).add("file", 1);
+    return;
+  }
   spec.hidden.add_options()("id", po::value<std::string>(), "");
   spec.positional.add("id", 1);
   if (name == "samples") {
@@ -169,7 +181,10 @@ void describe_command(const std::string& name, CommandSpec& spec) {
     spec.visible.add_options()("output,o", po::value<std::string>()->value_name("FILE"),
                                "where to write the HTML file");
   }
-  if (name == "watch") {
+  if (name == "export") {
+    spec.hidden.add_options()("dir", po::value<std::string>(), "");
+    spec.positional.add("dir", 1);
+  } else if (name == "watch") {
     spec.visible.add_options()("interval-ms",
                                po::value<int>()->default_value(500)->value_name("MS"),
                                "how often to ask the server, in milliseconds");
@@ -692,7 +707,22 @@ int run_command(const CommandInfo& info, const std::vector<std::string>& args,
     if (values.count("id") > 0) id = values["id"].as<std::string>();
     return status(context, id);
   }
+  const ApiCall api = [&context](const std::string& method, const std::string& target,
+                                 const std::string& body) {
+    return call(context, method, target, body);
+  };
+  if (name == "scores") {
+    const auto action = require_positional(info, values, "action", "action (import)");
+    if (action != "import") throw UsageError("scores: unknown action '" + action + "' (import)");
+    return import_scores(api, require_positional(info, values, "id", "campaign ID"),
+                         require_positional(info, values, "component", "COMPONENT"),
+                         require_positional(info, values, "file", "FILE.csv"), context.json_output,
+                         out, err);
+  }
   const std::string id = require_positional(info, values, "id", "campaign ID");
+  if (name == "export") {
+    return export_bundle(api, id, require_positional(info, values, "dir", "DIR"), out, err);
+  }
   if (name == "watch") {
     const int interval_ms = values["interval-ms"].as<int>();
     if (interval_ms <= 0) throw UsageError("watch: --interval-ms must be a positive integer");

@@ -17,10 +17,13 @@
 #include <system_error>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/json_limits.hpp"
 #include "common/text.hpp"
 #include "common/utf8.hpp"
+#include "worker/exec_policy.hpp"
+#include "worker/file_hash_cache.hpp"
 #include "worker/unique_fd.hpp"
 
 namespace evald::worker {
@@ -235,6 +238,11 @@ std::string substitute_placeholders(std::string_view text, const RunRequest& req
   return out;
 }
 
+std::string data_changed_error(const std::string& expected, const std::string& got,
+                               const std::string& path) {
+  return "data changed: expected " + expected + ", got " + got + " (" + path + ")";
+}
+
 ExecJob build_exec_job(const RunRequest& request,
                        const std::vector<std::pair<std::string, std::string>>& base_env,
                        const std::filesystem::path& run_root) {
@@ -246,6 +254,14 @@ ExecJob build_exec_job(const RunRequest& request,
   ExecJob job;
   job.identity = protocol::result_for(a);
   job.timeout_s = spec.runner.timeout_s;
+  if (const auto data = benchmark.params.find("data");
+      data != benchmark.params.end() && data->is_string()) {
+    job.data_path = data->get<std::string>();
+  }
+  if (const auto pin = benchmark.params.find("data_sha256");
+      pin != benchmark.params.end() && pin->is_string()) {
+    job.data_sha256_pin = pin->get<std::string>();
+  }
   const auto& command = spec.runner.command;
   if (!command.empty()) {
     job.process.executable = substitute_placeholders(command.front(), request);
@@ -307,12 +323,17 @@ class ExecRunner::Impl {
         clock_(clock),
         base_env_(current_environment()),
         work_(asio::make_work_guard(io_)),
+        hash_work_(asio::make_work_guard(hash_io_)),
         wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
     if (!wake_fd_.valid()) throw std::system_error(errno, std::generic_category(), "eventfd");
     thread_ = std::thread([this] { run_thread(); });
+    hash_thread_ = std::thread([this] { run_hash_thread(); });
   }
 
   ~Impl() {
+    // Hashing first: a job it still holds would otherwise be posted to a stopped runner thread.
+    hash_io_.stop();
+    hash_thread_.join();
     asio::post(io_, [this] {
       for (auto& [attempt_id, attempt] : running_) {
         attempt.cancelled = true;
@@ -327,15 +348,20 @@ class ExecRunner::Impl {
   Impl& operator=(const Impl&) = delete;
 
   void start(const RunRequest& request) {
-    asio::post(io_, [this, job = build_exec_job(request, base_env_, run_root_)]() mutable {
-      launch(std::move(job));
+    asio::post(hash_io_, [this, job = build_exec_job(request, base_env_, run_root_)]() mutable {
+      hash_and_launch(std::move(job));
     });
   }
 
   void cancel(uint64_t attempt_id) {
     asio::post(io_, [this, attempt_id] {
       const auto it = running_.find(attempt_id);
-      if (it == running_.end()) return;
+      if (it == running_.end()) {
+        // Still being hashed: launch() drops it. Bounded, as an id that never comes (its
+        // result was already published) must not make the set grow for the worker's life.
+        if (cancelled_early_.size() < kMaxCancelledEarly) cancelled_early_.insert(attempt_id);
+        return;
+      }
       it->second.cancelled = true;
       it->second.child.kill();
     });
@@ -375,10 +401,61 @@ class ExecRunner::Impl {
     }
   }
 
+  void run_hash_thread() {
+    while (true) {
+      try {
+        hash_io_.run();
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error("exec_hash_error error=\"{}\"", e.what());
+      }
+    }
+  }
+
+  // Hashing thread: provenance hashes and the data pin, then the launch on the runner thread.
+  void hash_and_launch(ExecJob job) {
+    auto& identity = job.identity;
+    std::string resolve_error;
+    const auto executable = resolve_executable(job.process.executable, resolve_error);
+    if (!executable.empty()) {
+      auto digest = hashes_.sha256(executable);
+      if (digest) {
+        identity.executable_sha256 = std::move(digest).value();
+      } else {
+        spdlog::warn("executable_not_hashed attempt={} error=\"{}\"", identity.attempt_id,
+                     digest.error().message);
+      }
+    }
+    if (!job.data_path.empty()) {
+      auto digest = hashes_.sha256(job.data_path);
+      if (digest) identity.data_sha256 = digest.value();
+      if (!job.data_sha256_pin.empty() && identity.data_sha256 != job.data_sha256_pin) {
+        const std::string got =
+            digest ? digest.value() : "no readable file (" + digest.error().message + ")";
+        spdlog::warn("data_changed attempt={} path={} expected={} got=\"{}\"", identity.attempt_id,
+                     job.data_path, job.data_sha256_pin, got);
+        auto result = std::move(identity);
+        result.started_at_ms = result.ended_at_ms = clock_.wall_ms();
+        result.error = data_changed_error(job.data_sha256_pin, got, job.data_path);
+        asio::post(io_, [this, result = std::move(result)]() mutable {
+          cancelled_early_.erase(result.attempt_id);
+          publish(std::move(result));
+        });
+        return;
+      }
+    }
+    asio::post(io_, [this, job = std::move(job)]() mutable { launch(std::move(job)); });
+  }
+
   // Runner thread.
   void launch(ExecJob job) {
     const auto started = clock_.now();
     const auto attempt_id = job.identity.attempt_id;
+    if (cancelled_early_.erase(attempt_id) > 0) {
+      spdlog::info("exec_cancelled attempt={} before=start", attempt_id);
+      return;
+    }
+    job.identity.started_at_ms = clock_.wall_ms();
     const auto run_dir = job.process.working_dir;
     std::error_code ec;
     std::filesystem::remove_all(run_dir, ec);
@@ -386,6 +463,7 @@ class ExecRunner::Impl {
     if (ec) {
       auto result = std::move(job.identity);
       result.error = "cannot create run directory " + run_dir.string() + ": " + ec.message();
+      result.ended_at_ms = clock_.wall_ms();
       return publish(std::move(result));
     }
     auto child = ChildProcess::start(
@@ -425,6 +503,7 @@ class ExecRunner::Impl {
       spdlog::info("exec_finished_before_cancel attempt_id={} pid={}", attempt_id, outcome.pid);
     }
     auto result = make_result(std::move(attempt.identity), outcome, attempt.timeout_s);
+    result.ended_at_ms = clock_.wall_ms();
     const auto elapsed =
         std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now() - attempt.started);
     result.duration_ms = static_cast<uint32_t>(
@@ -458,12 +537,18 @@ class ExecRunner::Impl {
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   std::unordered_map<uint64_t, Attempt> running_;  // runner thread only
+  static constexpr size_t kMaxCancelledEarly = 4096;
+  std::unordered_set<uint64_t> cancelled_early_;  // runner thread only
+  asio::io_context hash_io_;
+  asio::executor_work_guard<asio::io_context::executor_type> hash_work_;
+  FileHashCache hashes_;  // hashing thread only
 
   std::mutex mutex_;
   std::vector<protocol::ShardResult> finished_;  // guarded by mutex_
   UniqueFd wake_fd_;
 
   std::thread thread_;  // last, so it starts after everything it uses exists
+  std::thread hash_thread_;
 };
 
 ExecRunner::ExecRunner(std::filesystem::path run_root, const Clock& clock)

@@ -2,7 +2,10 @@
 // exec). Also the pure pieces it is built from, so they can be tested on their own: building the
 // job from the spec (placeholders, stdin JSON, environment) and parsing the runner's stdout.
 //
-// Threads: the public methods are called on the worker's main thread. One runner thread runs an
+// Threads: the public methods are called on the worker's main thread. A hashing thread first
+// computes the SHA-256 of the attempt's executable and data file (FileHashCache: once per file
+// version; a first hash of a 10 GB file takes seconds and must not stall the main loop or the
+// children already running) and checks the data pin. One runner thread runs an
 // Asio io_context that spawns, supervises and reaps every child; finished results cross back
 // through a mutex-protected queue and an eventfd (wake_fd()) the main loop polls next to its
 // ZeroMQ socket. The runner thread never touches the socket.
@@ -47,7 +50,17 @@ struct ExecJob {
   protocol::ShardResult identity;  // the assignment's ids; the result is filled in from it
   ProcessSpec process;
   double timeout_s = 0;
+  // The benchmark's params.data when it is a string ("" otherwise): hashed for provenance.
+  std::string data_path;
+  // The benchmark's params.data_sha256 ("" = no pin): a data file with another digest fails the
+  // attempt before the runner starts.
+  std::string data_sha256_pin;
 };
+
+// "data changed: expected X, got Y (path)": the error of an attempt whose pinned data file has
+// another digest (or cannot be read: then Y says why).
+std::string data_changed_error(const std::string& expected, const std::string& got,
+                               const std::string& path);
 
 // Substitutes {model} {benchmark} {shard} {start} {end} {attempt} {campaign} in `text`, and
 // {endpoint} for a served model; any other {word} is left as it is.

@@ -62,20 +62,31 @@ Result<std::vector<GpuInfo>> parse_nvidia_smi_csv(std::string_view text) {
     const auto line = trim(raw, kWhitespace);
     if (line.empty()) continue;
     const std::string where = "nvidia-smi line " + std::to_string(line_number);
-    // The name sits between the first and the last comma, so a comma inside it does no harm.
-    const auto first = line.find(',');
-    const auto last = line.rfind(',');
+    // The name sits between the first and the last comma (before the uuid column, when there is
+    // one), so a comma inside it does no harm.
+    auto rest = line;
+    std::string uuid;
+    if (const auto comma = rest.rfind(','); comma != std::string_view::npos) {
+      const auto tail = trim(rest.substr(comma + 1), kWhitespace);
+      if (tail.starts_with("GPU-") || tail.starts_with("MIG-")) {
+        uuid = std::string(tail);
+        rest = rest.substr(0, comma);
+      }
+    }
+    const auto first = rest.find(',');
+    const auto last = rest.rfind(',');
     if (first == std::string_view::npos || first == last) {
       return make_error(where + ": expected 'index, name, memory.total', got '" +
                         std::string(line) + "'");
     }
     GpuInfo gpu;
-    const auto index_text = trim(line.substr(0, first), kWhitespace);
+    const auto index_text = trim(rest.substr(0, first), kWhitespace);
     if (!parse_number(index_text, gpu.index)) {
       return make_error(where + ": index '" + std::string(index_text) + "' is not a number");
     }
-    gpu.name = std::string(trim(line.substr(first + 1, last - first - 1), kWhitespace));
-    const auto memory_text = trim(line.substr(last + 1), kWhitespace);
+    gpu.name = std::string(trim(rest.substr(first + 1, last - first - 1), kWhitespace));
+    gpu.uuid = std::move(uuid);
+    const auto memory_text = trim(rest.substr(last + 1), kWhitespace);
     int64_t memory = 0;
     if (parse_number(memory_text, memory) && memory >= 0) {
       gpu.memory_mib = memory;
@@ -91,7 +102,7 @@ Result<std::vector<GpuInfo>> parse_nvidia_smi_csv(std::string_view text) {
 Result<std::vector<GpuInfo>> query_nvidia_smi(std::chrono::milliseconds timeout) {
   ProcessSpec spec;
   spec.executable = "nvidia-smi";
-  spec.args = {"--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"};
+  spec.args = {"--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader,nounits"};
   spec.environment = current_environment();
   spec.timeout = timeout;
   spec.stdout_limit_bytes = size_t{1} << 20;
@@ -126,7 +137,7 @@ std::vector<GpuInfo> resolve_gpus(const GpuSelection& selection) {
       return {};
     case GpuMode::kList: {
       std::vector<GpuInfo> gpus;
-      for (const uint32_t index : selection.indexes) gpus.push_back(GpuInfo{index, {}, {}});
+      for (const uint32_t index : selection.indexes) gpus.push_back(GpuInfo{index, {}, {}, {}});
       return gpus;
     }
     case GpuMode::kAuto:
@@ -150,6 +161,7 @@ nlohmann::json to_json(const std::vector<GpuInfo>& gpus) {
     nlohmann::json item = {{"index", gpu.index}};
     if (!gpu.name.empty()) item["name"] = gpu.name;
     if (gpu.memory_mib) item["memory_mib"] = *gpu.memory_mib;
+    if (!gpu.uuid.empty()) item["uuid"] = gpu.uuid;
     out.push_back(std::move(item));
   }
   return out;

@@ -19,6 +19,7 @@ struct GpuInfo {
   uint32_t index = 0;
   std::string name;                   // empty: unknown
   std::optional<int64_t> memory_mib;  // unknown when nvidia-smi says [N/A] or --gpus listed it
+  std::string uuid;                   // "GPU-..." / "MIG-..."; empty: unknown
 
   bool operator==(const GpuInfo&) const = default;
 };
@@ -34,8 +35,10 @@ struct GpuSelection {
 Result<GpuSelection> parse_gpu_selection(std::string_view text);
 
 // Parses the output of
-//   nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader,nounits
-// one GPU per line: "0, NVIDIA H100 80GB HBM3, 81559". Blank lines are skipped.
+//   nvidia-smi --query-gpu=index,name,memory.total,uuid --format=csv,noheader,nounits
+// one GPU per line: "0, NVIDIA H100 80GB HBM3, 81559, GPU-5f3c...". The uuid column is optional
+// (recognised by its GPU-/MIG- prefix), so the three-column form still parses. Blank lines are
+// skipped.
 Result<std::vector<GpuInfo>> parse_nvidia_smi_csv(std::string_view text);
 
 // Runs nvidia-smi (with a timeout, in case a broken driver hangs it) and parses its output. The
@@ -45,7 +48,8 @@ Result<std::vector<GpuInfo>> query_nvidia_smi(std::chrono::milliseconds timeout)
 // The GPUs a selection stands for. For kAuto a failed nvidia-smi is logged and means no GPUs.
 std::vector<GpuInfo> resolve_gpus(const GpuSelection& selection);
 
-// [{"index":0,"name":"NVIDIA H100 80GB HBM3","memory_mib":81559}], unknown fields left out.
+// [{"index":0,"name":"NVIDIA H100 80GB HBM3","memory_mib":81559,"uuid":"GPU-..."}], unknown
+// fields left out.
 nlohmann::json to_json(const std::vector<GpuInfo>& gpus);
 
 }  // namespace evald::worker

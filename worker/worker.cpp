@@ -76,9 +76,18 @@ std::string random_instance() {
   return text;
 }
 
+// For provenance; "" when the kernel will not say.
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return {};
+  return name;
+}
+
 // Roughly the encoded size, to keep one RESULTS frame well under ZMQ_MAXMSGSIZE.
 size_t encoded_size(const protocol::ShardResult& result) {
-  size_t bytes = 64 + result.error.size() + result.samples_json.size();
+  size_t bytes = 64 + 24 + result.error.size() + result.samples_json.size() +
+                 4 * result.gpus.size() + result.executable_sha256.size() +
+                 result.data_sha256.size();
   for (const auto& [name, value] : result.metrics) bytes += 12 + name.size();
   return bytes;
 }
@@ -204,6 +213,7 @@ Worker::Worker(WorkerConfig config, const Clock& clock, UniqueFd lock, Outbox ou
     : config_(std::move(config)),
       clock_(clock),
       instance_(random_instance()),
+      host_(host_name()),
       lock_fd_(std::move(lock)),
       outbox_(std::move(outbox)),
       context_(1),
@@ -644,7 +654,11 @@ void Worker::on_cancel(const protocol::Cancel& cancel) {
 
 void Worker::collect_exec_results() {
   for (auto& result : exec_runner_->take_finished()) {
-    metrics_.count_runner_exit(result);
+    if (!result.ok && result.error.starts_with("data changed:")) {
+      metrics_.count_data_changed();
+    } else {
+      metrics_.count_runner_exit(result);
+    }
     model_servers_->release(result.attempt_id);
     if (running_.erase(result.attempt_id) == 0) {
       // Cancelled meanwhile. A failure is what the kill made of it and tells nobody anything. A
@@ -729,6 +743,14 @@ void Worker::stop_attempt(uint64_t attempt_id) {
 
 void Worker::flush_results() {
   if (outgoing_.empty()) return;
+  // Noop results and attempts refused before they started get their timestamps here: one clock
+  // read per turn, not per shard.
+  const int64_t now_ms = clock_.wall_ms();
+  for (auto& item : outgoing_) {
+    if (item.result.ended_at_ms != 0) continue;
+    item.result.ended_at_ms = now_ms;
+    if (item.result.started_at_ms == 0) item.result.started_at_ms = now_ms;
+  }
   // Exec results reach the disk before the wire (see the top of this file).
   std::vector<const protocol::ShardResult*> durable;
   for (const auto& item : outgoing_) {
@@ -904,6 +926,7 @@ void Worker::try_send_hello() {
   protocol::Hello hello;
   hello.name = config_.name;
   hello.instance = instance_;
+  hello.host = host_;
   hello.slots = config_.slots;
   hello.gpus = to_json(config_.gpus);
   hello.labels = config_.labels;

@@ -139,6 +139,7 @@ class Worker {
   WorkerConfig config_;
   const Clock& clock_;
   std::string instance_;
+  std::string host_;  // gethostname(), sent in HELLO for provenance
   UniqueFd lock_fd_;  // flock on <work-dir>/.lock, held for the worker's life
   Outbox outbox_;
 

@@ -143,6 +143,12 @@ WorkerMetrics::WorkerMetrics(const std::string& worker_name, uint32_t slots,
                         .Register(*registry_)),
       exec_refused_not_allowed_(exec_refused_.Add({{"reason", "not_allowed"}})),
       exec_refused_not_found_(exec_refused_.Add({{"reason", "not_found"}})),
+      data_changed_(BuildCounter()
+                        .Name("evald_worker_data_changed_total")
+                        .Help("Exec attempts failed before starting because the benchmark's "
+                              "params.data file does not have the pinned params.data_sha256")
+                        .Register(*registry_)
+                        .Add({})),
       connections_(BuildCounter()
                        .Name("evald_worker_connections_total")
                        .Help("Connections to the coordinator that completed a handshake")

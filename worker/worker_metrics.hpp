@@ -73,6 +73,8 @@ class WorkerMetrics {
   void count_connection();  // every completed handshake; all but the first are reconnects
   // An exec attempt the worker refused to start (--allow-exec), by reason.
   void count_exec_refused(ExecPolicy::Refusal reason);
+  // An attempt failed before its runner started because its pinned data file has another digest.
+  void count_data_changed() { data_changed_.Increment(); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -94,6 +96,7 @@ class WorkerMetrics {
   prometheus::Family<prometheus::Counter>& exec_refused_;
   prometheus::Counter& exec_refused_not_allowed_;
   prometheus::Counter& exec_refused_not_found_;
+  prometheus::Counter& data_changed_;
   prometheus::Counter& connections_;
   prometheus::Counter& reconnects_;
   prometheus::Gauge& running_;

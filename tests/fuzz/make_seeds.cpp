@@ -37,6 +37,12 @@ protocol::ShardResult succeeded_result() {
   r.metrics = {{"accuracy", 0.703125}, {"f1", 0.69}};
   r.duration_ms = 1830;
   r.samples_json = R"([{"id":0,"pred":"B","gold":"B"},{"id":1,"pred":"A","gold":"C"}])";
+  // Provenance (protocol version 2), so the seeds reach its decoder.
+  r.started_at_ms = 1'764'666'000'000;
+  r.ended_at_ms = 1'764'666'001'830;
+  r.gpus = {0, 1};
+  r.executable_sha256 = std::string(64, 'a');
+  r.data_sha256 = std::string(64, 'd');
   return r;
 }
 

@@ -27,7 +27,7 @@ TEST_CASE("nvidia-smi CSV is parsed into GPUs", "[unit][gpu]") {
       "2, NVIDIA A100-SXM4-40GB, [N/A]\n");
   REQUIRE(gpus.ok());
   REQUIRE(gpus->size() == 3);
-  CHECK(gpus->at(0) == GpuInfo{0, "NVIDIA H100 80GB HBM3", 81559});
+  CHECK(gpus->at(0) == GpuInfo{0, "NVIDIA H100 80GB HBM3", 81559, {}});
   CHECK(gpus->at(1).index == 1);
   CHECK(gpus->at(2).name == "NVIDIA A100-SXM4-40GB");
   CHECK_FALSE(gpus->at(2).memory_mib.has_value());

@@ -1,0 +1,99 @@
+#include "coordinator/provenance.hpp"
+
+#include <ctime>
+
+#include "common/sha256.hpp"
+#include "common/version.hpp"
+
+namespace evald::coordinator {
+namespace {
+
+nlohmann::json hash_or_null(const std::string& hex) {
+  return hex.empty() ? nlohmann::json(nullptr) : nlohmann::json(hex);
+}
+
+}  // namespace
+
+std::optional<std::string> check_result_provenance(const protocol::ShardResult& result) {
+  if (!result.executable_sha256.empty() && !is_sha256_hex(result.executable_sha256)) {
+    return "provenance: executable_sha256 is not a SHA-256 digest (64 lowercase hex digits)";
+  }
+  if (!result.data_sha256.empty() && !is_sha256_hex(result.data_sha256)) {
+    return "provenance: data_sha256 is not a SHA-256 digest (64 lowercase hex digits)";
+  }
+  if (result.gpus.size() > kMaxResultGpus) {
+    return "provenance: " + std::to_string(result.gpus.size()) + " GPUs (limit " +
+           std::to_string(kMaxResultGpus) + ")";
+  }
+  if (result.started_at_ms < 0 || result.ended_at_ms < 0 ||
+      (result.ended_at_ms != 0 && result.ended_at_ms < result.started_at_ms)) {
+    return "provenance: started_at/ended_at are not a time span";
+  }
+  return std::nullopt;
+}
+
+nlohmann::json rfc3339_ms_or_null(int64_t epoch_ms) {
+  if (epoch_ms <= 0) return nullptr;
+  const std::time_t seconds = static_cast<std::time_t>(epoch_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char text[64];
+  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(epoch_ms % 1000));
+  return std::string(text);
+}
+
+nlohmann::json make_provenance(const ProvenanceContext& context, const protocol::ShardResult& r) {
+  const auto& spec = context.spec;
+  nlohmann::json gpus = nlohmann::json::array();
+  for (const uint32_t index : r.gpus) {
+    nlohmann::json gpu = {{"index", index}, {"name", nullptr}, {"uuid", nullptr}};
+    if (context.worker_gpus.is_array()) {
+      for (const auto& known : context.worker_gpus) {
+        if (!known.is_object() || known.value("index", int64_t{-1}) != int64_t{index}) continue;
+        if (const auto name = known.find("name"); name != known.end() && name->is_string()) {
+          gpu["name"] = *name;
+        }
+        if (const auto uuid = known.find("uuid"); uuid != known.end() && uuid->is_string()) {
+          gpu["uuid"] = *uuid;
+        }
+        break;
+      }
+    }
+    gpus.push_back(std::move(gpu));
+  }
+  nlohmann::json runner = {{"type", to_string(spec.runner.type)},
+                           {"command", spec.runner.command},
+                           {"executable_sha256", hash_or_null(r.executable_sha256)}};
+  return nlohmann::json{
+      {"model", spec.models.at(r.model).name},
+      {"benchmark", spec.benchmarks.at(r.benchmark).name},
+      {"index", r.shard},
+      {"attempt_id", r.attempt_id},
+      {"worker", context.worker},
+      {"host", context.host.empty() ? nlohmann::json(nullptr) : nlohmann::json(context.host)},
+      {"gpus", std::move(gpus)},
+      {"started_at", rfc3339_ms_or_null(r.started_at_ms)},
+      {"ended_at", rfc3339_ms_or_null(r.ended_at_ms)},
+      {"runner", std::move(runner)},
+      {"data_sha256", hash_or_null(r.data_sha256)},
+      {"spec_sha256", context.spec_sha256},
+      {"evald_version", kVersion},
+  };
+}
+
+ShardIdentity::ShardIdentity(const nlohmann::json& canonical, uint32_t model, uint32_t benchmark) {
+  // The canonical form (to_json fills every default in), so two specs that differ only in
+  // spelling out a default still share identities.
+  const nlohmann::json identity = {{"model", canonical["models"][model]},
+                                   {"benchmark", canonical["benchmarks"][benchmark]},
+                                   {"runner", canonical["runner"]}};
+  prefix_ = identity.dump() + "\n";
+}
+
+std::string ShardIdentity::of(int64_t start, int64_t end) const {
+  return sha256_hex(prefix_ + std::to_string(start) + "," + std::to_string(end));
+}
+
+}  // namespace evald::coordinator
