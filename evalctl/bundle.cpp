@@ -136,23 +136,33 @@ int export_bundle(const ApiCall& call, const std::string& id, const fs::path& di
         return failed(err, "refusing to write samples for model '" + model + "' benchmark '" +
                                benchmark + "': not a safe file name");
       }
-      auto samples = call("GET",
-                          base + "/samples?model=" + url_component(model) +
-                              "&benchmark=" + url_component(benchmark),
-                          "");
-      if (!samples && samples.error().message.starts_with("no route for ")) {
-        // A coordinator from before per-example samples were served: the bundle is still
-        // complete for everything else, and says so.
-        err << "evalctl: export: the coordinator does not serve per-example samples; the "
-               "bundle has none\n";
-        samples_served = false;
-        break;
-      }
-      if (!samples) return failed(err, samples.error().message);
+      // The samples come in pages of whole shards; follow next_cursor to the end.
       std::string text;
-      for (const auto& sample : samples->value("samples", json::array())) {
-        text += sample.dump() + "\n";
+      std::string cursor = "0";
+      while (!cursor.empty()) {
+        auto samples = call("GET",
+                            base + "/samples?model=" + url_component(model) +
+                                "&benchmark=" + url_component(benchmark) + "&cursor=" + cursor,
+                            "");
+        if (!samples && samples.error().message.starts_with("no route for ")) {
+          // A coordinator from before per-example samples were served: the bundle is still
+          // complete for everything else, and says so.
+          err << "evalctl: export: the coordinator does not serve per-example samples; the "
+                 "bundle has none\n";
+          samples_served = false;
+          break;
+        }
+        if (!samples) return failed(err, samples.error().message);
+        for (const auto& sample : samples->value("samples", json::array())) {
+          text += sample.dump() + "\n";
+        }
+        const json next = samples->value("next_cursor", json());
+        cursor = next.is_number_unsigned() ? std::to_string(next.get<uint64_t>()) : "";
+        if (next.is_number_integer() && !next.is_number_unsigned()) {
+          cursor = std::to_string(next.get<int64_t>());
+        }
       }
+      if (!samples_served) break;
       if (auto s = bundle.write("samples/" + model + "/" + benchmark + ".jsonl", text); !s) {
         return failed(err, s.error().message);
       }

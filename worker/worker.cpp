@@ -678,7 +678,8 @@ void Worker::collect_openai_results() {
     model_servers_->release(result.attempt_id);
     if (running_.erase(result.attempt_id) == 0) continue;
     if (!result.ok) {
-      spdlog::warn("openai_shard_failed attempt_id={} error=\"{}\"", result.attempt_id, result.error);
+      spdlog::warn("openai_shard_failed attempt_id={} error=\"{}\"", result.attempt_id,
+                   result.error);
     }
     fit_in_frame(result);
     // Through the outbox like exec results: a shard of requests is worth keeping.

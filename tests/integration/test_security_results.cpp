@@ -46,6 +46,7 @@ class ProtocolPeer {
   void hello(uint32_t slots, json labels = json::object(), json gpus = json::array()) {
     send(protocol::Hello{.name = name_,
                          .instance = "peer-" + name_,
+                         .host = "",
                          .slots = slots,
                          .gpus = std::move(gpus),
                          .labels = std::move(labels),

@@ -108,8 +108,9 @@ TEST_CASE("runner exit labels of real exec runner processes", "[unit][worker_met
 }
 
 TEST_CASE("worker metrics follow the worker's totals and name its GPUs", "[unit][worker_metrics]") {
-  WorkerMetrics metrics("gpu-node-01", 4,
-                        {{0, "NVIDIA H100 80GB HBM3", 81559}, {1, "NVIDIA H100 80GB HBM3", {}}});
+  WorkerMetrics metrics(
+      "gpu-node-01", 4,
+      {{0, "NVIDIA H100 80GB HBM3", 81559, ""}, {1, "NVIDIA H100 80GB HBM3", {}, ""}});
   auto before = samples(metrics.serialize());
   CHECK(before.at(R"(evald_worker_info{version="0.1.0",worker="gpu-node-01"})") == 1);
   CHECK(before.at("evald_worker_slots_configured") == 4);
