@@ -47,8 +47,7 @@ void expect_fail_stop(TestCluster& cluster, const std::string& injected) {
   const auto log = read_file(cluster.log_dir() / "coordinator.log");
   INFO(file_tail(cluster.log_dir() / "coordinator.log", 3000));
   CHECK(log.find("test_store_fault_armed") != std::string::npos);
-  CHECK(log.find("store commit failed; stopping without acknowledging anything") !=
-        std::string::npos);
+  CHECK(log.find("store_commit_failed action=stop_without_acknowledging") != std::string::npos);
   CHECK(log.find(injected) != std::string::npos);
 }
 
@@ -220,7 +219,7 @@ TEST_CASE("store faults: an unreadable epoch stops the start, and the next start
   INFO("stdout: " << refused.out << "\nstderr: " << refused.err);
   CHECK(refused.exit_code == 1);
   CHECK(refused.out.find("\"http\"") == std::string::npos);  // it never served
-  CHECK(refused.err.find("recovery failed") != std::string::npos);
+  CHECK(refused.err.find("recovery_failed") != std::string::npos);
   CHECK(refused.err.find("reading meta key 'epoch'") != std::string::npos);
   CHECK(refused.err.find("injected meta read fault") != std::string::npos);
   CHECK(epoch_of_a_start() == first_epoch + 1);

@@ -198,8 +198,8 @@ if [[ "${mode}" == partition ]]; then
   cut_at="$(date -u +%s.%N)"
   ip -n "${ns_w2}" link set eth0 down
   log "link of nf-w2 down at ${cut_at}"
-  wait_for "the coordinator to declare nf-w2 lost" 20 grep -q 'worker lost worker=nf-w2' "${tmp}/log/coordinator.log"
-  lost_at="$(grep -m1 'worker lost worker=nf-w2' "${tmp}/log/coordinator.log" | cut -d' ' -f1)"
+  wait_for "the coordinator to declare nf-w2 lost" 20 grep -q 'worker_lost worker=nf-w2' "${tmp}/log/coordinator.log"
+  lost_at="$(grep -m1 'worker_lost worker=nf-w2' "${tmp}/log/coordinator.log" | cut -d' ' -f1)"
   # The coordinator last heard from nf-w2 at most a heartbeat before the cut, and its timer runs
   # every turn (at most 50 ms apart when idle): the loss comes the timeout after the last message.
   python3 - "${cut_at}" "${lost_at}" "${kWorkerTimeoutMs}" "${kHeartbeatMs}" <<'CHECK' ||
@@ -213,9 +213,9 @@ print(f"declared lost {took:.3f} s after the cut (timeout {timeout} s, heartbeat
 assert timeout - heartbeat - 0.05 <= took <= timeout + 1.0, took
 CHECK
     fail "nf-w2 was not declared lost when its timeout passed (cut ${cut_at}, lost ${lost_at})"
-  grep -m1 'worker lost worker=nf-w2' "${tmp}/log/coordinator.log" |
+  grep -m1 'worker_lost worker=nf-w2' "${tmp}/log/coordinator.log" |
     grep -q "silent for more than ${kWorkerTimeoutMs} ms" ||
-    fail "the worker lost line does not name the timeout: $(grep -m1 'worker lost worker=nf-w2' "${tmp}/log/coordinator.log")"
+    fail "the worker_lost line does not name the timeout: $(grep -m1 'worker_lost worker=nf-w2' "${tmp}/log/coordinator.log")"
   # Longer than the timeout in all: keep the partition a while after the loss, then heal.
   sleep 1
   ip -n "${ns_w2}" link set eth0 up
