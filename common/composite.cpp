@@ -96,8 +96,10 @@ Result<std::map<std::string, double>> validate_imported_scores(const CampaignSpe
   }
   std::map<std::string, double> out;
   for (const auto& [model, score] : scores.items()) {
+    // A named copy: clang 14 cannot capture a structured binding.
+    const std::string& name = model;
     const bool known = std::any_of(spec.models.begin(), spec.models.end(),
-                                   [&model](const ModelSpec& m) { return m.name == model; });
+                                   [&name](const ModelSpec& m) { return m.name == name; });
     if (!known) return make_error("scores." + model + ": no such model in the campaign");
     if (!score.is_number() || !std::isfinite(score.get<double>()) || score.get<double>() < 0 ||
         score.get<double>() > 100) {

@@ -36,6 +36,7 @@
 #include "common/json_limits.hpp"
 #include "common/sha256.hpp"
 #include "common/spec_limits.hpp"
+#include "common/utf8.hpp"
 #include "common/yaml.hpp"
 
 namespace evald {
@@ -823,6 +824,9 @@ Result<CampaignSpec> parse_campaign_spec_yaml(std::string_view text) {
     return make_error(
         fmt::format("spec is {} bytes; the limit is {} (1 MiB)", text.size(), kMaxSpecBytes));
   }
+  // yaml-cpp passes bytes through; the JSON parser refuses invalid UTF-8, so YAML must too (a
+  // string that is not UTF-8 would make every later dump of the spec throw).
+  if (!utf8::is_valid(text)) return make_error("spec is not valid UTF-8");
   auto json = yaml_to_json(text);
   if (!json) return make_error("spec " + json.error().message);
   return parse_campaign_spec(*json);
