@@ -47,7 +47,8 @@ TEST_CASE("outbox: a failed outbox write is counted and the result still counts 
   const auto done = api.wait_for_state(id, "succeeded", 30s);
   CHECK(done.at("shards").at("succeeded") == total);
   check_results(api.results(id), models, benchmarks);
-  for (const auto& s : api.shards(id).at("shards")) {
+  const auto shards = api.shards(id);
+  for (const auto& s : shards.at("shards")) {
     INFO(s.dump());
     CHECK(s.at("attempts") == 1);  // nothing was held back or run twice
   }

@@ -86,7 +86,8 @@ void check_counted_once(const Api& api, const std::string& id) {
   const auto done = api.wait_for_state(id, "succeeded", 45s);
   CHECK(done.at("shards").at("succeeded") == total);
   check_results(api.results(id), kModels, kBenchmarks);
-  for (const auto& s : api.shards(id).at("shards")) {
+  const auto shards = api.shards(id);
+  for (const auto& s : shards.at("shards")) {
     INFO("shard " << s.dump());
     CHECK(s.at("count") == s.at("end").get<int64_t>() - s.at("start").get<int64_t>());
   }
