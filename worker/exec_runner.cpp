@@ -24,6 +24,7 @@
 #include "common/utf8.hpp"
 #include "worker/exec_policy.hpp"
 #include "worker/file_hash_cache.hpp"
+#include "worker/placeholders.hpp"
 #include "worker/unique_fd.hpp"
 
 namespace evald::worker {
@@ -200,42 +201,17 @@ Result<RunnerOutput> parse_runner_output(std::string_view stdout_text) {
 
 std::string substitute_placeholders(std::string_view text, const RunRequest& request) {
   const auto& a = request.assignment;
-  std::string out;
-  out.reserve(text.size());
-  size_t pos = 0;
-  while (pos < text.size()) {
-    const auto open = text.find('{', pos);
-    if (open == std::string_view::npos) break;
-    const auto close = text.find('}', open + 1);
-    if (close == std::string_view::npos) break;
-    out.append(text.substr(pos, open - pos));
-    const auto name = text.substr(open + 1, close - open - 1);
-    if (name == "model") {
-      out += request.spec.models[a.model].name;
-    } else if (name == "benchmark") {
-      out += request.spec.benchmarks[a.benchmark].name;
-    } else if (name == "shard") {
-      out += std::to_string(a.shard);
-    } else if (name == "start") {
-      out += std::to_string(a.start);
-    } else if (name == "end") {
-      out += std::to_string(a.end);
-    } else if (name == "attempt") {
-      out += std::to_string(a.attempt);
-    } else if (name == "campaign") {
-      out += request.campaign_id;
-    } else if (name == "endpoint" && !request.endpoint.empty()) {
-      out += request.endpoint;
-    } else {
-      // Not ours (a literal brace in an argument): keep the '{' and look again after it.
-      out += '{';
-      pos = open + 1;
-      continue;
-    }
-    pos = close + 1;
-  }
-  out.append(text.substr(std::min(pos, text.size())));
-  return out;
+  return substitute_braced(text, [&](std::string_view name) -> std::optional<std::string> {
+    if (name == "model") return request.spec.models[a.model].name;
+    if (name == "benchmark") return request.spec.benchmarks[a.benchmark].name;
+    if (name == "shard") return std::to_string(a.shard);
+    if (name == "start") return std::to_string(a.start);
+    if (name == "end") return std::to_string(a.end);
+    if (name == "attempt") return std::to_string(a.attempt);
+    if (name == "campaign") return request.campaign_id;
+    if (name == "endpoint" && !request.endpoint.empty()) return request.endpoint;
+    return std::nullopt;
+  });
 }
 
 std::string data_changed_error(const std::string& expected, const std::string& got,

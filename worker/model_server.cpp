@@ -32,6 +32,7 @@
 #include <unordered_map>
 
 #include "common/http_client.hpp"
+#include "worker/placeholders.hpp"
 #include "worker/process.hpp"
 #include "worker/serve_metrics.hpp"
 #include "worker/unique_fd.hpp"
@@ -104,34 +105,14 @@ std::optional<uint64_t> process_start_time(pid_t pid) {
 std::string substitute_serve_placeholders(std::string_view text, uint16_t port,
                                           const std::string& model, const std::string& gpus,
                                           size_t gpu_count, const std::string& work_dir) {
-  std::string out;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    const auto open = text.find('{', pos);
-    if (open == std::string_view::npos) break;
-    const auto close = text.find('}', open + 1);
-    if (close == std::string_view::npos) break;
-    out.append(text.substr(pos, open - pos));
-    const auto name = text.substr(open + 1, close - open - 1);
-    if (name == "port") {
-      out += std::to_string(port);
-    } else if (name == "model") {
-      out += model;
-    } else if (name == "gpus") {
-      out += gpus;
-    } else if (name == "gpu_count") {
-      out += std::to_string(gpu_count);
-    } else if (name == "work_dir") {
-      out += work_dir;
-    } else {
-      out += '{';
-      pos = open + 1;
-      continue;
-    }
-    pos = close + 1;
-  }
-  out.append(text.substr(std::min(pos, text.size())));
-  return out;
+  return substitute_braced(text, [&](std::string_view name) -> std::optional<std::string> {
+    if (name == "port") return std::to_string(port);
+    if (name == "model") return model;
+    if (name == "gpus") return gpus;
+    if (name == "gpu_count") return std::to_string(gpu_count);
+    if (name == "work_dir") return work_dir;
+    return std::nullopt;
+  });
 }
 
 std::string last_lines(std::string_view text, size_t lines, size_t max_bytes) {
