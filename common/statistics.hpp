@@ -80,8 +80,13 @@ struct RankBenchmark {
 // value moved by (resampled mean - mean) of its scores on the drawn examples it has; the average
 // over benchmarks ranks it the way the leaderboard does (competition ranking, higher average
 // first, a model with a missing score after all others). Deterministic for a given seed.
+//
+// `kernel` only chooses how the sums are computed: `automatic` uses exact 16-bit integer sums for a
+// benchmark whose scores are all 0 or 1 (and float sums otherwise); `float_sums` always uses the
+// float sums (for tests that compare the two; the intervals agree except on exact near-ties).
+enum class BootstrapKernel { automatic, float_sums };
 std::vector<std::array<int, 2>> bootstrap_rank_intervals(
     size_t models, const std::vector<RankBenchmark>& benchmarks, int resamples = kDefaultResamples,
-    uint64_t seed = kDefaultSeed);
+    uint64_t seed = kDefaultSeed, BootstrapKernel kernel = BootstrapKernel::automatic);
 
 }  // namespace evald::stats

@@ -119,6 +119,11 @@ double mean_of(const std::vector<IndexedScore>& s) {
   return sum / static_cast<double>(s.size());
 }
 
+void bench_values_push(RankBenchmark& bench, std::vector<IndexedScore> scores) {
+  bench.values.push_back(mean_of(scores));
+  bench.samples.push_back(std::move(scores));
+}
+
 }  // namespace
 
 TEST_CASE("bootstrap rank intervals are reproducible and separate clear winners",
@@ -177,6 +182,32 @@ TEST_CASE("bootstrap handles models scored on different examples", "[unit][stati
   const auto ranks = bootstrap_rank_intervals(2, benches);
   CHECK(ranks[0] == std::array<int, 2>{1, 1});
   CHECK(ranks[1] == std::array<int, 2>{2, 2});
+}
+
+TEST_CASE("the exact kernel for 0/1 scores agrees with the float kernel", "[unit][statistics]") {
+  // 20 models (two blocks of columns), close skills so ranks overlap; benchmark 1 is sparse (every
+  // third model lacks a tenth of the examples), benchmark 2 is not 0/1 (float kernel either way).
+  std::mt19937_64 rng(11);
+  constexpr int kModels = 20;
+  std::vector<RankBenchmark> benches(3);
+  for (size_t b = 0; b < benches.size(); ++b) {
+    for (int m = 0; m < kModels; ++m) {
+      auto scores = binary_scores(rng, 600, 0.5 + 0.01 * m);
+      if (b == 1 && m % 3 == 0) {
+        std::erase_if(scores, [](const IndexedScore& s) { return s.index % 10 == 3; });
+      }
+      if (b == 2) {
+        for (auto& s : scores) s.score = s.score * 0.75 + 0.125 * static_cast<double>(s.index % 2);
+      }
+      bench_values_push(benches[b], std::move(scores));
+    }
+  }
+  const auto exact = bootstrap_rank_intervals(kModels, benches, 1000, 3);
+  const auto floats =
+      bootstrap_rank_intervals(kModels, benches, 1000, 3, evald::stats::BootstrapKernel::float_sums);
+  CHECK(exact == floats);
+  // Overlapping skills give wide intervals: the check above compares something that varies.
+  CHECK(exact[10][1] - exact[10][0] >= 3);
 }
 
 TEST_CASE("statistics agree with SciPy", "[unit][statistics]") {
