@@ -100,12 +100,13 @@ std::vector<NotPlaced> ServeBackoff::not_placed(const ModelSpec& model, TimePoin
 }
 
 void ServeBackoff::prune(TimePoint now) {
-  // A failure older than the longest back-off, with no back-off in force, no longer makes a run
-  // "in a row": the next one starts counting again. This also bounds the table.
+  // Nothing for longer than the longest back-off (no failed start, no back-off in force since):
+  // the next failure starts counting again. Counted from the end of the last back-off, so a model
+  // that fails again right after a capped back-off stays at the cap. This also bounds the table.
   for (auto it = entries_.begin(); it != entries_.end();) {
     auto& list = it->second;
     std::erase_if(list, [&](const Entry& e) {
-      const bool stale = now >= e.until && now - e.last_failure > options_.max;
+      const bool stale = now >= e.until && now - std::max(e.last_failure, e.until) > options_.max;
       if (stale && e.backed_off) --active_;
       return stale;
     });
