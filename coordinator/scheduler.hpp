@@ -73,7 +73,7 @@ struct SchedulerOptions {
   uint32_t first_attempt_seq = 0;
   // Served models: when a model whose server keeps failing to start on a worker is not placed
   // there for a while (coordinator/serve_backoff.hpp).
-  ServeBackoffOptions serve_backoff;
+  ServeBackoffOptions serve_backoff{};
 };
 
 // What a result, a stale record and a HELLO may make the coordinator keep.

@@ -12,7 +12,7 @@
 // clean.
 //
 // State is in memory only: a restarted coordinator places every model everywhere again (a
-// server that still fails is back off after `failures` more tries).
+// server that still fails is backed off after `failures` more tries).
 //
 // Threads: the core thread only, like the Scheduler that owns it.
 #pragma once

@@ -26,7 +26,7 @@ struct CoordinatorConfig {
   std::chrono::milliseconds forget_lost_workers_after{std::chrono::hours(1)};
   std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
   // Served models whose server keeps failing to start on a worker (docs/served-models.md).
-  ServeBackoffOptions serve_backoff;
+  ServeBackoffOptions serve_backoff{};
   size_t max_body_bytes = 16u << 20;
   // Results travel in frames well under this (the worker splits them at 4 MiB).
   size_t max_message_bytes = 8u << 20;
