@@ -14,12 +14,17 @@ constexpr char kMagic0 = 'E';
 constexpr char kMagic1 = 'V';
 // Smallest encodings, used to refuse item counts the frame cannot hold.
 constexpr size_t kMinResultBytesV1 = 8 + 4 * 4 + 1 + 8 + 4 + 4 + 4 + 4;
-constexpr size_t kMinResultBytes = kMinResultBytesV1 + 8 + 8 + 4 + 4 + 4;
+constexpr size_t kMinResultBytesV2 = kMinResultBytesV1 + 8 + 8 + 4 + 4 + 4;
+constexpr size_t kMinResultBytes = kMinResultBytesV2 + 1 + 8 + 4;
 constexpr size_t kMinAssignmentBytes = 8 + 4 * 4 + 8 + 8 + 4 + 4;
 
 nlohmann::json warm_json(const std::vector<WarmModel>& warm) {
   nlohmann::json out = nlohmann::json::array();
-  for (const auto& server : warm) out.push_back({{"model", server.model}, {"gpus", server.gpus}});
+  for (const auto& server : warm) {
+    nlohmann::json item = {{"model", server.model}, {"gpus", server.gpus}};
+    if (server.load_ms > 0) item["load_ms"] = server.load_ms;
+    out.push_back(std::move(item));
+  }
   return out;
 }
 
@@ -31,7 +36,8 @@ std::vector<WarmModel> read_warm(const nlohmann::json& value) {
   if (!value.is_array()) throw std::invalid_argument("warm is not an array");
   for (const auto& item : value) {
     out.push_back(WarmModel{item.at("model").get<std::string>(),
-                            item.value("gpus", std::vector<uint32_t>{})});
+                            item.value("gpus", std::vector<uint32_t>{}),
+                            item.value("load_ms", uint64_t{0})});
   }
   return out;
 }
@@ -74,6 +80,9 @@ void encode_body(BinaryWriter& w, const Results& m) {
     for (uint32_t g : r.gpus) w.u32(g);
     w.str(r.executable_sha256);
     w.str(r.data_sha256);
+    w.u8(static_cast<uint8_t>(r.failure));
+    w.u64(r.server_start);
+    w.str(r.failure_reason);
   }
 }
 void encode_body(BinaryWriter& w, const Welcome& m) {
@@ -170,7 +179,10 @@ Result<Message> decode_heartbeat(BinaryReader& r) {
 Result<Message> decode_results(BinaryReader& r, uint8_t version) {
   Results m;
   uint32_t n = 0;
-  if (!r.count(n, version >= 2 ? kMinResultBytes : kMinResultBytesV1)) {
+  const size_t min_bytes = version >= 3   ? kMinResultBytes
+                           : version == 2 ? kMinResultBytesV2
+                                          : kMinResultBytesV1;
+  if (!r.count(n, min_bytes)) {
     return make_error("RESULTS: bad result count");
   }
   m.results.resize(n);
@@ -202,6 +214,14 @@ Result<Message> decode_results(BinaryReader& r, uint8_t version) {
     if (!r.str(res.executable_sha256) || !r.str(res.data_sha256)) {
       return make_error("RESULTS: truncated provenance hashes");
     }
+    if (version < 3) continue;
+    uint8_t kind = 0;
+    if (!r.u8(kind) || !r.u64(res.server_start) || !r.str(res.failure_reason)) {
+      return make_error("RESULTS: truncated failure kind");
+    }
+    res.failure = kind == static_cast<uint8_t>(FailureKind::kServerStart)
+                      ? FailureKind::kServerStart
+                      : FailureKind::kOther;
   }
   return Message{std::move(m)};
 }

@@ -43,9 +43,10 @@
 namespace evald::protocol {
 
 // Version 2 added provenance to each result (ShardResult's started_at_ms .. data_sha256) and the
-// host to HELLO. Version-1 frames still decode, so a worker's outbox written before the upgrade
-// is delivered, not thrown away; its results carry no provenance.
-inline constexpr uint8_t kProtocolVersion = 2;
+// host to HELLO. Version 3 added why a failed attempt failed (ShardResult's failure ..
+// failure_reason). Older frames still decode, so a worker's outbox written before the upgrade
+// is delivered, not thrown away; their results carry no provenance or failure kind.
+inline constexpr uint8_t kProtocolVersion = 3;
 inline constexpr uint8_t kMinProtocolVersion = 1;
 inline constexpr size_t kHeaderBytes = 4;
 
@@ -65,10 +66,13 @@ enum class MessageType : uint8_t {
 
 const char* to_string(MessageType type);
 
-// A model server a worker keeps up (docs/served-models.md): the model's name and its GPUs.
+// A model server a worker keeps up (docs/served-models.md): the model's name and its GPUs, and
+// how long it took from its start to its first healthy answer (0: not said, an older worker).
+// Carried as JSON, so the field is optional on the wire.
 struct WarmModel {
   std::string model;
   std::vector<uint32_t> gpus;
+  uint64_t load_ms = 0;
   bool operator==(const WarmModel&) const = default;
 };
 
@@ -107,6 +111,16 @@ struct HandBack {
 };
 struct ReHello {};
 
+// Why a failed attempt failed, where the coordinator acts on the reason (version 3). Values a
+// decoder does not know read as kOther, so a newer worker's kinds never break an older reader.
+enum class FailureKind : uint8_t {
+  kOther = 0,
+  // The model server the attempt needed failed to start: it exited (or could not be spawned)
+  // before it was ready, or was not ready within ready_timeout_s. The coordinator backs the
+  // model off on that worker after several in a row (docs/served-models.md).
+  kServerStart = 1,
+};
+
 struct ShardResult {
   uint64_t attempt_id = 0;
   uint32_t campaign = 0;   // the coordinator's numeric campaign key (CampaignInfo::campaign)
@@ -127,6 +141,13 @@ struct ShardResult {
   std::vector<uint32_t> gpus;     // the GPU indexes it ran on (CUDA_VISIBLE_DEVICES)
   std::string executable_sha256;  // exec: SHA-256 (hex) of the resolved executable; "" unknown
   std::string data_sha256;        // SHA-256 (hex) of the benchmark's params.data file; "" none
+  // Failure kind (version 3); only meaningful when !ok.
+  FailureKind failure = FailureKind::kOther;
+  // kServerStart: the worker's id of the server start that failed. One failed start fails every
+  // attempt waiting for it; the id lets the coordinator count it once.
+  uint64_t server_start = 0;
+  // kServerStart: the server's last line of stderr (or why it was killed, when it wrote none).
+  std::string failure_reason;
 };
 
 struct Results {

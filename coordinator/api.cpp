@@ -398,6 +398,21 @@ nlohmann::json Api::campaign_json(const Campaign& c) const {
     out["unschedulable"] = reasons;
     out["unschedulable_models"] = models;
   }
+  // Served models backed off on a worker (their server failed to start there again and again):
+  // why this campaign's shards of them wait, or run elsewhere.
+  if (c.state == CampaignState::kRunning) {
+    nlohmann::json held = nlohmann::json::array();
+    for (const auto& model : c.spec.models) {
+      for (const auto& entry : scheduler_.serve_backoff().not_placed(model, now)) {
+        held.push_back({{"model", entry.model},
+                        {"worker", entry.worker},
+                        {"reason", entry.reason},
+                        {"failures", entry.failures},
+                        {"until", rfc3339_utc(entry.until_ms)}});
+      }
+    }
+    if (!held.empty()) out["not_placed"] = std::move(held);
+  }
   return out;
 }
 

@@ -1,4 +1,5 @@
 // evald-coordinator: parses flags and runs the coordinator (coordinator/server.hpp).
+#include <cstdint>
 #include <iostream>
 #include <string_view>
 #include <vector>
@@ -54,8 +55,14 @@ int main(int argc_in, char** argv_in) {
       "a lost worker with nothing left is forgotten (and its /metrics series removed) after this")(
       "finished-campaign-metrics-ms", value<int64_t>()->default_value(600000),
       "a finished campaign's /metrics series are removed this long after it ends")(
-      "max-body-bytes", value<int64_t>()->default_value(16 << 20),
-      "largest HTTP request body; larger gets 413")(
+      "serve-backoff-failures", value<int64_t>()->default_value(3),
+      "a served model whose server fails to start this many times in a row on a worker is not "
+      "placed there for a while (0: never)")(
+      "serve-backoff-ms", value<int64_t>()->default_value(300000),
+      "how long, the first time; doubles for each further failed start")(
+      "serve-backoff-max-ms", value<int64_t>()->default_value(3600000),
+      "the longest such back-off")("max-body-bytes", value<int64_t>()->default_value(16 << 20),
+                                   "largest HTTP request body; larger gets 413")(
       "max-message-bytes", value<int64_t>()->default_value(8 << 20),
       "largest worker message accepted; a peer that sends more is disconnected")(
       "curve-secret", value<std::string>()->value_name("FILE"),
@@ -119,6 +126,17 @@ int main(int argc_in, char** argv_in) {
       std::chrono::milliseconds(v["forget-lost-workers-ms"].as<int64_t>());
   config.finished_campaign_metrics =
       std::chrono::milliseconds(v["finished-campaign-metrics-ms"].as<int64_t>());
+  const auto backoff_failures = v["serve-backoff-failures"].as<int64_t>();
+  config.serve_backoff.base = std::chrono::milliseconds(v["serve-backoff-ms"].as<int64_t>());
+  config.serve_backoff.max = std::chrono::milliseconds(v["serve-backoff-max-ms"].as<int64_t>());
+  if (backoff_failures < 0 || backoff_failures > UINT32_MAX ||
+      config.serve_backoff.base.count() < 0 ||
+      config.serve_backoff.max < config.serve_backoff.base) {
+    std::cerr << "evald-coordinator: --serve-backoff-failures and --serve-backoff-ms must not be "
+                 "negative, --serve-backoff-max-ms not less than --serve-backoff-ms\n";
+    return evald::kExitUsage;
+  }
+  config.serve_backoff.failures = static_cast<uint32_t>(backoff_failures);
   const auto body = v["max-body-bytes"].as<int64_t>();
   const auto message = v["max-message-bytes"].as<int64_t>();
   if (config.heartbeat.count() <= 0 || config.worker_timeout <= config.heartbeat ||

@@ -179,7 +179,25 @@ Metrics::Metrics()
                           .Name("evald_scores_imported_total")
                           .Help("Model scores imported for composite score components")
                           .Register(*registry)
-                          .Add({})) {}
+                          .Add({})),
+      model_loads(BuildCounter()
+                      .Name("evald_model_loads_total")
+                      .Help("Model servers that became ready on a worker, by model")
+                      .Register(*registry)),
+      // Buckets from a small model's seconds to a 70B model's half hour.
+      model_load_seconds(
+          BuildHistogram()
+              .Name("evald_model_load_seconds")
+              .Help("Seconds from starting a model server to its first healthy "
+                    "answer, as workers report them")
+              .Register(*registry)
+              .Add({}, prometheus::Histogram::BucketBoundaries{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120,
+                                                               300, 600, 1200, 1800})),
+      model_server_backoffs(BuildCounter()
+                                .Name("evald_model_server_backoffs_total")
+                                .Help("Times a model was backed off on a worker because its "
+                                      "server failed to start there again and again, by model")
+                                .Register(*registry)) {}
 
 std::string Metrics::serialize() const {
   const prometheus::TextSerializer serializer;

@@ -81,6 +81,12 @@ struct Metrics {
   prometheus::Counter& shards_reused;
   // Model scores imported for composite components (POST .../scores).
   prometheus::Counter& scores_imported;
+  // Served models, from what workers report (docs/served-models.md): a model server that became
+  // ready ({model}, counted once per server), how long it took (from workers that say so), and a
+  // model backed off on a worker after its server failed to start there again and again.
+  prometheus::Family<prometheus::Counter>& model_loads;
+  prometheus::Histogram& model_load_seconds;
+  prometheus::Family<prometheus::Counter>& model_server_backoffs;  // {model}
 
   // benchmark_shards handles per campaign id, one per group (model x benchmark), so refreshing
   // them is a few atomic stores. Core thread only.

@@ -64,7 +64,11 @@ const char* to_string(WorkerState state) {
 }
 
 Scheduler::Scheduler(Store& store, const Clock& clock, Metrics& metrics, SchedulerOptions options)
-    : store_(store), clock_(clock), metrics_(metrics), options_(options) {}
+    : store_(store),
+      clock_(clock),
+      metrics_(metrics),
+      options_(options),
+      serve_backoff_(options.serve_backoff, metrics.model_server_backoffs) {}
 
 Campaign* Scheduler::campaign_by_key(uint32_t key) {
   auto it = campaigns_.find(key);

@@ -52,6 +52,7 @@
 #include "coordinator/placement.hpp"
 #include "coordinator/provenance.hpp"
 #include "coordinator/records.hpp"
+#include "coordinator/serve_backoff.hpp"
 #include "coordinator/store.hpp"
 
 namespace evald::coordinator {
@@ -70,6 +71,9 @@ struct SchedulerOptions {
   // Where the attempt sequence of each epoch starts (0 = ids start at epoch << 32 | 1). Only tests
   // change it, to reach the wrap of the 32-bit sequence without four billion leases.
   uint32_t first_attempt_seq = 0;
+  // Served models: when a model whose server keeps failing to start on a worker is not placed
+  // there for a while (coordinator/serve_backoff.hpp).
+  ServeBackoffOptions serve_backoff{};
 };
 
 // What a result, a stale record and a HELLO may make the coordinator keep.
@@ -346,6 +350,7 @@ class Scheduler {
   const Store& store() const { return store_; }
   const Clock& clock() const { return clock_; }
   const std::string& last_error(const Campaign& c, uint32_t group, uint32_t shard) const;
+  const ServeBackoff& serve_backoff() const { return serve_backoff_; }
   int64_t ready_shards() const;
 
  private:
@@ -410,6 +415,7 @@ class Scheduler {
   SchedulerOptions options_;
   Store::Batch batch_;
   Outgoing outgoing_;
+  ServeBackoff serve_backoff_;
 
   uint64_t epoch_ = 0;
   uint32_t attempt_seq_ = 0;

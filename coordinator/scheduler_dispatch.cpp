@@ -2,6 +2,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 #include <map>
 #include <memory>
@@ -43,9 +44,14 @@ struct DispatchPass {
   // Model queues found empty this pass (their pending shards are all backing off).
   std::set<std::pair<uint32_t, uint32_t>> exhausted;
   std::vector<TierEntry> by_share;  // fair_share_order's output, reused per lease
+  // Served models whose server keeps failing to start on a worker are not placed there for now.
+  const ServeBackoff* serve_backoff = nullptr;
+  std::chrono::steady_clock::time_point now;
 
-  bool has_work(const Campaign& c, uint32_t m) const {
-    return c.queues[m].pending > 0 && !exhausted.contains({c.key, m});
+  // Model m of campaign c has a shard worker w may take.
+  bool has_work(const Campaign& c, uint32_t m, const WorkerInfo& w) const {
+    return c.queues[m].pending > 0 && !exhausted.contains({c.key, m}) &&
+           serve_backoff->allows(w.name, c.spec.models[m], now);
   }
 };
 
@@ -93,7 +99,7 @@ const std::vector<TierEntry>& fair_share_order(Tier tier, size_t turn,
 Campaign* committed_campaign(Tier tier, const WorkerInfo& w, const DispatchPass& pass) {
   for (Campaign* c : tier) {
     if (c->key != w.last_campaign || w.last_model >= c->queues.size()) continue;
-    if (pass.has_work(*c, w.last_model)) return c;
+    if (pass.has_work(*c, w.last_model, w)) return c;
   }
   return nullptr;
 }
@@ -159,13 +165,13 @@ std::optional<uint32_t> spreading_pick(Campaign& c, const WorkerInfo& w, const D
   // Served models: a model whose server is already warm on this worker costs no load, so it goes
   // first (also right after a coordinator restart, when no worker has a last model yet).
   for (uint32_t m = 0; m < c.queues.size(); ++m) {
-    if (!pass.has_work(c, m) || !w.warm_on(c.spec.models[m].name)) continue;
+    if (!pass.has_work(c, m, w) || !w.warm_on(c.spec.models[m].name)) continue;
     if (place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) return m;
   }
   std::optional<uint32_t> best;
   double best_score = -1;
   for (uint32_t m = 0; m < c.queues.size(); ++m) {
-    if (!pass.has_work(c, m)) continue;
+    if (!pass.has_work(c, m, w)) continue;
     const double score = work_score(c, m);
     if (score <= best_score) continue;
     if (!place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) continue;
@@ -255,6 +261,8 @@ void Scheduler::dispatch() {
   }
   if (idle.empty()) return;
   DispatchPass pass;
+  pass.serve_backoff = &serve_backoff_;
+  pass.now = clock_.now();
   priority_tiers(campaigns_, pass);
   if (pass.active.empty()) return;
 

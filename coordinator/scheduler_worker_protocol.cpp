@@ -134,10 +134,27 @@ void Scheduler::apply_serve_status(WorkerInfo& w, protocol::ServeStatus status) 
   auto warm = bounded_warm(std::move(status.warm));
   for (const auto& server : warm) {
     if (std::find(w.warm.begin(), w.warm.end(), server) != w.warm.end()) continue;
+    // One load however many campaigns it serves; a HELLO's servers (a reconnect, a restarted
+    // coordinator) are not new loads. Only models some campaign has get a series: the names
+    // come from the worker.
+    const bool known = std::any_of(campaigns_.begin(), campaigns_.end(), [&](const auto& entry) {
+      const auto& models = entry.second->spec.models;
+      return std::any_of(models.begin(), models.end(),
+                         [&](const ModelSpec& m) { return m.name == server.model; });
+    });
+    if (known) {
+      metrics_.model_loads.Add({{"model", server.model}}).Increment();
+      if (server.load_ms > 0) {
+        metrics_.model_load_seconds.Observe(static_cast<double>(server.load_ms) / 1000.0);
+      }
+    }
     std::unordered_set<uint32_t> counted;
     for (const auto& [attempt_id, key] : w.leases) {
       Campaign* c = campaign_by_key(key.campaign);
-      if (c == nullptr || c->spec.models[c->model_of(key.group)].name != server.model) continue;
+      if (c == nullptr) continue;
+      const ModelSpec& model = c->spec.models[c->model_of(key.group)];
+      if (model.name != server.model) continue;
+      serve_backoff_.record_load(w.name, model);  // it started after all
       if (counted.insert(c->key).second) ++c->model_loads[server.model];
     }
     spdlog::info("model_loaded worker={} model={} campaigns={}", w.name, server.model,
@@ -426,6 +443,11 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     g.duration->Observe(r.duration_ms / 1000.0);
     maybe_finish(*c);
     return;
+  }
+  if (r.failure == protocol::FailureKind::kServerStart) {
+    serve_backoff_.record_failure(worker_name, holder != nullptr ? holder->instance : "",
+                                  c->spec.models[g.model], r.server_start, r.failure_reason,
+                                  clock_.now(), clock_.wall_ms());
   }
   fail_attempt(*c, gi, r.shard, AttemptOutcome::kFailed,
                r.error.empty() ? "runner failed without an error message" : r.error, worker_name,

@@ -118,7 +118,8 @@ int run_coordinator(const CoordinatorConfig& config) {
                          .retry_backoff = config.retry_backoff,
                          .forget_lost_workers_after = config.forget_lost_workers_after,
                          .restart_grace = config.restart_grace,
-                         .finished_campaign_metrics = config.finished_campaign_metrics});
+                         .finished_campaign_metrics = config.finished_campaign_metrics,
+                         .serve_backoff = config.serve_backoff});
     if (auto recovered = scheduler.recover(); !recovered.ok()) {
       spdlog::error("recovery_failed data_dir={} error=\"{}\"", config.data_dir,
                     recovered.error().message);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/result.hpp"
+#include "coordinator/serve_backoff.hpp"
 #include "coordinator/store_faults.hpp"
 #include "coordinator/worker_auth.hpp"
 
@@ -24,6 +25,8 @@ struct CoordinatorConfig {
   std::chrono::milliseconds restart_grace{10000};
   std::chrono::milliseconds forget_lost_workers_after{std::chrono::hours(1)};
   std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
+  // Served models whose server keeps failing to start on a worker (docs/served-models.md).
+  ServeBackoffOptions serve_backoff{};
   size_t max_body_bytes = 16u << 20;
   // Results travel in frames well under this (the worker splits them at 4 MiB).
   size_t max_message_bytes = 8u << 20;

@@ -575,9 +575,21 @@ std::string format_campaign(const json& campaign) {
   if (const json* held = find_field(campaign, "not_placed"); held != nullptr && held->is_array()) {
     for (const auto& item : *held) {
       if (!item.is_object()) continue;
-      table.rows.push_back({"not placed", text_at(item, "model") + " on " +
-                                              text_at(item, "worker") + ": " +
-                                              text_at(item, "reason")});
+      std::string text = text_at(item, "model") + " on " + text_at(item, "worker") + ": " +
+                         text_at(item, "reason");
+      const auto failures = integer_field(item, "failures");
+      const json* until = find_field(item, "until");
+      if (failures || (until != nullptr && until->is_string())) {
+        text += " (";
+        if (failures) {
+          text += std::to_string(*failures) + " failed start" + (*failures == 1 ? "" : "s");
+        }
+        if (until != nullptr && until->is_string()) {
+          text += std::string(failures ? ", " : "") + "retried after " + until->get<std::string>();
+        }
+        text += ")";
+      }
+      table.rows.push_back({"not placed", text});
     }
   }
   return render_table(table);

@@ -218,6 +218,7 @@ class ModelServers::Impl {
     std::set<uint64_t> waiting;  // attempts waiting for it to become ready
     std::set<uint64_t> users;    // attempts told it is ready
     std::chrono::steady_clock::time_point started;
+    std::chrono::milliseconds load_time{0};
     asio::steady_timer timer;     // health polls, then keep-warm, then the stop grace
     asio::steady_timer deadline;  // ready_timeout_s
     std::string failure;          // why we killed it, when it was not our choice to stop it
@@ -251,7 +252,8 @@ class ModelServers::Impl {
     for (const auto& [id, server] : servers_) {
       if (server->state == State::kStopping || server->state == State::kWaitingForGpus) continue;
       snapshot.push_back(WarmServer{server->model, server->gpus, server->state == State::kReady,
-                                    static_cast<uint32_t>(server->users.size())});
+                                    static_cast<uint32_t>(server->users.size()),
+                                    server->load_time});
     }
     const std::lock_guard<std::mutex> lock(mutex_);
     snapshot_ = std::move(snapshot);
@@ -388,7 +390,7 @@ class ModelServers::Impl {
     const std::string error = "model server for " + server.model + " not started: " + why;
     for (const uint64_t attempt : server.waiting) {
       attempt_server_.erase(attempt);
-      emit(ServeEvent{attempt, false, "", error});
+      emit(ServeEvent{attempt, false, "", error, true, server.id, why});
     }
     servers_.erase(server.id);
     publish_snapshot();
@@ -425,6 +427,7 @@ class ModelServers::Impl {
     }
     server.state = State::kReady;
     server.deadline.cancel();
+    server.load_time = std::chrono::duration_cast<milliseconds>(clock_.now() - server.started);
     const double seconds = std::chrono::duration<double>(clock_.now() - server.started).count();
     if (metrics_ != nullptr) metrics_->count_load(server.model, seconds);
     spdlog::info("model_server_ready model={} pid={} port={} load_seconds={:.3f} waiting={}",
@@ -543,9 +546,15 @@ class ModelServers::Impl {
               how + (server->state == State::kReady ? " while serving" : " before it was ready");
     }
     if (!tail.empty()) error += "; its stderr ends with: " + tail;
+    // A start that failed (not one we stopped, nor a crash while serving) is told as such, with
+    // the server's own last words, so the coordinator can stop placing a model that keeps
+    // failing here.
+    const bool start_failed = !asked && server->state != State::kReady;
+    std::string reason = last_lines(outcome.stderr_tail, 1, 512);
+    if (reason.empty()) reason = !server->failure.empty() ? server->failure : how;
     for (const uint64_t attempt : server->waiting) {
       attempt_server_.erase(attempt);
-      emit(ServeEvent{attempt, false, "", error});
+      emit(ServeEvent{attempt, false, "", error, start_failed, server->id, reason});
     }
     for (const uint64_t attempt : server->users) {
       attempt_server_.erase(attempt);

@@ -47,6 +47,12 @@ struct ServeEvent {
   bool ready = false;
   std::string endpoint;  // "http://127.0.0.1:PORT/v1"
   std::string error;
+  // The server failed to start (exited or could not be spawned before it was ready, or was not
+  // ready in time), as opposed to failing while serving or being stopped: the coordinator backs
+  // off a model whose server keeps failing to start on this worker.
+  bool start_failed = false;
+  uint64_t server_id = 0;  // start_failed: which start (one failed start fails every waiter)
+  std::string reason{};    // start_failed: the server's last stderr line, or why it was killed
 };
 
 // A server that is up (ready) now, for HELLO and heartbeats.
@@ -54,7 +60,8 @@ struct WarmServer {
   std::string model;
   std::vector<uint32_t> gpus;
   bool ready = false;
-  uint32_t users = 0;  // attempts using it now
+  uint32_t users = 0;                      // attempts using it now
+  std::chrono::milliseconds load_time{0};  // ready: from its start to its first healthy answer
 };
 
 struct ModelServersOptions {

@@ -11,12 +11,12 @@ using prometheus::BuildHistogram;
 ServeMetrics::ServeMetrics(std::shared_ptr<prometheus::Registry> shared)
     : registry_(std::move(shared)),
       loads_(BuildCounter()
-                 .Name("evald_model_loads_total")
+                 .Name("evald_worker_model_loads_total")
                  .Help("Model servers this worker started that became ready, by model")
                  .Register(*registry_)),
       load_seconds_(
           BuildHistogram()
-              .Name("evald_model_load_seconds")
+              .Name("evald_worker_model_load_seconds")
               .Help("Seconds from starting a model server to its first healthy answer")
               .Register(*registry_)
               .Add({}, prometheus::Histogram::BucketBoundaries{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120,

@@ -703,7 +703,13 @@ void Worker::on_serve_events() {
     const auto assignment = it->second;
     running_.erase(it);
     stop_attempt(event.attempt_id);
-    fail(assignment, std::move(event.error));
+    auto result = failed_result(assignment, std::move(event.error));
+    if (event.start_failed) {
+      result.failure = protocol::FailureKind::kServerStart;
+      result.server_start = event.server_id;
+      result.failure_reason = std::move(event.reason);
+    }
+    outgoing_.push_back(Outgoing{std::move(result), false});
   }
 }
 
@@ -950,7 +956,9 @@ void Worker::try_send_hello() {
 protocol::ServeStatus Worker::serve_status() const {
   protocol::ServeStatus status;
   for (auto& server : model_servers_->warm()) {
-    if (server.ready) status.warm.push_back(protocol::WarmModel{server.model, server.gpus});
+    if (!server.ready) continue;
+    status.warm.push_back(protocol::WarmModel{server.model, server.gpus,
+                                              static_cast<uint64_t>(server.load_time.count())});
   }
   std::sort(status.warm.begin(), status.warm.end(), [](const auto& a, const auto& b) {
     return a.model != b.model ? a.model < b.model : a.gpus < b.gpus;
