@@ -179,7 +179,16 @@ Metrics::Metrics()
                           .Name("evald_scores_imported_total")
                           .Help("Model scores imported for composite score components")
                           .Register(*registry)
-                          .Add({})) {}
+                          .Add({})),
+      pending_gpu_seconds(BuildGauge()
+                              .Name("evald_pending_gpu_seconds")
+                              .Help("Expected GPU-seconds of pending shards, by the labels of the "
+                                    "workers that could run them (labels=\"all\": all of them)")
+                              .Register(*registry)),
+      workers_idle(BuildGauge()
+                       .Name("evald_workers_idle")
+                       .Help("Connected workers running no shard, by their labels")
+                       .Register(*registry)) {}
 
 std::string Metrics::serialize() const {
   const prometheus::TextSerializer serializer;
