@@ -25,9 +25,12 @@
 // Placement and order (docs/scheduling.md): a shard goes only to a worker whose labels match the
 // model's resources and that has enough free GPUs (with enough memory); it gets specific GPU
 // indexes. A worker stays committed to the model it ran last while that model has work, waiting
-// for its own GPUs rather than loading another model; otherwise it takes the fitting model with
-// the most GPU-shards left per worker already on it. A worker with nothing running always gets a
-// pending shard that fits it. Higher campaign priority goes first; equal priorities take turns.
+// for its own GPUs rather than loading another model, unless another model of its campaign has
+// far more expected GPU time left per worker; otherwise it takes a fitting model: the one the
+// fewest GPUs can run, then one nobody runs yet, then the one with the most expected GPU-seconds
+// left per worker already on it (durations learned from results, durations.hpp). A worker with
+// nothing running always gets a pending shard that fits it. Higher campaign priority goes first;
+// equal priorities take turns.
 #pragma once
 
 #include <array>
