@@ -197,7 +197,16 @@ Metrics::Metrics()
                                 .Name("evald_model_server_backoffs_total")
                                 .Help("Times a model was backed off on a worker because its "
                                       "server failed to start there again and again, by model")
-                                .Register(*registry)) {}
+                                .Register(*registry)),
+      pending_gpu_seconds(BuildGauge()
+                              .Name("evald_pending_gpu_seconds")
+                              .Help("Expected GPU-seconds of pending shards, by the labels of the "
+                                    "workers that could run them (labels=\"all\": all of them)")
+                              .Register(*registry)),
+      workers_idle(BuildGauge()
+                       .Name("evald_workers_idle")
+                       .Help("Connected workers running no shard, by their labels")
+                       .Register(*registry)) {}
 
 std::string Metrics::serialize() const {
   const prometheus::TextSerializer serializer;

@@ -87,6 +87,12 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& model_loads;
   prometheus::Histogram& model_load_seconds;
   prometheus::Family<prometheus::Counter>& model_server_backoffs;  // {model}
+  // For an autoscaler: the expected GPU-seconds of pending work (docs/scheduling.md, "Expected
+  // GPU time") per kind of worker that could run it, and the connected workers running nothing.
+  // A kind is a worker's labels as "k=v,k2=v2" (sorted; "" for none); labels="all" is all pending
+  // work whichever worker could run it, including work no known worker can. {labels}
+  prometheus::Family<prometheus::Gauge>& pending_gpu_seconds;
+  prometheus::Family<prometheus::Gauge>& workers_idle;  // {labels}
 
   // benchmark_shards handles per campaign id, one per group (model x benchmark), so refreshing
   // them is a few atomic stores. Core thread only.

@@ -152,6 +152,7 @@ Campaign& Scheduler::create_campaign(uint32_t key, std::string id, CampaignSpec 
       g.model = m;
       g.benchmark = b;
       g.shards.resize(static_cast<size_t>(benchmarks[b].shard_count()));
+      g.pending = static_cast<int64_t>(g.shards.size());
       g.cell.shards_total = static_cast<int64_t>(g.shards.size());
       c->total += g.cell.shards_total;
     }
@@ -161,13 +162,18 @@ Campaign& Scheduler::create_campaign(uint32_t key, std::string id, CampaignSpec 
   c->queues.resize(models.size());
   for (uint32_t m = 0; m < models.size(); ++m) {
     ModelQueue& q = c->queues[m];
-    q.cursor_group = m * static_cast<uint32_t>(benchmarks.size());
-    q.end_group = q.cursor_group + static_cast<uint32_t>(benchmarks.size());
-    for (uint32_t g = q.cursor_group; g < q.end_group; ++g) {
-      q.pending += static_cast<int64_t>(c->groups[g].shards.size());
+    q.first_group = m * static_cast<uint32_t>(benchmarks.size());
+    q.end_group = q.first_group + static_cast<uint32_t>(benchmarks.size());
+    q.cursors.assign(benchmarks.size(), 0);
+    q.gpus = std::max(1, models[m].resources.gpus.value_or(1));
+    for (uint32_t g = q.first_group; g < q.end_group; ++g) {
+      const Group& group = c->groups[g];
+      q.pending += static_cast<int64_t>(group.shards.size());
+      q.pending_gpu_s += static_cast<double>(group.shards.size()) * group.expected_shard_s * q.gpus;
     }
   }
   Campaign& ref = *c;
+  estimates_stale_ = true;
   campaign_by_id_[ref.id] = key;
   campaigns_[key] = std::move(c);
   return ref;
@@ -213,8 +219,18 @@ void Scheduler::set_state(Campaign& c, uint32_t group, Shard& s, ShardState to) 
   c.counts[static_cast<size_t>(s.state)] -= 1;
   c.counts[static_cast<size_t>(to)] += 1;
   ModelQueue& q = c.queues[c.model_of(group)];
-  if (s.state == ShardState::kPending) --q.pending;
-  if (to == ShardState::kPending) ++q.pending;
+  Group& g = c.groups[group];
+  const double gpu_s = g.expected_shard_s * q.gpus;
+  if (s.state == ShardState::kPending) {
+    --q.pending;
+    --g.pending;
+    q.pending_gpu_s = std::max(0.0, q.pending_gpu_s - gpu_s);
+  }
+  if (to == ShardState::kPending) {
+    ++q.pending;
+    ++g.pending;
+    q.pending_gpu_s += gpu_s;
+  }
   s.state = to;
 }
 
@@ -228,6 +244,7 @@ void Scheduler::mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, b
 
 void Scheduler::release_lease(WorkerInfo& w, uint64_t attempt_id) {
   w.leases.erase(attempt_id);
+  w.lease_started.erase(attempt_id);
   if (auto it = w.lease_gpus.find(attempt_id); it != w.lease_gpus.end()) {
     mark_gpus(w, it->second, false);
     w.lease_gpus.erase(it);
@@ -244,6 +261,7 @@ void Scheduler::set_last_model(WorkerInfo& w, Campaign* c, uint32_t model) {
   }
   w.last_campaign = c == nullptr ? 0 : c->key;
   w.last_model = model;
+  w.model_proven = false;
   if (c != nullptr) {
     ++c->queues[model].warm_workers;
     ++c->workers_held;

@@ -25,9 +25,12 @@
 // Placement and order (docs/scheduling.md): a shard goes only to a worker whose labels match the
 // model's resources and that has enough free GPUs (with enough memory); it gets specific GPU
 // indexes. A worker stays committed to the model it ran last while that model has work, waiting
-// for its own GPUs rather than loading another model; otherwise it takes the fitting model with
-// the most GPU-shards left per worker already on it. A worker with nothing running always gets a
-// pending shard that fits it. Higher campaign priority goes first; equal priorities take turns.
+// for its own GPUs rather than loading another model, unless another model of its campaign has
+// far more expected GPU time left per worker; otherwise it takes a fitting model: the one the
+// fewest GPUs can run, then one nobody runs yet, then the one with the most expected GPU-seconds
+// left per worker already on it (durations learned from results, durations.hpp). A worker with
+// nothing running always gets a pending shard that fits it. Higher campaign priority goes first;
+// equal priorities take turns.
 #pragma once
 
 #include <array>
@@ -48,6 +51,7 @@
 #include "common/protocol.hpp"
 #include "common/result.hpp"
 #include "common/spec.hpp"
+#include "coordinator/durations.hpp"
 #include "coordinator/metrics.hpp"
 #include "coordinator/placement.hpp"
 #include "coordinator/provenance.hpp"
@@ -147,6 +151,11 @@ struct Group {  // one model x benchmark
   uint32_t model = 0;
   uint32_t benchmark = 0;
   std::vector<Shard> shards;
+  int64_t pending = 0;  // its pending shards, ready or backing off
+  // How long its shards run (coordinator/durations.hpp): the finished attempts' per-example times
+  // and the expected seconds of a full shard, refreshed once per gauge interval.
+  DurationSamples samples;
+  double expected_shard_s = kDefaultShardSeconds;
   CellAggregate cell;
   bool cell_dirty = false;
   std::unordered_map<uint32_t, std::string> last_errors;  // shard -> last failed attempt's error
@@ -163,18 +172,26 @@ struct ReadyRef {
   std::chrono::steady_clock::time_point ready_since;
 };
 
-// The dispatch queue of one model of a campaign: requeued shards first, then a cursor over the
-// model's never-dispatched shards (groups model*B .. model*B+B-1).
+// The dispatch queue of one model of a campaign: requeued shards first, then the never-dispatched
+// shards of its groups (model*B .. model*B+B-1), through one cursor per group: the group whose
+// shards are expected to run longest goes first (dispatch rule 9).
 struct ModelQueue {
   std::deque<ReadyRef> requeued;
-  uint32_t cursor_group = 0;
-  uint32_t cursor_shard = 0;
+  uint32_t first_group = 0;
   uint32_t end_group = 0;
-  int64_t pending = 0;        // pending shards of the model, ready or backing off
-  uint32_t warm_workers = 0;  // workers whose last shard was of this model
+  std::vector<uint32_t> cursors;  // per group from first_group: its next never-dispatched shard
+  int64_t pending = 0;            // pending shards of the model, ready or backing off
+  uint32_t warm_workers = 0;      // workers whose last shard was of this model
+  int gpus = 1;                   // GPUs one shard holds, for weighing (at least 1)
+  // Expected GPU-seconds of its pending shards: sum of pending x expected_shard_s x gpus over its
+  // groups. Kept as shards change state, recomputed whenever the estimates are refreshed.
+  double pending_gpu_s = 0;
+  // GPUs of the connected workers that could run its shards (refreshed with the estimates): the
+  // fewer, the sooner a worker that can run it should (dispatch rule 6).
+  int64_t eligible_gpus = 0;
 
   bool ahead_of_cursor(uint32_t group, uint32_t shard) const {
-    return group > cursor_group || (group == cursor_group && shard >= cursor_shard);
+    return shard >= cursors[group - first_group];
   }
 };
 
@@ -241,6 +258,15 @@ struct WorkerInfo {
   std::unordered_set<uint32_t> campaigns_sent;    // CAMPAIGN already sent on this connection
   std::vector<GpuSlot> gpu_slots;
   std::unordered_map<uint64_t, std::vector<uint32_t>> lease_gpus;  // attempt id -> GPU indexes
+  // When each lease started, and whether it started "cold": before the worker had finished a
+  // shard of that model, so its duration includes (part of) a model load.
+  struct LeaseStart {
+    std::chrono::steady_clock::time_point at;
+    bool cold = false;
+  };
+  std::unordered_map<uint64_t, LeaseStart> lease_started;  // attempt id -> start
+  // A shard of last_model succeeded here since the worker was committed to it: the model is loaded.
+  bool model_proven = false;
   // Affinity: the campaign key and model of the last shard it was given (0 = none yet).
   uint32_t last_campaign = 0;
   uint32_t last_model = 0;
@@ -347,6 +373,10 @@ class Scheduler {
   const Campaign* find_campaign(const std::string& id) const;
   const std::map<uint32_t, std::unique_ptr<Campaign>>& campaigns() const { return campaigns_; }
   std::vector<const WorkerInfo*> workers() const;
+  // Recomputes every running campaign's expected shard durations (coordinator/durations.hpp) from
+  // the finished attempts and the running ones, and its models' pending GPU-seconds. tick() calls
+  // it once per gauge interval; recover() after rebuilding the samples from the shard records.
+  void refresh_estimates();
   const Store& store() const { return store_; }
   const Clock& clock() const { return clock_; }
   const std::string& last_error(const Campaign& c, uint32_t group, uint32_t shard) const;
@@ -366,7 +396,7 @@ class Scheduler {
   // A worker's served-model status (a heartbeat's): warm servers, loading attempts; a server
   // that is new counts as a load for the campaigns whose shards there run that model.
   void apply_serve_status(WorkerInfo& w, protocol::ServeStatus status);
-  // The next pending shard of a model (dispatch rule 8, docs/scheduling.md).
+  // The next pending shard of a model (dispatch rule 9, docs/scheduling.md).
   std::optional<ReadyRef> next_in_model(Campaign& c, uint32_t model);
   void check_unschedulable();
   void maybe_finish(Campaign& c);
@@ -387,6 +417,11 @@ class Scheduler {
   WorkerInfo* find_worker(const std::string& name);
   Campaign* campaign_by_key(uint32_t key);
   void refresh_gauges();
+  // evald_pending_gpu_seconds and evald_workers_idle, per kind of worker (its labels).
+  void refresh_capacity_gauges();
+  // A counted success: its per-example time becomes a sample of its model x benchmark.
+  void learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, bool cold,
+                      const protocol::ShardResult& r, uint32_t examples);
   // epoch << 32 | seq. Before seq would wrap, a new epoch starts; it is staged in this turn's
   // batch, which also holds the lease that uses the first id of it, so no id is ever sent before
   // its epoch is durable, and a restart always starts above every epoch used.
@@ -440,6 +475,10 @@ class Scheduler {
   std::unordered_map<uint64_t, ShardIdentity> identities_;  // (campaign << 32 | group), bounded
   std::unordered_map<uint32_t, nlohmann::json> canonical_specs_;  // campaign key, bounded
   size_t dispatch_rr_ = 0;
+  std::vector<std::string> capacity_kinds_;  // worker kinds with capacity gauges
+  // A campaign or a worker came since the estimates were refreshed: dispatch refreshes them
+  // first, so a new campaign's models know which workers can run them from the first lease.
+  bool estimates_stale_ = true;
   size_t tier_turn_ = 0;
   std::array<prometheus::Counter*, 32> received_by_type_{};
   std::chrono::steady_clock::time_point last_gauges_{};

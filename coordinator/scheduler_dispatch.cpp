@@ -95,7 +95,7 @@ const std::vector<TierEntry>& fair_share_order(Tier tier, size_t turn,
 }
 
 // The campaign of this tier whose model worker w is committed to (it ran it last, or was given it
-// while its GPUs were still busy), if that model still has work. Input to rules 3 and 4.
+// while its GPUs were still busy), if that model still has work. Input to rules 3 to 5.
 Campaign* committed_campaign(Tier tier, const WorkerInfo& w, const DispatchPass& pass) {
   for (Campaign* c : tier) {
     if (c->key != w.last_campaign || w.last_model >= c->queues.size()) continue;
@@ -121,13 +121,13 @@ Campaign* rebalance_target(Tier tier, const Campaign& own) {
   return poorest;
 }
 
-// What rule 4 decides for a worker committed to a model with work.
+// What rule 5 decides for a worker committed to a model with work.
 struct Affinity {
   bool holds = false;        // the model can run on this worker: nothing else is considered
   std::optional<Pick> pick;  // its next shard now; none: wait for the worker's own GPUs
 };
 
-// Rule 4, affinity: a worker committed to a model with work runs its next shard when it fits.
+// Rule 5, affinity: a worker committed to a model with work runs its next shard when it fits.
 // When it does not fit yet but would on the idle worker, the worker waits for its own shards to
 // free GPUs rather than fill them with another model: that would load a second model and, worse,
 // move the worker's affinity to it, so it would drift from model to model paying a load each time.
@@ -139,27 +139,58 @@ Affinity affinity(Campaign& own, const WorkerInfo& w) {
   return Affinity{place_shard(resources, w.labels, w.gpu_slots, true).has_value(), std::nullopt};
 }
 
-// Work left in model m, in GPU-shards per worker warm on it if one more joined. The scheduler
-// does not know how long a shard runs; counting each shard as the GPUs it holds at least tells
-// a 4-GPU model's queue from a 1-GPU model's queue of the same length.
+// Work left in model m: the expected GPU-seconds of its pending shards (docs/scheduling.md,
+// "Expected GPU time") per worker warm on it if one more joined. A model whose shards run 12 times
+// longer weighs 12 times more than its shard count says, a 4-GPU shard 4 times a 1-GPU one.
 double work_score(const Campaign& c, uint32_t m) {
-  const int gpus = std::max(1, c.spec.models[m].resources.gpus.value_or(1));
-  return static_cast<double>(c.queues[m].pending) * gpus /
-         (1.0 + static_cast<double>(c.queues[m].warm_workers));
+  return c.queues[m].pending_gpu_s / (1.0 + static_cast<double>(c.queues[m].warm_workers));
 }
 
-// Rule 6, remainders: a GPU model that other workers already run is worth a load only if the work
-// left (work_score) would fill this worker's GPUs at least once. (Without GPUs there are no weights
-// to load, and no reason to leave a slot empty.)
+// Rule 7, remainders: a GPU model that other workers already run is worth a load only if the work
+// left per worker (work_score) would keep this worker's GPUs busy for at least one shard's time.
+// (Without GPUs there are no weights to load, and no reason to leave a slot empty.)
 bool is_remainder(const Campaign& c, uint32_t m, const WorkerInfo& w, double score) {
-  return c.queues[m].warm_workers > 0 && score < static_cast<double>(w.gpu_slots.size()) &&
-         gpus_needed(c.spec.models[m].resources, w.gpu_slots.size()) > 0;
+  const ModelQueue& q = c.queues[m];
+  if (q.warm_workers == 0 || q.pending == 0) return false;
+  if (gpus_needed(c.spec.models[m].resources, w.gpu_slots.size()) == 0) return false;
+  const double shard_s = q.pending_gpu_s / (static_cast<double>(q.pending) * q.gpus);
+  return score < static_cast<double>(w.gpu_slots.size()) * shard_s;
 }
 
-// Rule 5, spreading: the model of campaign c that worker w should join: the one it could run with
-// the most work left per worker warm on it (largest first, so big models start early and workers
-// spread in proportion to the work). A remainder (rule 6) is not picked; the first one seen is
-// remembered in `remainder` instead.
+// Rule 4, time balance: within its campaign, a worker leaves its model (paying a load) for another
+// model whose expected GPU time left per worker, with this one joining, is more than
+// kTimeBalanceFactor times its own model's without it. Shard counts hide a model whose shards
+// run much longer; once its first attempts finish (or have run long enough) its work shows, and
+// workers move to it instead of finishing short models first and leaving it a long tail. The
+// factor keeps moves (each a load) to models that would otherwise end far behind the rest.
+constexpr double kTimeBalanceFactor = 3.0;
+std::optional<uint32_t> time_balance_target(Campaign& c, const WorkerInfo& w,
+                                            const DispatchPass& pass) {
+  const ModelQueue& own = c.queues[w.last_model];
+  // The last worker on a model stays: leaving would strand its work for another load later.
+  if (own.warm_workers < 2) return std::nullopt;
+  if (w.gpu_slots.empty()) return std::nullopt;  // no weights to load, nothing to balance
+  const double own_left = own.pending_gpu_s / static_cast<double>(own.warm_workers - 1);
+  std::optional<uint32_t> best;
+  double best_left = kTimeBalanceFactor * own_left;
+  for (uint32_t m = 0; m < c.queues.size(); ++m) {
+    if (m == w.last_model || !pass.has_work(c, m, w)) continue;
+    const double left = work_score(c, m);
+    if (left <= best_left || is_remainder(c, m, w, left)) continue;
+    if (!place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) continue;
+    best = m;
+    best_left = left;
+  }
+  return best;
+}
+
+// Rule 6, spreading: the model of campaign c that worker w should join, among those it could run:
+// first one that the fewest of the cluster's GPUs can run (a worker that can run what others
+// cannot runs that, and leaves what everyone can run to the others), then one that no worker runs
+// yet (every model costs a load somewhere anyway; started late, it would be piled on by the
+// workers freed at the end, each paying a load), then the one with the most work left per worker
+// warm on it (largest first, so big models start early and workers spread in proportion to the
+// work). A remainder (rule 7) is not picked; the first one seen is remembered in `remainder`.
 std::optional<uint32_t> spreading_pick(Campaign& c, const WorkerInfo& w, const DispatchPass& pass,
                                        std::optional<CampaignModel>& remainder) {
   // Served models: a model whose server is already warm on this worker costs no load, so it goes
@@ -169,23 +200,28 @@ std::optional<uint32_t> spreading_pick(Campaign& c, const WorkerInfo& w, const D
     if (place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) return m;
   }
   std::optional<uint32_t> best;
-  double best_score = -1;
+  // (scarce, unstarted, work): the model fewest GPUs of the cluster can run, then one nobody runs
+  // yet, then the most work per worker.
+  using Rank = std::tuple<int64_t, bool, double>;
+  std::optional<Rank> best_rank;
   for (uint32_t m = 0; m < c.queues.size(); ++m) {
     if (!pass.has_work(c, m, w)) continue;
+    const ModelQueue& q = c.queues[m];
     const double score = work_score(c, m);
-    if (score <= best_score) continue;
+    const Rank rank{-q.eligible_gpus, q.warm_workers == 0, score};
+    if (best_rank && rank <= *best_rank) continue;
     if (!place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, true)) continue;
     if (is_remainder(c, m, w, score)) {
       if (!remainder) remainder = CampaignModel{&c, m};
       continue;
     }
-    best_score = score;
+    best_rank = rank;
     best = m;
   }
   return best;
 }
 
-// Rule 7, no idling: when only remainders are left in a tier, a worker that still runs shards
+// Rule 8, no idling: when only remainders are left in a tier, a worker that still runs shards
 // leaves its spare GPUs free rather than pay a load for them, unless the alternative is lower-
 // priority work; a worker with nothing running always takes one: no worker sits idle while there
 // is pending work it can run.
@@ -195,9 +231,10 @@ bool takes_remainder(const WorkerInfo& w, bool lower_tiers_left) {
 
 }  // namespace
 
-// Rule 8, within a model: shards that failed and were retried (after their backoff) or requeued
-// go first, then never-run shards in benchmark order. Queue entries are checked on pop, so a
-// stale one is skipped.
+// Rule 9, within a model: shards that failed and were retried (after their backoff) or requeued
+// go first, then never-run shards, those of the benchmark whose shards are expected to run
+// longest first (ties in benchmark order). Queue entries are checked on pop, so a stale one is
+// skipped.
 std::optional<ReadyRef> Scheduler::next_in_model(Campaign& c, uint32_t model) {
   ModelQueue& q = c.queues[model];
   while (!q.requeued.empty()) {
@@ -205,19 +242,26 @@ std::optional<ReadyRef> Scheduler::next_in_model(Campaign& c, uint32_t model) {
     q.requeued.pop_front();
     if (c.groups[ref.group].shards[ref.shard].state == ShardState::kPending) return ref;
   }
-  while (q.cursor_group < q.end_group) {
-    auto& shards = c.groups[q.cursor_group].shards;
-    if (q.cursor_shard >= shards.size()) {
-      ++q.cursor_group;
-      q.cursor_shard = 0;
-      continue;
+  while (true) {
+    // The group with never-run shards whose shards are expected to run longest; ties in
+    // benchmark order. Starting long shards first keeps them out of the tail.
+    std::optional<uint32_t> longest;
+    for (uint32_t g = q.first_group; g < q.end_group; ++g) {
+      if (q.cursors[g - q.first_group] >= c.groups[g].shards.size()) continue;
+      if (!longest || c.groups[g].expected_shard_s > c.groups[*longest].expected_shard_s) {
+        longest = g;
+      }
     }
-    const uint32_t index = q.cursor_shard++;
-    if (shards[index].state == ShardState::kPending) {
-      return ReadyRef{q.cursor_group, index, c.cursor_ready_since};
+    if (!longest) return std::nullopt;
+    auto& shards = c.groups[*longest].shards;
+    uint32_t& cursor = q.cursors[*longest - q.first_group];
+    while (cursor < shards.size()) {
+      const uint32_t index = cursor++;
+      if (shards[index].state == ShardState::kPending) {
+        return ReadyRef{*longest, index, c.cursor_ready_since};
+      }
     }
   }
-  return std::nullopt;
 }
 
 void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vector<uint32_t> gpus) {
@@ -236,6 +280,7 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vect
     w.lease_gpus[s.attempt_id] = gpus;
   }
   set_last_model(w, &c, g.model);
+  w.lease_started[s.attempt_id] = WorkerInfo::LeaseStart{clock_.now(), !w.model_proven};
   write_shard(c, ref.group, ref.shard, &w);
   if (!w.campaigns_sent.contains(c.key)) {
     outgoing_.send(w.name, protocol::CampaignInfo{c.key, c.id, c.spec_json});
@@ -260,6 +305,7 @@ void Scheduler::dispatch() {
     if (w && w->state == WorkerState::kConnected && w->free_slots() > 0) idle.push_back(w.get());
   }
   if (idle.empty()) return;
+  if (estimates_stale_) refresh_estimates();
   DispatchPass pass;
   pass.serve_backoff = &serve_backoff_;
   pass.now = clock_.now();
@@ -267,7 +313,7 @@ void Scheduler::dispatch() {
   if (pass.active.empty()) return;
 
   // Worker w takes model m: a shard now if one fits, else the commitment (last_model) holds the
-  // worker's GPUs for m as its running shards free them (rule 4 on its next turns).
+  // worker's GPUs for m as its running shards free them (rule 5 on its next turns).
   auto join = [&](WorkerInfo& w, Campaign& c, uint32_t m) -> std::optional<Pick> {
     if (auto gpus = place_shard(c.spec.models[m].resources, w.labels, w.gpu_slots, false)) {
       return Pick{&c, m, std::move(*gpus)};
@@ -285,6 +331,7 @@ void Scheduler::dispatch() {
           std::optional<CampaignModel> ignored;
           if (auto m = spreading_pick(*poorer, w, pass, ignored)) return join(w, *poorer, *m);
         }
+        if (auto m = time_balance_target(*own, w, pass)) return join(w, *own, *m);
         if (Affinity stay = affinity(*own, w); stay.holds) return std::move(stay.pick);
       }
       // Otherwise commit the worker to a new model: the campaigns of the tier in fair-share

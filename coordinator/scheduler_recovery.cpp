@@ -80,6 +80,12 @@ Status Scheduler::recover() {
     s.attempt_id = rec.attempt_id;
     s.hand_backs = static_cast<uint8_t>(std::min<uint32_t>(rec.hand_backs, UINT8_MAX));
     if (!rec.last_error.empty()) g.last_errors[key.shard] = rec.last_error;
+    // The durations learned before the restart, rebuilt from the succeeded shards (which attempts
+    // included a model load is not stored, so all count as warm ones).
+    if (rec.state == ShardState::kSucceeded && rec.count > 0) {
+      g.samples.add(static_cast<double>(rec.duration_ms) / 1000.0 / static_cast<double>(rec.count),
+                    /*cold=*/false);
+    }
     if (rec.state == ShardState::kRunning) {
       orphans_[rec.attempt_id] =
           Orphan{key, rec.worker, now + std::max(options_.worker_timeout, options_.restart_grace)};
@@ -100,6 +106,7 @@ Status Scheduler::recover() {
       maybe_finish(*c);
     }
   }
+  refresh_estimates();
   batch_.put_meta_u64("next_campaign", next_campaign_key_);
   if (auto s = store_.commit(batch_); !s.ok()) return s;
   spdlog::info("recovered epoch={} campaigns={} shard_records={} orphaned_leases={} took_ms={}",

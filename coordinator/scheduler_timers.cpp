@@ -123,8 +123,10 @@ void Scheduler::tick() {
   }
   if (now - last_gauges_ >= kGaugeRefreshInterval) {
     last_gauges_ = now;
+    refresh_estimates();
     check_unschedulable();
     refresh_gauges();
+    refresh_capacity_gauges();
   }
 }
 

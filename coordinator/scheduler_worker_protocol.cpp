@@ -312,6 +312,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   w->instance = hello.instance;
   w->host = std::move(hello.host);
   w->state = WorkerState::kConnected;
+  estimates_stale_ = true;
   w->slots = hello.slots;
   w->gpu_slots = parse_worker_gpus(hello.gpus);
   for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
@@ -408,7 +409,14 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
   }
 
   outgoing_.ack(identity, r.attempt_id);  // sent only after this turn's commit
+  // Whether the attempt's time includes a model load; unknown (so assumed) for a lease reclaimed
+  // after a restart or a late result of a given-up attempt.
+  bool cold = true;
   if (holder != nullptr) {
+    if (auto started = holder->lease_started.find(r.attempt_id);
+        started != holder->lease_started.end()) {
+      cold = started->second.cold;
+    }
     release_lease(*holder, r.attempt_id);
   } else {
     orphans_.erase(r.attempt_id);
@@ -441,6 +449,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     record_provenance(*c, key, holder != nullptr ? holder : w, worker_name, r);
     g.completed->Increment();
     g.duration->Observe(r.duration_ms / 1000.0);
+    learn_duration(*c, gi, holder, cold, r, static_cast<uint32_t>(range.end - range.start));
     maybe_finish(*c);
     return;
   }

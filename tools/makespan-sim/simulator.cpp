@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
@@ -39,12 +40,15 @@
 #include <memory>
 #include <optional>
 #include <queue>
+#include <string>
 #include <system_error>
 #include <unordered_map>
+#include <vector>
 
 #include "common/clock.hpp"
 #include "common/protocol.hpp"
 #include "coordinator/metrics.hpp"
+#include "coordinator/placement.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/store.hpp"
 
@@ -325,24 +329,118 @@ std::string hours(int64_t ms) {
 
 }  // namespace
 
+namespace {
+
+// Which worker groups could ever run a shard of model m: the real placement rules
+// (coordinator/placement.hpp) against a worker of the group as its HELLO describes it.
+uint64_t eligible_groups(const Scenario& scenario, uint32_t m) {
+  uint64_t mask = 0;
+  for (size_t g = 0; g < scenario.cluster.size() && g < 64; ++g) {
+    const WorkerGroup& group = scenario.cluster[g];
+    std::vector<coordinator::GpuSlot> gpus(group.gpus_per_worker);
+    for (uint32_t i = 0; i < group.gpus_per_worker; ++i) {
+      gpus[i].index = i;
+      gpus[i].memory_mib = coordinator::required_gpu_memory_mib(group.gpu_memory_gb);
+    }
+    if (coordinator::place_shard(scenario.campaign.models[m].resources, group.labels, gpus, true)) {
+      mask |= uint64_t{1} << g;
+    }
+  }
+  return mask;
+}
+
+// The sets of worker groups the placement component looks at: every set when there are few
+// groups, else the sets some model is confined to and their unions with the whole cluster.
+std::vector<uint64_t> group_sets(size_t groups, const std::vector<uint64_t>& eligible) {
+  std::vector<uint64_t> sets;
+  if (groups <= 12) {
+    for (uint64_t s = 1; s < (uint64_t{1} << groups); ++s) sets.push_back(s);
+  } else {
+    for (uint64_t e : eligible) {
+      if (e != 0) sets.push_back(e);
+    }
+    std::sort(sets.begin(), sets.end());
+    sets.erase(std::unique(sets.begin(), sets.end()), sets.end());
+  }
+  return sets;
+}
+
+}  // namespace
+
+std::string LowerBound::binding() const {
+  const int64_t v = value_ms();
+  if (v == work_ms) return "work";
+  if (v == placement_ms) return "placement";
+  if (v == chain_ms) return "chain";
+  return "longest";
+}
+
 LowerBound lower_bound(const Scenario& scenario) {
   LowerBound bound;
   const auto& c = scenario.campaign;
   // In GPU-ms; an __int128 is not needed: kMaxShardsPerCampaign x 30 days x 64 GPUs < 2^63.
+  std::vector<int64_t> model_work(c.models.size(), 0);  // its shards and one load, in GPU-ms
+  std::vector<int64_t> model_ms(c.models.size(), 0);    // its shards, in ms
+  std::vector<int64_t> model_longest(c.models.size(), 0);
   int64_t work = 0;
   for (uint32_t m = 0; m < c.models.size(); ++m) {
-    work += scenario.load_ms[m] * scenario.gpus[m];
+    model_work[m] = scenario.load_ms[m] * scenario.gpus[m];
     for (uint32_t b = 0; b < c.benchmarks.size(); ++b) {
       const auto shards = static_cast<uint32_t>(c.benchmarks[b].shard_count());
       for (uint32_t i = 0; i < shards; ++i) {
         const int64_t ms = scenario.shard_ms(m, b, i);
-        work += ms * scenario.gpus[m];
+        model_work[m] += ms * scenario.gpus[m];
+        model_ms[m] += ms;
+        model_longest[m] = std::max(model_longest[m], ms);
         bound.longest_ms = std::max(bound.longest_ms, ms + scenario.load_ms[m]);
       }
     }
+    work += model_work[m];
   }
   const int64_t gpus = scenario.total_gpus();
   bound.work_ms = (work + gpus - 1) / gpus;
+
+  std::vector<uint64_t> eligible(c.models.size());
+  for (uint32_t m = 0; m < c.models.size(); ++m) eligible[m] = eligible_groups(scenario, m);
+
+  // Placement: models confined to a set of groups must do their work on those groups' GPUs.
+  for (uint64_t set : group_sets(scenario.cluster.size(), eligible)) {
+    int64_t set_gpus = 0;
+    std::string names;
+    for (size_t g = 0; g < scenario.cluster.size() && g < 64; ++g) {
+      if ((set & (uint64_t{1} << g)) == 0) continue;
+      set_gpus += int64_t{scenario.cluster[g].workers} * scenario.cluster[g].gpus_per_worker;
+      names += (names.empty() ? "" : "+") + scenario.cluster[g].name;
+    }
+    int64_t confined = 0;
+    for (uint32_t m = 0; m < c.models.size(); ++m) {
+      if (eligible[m] != 0 && (eligible[m] & ~set) == 0) confined += model_work[m];
+    }
+    if (set_gpus == 0 || confined == 0) continue;
+    const int64_t ms = (confined + set_gpus - 1) / set_gpus;
+    if (ms > bound.placement_ms) {
+      bound.placement_ms = ms;
+      bound.placement_groups = names;
+    }
+  }
+
+  // Chain: a model's shards run at most `lanes` at once (each worker fits GPUs / its GPUs of
+  // them), and none of them before the model is loaded.
+  for (uint32_t m = 0; m < c.models.size(); ++m) {
+    int64_t lanes = 0;
+    for (size_t g = 0; g < scenario.cluster.size() && g < 64; ++g) {
+      if ((eligible[m] & (uint64_t{1} << g)) == 0) continue;
+      lanes += int64_t{scenario.cluster[g].workers} *
+               (scenario.cluster[g].gpus_per_worker / std::max(1, scenario.gpus[m]));
+    }
+    if (lanes == 0) continue;
+    const int64_t ms =
+        scenario.load_ms[m] + std::max(model_longest[m], (model_ms[m] + lanes - 1) / lanes);
+    if (ms > bound.chain_ms) {
+      bound.chain_ms = ms;
+      bound.chain_model = c.models[m].name;
+    }
+  }
   return bound;
 }
 
@@ -423,9 +521,16 @@ std::string format_report(const SimReport& r, const Targets& targets) {
                   r.scenario, r.workers, r.total_gpus, r.models.size(), r.benchmarks, r.shards));
   if (!r.completed) line("NOT COMPLETED:   " + r.failure);
   line("makespan:        " + hours(r.makespan_ms));
-  line(fmt::format("lower bound:     {}  [work / GPUs {:.1f} s, longest shard + load {:.1f} s]",
-                   hours(r.bound.value_ms()), static_cast<double>(r.bound.work_ms) / 1000.0,
-                   static_cast<double>(r.bound.longest_ms) / 1000.0));
+  const auto& b = r.bound;
+  line(fmt::format("lower bound:     {}  (binding: {})", hours(b.value_ms()), b.binding()));
+  line(fmt::format(
+      "  work / GPUs {:.1f} s; placement {:.1f} s{}; chain {:.1f} s{}; longest shard + "
+      "load {:.1f} s",
+      static_cast<double>(b.work_ms) / 1000.0, static_cast<double>(b.placement_ms) / 1000.0,
+      b.placement_groups.empty() ? "" : " (" + b.placement_groups + ")",
+      static_cast<double>(b.chain_ms) / 1000.0,
+      b.chain_model.empty() ? "" : " (" + b.chain_model + ")",
+      static_cast<double>(b.longest_ms) / 1000.0));
   line(fmt::format("ratio:           {:.3f}  (target <= {:.2f})", r.ratio(), targets.max_ratio));
   line(fmt::format("GPU utilisation: {:.1f} %  (busy GPU time incl. loads / GPUs x makespan)",
                    100.0 * r.gpu_utilisation()));
@@ -498,6 +603,11 @@ nlohmann::json to_json(const SimReport& r) {
           {"lower_bound_s", static_cast<double>(r.bound.value_ms()) / 1000.0},
           {"lower_bound_work_s", static_cast<double>(r.bound.work_ms) / 1000.0},
           {"lower_bound_longest_s", static_cast<double>(r.bound.longest_ms) / 1000.0},
+          {"lower_bound_placement_s", static_cast<double>(r.bound.placement_ms) / 1000.0},
+          {"lower_bound_placement_groups", r.bound.placement_groups},
+          {"lower_bound_chain_s", static_cast<double>(r.bound.chain_ms) / 1000.0},
+          {"lower_bound_chain_model", r.bound.chain_model},
+          {"lower_bound_binding", r.bound.binding()},
           {"ratio", r.ratio()},
           {"gpu_utilisation", r.gpu_utilisation()},
           {"load_gpu_s", static_cast<double>(r.load_gpu_ms) / 1000.0},

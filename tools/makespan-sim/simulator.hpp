@@ -24,13 +24,25 @@ struct SimOptions {
   bool timeline = false;  // keep each worker's sequence of model loads for the report
 };
 
-// The lower bound of the makespan (the definition), in milliseconds:
-// max((GPU-ms of every shard + one load of each model x its GPUs) / GPUs in the cluster,
-//     longest shard + its model's load).
+// The lower bound of the makespan, in milliseconds: the largest of
+//  * work: (GPU-ms of every shard + one load of each model x its GPUs) / GPUs in the cluster;
+//  * placement: for a set of worker groups, the same work of the models that can run only on
+//    those groups (labels, GPU count, GPU memory), over those groups' GPUs;
+//  * chain: for one model, its load plus its shards spread over the shards of it the whole
+//    cluster can run at once (each worker: GPUs / the model's GPUs), or its longest shard if
+//    that is longer. A model that fits few workers is a long chain even on an idle cluster;
+//  * longest: the longest shard plus its model's load (the chain of a model on a large cluster).
+// Each component names what binds it, so a reader can see which one the ratio is measured against.
 struct LowerBound {
   int64_t work_ms = 0;
   int64_t longest_ms = 0;
-  int64_t value_ms() const { return std::max(work_ms, longest_ms); }
+  int64_t placement_ms = 0;
+  std::string placement_groups;  // the worker groups of the binding set ("h100+a100")
+  int64_t chain_ms = 0;
+  std::string chain_model;  // the model whose chain binds
+  int64_t value_ms() const { return std::max({work_ms, longest_ms, placement_ms, chain_ms}); }
+  // "work", "placement", "chain" or "longest": the component equal to value_ms().
+  std::string binding() const;
 };
 LowerBound lower_bound(const Scenario& scenario);
 

@@ -78,8 +78,47 @@ TEST_CASE("shards that start while their model loads wait for it; the load count
   CHECK(r.load_gpu_ms == 10'000);    // both GPUs held 5 s for the load
   CHECK(r.bound.work_ms == 22'500);  // (4 x 10 s + 5 s) / 2 GPUs
   CHECK(r.bound.longest_ms == 15'000);
+  // Two lanes, each loading first: 5 s + 40 s / 2. This schedule is optimal.
+  CHECK(r.bound.chain_ms == 25'000);
+  CHECK(r.bound.chain_model == "m");
+  CHECK(r.bound.binding() == "chain");
   CHECK(r.gpu_utilisation() == Approx(1.0));
-  CHECK(r.ratio() == Approx(25.0 / 22.5));
+  CHECK(r.ratio() == Approx(1.0));
+}
+
+TEST_CASE("the lower bound respects labels, GPU memory and how few workers a model fits",
+          "[unit][makespan-sim]") {
+  // Group "big": 1 worker x 4 GPUs of 80 GB, labelled gpu=h100; group "small": 3 workers x 4
+  // GPUs of 40 GB. H needs gpu=h100 (4 GPUs), M needs 80 GB (1 GPU), S fits anywhere (1 GPU).
+  nlohmann::json j;
+  j["cluster"] = {
+      {{"name", "big"},
+       {"workers", 1},
+       {"gpus_per_worker", 4},
+       {"gpu_memory_gb", 80},
+       {"labels", {{"gpu", "h100"}}}},
+      {{"name", "small"}, {"workers", 3}, {"gpus_per_worker", 4}, {"gpu_memory_gb", 40}}};
+  j["campaign"] = {{"name", "placement"},
+                   {"models",
+                    {{{"name", "H"}, {"resources", {{"gpus", 4}, {"labels", {{"gpu", "h100"}}}}}},
+                     {{"name", "M"}, {"resources", {{"gpus", 1}, {"gpu_memory_gb", 80}}}},
+                     {{"name", "S"}, {"resources", {{"gpus", 1}}}}}},
+                   {"benchmarks", {{{"name", "b"}, {"examples", 8}, {"shard_size", 1}}}},
+                   {"runner", {{"type", "noop"}}}};
+  j["load_s"] = {{"H", 10}, {"M", 0}, {"S", 0}};
+  j["shard_s"] = {{"H", {{"b", 10}}}, {"M", {{"b", 10}}}, {"S", {{"b", 10}}}};
+  const auto scenario = parse(j);
+  const auto b = lower_bound(scenario);
+  // Everything over 16 GPUs: (8 x 10 s x 4 + 10 s x 4 + 8 x 10 s + 8 x 10 s) / 16.
+  CHECK(b.work_ms == 32'500);
+  // H and M can only run on "big": (320 + 40 + 80) GPU-s / 4 GPUs.
+  CHECK(b.placement_ms == 110'000);
+  CHECK(b.placement_groups == "big");
+  // H runs one shard at a time: 10 s load + 8 x 10 s.
+  CHECK(b.chain_ms == 90'000);
+  CHECK(b.chain_model == "H");
+  CHECK(b.value_ms() == 110'000);
+  CHECK(b.binding() == "placement");
 }
 
 TEST_CASE("a worker finishes its model before it loads the next one", "[unit][makespan-sim]") {

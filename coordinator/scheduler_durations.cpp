@@ -1,0 +1,166 @@
+// Scheduler: how long shards run (coordinator/durations.hpp), learned from the attempts that
+// finished and the ones still running, the models' pending GPU-seconds the dispatch rules weigh
+// (docs/scheduling.md, "Expected GPU time"), and the capacity gauges an autoscaler reads.
+#include <algorithm>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "coordinator/scheduler.hpp"
+#include "coordinator/scheduler_internal.hpp"
+
+namespace evald::coordinator {
+using scheduler_detail::seconds_between;
+namespace {
+
+uint32_t examples_in(const Campaign& c, uint32_t group, uint32_t shard) {
+  const auto range = shard_range(c.spec.benchmarks[c.groups[group].benchmark], shard);
+  return static_cast<uint32_t>(std::max<int64_t>(0, range.end - range.start));
+}
+
+// A kind of worker, as an autoscaler tells its deployments apart: its labels, "k=v,k2=v2".
+std::string labels_key(const nlohmann::json& labels) {
+  std::string out;
+  if (!labels.is_object()) return out;
+  for (const auto& [key, value] : labels.items()) {  // nlohmann keeps object keys sorted
+    if (!out.empty()) out += ',';
+    out += key + '=' + (value.is_string() ? value.get<std::string>() : value.dump());
+  }
+  return out;
+}
+
+}  // namespace
+
+void Scheduler::learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, bool cold,
+                               const protocol::ShardResult& r, uint32_t examples) {
+  Group& g = c.groups[group];
+  if (examples > 0) {
+    g.samples.add(static_cast<double>(r.duration_ms) / 1000.0 / static_cast<double>(examples),
+                  cold);
+  }
+  // The worker has finished a shard of the model it is committed to: it has the model loaded, so
+  // its next shards of it are warm.
+  if (holder != nullptr && holder->last_campaign == c.key && holder->last_model == g.model) {
+    holder->model_proven = true;
+  }
+}
+
+void Scheduler::refresh_estimates() {
+  estimates_stale_ = false;
+  const auto now = clock_.now();
+  // The longest-running current attempt of each group, per example: a lower bound of its shards.
+  // Only warm attempts: a cold one's elapsed time is mostly its model's load, and a 20-example
+  // shard that waited 10 minutes for a load would make its model look 10 times slower.
+  std::unordered_map<uint64_t, double> running;  // campaign << 32 | group -> seconds per example
+  for (const auto& slot : workers_) {
+    if (!slot) continue;
+    for (const auto& [attempt_id, key] : slot->leases) {
+      auto started = slot->lease_started.find(attempt_id);
+      const Campaign* c = campaign_by_key(key.campaign);
+      if (started == slot->lease_started.end() || started->second.cold || c == nullptr) continue;
+      const uint32_t examples = examples_in(*c, key.group, key.shard);
+      if (examples == 0) continue;
+      const double per_example = seconds_between(started->second.at, now) / examples;
+      double& longest = running[uint64_t{key.campaign} << 32 | key.group];
+      longest = std::max(longest, per_example);
+    }
+  }
+  // One connected worker of each labels and GPU layout, with the GPUs of all such workers.
+  std::map<std::string, std::pair<const WorkerInfo*, int64_t>> layouts;
+  for (const auto& slot : workers_) {
+    if (!slot || slot->state != WorkerState::kConnected) continue;
+    std::string layout = slot->labels.dump();
+    for (const auto& gpu : slot->gpu_slots) {
+      layout += ',' + std::to_string(gpu.memory_mib.value_or(-1));
+    }
+    auto& [worker, gpus] = layouts[layout];
+    worker = slot.get();
+    gpus += static_cast<int64_t>(slot->gpu_slots.size());
+  }
+  std::vector<GroupTimes> times;
+  for (auto& [key, c] : campaigns_) {
+    if (c->state != CampaignState::kRunning) continue;
+    for (uint32_t m = 0; m < c->queues.size(); ++m) {
+      int64_t eligible = 0;
+      for (const auto& [layout, kind] : layouts) {
+        if (place_shard(c->spec.models[m].resources, kind.first->labels, kind.first->gpu_slots,
+                        true)) {
+          eligible += kind.second;
+        }
+      }
+      c->queues[m].eligible_gpus = eligible;
+    }
+    times.assign(c->groups.size(), GroupTimes{});
+    for (uint32_t gi = 0; gi < c->groups.size(); ++gi) {
+      const Group& g = c->groups[gi];
+      times[gi].finished_per_example = g.samples.median();
+      if (auto it = running.find(uint64_t{c->key} << 32 | gi); it != running.end()) {
+        times[gi].running_per_example = it->second;
+      }
+      times[gi].shard_size =
+          static_cast<uint32_t>(std::max<int64_t>(1, c->spec.benchmarks[g.benchmark].shard_size));
+    }
+    const auto expected =
+        expected_shard_seconds(static_cast<uint32_t>(c->spec.models.size()),
+                               static_cast<uint32_t>(c->spec.benchmarks.size()), times);
+    for (auto& q : c->queues) q.pending_gpu_s = 0;
+    for (uint32_t gi = 0; gi < c->groups.size(); ++gi) {
+      Group& g = c->groups[gi];
+      g.expected_shard_s = expected[gi];
+      ModelQueue& q = c->queues[g.model];
+      q.pending_gpu_s += static_cast<double>(g.pending) * g.expected_shard_s * q.gpus;
+    }
+  }
+}
+
+void Scheduler::refresh_capacity_gauges() {
+  // One worker of each kind and GPU layout stands for all of them: placement only looks at
+  // labels and GPUs, and a fleet of a thousand workers has a handful of layouts.
+  std::map<std::string, std::map<std::string, const WorkerInfo*>> kinds;
+  std::map<std::string, int64_t> idle;
+  for (const auto& slot : workers_) {
+    if (!slot) continue;
+    const std::string kind = labels_key(slot->labels);
+    std::string layout;
+    for (const auto& gpu : slot->gpu_slots) {
+      layout += std::to_string(gpu.memory_mib.value_or(-1)) + ',';
+    }
+    kinds[kind].emplace(layout, slot.get());
+    auto& count = idle[kind];
+    if (slot->state == WorkerState::kConnected && slot->leases.empty()) ++count;
+  }
+  std::map<std::string, double> pending;
+  for (const auto& [kind, layouts] : kinds) pending[kind] = 0;
+  double all = 0;
+  for (const auto& [key, c] : campaigns_) {
+    if (c->state != CampaignState::kRunning) continue;
+    for (uint32_t m = 0; m < c->queues.size(); ++m) {
+      const ModelQueue& q = c->queues[m];
+      if (q.pending == 0) continue;
+      all += q.pending_gpu_s;
+      for (const auto& [kind, layouts] : kinds) {
+        for (const auto& [layout, w] : layouts) {
+          if (place_shard(c->spec.models[m].resources, w->labels, w->gpu_slots, true)) {
+            pending[kind] += q.pending_gpu_s;
+            break;
+          }
+        }
+      }
+    }
+  }
+  for (const auto& kind : capacity_kinds_) {
+    if (kinds.contains(kind)) continue;
+    metrics_.pending_gpu_seconds.Remove(&metrics_.pending_gpu_seconds.Add({{"labels", kind}}));
+    metrics_.workers_idle.Remove(&metrics_.workers_idle.Add({{"labels", kind}}));
+  }
+  capacity_kinds_.clear();
+  for (const auto& [kind, seconds] : pending) {
+    capacity_kinds_.push_back(kind);
+    metrics_.pending_gpu_seconds.Add({{"labels", kind}}).Set(seconds);
+    metrics_.workers_idle.Add({{"labels", kind}}).Set(static_cast<double>(idle[kind]));
+  }
+  metrics_.pending_gpu_seconds.Add({{"labels", "all"}}).Set(all);
+}
+
+}  // namespace evald::coordinator
