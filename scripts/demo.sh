@@ -28,7 +28,7 @@ stop_timeout_s=40  # > the worker's default drain time for running shards
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   "") ;;
