@@ -410,14 +410,12 @@ struct HttpConnection::Impl {
     beast::error_code write_error;
     beast::error_code read_error;
     bool written = false;
-    bool read = false;
     const auto on_write = [&](beast::error_code ec, size_t /*bytes*/) {
       write_error = ec;
       written = true;
     };
     const auto on_read = [&](beast::error_code ec, size_t /*bytes*/) {
       read_error = ec;
-      read = true;
       // A server that answered before reading the whole body (413) may never read the rest:
       // stop writing. The connection is not reused then (see below).
       if (!written) {
