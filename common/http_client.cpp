@@ -1,4 +1,5 @@
-// Blocking HTTP/1.1 client; the contract is in http_client.hpp.
+// Blocking HTTP/1.1 clients; the contracts are in http_client.hpp (one request per connection)
+// and http_connection.hpp (a connection kept open across requests).
 //
 // Each request runs on its own small io_context on the calling thread, which makes one deadline
 // cover everything (resolve, connect, write, read) via run_for(). The request is written and the
@@ -16,6 +17,7 @@
 #include <optional>
 #include <stdexcept>
 
+#include "common/http_connection.hpp"
 #include "common/version.hpp"
 
 namespace evald {
@@ -95,6 +97,79 @@ Result<HttpUrl> parse_http_url(const std::string& url) {
 
 namespace {
 
+// TLS 1.2+, the CA bundle to trust and the client certificate, from `options`.
+Result<bool> configure_tls(ssl::context& context, const HttpClientOptions& options) {
+  context.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                      ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  beast::error_code ec;
+  if (options.ca_file.empty()) {
+    context.set_default_verify_paths(ec);
+  } else {
+    context.load_verify_file(options.ca_file, ec);
+  }
+  if (ec) {
+    return make_error("cannot load CA certificates" +
+                      (options.ca_file.empty() ? std::string() : " from " + options.ca_file) +
+                      ": " + ec.message());
+  }
+  if (!options.client_cert_file.empty()) {
+    context.use_certificate_chain_file(options.client_cert_file, ec);
+    if (ec) {
+      return make_error("cannot load client certificate " + options.client_cert_file + ": " +
+                        ec.message());
+    }
+    context.use_private_key_file(
+        options.client_key_file.empty() ? options.client_cert_file : options.client_key_file,
+        ssl::context::pem, ec);
+    if (ec) return make_error("cannot load client key: " + ec.message());
+  }
+  context.set_verify_mode(ssl::verify_peer);
+  return true;
+}
+
+// The certificate must name `host`; SNI carries it when it is a name.
+void prepare_tls_stream(beast::ssl_stream<beast::tcp_stream>& stream, const std::string& host) {
+  stream.set_verify_callback(ssl::host_name_verification(host));
+  // SNI for names only; an IP literal is not a valid server name.
+  beast::error_code address_ec;
+  net::ip::make_address(host, address_ec);
+  if (address_ec) {
+    // SSL_set_tlsext_host_name() spelled out: the macro hides a C-style cast.
+    SSL_ctrl(stream.native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+             static_cast<void*>(const_cast<char*>(host.c_str())));
+  }
+}
+
+http::request<http::string_body> make_request(const HttpUrl& server,
+                                              const HttpClientOptions& options, http::verb verb,
+                                              const std::string& target, const std::string& body,
+                                              bool keep_alive) {
+  http::request<http::string_body> request{verb, server.base_path + target, 11};
+  request.set(http::field::host, host_with_port(server));
+  request.set(http::field::user_agent, std::string("evald/") + kVersion);
+  request.set(http::field::accept, "application/json");
+  if (!options.bearer_token.empty()) {
+    request.set(http::field::authorization, "Bearer " + options.bearer_token);
+  }
+  if (!body.empty()) request.set(http::field::content_type, "application/json");
+  request.body() = body;
+  request.keep_alive(keep_alive);
+  request.prepare_payload();
+  return request;
+}
+
+HttpResponse to_response(http::response_parser<http::string_body>& parser) {
+  auto& message = parser.get();
+  HttpResponse response;
+  response.status = static_cast<int>(message.result_int());
+  response.content_type = std::string(message[http::field::content_type]);
+  response.body = std::move(message.body());
+  for (const auto& field : message) {
+    response.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+  }
+  return response;
+}
+
 // Writes the request and reads the response at the same time over a connected (and, for TLS,
 // handshaken) stream; stops the io_context when the response is in.
 template <class Stream>
@@ -133,58 +208,18 @@ Result<HttpResponse> http_request(const HttpUrl& server, const HttpClientOptions
   std::optional<beast::tcp_stream> plain_stream;
   if (server.tls) {
     tls_context.emplace(ssl::context::tls_client);
-    auto& context = *tls_context;
-    context.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                        ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-    beast::error_code ec;
-    if (options.ca_file.empty()) {
-      context.set_default_verify_paths(ec);
-    } else {
-      context.load_verify_file(options.ca_file, ec);
+    if (auto configured = configure_tls(*tls_context, options); !configured.ok()) {
+      return configured.error();
     }
-    if (ec) {
-      return make_error("cannot load CA certificates" +
-                        (options.ca_file.empty() ? std::string() : " from " + options.ca_file) +
-                        ": " + ec.message());
-    }
-    if (!options.client_cert_file.empty()) {
-      context.use_certificate_chain_file(options.client_cert_file, ec);
-      if (ec) {
-        return make_error("cannot load client certificate " + options.client_cert_file + ": " +
-                          ec.message());
-      }
-      context.use_private_key_file(
-          options.client_key_file.empty() ? options.client_cert_file : options.client_key_file,
-          ssl::context::pem, ec);
-      if (ec) return make_error("cannot load client key: " + ec.message());
-    }
-    context.set_verify_mode(ssl::verify_peer);
-    tls_stream.emplace(io, context);
-    tls_stream->set_verify_callback(ssl::host_name_verification(server.host));
-    // SNI for names only; an IP literal is not a valid server name.
-    beast::error_code address_ec;
-    net::ip::make_address(server.host, address_ec);
-    if (address_ec) {
-      // SSL_set_tlsext_host_name() spelled out: the macro hides a C-style cast.
-      SSL_ctrl(tls_stream->native_handle(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-               static_cast<void*>(const_cast<char*>(server.host.c_str())));
-    }
+    tls_stream.emplace(io, *tls_context);
+    prepare_tls_stream(*tls_stream, server.host);
   } else {
     plain_stream.emplace(io);
   }
   beast::tcp_stream& lowest = server.tls ? beast::get_lowest_layer(*tls_stream) : *plain_stream;
 
-  http::request<http::string_body> request{verb, server.base_path + target, 11};
-  request.set(http::field::host, host_with_port(server));
-  request.set(http::field::user_agent, std::string("evald/") + kVersion);
-  request.set(http::field::accept, "application/json");
-  if (!options.bearer_token.empty()) {
-    request.set(http::field::authorization, "Bearer " + options.bearer_token);
-  }
-  if (!body.empty()) request.set(http::field::content_type, "application/json");
-  request.body() = body;
-  request.keep_alive(false);  // one request per connection
-  request.prepare_payload();
+  // One request per connection.
+  auto request = make_request(server, options, verb, target, body, /*keep_alive=*/false);
 
   http::response_parser<http::string_body> parser;
   parser.body_limit(kMaxResponseBodyBytes);
@@ -231,17 +266,7 @@ Result<HttpResponse> http_request(const HttpUrl& server, const HttpClientOptions
   if (handshake_error) {
     return make_error("TLS handshake with " + server_text + " failed: " + *handshake_error);
   }
-  if (have_response) {
-    auto& message = parser.get();
-    HttpResponse response;
-    response.status = static_cast<int>(message.result_int());
-    response.content_type = std::string(message[http::field::content_type]);
-    response.body = std::move(message.body());
-    for (const auto& field : message) {
-      response.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
-    }
-    return response;
-  }
+  if (have_response) return to_response(parser);
   if (read_error == http::error::body_limit) {
     return make_error("response from " + server_text + " exceeds " +
                       std::to_string(kMaxResponseBodyBytes) + " bytes");
@@ -253,6 +278,222 @@ Result<HttpResponse> http_request(const HttpUrl& server, const HttpClientOptions
   }
   return make_error("timed out after " + std::to_string(timeout.count()) + " ms waiting for " +
                     server_text);
+}
+
+// HttpConnection: the socket (and TLS session) lives in Impl across requests. Each step runs the
+// io_context until its operations are done or the deadline passes; whatever is still pending
+// then is cancelled by closing the socket and drained at once, while the handlers' captures
+// (locals of request()) are still alive, so no handler ever outlives the call that queued it.
+struct HttpConnection::Impl {
+  HttpUrl server;
+  HttpClientOptions options;
+  std::string server_text;
+  net::io_context io{1};
+  std::optional<ssl::context> tls_context;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls_stream;
+  std::optional<beast::tcp_stream> plain_stream;
+  beast::flat_buffer buffer;
+  bool connected = false;
+  uint64_t connects = 0;
+  std::chrono::milliseconds timeout{0};  // the current request's, for messages
+
+  Impl(HttpUrl url, HttpClientOptions client_options)
+      : server(std::move(url)), options(std::move(client_options)), server_text(describe(server)) {}
+
+  beast::tcp_stream& lowest() {
+    return server.tls ? beast::get_lowest_layer(*tls_stream) : *plain_stream;
+  }
+
+  // Runs the queued operations until they are all done (true) or `deadline` passes: then the
+  // connection is closed, which ends them, and the answer is false.
+  bool run_until(std::chrono::steady_clock::time_point deadline) {
+    io.restart();
+    io.run_until(deadline);
+    if (io.stopped()) return true;  // out of work
+    drop();
+    return false;
+  }
+
+  // Closes the connection; pending operations complete (aborted) before this returns.
+  void drop() {
+    if (plain_stream || tls_stream) {
+      beast::error_code ignored;
+      lowest().socket().close(ignored);
+      io.restart();
+      io.run();
+    }
+    tls_stream.reset();
+    plain_stream.reset();
+    buffer.clear();
+    connected = false;
+  }
+
+  // Resolves, connects and (https) handshakes; an error value says which step failed.
+  Result<bool> connect(std::chrono::steady_clock::time_point deadline) {
+    drop();
+    if (server.tls) {
+      if (!tls_context) {
+        tls_context.emplace(ssl::context::tls_client);
+        if (auto configured = configure_tls(*tls_context, options); !configured.ok()) {
+          tls_context.reset();
+          return configured.error();
+        }
+      }
+      tls_stream.emplace(io, *tls_context);
+      prepare_tls_stream(*tls_stream, server.host);
+    } else {
+      plain_stream.emplace(io);
+    }
+    tcp::resolver resolver(io);
+    std::optional<std::string> connect_error;
+    std::optional<std::string> handshake_error;
+    bool done = false;
+    resolver.async_resolve(
+        server.host, std::to_string(server.port), tcp::resolver::numeric_service,
+        [&](beast::error_code ec, const tcp::resolver::results_type& endpoints) {
+          if (ec) {
+            connect_error = ec.message();
+            return;
+          }
+          lowest().async_connect(
+              endpoints, [&](beast::error_code connect_ec, const tcp::endpoint& /*endpoint*/) {
+                if (connect_ec) {
+                  connect_error = connect_ec.message();
+                  return;
+                }
+                if (!server.tls) {
+                  done = true;
+                  return;
+                }
+                tls_stream->async_handshake(ssl::stream_base::client, [&](beast::error_code hs_ec) {
+                  if (hs_ec) {
+                    handshake_error = hs_ec.message();
+                  } else {
+                    done = true;
+                  }
+                });
+              });
+        });
+    io.restart();
+    io.run_until(deadline);
+    const bool finished = io.stopped();
+    if (!finished) {
+      // Cancel everything still out (the resolver's lookup too) and run the handlers now.
+      resolver.cancel();
+      drop();
+    }
+    if (connect_error) return make_error("cannot reach " + server_text + ": " + *connect_error);
+    if (handshake_error) {
+      drop();
+      return make_error("TLS handshake with " + server_text + " failed: " + *handshake_error);
+    }
+    if (!finished || !done) {
+      drop();
+      return make_error("timed out after " + std::to_string(timeout.count()) +
+                        " ms connecting to " + server_text);
+    }
+    connected = true;
+    ++connects;
+    return true;
+  }
+
+  struct Exchange {
+    std::optional<HttpResponse> response;
+    std::string error;
+    bool stale = false;  // a kept connection the server had closed: nothing came back
+  };
+
+  Exchange exchange(http::request<http::string_body>& request,
+                    std::chrono::steady_clock::time_point deadline) {
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(kMaxResponseBodyBytes);
+    beast::error_code write_error;
+    beast::error_code read_error;
+    bool written = false;
+    const auto on_write = [&](beast::error_code ec, size_t /*bytes*/) {
+      write_error = ec;
+      written = true;
+    };
+    const auto on_read = [&](beast::error_code ec, size_t /*bytes*/) {
+      read_error = ec;
+      // A server that answered before reading the whole body (413) may never read the rest:
+      // stop writing. The connection is not reused then (see below).
+      if (!written) {
+        beast::error_code ignored;
+        lowest().socket().cancel(ignored);
+      }
+    };
+    if (server.tls) {
+      http::async_write(*tls_stream, request, on_write);
+      http::async_read(*tls_stream, buffer, parser, on_read);
+    } else {
+      http::async_write(*plain_stream, request, on_write);
+      http::async_read(*plain_stream, buffer, parser, on_read);
+    }
+    Exchange out;
+    if (!run_until(deadline)) {
+      out.error =
+          "timed out after " + std::to_string(timeout.count()) + " ms waiting for " + server_text;
+      return out;
+    }
+    if (!read_error) {
+      const bool reusable = !write_error && parser.get().keep_alive();
+      out.response = to_response(parser);
+      if (!reusable) drop();
+      return out;
+    }
+    if (read_error == http::error::body_limit) {
+      out.error = "response from " + server_text + " exceeds " +
+                  std::to_string(kMaxResponseBodyBytes) + " bytes";
+    } else {
+      const auto& cause =
+          write_error && write_error != net::error::operation_aborted ? write_error : read_error;
+      out.error = "request to " + server_text + " failed: " + cause.message();
+      out.stale =
+          !parser.got_some() &&
+          (read_error == http::error::end_of_stream || read_error == net::error::eof ||
+           read_error == net::error::connection_reset || read_error == net::error::broken_pipe ||
+           read_error == ssl::error::stream_truncated || write_error == net::error::broken_pipe ||
+           write_error == net::error::connection_reset);
+    }
+    drop();
+    return out;
+  }
+};
+
+HttpConnection::HttpConnection(HttpUrl server, HttpClientOptions options)
+    : impl_(std::make_unique<Impl>(std::move(server), std::move(options))) {}
+
+HttpConnection::~HttpConnection() {
+  impl_->drop();
+}
+
+uint64_t HttpConnection::connects() const {
+  return impl_->connects;
+}
+
+Result<HttpResponse> HttpConnection::request(const std::string& method, const std::string& target,
+                                             const std::string& body,
+                                             std::chrono::milliseconds timeout) {
+  const http::verb verb = http::string_to_verb(method);
+  if (verb == http::verb::unknown) return make_error("unknown HTTP method '" + method + "'");
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  impl_->timeout = timeout;
+  auto request = make_request(impl_->server, impl_->options, verb, target, body,
+                              /*keep_alive=*/true);
+  // At most two tries: the second only when the first went out on a kept connection that turned
+  // out to be closed by the server.
+  for (int tries = 0;; ++tries) {
+    const bool reused = impl_->connected;
+    if (!reused) {
+      if (auto connected = impl_->connect(deadline); !connected.ok()) return connected.error();
+    }
+    auto exchanged = impl_->exchange(request, deadline);
+    if (exchanged.response) return std::move(*exchanged.response);
+    if (!(reused && exchanged.stale && tries == 0 && std::chrono::steady_clock::now() < deadline)) {
+      return make_error(exchanged.error);
+    }
+  }
 }
 
 }  // namespace evald

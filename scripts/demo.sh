@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The evald demo on this machine: builds evald (scripts/setup.sh), starts a coordinator and two
-# workers on 127.0.0.1, submits configs/campaigns/demo.json (3 simulated models x 4 bundled
-# benchmarks, scored by examples/demo/evald-demo-score), watches it, prints the leaderboard and
-# stops everything again. Exits 0 only if every shard of the campaign succeeded.
+# workers on 127.0.0.1, submits configs/campaigns/demo.json (3 served models x 4 bundled
+# benchmarks: the workers start each model's server, a small deterministic OpenAI-compatible
+# one, and the built-in openai runner asks it), watches it, prints the leaderboard and how often
+# each model was loaded, and stops everything again. Exits 0 only if every shard succeeded.
 #
-# Usage: scripts/demo.sh
+# Usage: scripts/demo.sh [CAMPAIGN_FILE]
+# CAMPAIGN_FILE defaults to configs/campaigns/demo.json; configs/campaigns/demo-exec.json is the
+# same idea with an exec runner (examples/demo/evald-demo-score) instead of served models.
 # Everything the demo writes (RocksDB store, worker scratch dirs, logs) goes to ./demo-data/,
 # which is wiped at the start of each run. Environment: EVALD_BUILD_DIR, EVALD_JOBS (see
 # scripts/setup.sh), EVALD_DEMO_TIMEOUT_S (how long to watch the campaign; default 300).
@@ -16,19 +19,37 @@ bin_dir="${build_dir}/bin"
 demo_dir="${repo_root}/demo-data"
 logs_dir="${demo_dir}/logs"
 campaign_file="${repo_root}/configs/campaigns/demo.json"
+# The demo specs name their data files relative to the repository (examples/demo/data/...), and
+# workers read a relative path from their working directory: everything runs from the root.
+cd "${repo_root}"
 watch_timeout_s="${EVALD_DEMO_TIMEOUT_S:-300}"
 startup_timeout_s=30
 stop_timeout_s=40  # > the worker's default drain time for running shards
 
 case "${1:-}" in
   -h | --help)
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   "") ;;
-  *)
-    printf 'demo: unexpected argument %q (try --help)\n' "$1" >&2
+  -*)
+    printf 'demo: unknown option %q (try --help)\n' "$1" >&2
     exit 2
+    ;;
+  *)
+    ((${#@} == 1)) || {
+      printf 'demo: one campaign file at most (try --help)\n' >&2
+      exit 2
+    }
+    # Relative to where the user ran us, not to the repository root we moved to.
+    case "$1" in
+      /*) campaign_file="$1" ;;
+      *) campaign_file="${OLDPWD}/$1" ;;
+    esac
+    [[ -f "${campaign_file}" ]] || {
+      printf 'demo: no such campaign file: %s\n' "$1" >&2
+      exit 2
+    }
     ;;
 esac
 
@@ -183,7 +204,8 @@ note "HTTP API and /metrics: ${EVALD_SERVER}  (evalctl finds it through \$EVALD_
 # --- 4. workers ----------------------------------------------------------------------------------
 
 heading "Starting two workers (2 slots each, no GPUs)"
-# Workers resolve the runner's command through PATH; the runner finds its data beside itself.
+# Workers resolve the model servers' and runners' commands through PATH:
+# examples/demo/evald-demo-model-server (the served models) and evald-demo-score (demo-exec.json).
 worker_path="${repo_root}/examples/demo:${PATH}"
 for n in 1 2; do
   start "demo-worker-${n}" "${logs_dir}/worker-${n}.out" "${logs_dir}/worker-${n}.log" \
@@ -220,7 +242,17 @@ done
 
 # --- 5. the campaign -----------------------------------------------------------------------------
 
-heading "Submitting ${campaign_file#"${repo_root}/"}: 3 models x 4 benchmarks"
+campaign_shape="$(python3 -c '
+import json, sys
+with open(sys.argv[1], encoding="utf-8") as f:
+    spec = json.load(f)
+served = sum(1 for m in spec.get("models", []) if "serve" in m)
+print("%d models x %d benchmarks, %s runner%s" % (
+    len(spec.get("models", [])), len(spec.get("benchmarks", [])),
+    spec.get("runner", {}).get("type", "?"),
+    ", %d served models" % served if served else ""))' "${campaign_file}")" ||
+  fail "cannot read ${campaign_file}"
+heading "Submitting ${campaign_file#"${repo_root}/"}: ${campaign_shape}"
 campaign_id="$(evalctl submit "${campaign_file}")" || fail "evalctl submit failed"
 campaign_id="${campaign_id//[[:space:]]/}"
 note "campaign id: ${campaign_id}"
@@ -242,6 +274,23 @@ evalctl results "${campaign_id}" || true
 
 heading "The same leaderboard as Markdown (evalctl results ${campaign_id} --format markdown)"
 evalctl results "${campaign_id}" --format markdown || true
+
+# Each worker keeps a model's server warm between that model's shards, and the coordinator sends a
+# model's shards to where it is warm, so a model is loaded at most once per worker that ran it.
+heading "Model loads (model_loads of GET /v1/campaigns/${campaign_id})"
+python3 - "${EVALD_SERVER}/v1/campaigns/${campaign_id}" <<'EOF' || true
+import json, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=5) as reply:
+    campaign = json.load(reply)
+loads = campaign.get("model_loads") or {}
+if not loads:
+    print("    no model servers were loaded (this campaign's models are not served)")
+for model, count in sorted(loads.items()):
+    print("    %-12s loaded %d time%s" % (model, count, "" if count == 1 else "s"))
+if loads:
+    print("    total %d loads for %d models on 2 workers (at most one per model and worker)"
+          % (sum(loads.values()), len(loads)))
+EOF
 
 heading "Workers (evalctl workers)"
 evalctl workers || true

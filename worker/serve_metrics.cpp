@@ -46,7 +46,13 @@ ServeMetrics::ServeMetrics(std::shared_ptr<prometheus::Registry> shared)
                   .Help("Tokens the model servers reported in usage, by kind")
                   .Register(*registry_)),
       prompt_tokens_(tokens_.Add({{"kind", "prompt"}})),
-      completion_tokens_(tokens_.Add({{"kind", "completion"}})) {}
+      completion_tokens_(tokens_.Add({{"kind", "completion"}})),
+      connections_(BuildCounter()
+                       .Name("evald_worker_openai_connections_total")
+                       .Help("TCP connections the openai runner opened (kept alive per request "
+                             "lane; reopened after the server closed one or a request failed)")
+                       .Register(*registry_)
+                       .Add({})) {}
 
 void ServeMetrics::count_load(const std::string& model, double seconds) {
   loads_.Add({{"model", model}}).Increment();
@@ -69,6 +75,10 @@ void ServeMetrics::count_request(const std::string& outcome, double seconds) {
 void ServeMetrics::count_tokens(uint64_t prompt, uint64_t completion) {
   prompt_tokens_.Increment(static_cast<double>(prompt));
   completion_tokens_.Increment(static_cast<double>(completion));
+}
+
+void ServeMetrics::count_connections(uint64_t opened) {
+  connections_.Increment(static_cast<double>(opened));
 }
 
 }  // namespace evald::worker

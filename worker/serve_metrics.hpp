@@ -34,6 +34,9 @@ class ServeMetrics {
   // or "failed" (given up, or not retriable).
   void count_request(const std::string& outcome, double seconds);
   void count_tokens(uint64_t prompt, uint64_t completion);
+  // The openai runner opened TCP connections (each request lane keeps one open; a new one after
+  // the server closed it or a request failed).
+  void count_connections(uint64_t opened);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -46,6 +49,7 @@ class ServeMetrics {
   prometheus::Family<prometheus::Counter>& tokens_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& completion_tokens_;
+  prometheus::Counter& connections_;
 };
 
 }  // namespace evald::worker

@@ -6,10 +6,13 @@ regenerate them byte for byte (`python3 examples/demo/make_data.py`, or `--check
 Every item is built from small fact tables or computed templates, so each answer key is right,
 and a fixed seed makes the output deterministic. The four sets imitate the shape of real
 benchmarks (KMMLU, HAE-RAE, GSM8K, CLIcK) but are tiny, synthetic and not their content.
+arith-mini is the short-answer set the served-model demo asks its test model servers: each
+prompt ends with one "A + B" or "A * B", which is what those servers can calculate.
 
 One JSON object per line:
   multiple choice: {"id", "subject", "question", "choices": [4 strings], "answer": index}
   gsm8k-mini:      {"id", "subject", "question", "answer": integer}
+  arith-mini:      {"id", "subject", "prompt", "answer": string of digits}  (openai `generate`)
 Standard library only.
 """
 
@@ -23,12 +26,14 @@ from pathlib import Path
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SEED = 20240611
 
-# How many items each benchmark gets; configs/campaigns/demo.json uses the same numbers.
+# How many items each benchmark gets; configs/campaigns/demo.json and demo-exec.json use the same
+# numbers.
 SIZES = {
     "kmmlu-mini": 400,
     "haerae-mini": 240,
     "gsm8k-mini": 250,
     "click-mini": 320,
+    "arith-mini": 240,
 }
 
 
@@ -542,6 +547,37 @@ def click_zodiac(rng):
 
 
 # ---------------------------------------------------------------------------------------------
+# arith-mini: one sum or product per prompt, in the openai runner's `generate` format.
+
+ARITH_FRAMES = [
+    "Question: What is {expr}?\nAnswer:",
+    "Compute {expr}. Give only the number.\nAnswer:",
+    "계산하시오: {expr} =\n답:",
+    "Seo-yeon types {expr} into a calculator. What does it show?\nAnswer:",
+]
+
+
+def arith_items(rng):
+    items = []
+    seen = set()
+    while len(items) < SIZES["arith-mini"]:
+        if rng.random() < 0.5:
+            a, b, op = rng.randint(10, 999), rng.randint(10, 999), "+"
+            value, subject = a + b, "addition"
+        else:
+            a, b, op = rng.randint(2, 99), rng.randint(2, 30), "*"
+            value, subject = a * b, "multiplication"
+        expr = f"{a} {op} {b}"
+        prompt = rng.choice(ARITH_FRAMES).format(expr=expr)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        items.append({"subject": subject, "prompt": prompt, "answer": str(value)})
+    width = len(str(SIZES["arith-mini"]))
+    return [{"id": f"arith-mini-{i:0{width}d}", **item} for i, item in enumerate(items)]
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_all():
@@ -555,6 +591,8 @@ def build_all():
         "click-mini": assemble(rng, "click-mini", click_fixed(rng),
                                [click_metropolitan_not, click_metropolitan_is, click_man_age,
                                 click_ganji, click_zodiac]),
+        # A generator of its own, so adding it left the other four files unchanged.
+        "arith-mini": arith_items(random.Random(SEED + 1)),
     }
 
 

@@ -1,7 +1,10 @@
 // evald-bench-openai-runner: the built-in openai runner's requests/s against the test
 // OpenAI-compatible server (tests/support/openai_test_server.py), next to what that server can
 // do at all, measured in the same run by a plain load generator: C++ threads sending the same
-// requests with the same HTTP client, --concurrency at a time, and nothing else. The runner's
+// requests, --concurrency at a time, and nothing else; each thread keeps one connection open
+// (HttpConnection), as the runner's request lanes do, so that is the server's capacity. The
+// load generator also runs once with a new connection per request (http_request), which is what
+// the runner did before it kept connections alive. The runner's
 // number includes everything it does per request (building the body, parsing the answer,
 // scoring, samples); the target is to be within 10% of the server's capacity. Also prints the
 // runner's CPU time per 1,000 requests (getrusage of this process: only the runner runs in it
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "common/http_client.hpp"
+#include "common/http_connection.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/test_support.hpp"
 #include "worker/openai_runner.hpp"
@@ -62,21 +66,25 @@ std::string prompt_of(int64_t i) {
          std::to_string(i % 89) + "?\nAnswer:";
 }
 
-// The server's capacity: `concurrency` threads, each sending the runner's request shape.
-double capacity(const evald::HttpUrl& url, int64_t requests, int concurrency) {
+// The server's capacity: `concurrency` threads, each sending the runner's request shape, on a
+// connection it keeps open (keep_alive) or on a new connection per request.
+double capacity(const evald::HttpUrl& url, int64_t requests, int concurrency, bool keep_alive) {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> failed{0};
   const auto started = Clock::now();
   std::vector<std::thread> threads;
   for (int t = 0; t < concurrency; ++t) {
     threads.emplace_back([&] {
+      evald::HttpConnection connection(url);
       while (true) {
         const int64_t i = next.fetch_add(1);
         if (i >= requests) return;
         const json body = {
             {"model", "bench"}, {"prompt", prompt_of(i)}, {"max_tokens", 16}, {"temperature", 0}};
-        auto response =
-            evald::http_request(url, "POST", "/completions", body.dump(), std::chrono::seconds(60));
+        auto response = keep_alive ? connection.request("POST", "/completions", body.dump(),
+                                                        std::chrono::seconds(60))
+                                   : evald::http_request(url, "POST", "/completions", body.dump(),
+                                                         std::chrono::seconds(60));
         if (!response || response->status != 200) ++failed;
       }
     });
@@ -168,14 +176,16 @@ int main(int argc, char** argv) {
   std::printf("requests=%lld concurrency=%d (test server, one Python process)\n",
               static_cast<long long>(requests), concurrency);
   for (int round = 0; round < rounds; ++round) {
-    const double server_rps = capacity(url, requests, concurrency);
+    const double server_rps = capacity(url, requests, concurrency, /*keep_alive=*/true);
+    const double fresh_rps = capacity(url, requests, concurrency, /*keep_alive=*/false);
     const auto run =
         runner("http://127.0.0.1:" + std::to_string(port) + "/v1", data, requests, concurrency);
     std::printf(
-        "round %d: server capacity %.0f req/s, runner %.0f req/s (%.1f%% of capacity), runner "
-        "CPU %.0f ms per 1000 requests%s\n",
-        round + 1, server_rps, run.requests_per_s, 100.0 * run.requests_per_s / server_rps,
-        run.cpu_ms_per_1000, run.ok ? "" : " (runner FAILED)");
+        "round %d: server capacity %.0f req/s (a new connection per request: %.0f), runner %.0f "
+        "req/s (%.1f%% of capacity), runner CPU %.0f ms per 1000 requests%s\n",
+        round + 1, server_rps, fresh_rps, run.requests_per_s,
+        100.0 * run.requests_per_s / server_rps, run.cpu_ms_per_1000,
+        run.ok ? "" : " (runner FAILED)");
   }
   return 0;
 }

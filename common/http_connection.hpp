@@ -1,0 +1,44 @@
+// HttpConnection: a blocking HTTP/1.1 client connection kept open across requests, for the
+// openai runner's request lanes. Implemented in http_client.cpp beside the one-shot
+// http_request(), whose TLS setup, request shape and errors it shares.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/http_client.hpp"
+
+namespace evald {
+
+// One HTTP/1.1 connection to one server, kept open across requests (keep-alive), for a client
+// that sends many requests one after another: each of the openai runner's request lanes owns
+// one, so a shard costs one TCP (and TLS) handshake per lane instead of one per request.
+// Not thread-safe: one object per thread.
+//
+// It connects on the first request, and again after the server closed the connection, answered
+// with `Connection: close` (or as HTTP/1.0), or a request failed or timed out (a connection in an
+// unknown state is never reused). A request on a kept connection that fails before any byte of
+// the answer arrived (the server closed the idle connection as we sent: EOF, reset, broken pipe)
+// is sent once more on a fresh connection at once, as browsers and curl do; it counts against
+// the same `timeout`. Errors and responses are as http_request()'s.
+class HttpConnection {
+ public:
+  HttpConnection(HttpUrl server, HttpClientOptions options = {});
+  ~HttpConnection();
+  HttpConnection(const HttpConnection&) = delete;
+  HttpConnection& operator=(const HttpConnection&) = delete;
+
+  Result<HttpResponse> request(const std::string& method, const std::string& target,
+                               const std::string& body = "",
+                               std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  // TCP connections opened so far (each request on a fresh connection adds one).
+  uint64_t connects() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace evald
