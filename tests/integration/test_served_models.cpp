@@ -235,7 +235,7 @@ TEST_CASE("served: both formats give the exact leaderboard, each model loaded on
 }
 
 TEST_CASE(
-    "served: a server killed mid-shard fails the attempt with its stderr; a fresh one "
+    "served: a server killed mid-shard fails the attempt with its stderr, a fresh one "
     "finishes",
     "[integration][served]") {
   ClusterOptions options;
