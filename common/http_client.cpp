@@ -397,6 +397,9 @@ struct HttpConnection::Impl {
     return true;
   }
 
+  // How soon after the request went out a close still means "closed while idle" (see exchange).
+  static constexpr std::chrono::milliseconds kStaleCloseWindow{500};
+
   struct Exchange {
     std::optional<HttpResponse> response;
     std::string error;
@@ -410,12 +413,16 @@ struct HttpConnection::Impl {
     beast::error_code write_error;
     beast::error_code read_error;
     bool written = false;
+    std::chrono::steady_clock::time_point written_at;
+    std::chrono::steady_clock::time_point read_failed_at;
     const auto on_write = [&](beast::error_code ec, size_t /*bytes*/) {
       write_error = ec;
       written = true;
+      written_at = std::chrono::steady_clock::now();
     };
     const auto on_read = [&](beast::error_code ec, size_t /*bytes*/) {
       read_error = ec;
+      read_failed_at = std::chrono::steady_clock::now();
       // A server that answered before reading the whole body (413) may never read the rest:
       // stop writing. The connection is not reused then (see below).
       if (!written) {
@@ -449,12 +456,19 @@ struct HttpConnection::Impl {
       const auto& cause =
           write_error && write_error != net::error::operation_aborted ? write_error : read_error;
       out.error = "request to " + server_text + " failed: " + cause.message();
-      out.stale =
-          !parser.got_some() &&
+      // Stale: the server had closed the idle connection, so the request never reached it. A
+      // write that failed says so; a write that succeeded only filled the socket buffer, and the
+      // close then comes back at once. A close that comes later may follow real work on the
+      // request (a completion the server ran, then dropped), which is not sent again unasked:
+      // the caller's retry policy decides, and counts it.
+      const bool write_refused =
+          write_error == net::error::broken_pipe || write_error == net::error::connection_reset;
+      const bool closed_at_once =
+          !write_error && written && read_failed_at - written_at < kStaleCloseWindow &&
           (read_error == http::error::end_of_stream || read_error == net::error::eof ||
            read_error == net::error::connection_reset || read_error == net::error::broken_pipe ||
-           read_error == ssl::error::stream_truncated || write_error == net::error::broken_pipe ||
-           write_error == net::error::connection_reset);
+           read_error == ssl::error::stream_truncated);
+      out.stale = !parser.got_some() && (write_refused || closed_at_once);
     }
     drop();
     return out;

@@ -20,9 +20,11 @@ namespace evald {
 // It connects on the first request, and again after the server closed the connection, answered
 // with `Connection: close` (or as HTTP/1.0), or a request failed or timed out (a connection in an
 // unknown state is never reused). A request on a kept connection that fails before any byte of
-// the answer arrived (the server closed the idle connection as we sent: EOF, reset, broken pipe)
-// is sent once more on a fresh connection at once, as browsers and curl do; it counts against
-// the same `timeout`. Errors and responses are as http_request()'s.
+// the answer arrived because the server had closed the idle connection (the write failed, or the
+// close came back within half a second of sending) is sent once more on a fresh connection at
+// once; it counts against the same `timeout`. A later close is an ordinary error: the server may
+// have worked on the request, so sending it again is the caller's retry policy's decision.
+// Errors and responses are as http_request()'s.
 class HttpConnection {
  public:
   HttpConnection(HttpUrl server, HttpClientOptions options = {});

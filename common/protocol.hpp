@@ -67,7 +67,8 @@ enum class MessageType : uint8_t {
 const char* to_string(MessageType type);
 
 // A model server a worker keeps up (docs/served-models.md): the model's name and its GPUs, and
-// how long it took from its start to its first healthy answer (0: not said, an older worker).
+// how long it took from its start to its first healthy answer (0: not said: a frame of an older
+// version, e.g. replayed from an outbox written before an upgrade).
 // Carried as JSON, so the field is optional on the wire.
 struct WarmModel {
   std::string model;
@@ -112,7 +113,9 @@ struct HandBack {
 struct ReHello {};
 
 // Why a failed attempt failed, where the coordinator acts on the reason (version 3). Values a
-// decoder does not know read as kOther, so a newer worker's kinds never break an older reader.
+// decoder does not know read as kOther. (A decoder refuses frames of a newer version as a whole,
+// so the coordinator and its workers are upgraded together, coordinator first; older frames,
+// such as an outbox's, still decode.)
 enum class FailureKind : uint8_t {
   kOther = 0,
   // The model server the attempt needed failed to start: it exited (or could not be spawned)

@@ -129,11 +129,17 @@ int main(int argc_in, char** argv_in) {
   const auto backoff_failures = v["serve-backoff-failures"].as<int64_t>();
   config.serve_backoff.base = std::chrono::milliseconds(v["serve-backoff-ms"].as<int64_t>());
   config.serve_backoff.max = std::chrono::milliseconds(v["serve-backoff-max-ms"].as<int64_t>());
+  // A week bounds the back-off: beyond it `now + delay` nears the clock's range, and no operator
+  // means a model to stay unplaced for longer without being told.
+  constexpr std::chrono::milliseconds kMaxServeBackoff = std::chrono::hours(24 * 7);
   if (backoff_failures < 0 || backoff_failures > UINT32_MAX ||
-      config.serve_backoff.base.count() < 0 ||
-      config.serve_backoff.max < config.serve_backoff.base) {
-    std::cerr << "evald-coordinator: --serve-backoff-failures and --serve-backoff-ms must not be "
-                 "negative, --serve-backoff-max-ms not less than --serve-backoff-ms\n";
+      (backoff_failures > 0 && config.serve_backoff.base.count() <= 0) ||
+      config.serve_backoff.max < config.serve_backoff.base ||
+      config.serve_backoff.max > kMaxServeBackoff) {
+    std::cerr << "evald-coordinator: --serve-backoff-failures must not be negative, "
+                 "--serve-backoff-ms must be positive (unless --serve-backoff-failures is 0), "
+                 "--serve-backoff-max-ms not less than --serve-backoff-ms and at most 604800000 "
+                 "(a week)\n";
     return evald::kExitUsage;
   }
   config.serve_backoff.failures = static_cast<uint32_t>(backoff_failures);

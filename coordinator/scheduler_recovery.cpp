@@ -81,10 +81,15 @@ Status Scheduler::recover() {
     s.hand_backs = static_cast<uint8_t>(std::min<uint32_t>(rec.hand_backs, UINT8_MAX));
     if (!rec.last_error.empty()) g.last_errors[key.shard] = rec.last_error;
     // The durations learned before the restart, rebuilt from the succeeded shards (which attempts
-    // included a model load is not stored, so all count as warm ones).
-    if (rec.state == ShardState::kSucceeded && rec.count > 0) {
-      g.samples.add(static_cast<double>(rec.duration_ms) / 1000.0 / static_cast<double>(rec.count),
-                    /*cold=*/false);
+    // included a model load is not stored, so all count as warm ones). Per example of the shard's
+    // range, as when they were learned live (a runner may score fewer examples than it was sent).
+    if (rec.state == ShardState::kSucceeded) {
+      const ShardRange range = shard_range(c->spec.benchmarks[g.benchmark], key.shard);
+      if (range.end > range.start) {
+        g.samples.add(static_cast<double>(rec.duration_ms) / 1000.0 /
+                          static_cast<double>(range.end - range.start),
+                      /*cold=*/false);
+      }
     }
     if (rec.state == ShardState::kRunning) {
       orphans_[rec.attempt_id] =

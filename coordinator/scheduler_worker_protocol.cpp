@@ -309,6 +309,8 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     }
     outgoing_.cancel(identity, id);
   }
+  // A new process has nothing loaded: its next shards pay a load, whatever it ran before.
+  if (restarted) w->model_proven = false;
   w->instance = hello.instance;
   w->host = std::move(hello.host);
   w->state = WorkerState::kConnected;
@@ -556,6 +558,7 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   auto leases = std::move(w.leases);
   w.leases.clear();
   w.lease_gpus.clear();
+  w.lease_started.clear();
   for (auto& slot : w.gpu_slots) slot.busy = false;
   w.campaigns_sent.clear();
   set_last_model(w, nullptr, 0);
