@@ -381,13 +381,16 @@ struct HttpConnection::Impl {
       // Cancel everything still out (the resolver's lookup too) and run the handlers now.
       resolver.cancel();
       drop();
+      // The cancelled handlers wrote "Operation canceled": the cause is the deadline.
+      return make_error("timed out after " + std::to_string(timeout.count()) +
+                        " ms connecting to " + server_text);
     }
     if (connect_error) return make_error("cannot reach " + server_text + ": " + *connect_error);
     if (handshake_error) {
       drop();
       return make_error("TLS handshake with " + server_text + " failed: " + *handshake_error);
     }
-    if (!finished || !done) {
+    if (!done) {
       drop();
       return make_error("timed out after " + std::to_string(timeout.count()) +
                         " ms connecting to " + server_text);
