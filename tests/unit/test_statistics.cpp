@@ -203,8 +203,8 @@ TEST_CASE("the exact kernel for 0/1 scores agrees with the float kernel", "[unit
     }
   }
   const auto exact = bootstrap_rank_intervals(kModels, benches, 1000, 3);
-  const auto floats =
-      bootstrap_rank_intervals(kModels, benches, 1000, 3, evald::stats::BootstrapKernel::float_sums);
+  const auto floats = bootstrap_rank_intervals(kModels, benches, 1000, 3,
+                                               evald::stats::BootstrapKernel::float_sums);
   CHECK(exact == floats);
   // Overlapping skills give wide intervals: the check above compares something that varies.
   CHECK(exact[10][1] - exact[10][0] >= 3);
