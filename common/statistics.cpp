@@ -169,40 +169,25 @@ BenchmarkMatrix build_matrix(const RankBenchmark& bench, size_t models, size_t w
 // the rows are streamed in order (the prefetcher's favourite pattern) instead of being fetched at
 // random. GCC's vector extension (GCC and Clang have it) keeps the block's accumulators in
 // 128-bit registers on any x86-64 or ARM64, without -march flags.
+//
+// One template for the float matrix and the 16-bit binary one (below): a 16-byte vector of the
+// element type, `kBlock` columns at a time. For the binary matrix every sum is at most the total
+// count (the number of draws, <= kBinaryRowLimit), so 16-bit lanes are exact.
+// (GCC ignores vector_size on a template's dependent type, so the vector types are named here.)
 __extension__ using Float4 = float __attribute__((vector_size(16)));
-
-void add_weighted_rows(const float* matrix, size_t width, const std::vector<float>& weight,
-                       float* sums) {
-  for (size_t block = 0; block < width; block += kBlock) {
-    Float4 acc[kBlock / 4] = {};
-    const float* row = matrix + block;
-    for (const float w : weight) {
-      const Float4 wv = {w, w, w, w};
-      for (size_t v = 0; v < kBlock / 4; ++v) {
-        Float4 x;
-        std::memcpy(&x, row + 4 * v, sizeof x);
-        acc[v] += wv * x;
-      }
-      row += width;
-    }
-    std::memcpy(sums + block, acc, sizeof acc);
-  }
-}
-
-// The same for a binary matrix and integer counts. Every sum is at most the total count (the
-// number of draws, <= kBinaryRowLimit), so 16-bit lanes are exact.
 __extension__ using Uint16x8 = uint16_t __attribute__((vector_size(16)));
-
-void add_weighted_binary_rows(const uint16_t* matrix, size_t width,
-                              const std::vector<uint16_t>& weight, uint16_t* sums) {
+template <typename Vector, typename T>
+void add_weighted_rows(const T* matrix, size_t width, const std::vector<T>& weight, T* sums) {
+  static_assert(sizeof(Vector) == 16 && sizeof(Vector{}[0]) == sizeof(T));
+  constexpr size_t kLanes = 16 / sizeof(T);
   for (size_t block = 0; block < width; block += kBlock) {
-    Uint16x8 acc[kBlock / 8] = {};
-    const uint16_t* row = matrix + block;
-    for (const uint16_t w : weight) {
-      const Uint16x8 wv = {w, w, w, w, w, w, w, w};
-      for (size_t v = 0; v < kBlock / 8; ++v) {
-        Uint16x8 x;
-        std::memcpy(&x, row + 8 * v, sizeof x);
+    Vector acc[kBlock / kLanes] = {};
+    const T* row = matrix + block;
+    for (const T w : weight) {
+      const Vector wv = Vector{} + w;  // w in every lane
+      for (size_t v = 0; v < kBlock / kLanes; ++v) {
+        Vector x;
+        std::memcpy(&x, row + kLanes * v, sizeof x);
         acc[v] += wv * x;
       }
       row += width;
@@ -388,11 +373,11 @@ std::vector<std::array<int, 2>> bootstrap_rank_intervals(
         // The same draws as below (one rng.below per example, in order), as integer counts.
         drawn_binary.assign(matrix.rows, 0);
         for (size_t k = 0; k < matrix.rows; ++k) ++drawn_binary[rng.below(matrix.rows)];
-        add_weighted_binary_rows(matrix.ones.data(), width, drawn_binary, ones.data());
+        add_weighted_rows<Uint16x8>(matrix.ones.data(), width, drawn_binary, ones.data());
         const bool dense = matrix.present_binary.empty();
         if (!dense) {
-          add_weighted_binary_rows(matrix.present_binary.data(), width, drawn_binary,
-                                   counts_binary.data());
+          add_weighted_rows<Uint16x8>(matrix.present_binary.data(), width, drawn_binary,
+                                      counts_binary.data());
         }
         for (size_t m = 0; m < models; ++m) {
           if (!ranked[m] || !matrix.has_samples[m]) continue;
@@ -405,9 +390,9 @@ std::vector<std::array<int, 2>> bootstrap_rank_intervals(
       // Draw rows-many examples with replacement, as a count per example.
       drawn.assign(matrix.rows, 0.0F);
       for (size_t k = 0; k < matrix.rows; ++k) drawn[rng.below(matrix.rows)] += 1.0F;
-      add_weighted_rows(matrix.centred.data(), width, drawn, sums.data());
+      add_weighted_rows<Float4>(matrix.centred.data(), width, drawn, sums.data());
       const bool dense = matrix.present.empty();
-      if (!dense) add_weighted_rows(matrix.present.data(), width, drawn, counts.data());
+      if (!dense) add_weighted_rows<Float4>(matrix.present.data(), width, drawn, counts.data());
       for (size_t m = 0; m < models; ++m) {
         if (!ranked[m] || !matrix.has_samples[m]) continue;
         const double n = dense ? static_cast<double>(matrix.rows) : counts[m];
