@@ -128,7 +128,8 @@ TEST_CASE("serve backoff: a model whose server keeps failing is not placed, stat
   CHECK(later.at("state") == "running");
   REQUIRE(later.contains("not_placed"));
   CHECK(later.at("not_placed").at(0).at("failures") == held.at("failures"));
-  for (const auto& s : api.shards(id).at("shards")) {
+  const json shards = api.shards(id);  // a range-for over a temporary's member would dangle
+  for (const auto& s : shards.at("shards")) {
     if (s.at("model") == "m-broken") CHECK(s.at("state") == "pending");
   }
 
