@@ -170,124 +170,51 @@ HttpResponse to_response(http::response_parser<http::string_body>& parser) {
   return response;
 }
 
-// Writes the request and reads the response at the same time over a connected (and, for TLS,
-// handshaken) stream; stops the io_context when the response is in.
-template <class Stream>
-void exchange(net::io_context& io, Stream& stream, http::request<http::string_body>& request,
-              http::response_parser<http::string_body>& parser, beast::flat_buffer& buffer,
-              beast::error_code& write_error, beast::error_code& read_error, bool& have_response) {
-  http::async_write(stream, request,
-                    [&](beast::error_code ec, size_t /*bytes*/) { write_error = ec; });
-  http::async_read(stream, buffer, parser, [&](beast::error_code ec, size_t /*bytes*/) {
-    read_error = ec;
-    have_response = !ec;
-    // The write may still be pending if the server answered early (413); do not wait for it.
-    io.stop();
-  });
-}
+// One client connection: HttpConnection's (kept open across requests) and http_request()'s (one
+// request, `Connection: close`). The socket (and TLS session) lives here across requests. Each
+// step runs the io_context until its operations are done or the deadline passes; whatever is
+// still pending then is cancelled by closing the socket and drained at once, while the handlers'
+// captures (locals of request()) are still alive, so no handler ever outlives the call that
+// queued it.
+struct ClientConnection {
+  ClientConnection(HttpUrl url, HttpClientOptions client_options, bool keep_open)
+      : server(std::move(url)),
+        options(std::move(client_options)),
+        server_text(describe(server)),
+        keep_alive(keep_open) {}
+  ~ClientConnection() { drop(); }
+  ClientConnection(const ClientConnection&) = delete;
+  ClientConnection& operator=(const ClientConnection&) = delete;
 
-}  // namespace
+  uint64_t connect_count() const { return connects; }
 
-Result<HttpResponse> http_request(const HttpUrl& server, const std::string& method,
-                                  const std::string& target, const std::string& body,
-                                  std::chrono::milliseconds timeout) {
-  return http_request(server, HttpClientOptions{}, method, target, body, timeout);
-}
-
-Result<HttpResponse> http_request(const HttpUrl& server, const HttpClientOptions& options,
-                                  const std::string& method, const std::string& target,
-                                  const std::string& body, std::chrono::milliseconds timeout) {
-  const std::string server_text = describe(server);
-  const http::verb verb = http::string_to_verb(method);
-  if (verb == http::verb::unknown) return make_error("unknown HTTP method '" + method + "'");
-
-  net::io_context io{1};
-  tcp::resolver resolver(io);
-  std::optional<ssl::context> tls_context;
-  std::optional<beast::ssl_stream<beast::tcp_stream>> tls_stream;
-  std::optional<beast::tcp_stream> plain_stream;
-  if (server.tls) {
-    tls_context.emplace(ssl::context::tls_client);
-    if (auto configured = configure_tls(*tls_context, options); !configured.ok()) {
-      return configured.error();
+  Result<HttpResponse> request(const std::string& method, const std::string& target,
+                               const std::string& body, std::chrono::milliseconds request_timeout) {
+    const http::verb verb = http::string_to_verb(method);
+    if (verb == http::verb::unknown) return make_error("unknown HTTP method '" + method + "'");
+    const auto deadline = std::chrono::steady_clock::now() + request_timeout;
+    timeout = request_timeout;
+    auto request = make_request(server, options, verb, target, body, keep_alive);
+    // At most two tries: the second only when the first went out on a kept connection that
+    // turned out to be closed by the server.
+    for (int tries = 0;; ++tries) {
+      const bool reused = connected;
+      if (!reused) {
+        if (auto made = connect(deadline); !made.ok()) return made.error();
+      }
+      auto exchanged = exchange(request, deadline);
+      if (exchanged.response) return std::move(*exchanged.response);
+      if (!(reused && exchanged.stale && tries == 0 &&
+            std::chrono::steady_clock::now() < deadline)) {
+        return make_error(exchanged.error);
+      }
     }
-    tls_stream.emplace(io, *tls_context);
-    prepare_tls_stream(*tls_stream, server.host);
-  } else {
-    plain_stream.emplace(io);
   }
-  beast::tcp_stream& lowest = server.tls ? beast::get_lowest_layer(*tls_stream) : *plain_stream;
 
-  // One request per connection.
-  auto request = make_request(server, options, verb, target, body, /*keep_alive=*/false);
-
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(kMaxResponseBodyBytes);
-  beast::flat_buffer buffer;
-
-  std::optional<std::string> connect_error;
-  std::optional<std::string> handshake_error;
-  beast::error_code write_error;
-  beast::error_code read_error;
-  bool have_response = false;
-
-  resolver.async_resolve(
-      server.host, std::to_string(server.port), tcp::resolver::numeric_service,
-      [&](beast::error_code ec, const tcp::resolver::results_type& endpoints) {
-        if (ec) {
-          connect_error = ec.message();
-          return;
-        }
-        lowest.async_connect(
-            endpoints, [&](beast::error_code connect_ec, const tcp::endpoint& /*endpoint*/) {
-              if (connect_ec) {
-                connect_error = connect_ec.message();
-                return;
-              }
-              if (!server.tls) {
-                exchange(io, *plain_stream, request, parser, buffer, write_error, read_error,
-                         have_response);
-                return;
-              }
-              tls_stream->async_handshake(ssl::stream_base::client, [&](beast::error_code hs_ec) {
-                if (hs_ec) {
-                  handshake_error = hs_ec.message();
-                  io.stop();
-                  return;
-                }
-                exchange(io, *tls_stream, request, parser, buffer, write_error, read_error,
-                         have_response);
-              });
-            });
-      });
-  io.run_for(timeout);
-
-  if (connect_error) return make_error("cannot reach " + server_text + ": " + *connect_error);
-  if (handshake_error) {
-    return make_error("TLS handshake with " + server_text + " failed: " + *handshake_error);
-  }
-  if (have_response) return to_response(parser);
-  if (read_error == http::error::body_limit) {
-    return make_error("response from " + server_text + " exceeds " +
-                      std::to_string(kMaxResponseBodyBytes) + " bytes");
-  }
-  if (read_error) {
-    // A write that failed first explains the read failure better (the server closed on us).
-    const auto& cause = write_error ? write_error : read_error;
-    return make_error("request to " + server_text + " failed: " + cause.message());
-  }
-  return make_error("timed out after " + std::to_string(timeout.count()) + " ms waiting for " +
-                    server_text);
-}
-
-// HttpConnection: the socket (and TLS session) lives in Impl across requests. Each step runs the
-// io_context until its operations are done or the deadline passes; whatever is still pending
-// then is cancelled by closing the socket and drained at once, while the handlers' captures
-// (locals of request()) are still alive, so no handler ever outlives the call that queued it.
-struct HttpConnection::Impl {
   HttpUrl server;
   HttpClientOptions options;
   std::string server_text;
+  bool keep_alive;
   net::io_context io{1};
   std::optional<ssl::context> tls_context;
   std::optional<beast::ssl_stream<beast::tcp_stream>> tls_stream;
@@ -296,9 +223,6 @@ struct HttpConnection::Impl {
   bool connected = false;
   uint64_t connects = 0;
   std::chrono::milliseconds timeout{0};  // the current request's, for messages
-
-  Impl(HttpUrl url, HttpClientOptions client_options)
-      : server(std::move(url)), options(std::move(client_options)), server_text(describe(server)) {}
 
   beast::tcp_stream& lowest() {
     return server.tls ? beast::get_lowest_layer(*tls_stream) : *plain_stream;
@@ -478,39 +402,40 @@ struct HttpConnection::Impl {
   }
 };
 
+}  // namespace
+
+Result<HttpResponse> http_request(const HttpUrl& server, const std::string& method,
+                                  const std::string& target, const std::string& body,
+                                  std::chrono::milliseconds timeout) {
+  return http_request(server, HttpClientOptions{}, method, target, body, timeout);
+}
+
+Result<HttpResponse> http_request(const HttpUrl& server, const HttpClientOptions& options,
+                                  const std::string& method, const std::string& target,
+                                  const std::string& body, std::chrono::milliseconds timeout) {
+  ClientConnection once(server, options, /*keep_open=*/false);
+  return once.request(method, target, body, timeout);
+}
+
+struct HttpConnection::Impl {
+  Impl(HttpUrl server, HttpClientOptions options)
+      : connection(std::move(server), std::move(options), /*keep_open=*/true) {}
+  ClientConnection connection;
+};
+
 HttpConnection::HttpConnection(HttpUrl server, HttpClientOptions options)
     : impl_(std::make_unique<Impl>(std::move(server), std::move(options))) {}
 
-HttpConnection::~HttpConnection() {
-  impl_->drop();
-}
+HttpConnection::~HttpConnection() = default;
 
 uint64_t HttpConnection::connects() const {
-  return impl_->connects;
+  return impl_->connection.connect_count();
 }
 
 Result<HttpResponse> HttpConnection::request(const std::string& method, const std::string& target,
                                              const std::string& body,
                                              std::chrono::milliseconds timeout) {
-  const http::verb verb = http::string_to_verb(method);
-  if (verb == http::verb::unknown) return make_error("unknown HTTP method '" + method + "'");
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  impl_->timeout = timeout;
-  auto request = make_request(impl_->server, impl_->options, verb, target, body,
-                              /*keep_alive=*/true);
-  // At most two tries: the second only when the first went out on a kept connection that turned
-  // out to be closed by the server.
-  for (int tries = 0;; ++tries) {
-    const bool reused = impl_->connected;
-    if (!reused) {
-      if (auto connected = impl_->connect(deadline); !connected.ok()) return connected.error();
-    }
-    auto exchanged = impl_->exchange(request, deadline);
-    if (exchanged.response) return std::move(*exchanged.response);
-    if (!(reused && exchanged.stale && tries == 0 && std::chrono::steady_clock::now() < deadline)) {
-      return make_error(exchanged.error);
-    }
-  }
+  return impl_->connection.request(method, target, body, timeout);
 }
 
 }  // namespace evald

@@ -1,6 +1,6 @@
 // HttpConnection: a blocking HTTP/1.1 client connection kept open across requests, for the
-// openai runner's request lanes. Implemented in http_client.cpp beside the one-shot
-// http_request(), whose TLS setup, request shape and errors it shares.
+// openai runner's request lanes. Implemented in http_client.cpp: the one-shot http_request() is
+// the same connection code used for one request, so both share TLS setup, request shape, errors.
 #pragma once
 
 #include <chrono>
