@@ -4,22 +4,22 @@
 
 #include <cmath>
 
+#include "common/json_fields.hpp"
+
 namespace evald::coordinator {
 
 std::vector<GpuSlot> parse_worker_gpus(const nlohmann::json& gpus) {
   std::vector<GpuSlot> out;
   if (!gpus.is_array()) return out;
   for (const auto& gpu : gpus) {
-    if (!gpu.is_object() || !gpu.contains("index") || !gpu["index"].is_number_integer() ||
-        gpu["index"].get<int64_t>() < 0 || gpu["index"].get<int64_t>() > UINT32_MAX) {
-      continue;
-    }
+    const auto index = integer_field(gpu, "index");
+    if (!index || *index < 0 || *index > UINT32_MAX) continue;
     GpuSlot slot;
-    slot.index = static_cast<uint32_t>(gpu["index"].get<int64_t>());
+    slot.index = static_cast<uint32_t>(*index);
     // "memory_mb" is what workers before 0.2 called the same MiB figure.
     for (const char* key : {"memory_mib", "memory_mb"}) {
-      if (gpu.contains(key) && gpu[key].is_number_integer()) {
-        slot.memory_mib = gpu[key].get<int64_t>();
+      if (const auto memory = integer_field(gpu, key)) {
+        slot.memory_mib = *memory;
         break;
       }
     }
@@ -35,11 +35,7 @@ int gpus_needed(const ResourceSpec& resources, size_t worker_gpus) {
 
 bool labels_match(const ResourceSpec& resources, const nlohmann::json& worker_labels) {
   for (const auto& [key, value] : resources.labels) {
-    if (!worker_labels.is_object()) return false;
-    auto it = worker_labels.find(key);
-    if (it == worker_labels.end() || !it->is_string() || it->get<std::string>() != value) {
-      return false;
-    }
+    if (string_field(worker_labels, key) != value) return false;
   }
   return true;
 }

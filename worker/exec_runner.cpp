@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/json_fields.hpp"
 #include "common/json_limits.hpp"
 #include "common/text.hpp"
 #include "common/utf8.hpp"
@@ -70,18 +71,13 @@ Result<RunnerOutput> parse_output_object(const nlohmann::json& doc) {
   const auto count = doc.find("count");
   if (count == doc.end()) return make_error("count: missing");
   // 500.0 is 500 (Python's json writes a float for `n / 1` and such), as in the spec parser.
-  constexpr double kCountLimit = 9.0e15;  // beyond it a double no longer holds every integer
-  const bool integral_float = count->is_number_float() &&
-                              std::trunc(count->get<double>()) == count->get<double>() &&
-                              std::abs(count->get<double>()) < kCountLimit;
-  const bool too_big = count->is_number_unsigned() &&
-                       count->get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()};
-  if (!(count->is_number_integer() || integral_float) || too_big) {
+  // Above 2^53 a double no longer holds every integer, and no shard is that large.
+  constexpr int64_t kCountLimit = int64_t{1} << 53;
+  const auto parsed_count = integer_value(*count);
+  if (!parsed_count || *parsed_count < 0 || *parsed_count > kCountLimit) {
     return make_error("count: must be a non-negative integer");
   }
-  output.count =
-      integral_float ? static_cast<int64_t>(count->get<double>()) : count->get<int64_t>();
-  if (output.count < 0) return make_error("count: must be a non-negative integer");
+  output.count = *parsed_count;
 
   const auto samples = doc.find("samples");
   if (samples != doc.end() && !samples->is_null()) {

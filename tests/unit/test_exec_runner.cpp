@@ -406,6 +406,8 @@ TEST_CASE("runner stdout parsing", "[unit][exec]") {
           "count: must be a non-negative integer");
     CHECK(error(R"({"metrics": {"a": 1}, "count": 1e300})") ==
           "count: must be a non-negative integer");
+    CHECK(error(R"({"metrics": {"a": 1}, "count": 18446744073709551615})") ==
+          "count: must be a non-negative integer");
     CHECK(parse_runner_output(R"({"metrics": {"a": 1}, "count": 500.0})").value().count == 500);
     CHECK(error(R"({"metrics": {"a": 1}, "count": "3"})") ==
           "count: must be a non-negative integer");
