@@ -12,12 +12,8 @@
 //
 // Not a ctest test: the numbers depend on the machine and its load. Run it by hand:
 //   build/bin/evald-bench-openai-runner --requests 4000 --concurrency 64 --rounds 3
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <boost/program_options.hpp>
@@ -40,19 +36,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-// A port for the server: the kernel picks a free one, we release it and hand it over.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-  socklen_t length = sizeof address;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
 
 double cpu_seconds() {
   rusage usage{};
@@ -157,9 +140,9 @@ int main(int argc, char** argv) {
   }
   evald::testing::ProcessOptions server_options;
   server_options.executable = "/usr/bin/python3";
-  const int port = free_port();
-  server_options.args = {std::string(EVALD_SOURCE_DIR) + "/tests/support/openai_test_server.py",
-                         "--port", std::to_string(port), "--model", "bench"};
+  const int port = evald::testing::free_loopback_port();
+  server_options.args = {evald::testing::openai_test_server_script().string(), "--port",
+                         std::to_string(port), "--model", "bench"};
   server_options.log_file = dir.path() / "server.log";
   evald::testing::ChildProcess server(server_options);
   evald::HttpUrl url;

@@ -4,10 +4,6 @@
 // dashboard (deploy/grafana/dashboards/evald.json) must parse and return series, every alert
 // expression must parse, and the template variables must offer the campaign and its models.
 // Fails, naming the package, where Prometheus is not installed (scripts/setup.sh installs it).
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <memory>
@@ -36,23 +32,6 @@ std::filesystem::path source_path(const std::string& relative) {
   return std::filesystem::path(EVALD_SOURCE_DIR) / relative;
 }
 
-// A port that was free a moment ago. Prometheus cannot pick its own (port 0 is refused), so a
-// collision with another process is possible and the caller retries.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof address;
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  ::close(fd);
-  REQUIRE(ok);
-  return ntohs(address.sin_port);
-}
-
 std::string url_encode(const std::string& text) {
   static constexpr char kHex[] = "0123456789ABCDEF";
   std::string out;
@@ -74,7 +53,7 @@ class Prometheus {
   Prometheus(const std::filesystem::path& config, const std::filesystem::path& dir) {
     constexpr int kAttempts = 5;
     for (int attempt = 1; attempt <= kAttempts; ++attempt) {
-      port_ = free_port();
+      port_ = evald::testing::free_loopback_port();  // Prometheus refuses port 0
       const auto data = dir / ("tsdb-" + std::to_string(attempt));
       log_ = dir / ("prometheus-" + std::to_string(attempt) + ".log");
       evald::testing::ProcessOptions options;

@@ -1,10 +1,7 @@
 // Served models end to end: the real coordinator and workers, model servers started through
 // `serve` (tests/support/openai_test_server.py), the built-in openai runner. Expected scores are
 // computed here from the test server's rule (openai_rule.hpp), never read back from the server.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -25,7 +22,7 @@ using nlohmann::json;
 namespace rule = evald::testing::openai_rule;
 
 std::filesystem::path test_server() {
-  return std::filesystem::path(EVALD_SOURCE_DIR) / "tests/support/openai_test_server.py";
+  return openai_test_server_script();
 }
 
 json serve_block(const std::vector<std::string>& extra, double ready_timeout_s = 60,
@@ -392,17 +389,7 @@ TEST_CASE("served: an endpoint model with an API key from the worker's environme
           "[integration][served]") {
   TempDir dir("evald-endpoint");
   // A server somebody else runs: started here, on a port the kernel picks for a moment.
-  const uint16_t port = [] {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-    socklen_t length = sizeof address;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-    ::close(fd);
-    return ntohs(address.sin_port);
-  }();
+  const int port = free_loopback_port();
   ProcessOptions server_options;
   server_options.executable = "/usr/bin/python3";
   server_options.args = {test_server().string(),

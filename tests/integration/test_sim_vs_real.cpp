@@ -120,8 +120,7 @@ TEST_CASE("sim vs real: served-tiny loads models no more often on a real cluster
                {"benchmarks", json::array()},
                {"runner", {{"type", "openai"}, {"max_concurrency", 1}, {"request_timeout_s", 30}}},
                {"max_attempts", 1}};
-  const std::string server =
-      (std::filesystem::path(EVALD_SOURCE_DIR) / "tests/support/openai_test_server.py").string();
+  const std::string server = evald::testing::openai_test_server_script().string();
   for (const auto& model : campaign.at("models")) {
     const auto name = model.at("name").get<std::string>();
     const double load_s = scenario.at("load_s").at(name).get<double>();

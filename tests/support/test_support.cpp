@@ -1,7 +1,11 @@
 #include "tests/support/test_support.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <fstream>
@@ -57,6 +61,26 @@ bool process_gone(pid_t pid, bool zombie_counts_as_gone) {
   if (paren == std::string::npos || paren + 2 >= stat.size()) return true;
   const char state = stat[paren + 2];
   return zombie_counts_as_gone && (state == 'Z' || state == 'X');
+}
+
+int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "socket");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;  // the kernel picks
+  socklen_t length = sizeof address;
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  const int error = errno;
+  ::close(fd);
+  if (!ok) throw std::system_error(error, std::generic_category(), "bind 127.0.0.1:0");
+  return ntohs(address.sin_port);
+}
+
+std::filesystem::path openai_test_server_script() {
+  return std::filesystem::path(EVALD_SOURCE_DIR) / "tests/support/openai_test_server.py";
 }
 
 }  // namespace evald::testing

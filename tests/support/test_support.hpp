@@ -1,5 +1,5 @@
 // Helpers shared by the unit and integration tests: temporary directories that remove themselves,
-// polling with a deadline instead of fixed sleeps, reading files, and watching processes.
+// polling with a deadline instead of fixed sleeps, reading files, watching processes, free ports.
 #pragma once
 
 #include <sys/types.h>
@@ -37,5 +37,14 @@ std::string read_file_or_empty(const std::filesystem::path& path);
 // Gone, or (if zombie_counts_as_gone) a zombie waiting for a parent that is not ours to judge:
 // an orphaned grandchild is reaped by init, whenever init gets to it.
 bool process_gone(pid_t pid, bool zombie_counts_as_gone = true);
+
+// A TCP port on 127.0.0.1 that was free a moment ago, for a server that cannot pick its own
+// (Prometheus, the test model server): another process may take it first, so a caller that
+// cannot tolerate that retries. Throws std::runtime_error if no socket can be bound.
+int free_loopback_port();
+
+// tests/support/openai_test_server.py: the OpenAI-compatible model server of the served-model
+// tests and the runner benchmark.
+std::filesystem::path openai_test_server_script();
 
 }  // namespace evald::testing

@@ -62,7 +62,7 @@ TEST_CASE("serve placeholders and stderr tails") {
 namespace {
 
 std::string test_server() {
-  return std::string(EVALD_SOURCE_DIR) + "/tests/support/openai_test_server.py";
+  return evald::testing::openai_test_server_script().string();
 }
 
 std::vector<ServeEvent> wait_events(ModelServers& servers, size_t count,
