@@ -118,8 +118,8 @@ cat >"${tmp}/campaign1.json" <<'SPEC'
  "runner": {"type": "exec", "command": ["evald-test-runner", "{model}", "{benchmark}", "{shard}"], "timeout_s": 60},
  "max_attempts": 2}
 SPEC
-campaign1="$(evalctl submit "${tmp}/campaign1.json" | json 'd["id"]')"
 submitted_at="$(date -u +%H:%M:%S.%3N)"
+campaign1="$(evalctl submit "${tmp}/campaign1.json" | json 'd["id"]')"
 log "submitted campaign ${campaign1} (12 shards of 1.5 s)"
 campaign_is() { [[ "$(evalctl status "$1" | json 'd["state"]')" == "$2" ]]; }
 wait_for "campaign ${campaign1} to succeed" 90 campaign_is "${campaign1}" succeeded
