@@ -230,6 +230,7 @@ Worker::Worker(WorkerConfig config, const Clock& clock, UniqueFd lock, Outbox ou
       clock_, serve_metrics_.get());
   const auto now = clock_.now();
   last_heard_ = now;
+  busy_at_ = now;
   next_heartbeat_ = now;
   next_resend_check_ = now + heartbeat_;
   unacked_.reserve(size_t{config_.slots} * 4);
@@ -363,6 +364,7 @@ void Worker::loop(int stop_fd) {
     if ((items[4].revents & ZMQ_POLLIN) != 0) collect_openai_results();
     flush_results();
     on_timers();
+    check_idle_exit();
     send_serve_status();
     publish_metrics();
     if (draining_ && drain_done()) return;
@@ -374,6 +376,9 @@ milliseconds Worker::poll_wait() const {
   auto next = std::min(next_heartbeat_, next_resend_check_);
   if (!silent_) next = std::min(next, last_heard_ + kSilentHeartbeats * heartbeat_);
   if (draining_) next = std::min(next, ack_wait_deadline_.value_or(drain_deadline_));
+  if (draining_ && drain_quiet_until_) next = std::min(next, *drain_quiet_until_);
+  if (!draining_ && config_.idle_exit.count() > 0)
+    next = std::min(next, busy_at_ + config_.idle_exit);
   auto wait = std::chrono::duration_cast<milliseconds>(next - now) + milliseconds(1);
   // A HELLO refused right after the handshake (the pipe attaches a moment later) is retried soon.
   if (hello_pending_ && connected_) wait = std::min(wait, kHelloRetry);
@@ -395,6 +400,28 @@ void Worker::on_stop(int stop_fd) {
                running_.size(), unacked_.size(), config_.drain_timeout.count());
   send_frame(protocol::encode(protocol::Drain{}));
   // No more shards will come: servers nobody uses go now, the others when their shards end.
+  model_servers_->stop_idle();
+}
+
+void Worker::check_idle_exit() {
+  if (config_.idle_exit.count() <= 0 || draining_) return;
+  const auto now = clock_.now();
+  if (!running_.empty() || !unacked_.empty() || !outgoing_.empty()) {
+    busy_at_ = now;
+    return;
+  }
+  if (now - busy_at_ < config_.idle_exit) return;
+  // Nothing runs and nothing is owed to the coordinator, so leaving loses nothing. The drain
+  // still waits a few heartbeats for assignments already on their way; those run to the end.
+  draining_ = true;
+  const auto quiet = kAckWaitHeartbeats * heartbeat_;
+  drain_quiet_until_ = now + quiet;
+  drain_deadline_ =
+      now + std::max<std::chrono::steady_clock::duration>(config_.drain_timeout, quiet);
+  spdlog::info("drain_started reason=idle idle_s={} running={} unacked={} drain_timeout_ms={}",
+               config_.idle_exit.count(), running_.size(), unacked_.size(),
+               config_.drain_timeout.count());
+  send_frame(protocol::encode(protocol::Drain{}));
   model_servers_->stop_idle();
 }
 
@@ -867,6 +894,7 @@ bool Worker::drain_done() {
     if (!running_.empty()) hand_back_running();
     return true;
   }
+  if (drain_quiet_until_ && now < *drain_quiet_until_) return false;
   if (!running_.empty()) return false;
   if (unacked_.empty()) return true;
   // All shards are done; give the ACKs for the last results a moment, then rely on the outbox.

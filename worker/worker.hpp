@@ -93,6 +93,8 @@ class Worker {
   void loop(int stop_fd);
   std::chrono::milliseconds poll_wait() const;
   void on_stop(int stop_fd);
+  // The drain of --idle-exit-s: nothing to do for that long, so the worker leaves by itself.
+  void check_idle_exit();
   void read_monitor();
   void read_socket();
   void handle(protocol::Message& message);
@@ -167,6 +169,11 @@ class Worker {
   std::chrono::steady_clock::time_point next_resend_check_;
   std::chrono::steady_clock::time_point drain_deadline_;
   std::optional<std::chrono::steady_clock::time_point> ack_wait_deadline_;
+  // --idle-exit-s: the last time the worker had a shard or an unacknowledged result.
+  std::chrono::steady_clock::time_point busy_at_;
+  // An idle drain ends no sooner than this: an ASSIGN the coordinator sent before it read our
+  // DRAIN may still be on the wire, and it is run rather than left to the worker timeout.
+  std::optional<std::chrono::steady_clock::time_point> drain_quiet_until_;
   bool connected_ = false;  // the monitor saw a handshake and no disconnect since
   std::chrono::steady_clock::time_point next_handshake_warning_{};
   // Set by a handshake or a REHELLO, cleared once HELLO is out. Never set otherwise: a second

@@ -48,6 +48,9 @@ po::options_description worker_options() {
       "heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat interval")(
       "drain-timeout-ms", po::value<int64_t>()->default_value(30000),
       "on SIGTERM, how long running shards may finish before they are killed")(
+      "idle-exit-s", po::value<int64_t>()->default_value(0),
+      "drain and exit 0 after this many seconds with no shard running and no result "
+      "unacknowledged (for autoscaled nodes); 0: never")(
       "metrics", po::value<std::string>(),
       "serve Prometheus /metrics on HOST:PORT (port 0 picks a free port) and print "
       "{\"metrics\": \"HOST:PORT\"} on stdout; default: no metrics server")(
@@ -142,6 +145,10 @@ Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
   if (!drain.ok()) return drain.error();
   config.drain_timeout = std::chrono::milliseconds(drain.value());
 
+  auto idle_exit = ranged(values, "idle-exit-s", 0, 30 * 86'400);
+  if (!idle_exit.ok()) return idle_exit.error();
+  config.idle_exit = std::chrono::seconds(idle_exit.value());
+
   if (values.count("metrics") > 0) {
     config.metrics = values["metrics"].as<std::string>();
     try {
@@ -203,6 +210,7 @@ nlohmann::json to_json(const WorkerConfig& config) {
           {"work_dir", config.work_dir.string()},
           {"heartbeat_ms", config.heartbeat.count()},
           {"drain_timeout_ms", config.drain_timeout.count()},
+          {"idle_exit_s", config.idle_exit.count()},
           {"metrics", config.metrics},
           {"log_level", config.log_level},
           {"allow_exec", config.exec_policy.describe()},

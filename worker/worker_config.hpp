@@ -37,6 +37,10 @@ struct WorkerConfig {
   std::filesystem::path work_dir;
   std::chrono::milliseconds heartbeat{1000};
   std::chrono::milliseconds drain_timeout{30000};
+  // --idle-exit-s: after this long with nothing to do (no shard running, no result waiting for
+  // its ACK) the worker drains and exits 0 by itself, so an autoscaled node goes back to its
+  // pool. Zero: never (the default; a worker normally waits for work forever).
+  std::chrono::seconds idle_exit{0};
   std::string metrics;  // HOST:PORT to serve Prometheus /metrics on (port 0: any); empty: none
   std::string log_level = "info";
   // --allow-exec: the programs exec runners may start, canonicalised; default: anything.

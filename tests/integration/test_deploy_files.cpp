@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <csignal>
 #include <cstddef>
 #include <cstdlib>
@@ -313,6 +314,8 @@ TEST_CASE("the kustomization applies every Kubernetes manifest", "[integration]"
   }
   for (const auto& file : yaml_files_under(dir)) {
     if (file.filename() == "kustomization.yaml") continue;
+    // Optional components, added by choice (checked by the autoscaling test below).
+    if (*fs::relative(file, dir).begin() == "autoscaling") continue;
     INFO(file.filename().string() << " is not in kustomization.yaml's resources");
     CHECK(listed.count(fs::relative(file, dir).string()) == 1);
   }
@@ -994,4 +997,283 @@ TEST_CASE("the Slurm script names each worker after a node-local key and pins th
                                   {{"SLURM_JOB_ID", "1"}, {"EVALD_KEY_DIR", keys.path().string()}});
   CHECK(result.exit_code == 2);
   CHECK(result.err.find("has no coordinator.public") != std::string::npos);
+}
+
+// --- autoscaling (docs/autoscaling.md) ---------------------------------------------------------
+
+namespace {
+
+// The components' files, and what each must hold.
+const fs::path kKedaDir = fs::path("k8s") / "autoscaling" / "keda";
+const fs::path kHpaDir = fs::path("k8s") / "autoscaling" / "hpa";
+
+// A kustomize Component that adds its resources (which exist) and hands the replica count of the
+// worker StatefulSet to the autoscaler.
+void check_autoscaling_component(const fs::path& dir, const std::vector<json>& base) {
+  INFO(dir.string());
+  const auto component = load_yaml(dir / "kustomization.yaml").at(0);
+  CHECK(component.at("apiVersion") == "kustomize.config.k8s.io/v1alpha1");
+  CHECK(component.at("kind") == "Component");
+  for (const auto& resource : component.at("resources")) {
+    CHECK(fs::exists(dir / resource.get<std::string>()));
+  }
+  REQUIRE(component.at("patches").size() == 1);
+  const auto& patch = component["patches"][0];
+  CHECK(patch.at("target").at("kind") == "StatefulSet");
+  const auto& workers =
+      find_object(base, "StatefulSet", patch["target"].at("name").get<std::string>());
+  // The patch removes what the base sets: the op applies, and `kubectl apply` no longer resets
+  // what the autoscaler chose.
+  CHECK(workers.at("spec").contains("replicas"));
+  CHECK_THAT(patch.at("patch").get<std::string>(),
+             Catch::Contains("op: remove") && Catch::Contains("path: /spec/replicas"));
+}
+
+// The pool label of the worker StatefulSet's --labels ("node=$(NODE_NAME),pool=k8s" -> "k8s").
+std::string worker_pool_label(const json& worker_set) {
+  const auto labels =
+      flag_value(worker_set["spec"]["template"]["spec"]["containers"][0].at("args"), "--labels");
+  REQUIRE(labels);
+  std::smatch match;
+  REQUIRE(std::regex_search(*labels, match, std::regex("(^|,)pool=([^,]+)")));
+  return match[2];
+}
+
+// The samples of `family` in a /metrics page, as "name{labels}" -> value.
+std::map<std::string, double> scraped_samples(const std::string& page, const std::string& family) {
+  std::map<std::string, double> samples;
+  std::istringstream lines(page);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(family + "{", 0) != 0 && line.rfind(family + " ", 0) != 0) continue;
+    const auto space = line.rfind(' ');
+    samples[line.substr(0, space)] = std::stod(line.substr(space + 1));
+  }
+  return samples;
+}
+
+// Runs `promtool test rules` with the given input series and expression tests (YAML text);
+// returns promtool's output on failure, "" when every test passed.
+std::string promtool_eval(const TempDir& dir, const std::string& tests_yaml) {
+  const auto promtool = find_program("promtool");
+  if (promtool.empty()) FAIL("promtool not found; install prometheus (scripts/setup.sh does)");
+  std::ofstream(dir.path() / "empty-rules.yml") << "groups: []\n";
+  const auto file = dir.path() / "autoscaling-test.yml";
+  std::ofstream(file) << "rule_files: [empty-rules.yml]\nevaluation_interval: 1m\ntests:\n"
+                      << tests_yaml;
+  const auto result = run_command(promtool, {"test", "rules", file.string()}, 60s);
+  if (result.exit_code == 0) return "";
+  return "promtool exit " + std::to_string(result.exit_code) + ": " + result.out + result.err +
+         "\n--- " + file.string() + ":\n" + read_file(file);
+}
+
+// A PromQL string as a YAML double-quoted scalar.
+std::string yaml_quoted(const std::string& text) {
+  return json(text).dump();
+}
+
+}  // namespace
+
+TEST_CASE("the autoscaling components size the worker StatefulSet within sane bounds",
+          "[integration]") {
+  const auto base = k8s_objects();
+  const auto& workers = find_object(base, "StatefulSet", "evald-worker");
+  const auto& pod = workers.at("spec").at("template").at("spec");
+  const auto& container = pod.at("containers").at(0);
+  const int64_t gpus_per_pod = container.at("resources").at("limits").at("nvidia.com/gpu");
+  const std::string pool = worker_pool_label(workers);
+  check_autoscaling_component(deploy_dir() / kKedaDir, base);
+  check_autoscaling_component(deploy_dir() / kHpaDir, base);
+
+  // Every query: this StatefulSet's pods (named NAME-N), this pool's label, and the pod's GPUs
+  // in the divisor, "(TARGET_DRAIN_S * GPUS)".
+  const auto check_query = [&](const std::string& query) {
+    INFO("query: " << query);
+    CHECK_THAT(query,
+               Catch::Contains("worker=~\"" + workers["metadata"]["name"].get<std::string>() +
+                               "-[0-9]+\""));
+    CHECK_THAT(query, Catch::Contains("pool=" + pool + "(,.*)?\""));
+    CHECK_THAT(query, Catch::Contains("labels=\"all\""));
+    std::smatch divisor;
+    REQUIRE(std::regex_search(query, divisor, std::regex(R"(/ \(([0-9]+) \* ([0-9]+)\))")));
+    const int64_t drain_s = std::stoll(divisor[1]);
+    CHECK(drain_s >= 60);
+    CHECK(drain_s <= 86'400);
+    CHECK(std::stoll(divisor[2]) == gpus_per_pod);
+  };
+  // Scale-down drains busy pods: slow, and never faster than a drain can finish.
+  const auto check_behavior = [&](const json& behavior) {
+    const int64_t window = behavior.at("scaleDown").at("stabilizationWindowSeconds");
+    CHECK(window >= 300);
+    for (const auto& policy : behavior["scaleDown"].at("policies")) {
+      CHECK(policy.at("type") == "Pods");
+      CHECK(policy.at("value") == 1);
+      CHECK(policy.at("periodSeconds").get<int64_t>() >= 60);
+    }
+    CHECK(pod.at("terminationGracePeriodSeconds").get<int64_t>() * 1000 >=
+          std::stoll(*flag_value(container.at("args"), "--drain-timeout-ms")) + 10'000);
+  };
+
+  SECTION("KEDA: a ScaledObject with a Prometheus trigger on the coordinator's gauges") {
+    const auto objects = load_yaml(deploy_dir() / kKedaDir / "scaledobject.yaml");
+    REQUIRE(objects.size() == 1);
+    const auto& scaled = objects[0];
+    CHECK(scaled.at("apiVersion") == "keda.sh/v1alpha1");
+    CHECK(scaled.at("kind") == "ScaledObject");
+    const auto& spec = scaled.at("spec");
+    CHECK(spec.at("scaleTargetRef") ==
+          json({{"apiVersion", "apps/v1"}, {"kind", "StatefulSet"}, {"name", "evald-worker"}}));
+    const int64_t min = spec.at("minReplicaCount");
+    const int64_t max = spec.at("maxReplicaCount");
+    CHECK(min >= 0);
+    CHECK(min <= max);
+    CHECK(max >= 1);
+    CHECK(max <= 64);
+    CHECK(spec.at("cooldownPeriod").get<int64_t>() >= 300);
+    check_behavior(spec.at("advanced").at("horizontalPodAutoscalerConfig").at("behavior"));
+    REQUIRE(spec.at("triggers").size() == 1);
+    const auto& trigger = spec["triggers"][0];
+    CHECK(trigger.at("type") == "prometheus");
+    CHECK(trigger.at("metricType") == "AverageValue");
+    CHECK(trigger.at("metadata").at("threshold") == "1");
+    check_query(trigger["metadata"].at("query"));
+  }
+
+  SECTION("HPA: an external metric that prometheus-adapter's rule serves") {
+    const auto objects = load_yaml(deploy_dir() / kHpaDir / "hpa.yaml");
+    REQUIRE(objects.size() == 1);
+    const auto& hpa = objects[0];
+    CHECK(hpa.at("apiVersion") == "autoscaling/v2");
+    CHECK(hpa.at("kind") == "HorizontalPodAutoscaler");
+    const auto& spec = hpa.at("spec");
+    CHECK(spec.at("scaleTargetRef") ==
+          json({{"apiVersion", "apps/v1"}, {"kind", "StatefulSet"}, {"name", "evald-worker"}}));
+    CHECK(spec.at("minReplicas").get<int64_t>() >= 1);
+    CHECK(spec.at("minReplicas") <= spec.at("maxReplicas"));
+    CHECK(spec.at("maxReplicas").get<int64_t>() <= 64);
+    check_behavior(spec.at("behavior"));
+    REQUIRE(spec.at("metrics").size() == 1);
+    const auto& external = spec["metrics"][0].at("external");
+    CHECK(external.at("target") == json({{"type", "AverageValue"}, {"averageValue", "1"}}));
+
+    const auto values = load_yaml(deploy_dir() / kHpaDir / "prometheus-adapter-values.yaml");
+    REQUIRE(values.size() == 1);
+    CHECK(values[0].at("rules").at("default") == false);
+    REQUIRE(values[0]["rules"].at("external").size() == 1);
+    const auto& rule = values[0]["rules"]["external"][0];
+    CHECK(rule.at("name").at("as") == external.at("metric").at("name"));
+    check_query(rule.at("metricsQuery"));
+  }
+}
+
+TEST_CASE("the autoscaling queries compute the wanted workers from a real coordinator's gauges",
+          "[integration]") {
+  const auto scaled = load_yaml(deploy_dir() / kKedaDir / "scaledobject.yaml").at(0);
+  const std::string keda_query = scaled["spec"]["triggers"][0]["metadata"].at("query");
+  const auto values = load_yaml(deploy_dir() / kHpaDir / "prometheus-adapter-values.yaml").at(0);
+  std::string adapter_query = values["rules"]["external"][0].at("metricsQuery");
+  // The adapter fills <<.LabelMatchers>> with the HPA's namespace.
+  for (size_t at; (at = adapter_query.find("<<.LabelMatchers>>")) != std::string::npos;) {
+    adapter_query.replace(at, std::string("<<.LabelMatchers>>").size(), "namespace=\"evald\"");
+  }
+
+  // A coordinator with two pods of the StatefulSet's pool (one per node, as worker.yaml labels
+  // them) and a worker of another pool; every shard hangs, so each worker runs one and the rest
+  // stays pending.
+  ClusterOptions options;
+  options.workers = 0;
+  Cluster cluster(options);
+  for (const auto& [name, labels] :
+       std::vector<std::pair<std::string, std::string>>{{"evald-worker-0", "node=n1,pool=k8s"},
+                                                        {"evald-worker-1", "node=n2,pool=k8s"},
+                                                        {"slurm-7-0", "pool=slurm"}}) {
+    WorkerOptions worker = cluster.worker_defaults();
+    worker.name = name;
+    worker.labels = labels;
+    worker.slots = 1;
+    worker.extra_args = {"--drain-timeout-ms", "0"};  // the hung shards end with the test
+    cluster.add_worker(worker);
+  }
+  const auto api = cluster.api();
+  api.wait_for_workers(3);
+  // 40 shards: with nothing learned yet a shard is expected to take a minute, so the 37 pending
+  // are about 2,220 GPU-seconds per kind: enough that summing the pool's two kinds instead of
+  // taking the larger, or counting every busy worker, would change the answer.
+  json hang = json::array();
+  for (int shard = 0; shard < 40; ++shard) hang.push_back(shard);
+  json spec = {{"name", "autoscale-probe"},
+               {"models", {{{"name", "m"}, {"params", {{"hang_shards", hang}}}}}},
+               {"benchmarks",
+                {{{"name", "b"}, {"examples", 400}, {"shard_size", 10}, {"metric", "accuracy"}}}},
+               {"runner",
+                {{"type", "exec"},
+                 {"command", {"evald-test-runner", "{model}", "{benchmark}", "{shard}"}},
+                 {"timeout_s", 600}}}};
+  api.submit(spec);
+  // Three shards run (one per worker), 37 are pending; the gauges refresh every 250 ms.
+  REQUIRE(wait_until(
+      [&] {
+        return api.metric("evald_worker_slots", {{"kind", "used"}}) == 3.0 &&
+               api.metric("evald_pending_gpu_seconds", {{"labels", "node=n1,pool=k8s"}}) > 0;
+      },
+      20s));
+  const auto page = api.request("GET", "/metrics").body;
+
+  // Every series the queries read is one the coordinator exports, under these names.
+  const std::vector<std::string> families = {"evald_worker_slots", "evald_pending_gpu_seconds"};
+  for (const auto& family : families) {
+    CHECK_THAT(page, Catch::Contains("# TYPE " + family + " gauge"));
+    CHECK_THAT(keda_query, Catch::Contains(family + "{"));
+    CHECK_THAT(adapter_query, Catch::Contains(family + "{"));
+  }
+  std::string keda_series;
+  std::string adapter_series;
+  for (const auto& family : families) {
+    for (const auto& [series, value] : scraped_samples(page, family)) {
+      const auto line = "        values: '" + std::to_string(value) + "x5'\n";
+      keda_series += "      - series: " + yaml_quoted(series) + "\n" + line;
+      auto with_namespace = series;
+      with_namespace.insert(with_namespace.size() - 1, ",namespace=\"evald\"");
+      adapter_series += "      - series: " + yaml_quoted(with_namespace) + "\n" + line;
+    }
+  }
+  // Wanted: the two busy pods of the set (not the other pool's worker) plus the pods that would
+  // run the pool's pending work (the larger of its two kinds) in the target drain time.
+  const auto pending = scraped_samples(page, "evald_pending_gpu_seconds");
+  const double pool_pending =
+      std::max(pending.at("evald_pending_gpu_seconds{labels=\"node=n1,pool=k8s\"}"),
+               pending.at("evald_pending_gpu_seconds{labels=\"node=n2,pool=k8s\"}"));
+  std::smatch divisor;
+  REQUIRE(std::regex_search(keda_query, divisor, std::regex(R"(/ \(([0-9]+) \* ([0-9]+)\))")));
+  const double per_pod = std::stod(divisor[1]) * std::stod(divisor[2]);
+  const double wanted = 2 + std::ceil(pool_pending / per_pod);
+  INFO("pool pending " << pool_pending << " GPU-s; " << page.size() << " bytes of /metrics");
+  CHECK(pool_pending > 0);
+
+  // At zero the pool has no kind yet: all pending work counts.
+  const double all_pending = pending.at("evald_pending_gpu_seconds{labels=\"all\"}");
+  const std::string zero_series =
+      "      - series: 'evald_pending_gpu_seconds{labels=\"all\"}'\n"
+      "        values: '" +
+      std::to_string(all_pending) + "x5'\n";
+  const std::string zero_series_ns =
+      "      - series: 'evald_pending_gpu_seconds{labels=\"all\",namespace=\"evald\"}'\n"
+      "        values: '" +
+      std::to_string(all_pending) + "x5'\n";
+  const double wanted_from_zero = std::ceil(all_pending / per_pod);
+  CHECK(wanted_from_zero >= 1);
+
+  const auto test = [](const std::string& series, const std::string& query, double expected) {
+    return "  - interval: 1m\n    input_series:\n" + series +
+           "    promql_expr_test:\n      - expr: " + yaml_quoted(query) +
+           "\n        eval_time: 2m\n        exp_samples:\n          - labels: '{}'\n"
+           "            value: " +
+           std::to_string(expected) + "\n";
+  };
+  TempDir dir("evald-autoscale-promql");
+  const auto failure = promtool_eval(
+      dir, test(keda_series, keda_query, wanted) + test(adapter_series, adapter_query, wanted) +
+               test(zero_series, keda_query, wanted_from_zero) +
+               test(zero_series_ns, adapter_query, wanted_from_zero));
+  INFO(failure);
+  CHECK(failure.empty());
 }
