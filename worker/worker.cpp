@@ -389,6 +389,14 @@ void Worker::on_stop(int stop_fd) {
   unsigned char signal_number = 0;
   if (::read(stop_fd, &signal_number, 1) <= 0) return;
   const auto now = clock_.now();
+  if (draining_ && idle_drain_) {
+    // An idle drain set no deadline; a stop signal sets one, as if it had started the drain.
+    idle_drain_ = false;
+    drain_deadline_ = now + config_.drain_timeout;
+    spdlog::info("drain_deadline_set signal={} running={} drain_timeout_ms={}", signal_number,
+                 running_.size(), config_.drain_timeout.count());
+    return;
+  }
   if (draining_) {
     spdlog::warn("stop_again signal={} action=\"ending the drain now\"", signal_number);
     drain_deadline_ = now;
@@ -412,15 +420,15 @@ void Worker::check_idle_exit() {
   }
   if (now - busy_at_ < config_.idle_exit) return;
   // Nothing runs and nothing is owed to the coordinator, so leaving loses nothing. The drain
-  // still waits a few heartbeats for assignments already on their way; those run to the end.
+  // still waits a few heartbeats for assignments already on their way; those run to the end:
+  // nobody asked this worker to stop, so there is no drain timeout to cut them at (a stop
+  // signal during the drain sets one).
   draining_ = true;
-  const auto quiet = kAckWaitHeartbeats * heartbeat_;
-  drain_quiet_until_ = now + quiet;
-  drain_deadline_ =
-      now + std::max<std::chrono::steady_clock::duration>(config_.drain_timeout, quiet);
-  spdlog::info("drain_started reason=idle idle_s={} running={} unacked={} drain_timeout_ms={}",
-               config_.idle_exit.count(), running_.size(), unacked_.size(),
-               config_.drain_timeout.count());
+  idle_drain_ = true;
+  drain_quiet_until_ = now + kAckWaitHeartbeats * heartbeat_;
+  drain_deadline_ = std::chrono::steady_clock::time_point::max();
+  spdlog::info("drain_started reason=idle idle_s={} running={} unacked={}",
+               config_.idle_exit.count(), running_.size(), unacked_.size());
   send_frame(protocol::encode(protocol::Drain{}));
   model_servers_->stop_idle();
 }

@@ -174,6 +174,8 @@ class Worker {
   // An idle drain ends no sooner than this: an ASSIGN the coordinator sent before it read our
   // DRAIN may still be on the wire, and it is run rather than left to the worker timeout.
   std::optional<std::chrono::steady_clock::time_point> drain_quiet_until_;
+  // The drain began because the worker was idle (--idle-exit-s), not on a stop signal.
+  bool idle_drain_ = false;
   bool connected_ = false;  // the monitor saw a handshake and no disconnect since
   std::chrono::steady_clock::time_point next_handshake_warning_{};
   // Set by a handshake or a REHELLO, cleared once HELLO is out. Never set otherwise: a second

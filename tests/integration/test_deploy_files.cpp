@@ -1135,6 +1135,8 @@ TEST_CASE("the autoscaling components size the worker StatefulSet within sane bo
     CHECK(trigger.at("type") == "prometheus");
     CHECK(trigger.at("metricType") == "AverageValue");
     CHECK(trigger.at("metadata").at("threshold") == "1");
+    // KEDA's default turns an empty query answer into 0, which would drain busy workers.
+    CHECK(trigger.at("metadata").at("ignoreNullValues") == "false");
     check_query(trigger["metadata"].at("query"));
   }
 

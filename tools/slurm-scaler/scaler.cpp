@@ -169,13 +169,23 @@ Result<ScalerConfig> scaler_config_from(const po::variables_map& values) {
   }
   if (values.count("sbatch-arg") > 0) {
     config.sbatch_args = values["sbatch-arg"].as<std::vector<std::string>>();
+    // The scaler owns these: they are how it finds its jobs and counts nodes (an array job
+    // would make one sbatch many nodes), and an --export other than ALL would drop the pool's
+    // labels and the idle exit it hands each job. Short options may carry their value (-N2).
+    const auto owned_by_scaler = [](const std::string& arg) {
+      if (arg.starts_with("--export")) {
+        return !(arg == "--export=ALL" || arg.starts_with("--export=ALL,"));
+      }
+      for (const std::string flag : {"--job-name", "--nodes", "--parsable", "--array"}) {
+        if (arg == flag || arg.starts_with(flag + "=")) return true;
+      }
+      return arg.starts_with("-J") || arg.starts_with("-N") || arg.starts_with("-a");
+    };
     for (const auto& arg : config.sbatch_args) {
-      // The scaler owns these: they are how it finds its jobs and counts nodes.
-      for (const char* owned : {"--job-name", "-J", "--nodes", "-N", "--parsable"}) {
-        if (arg == owned || arg.starts_with(std::string(owned) + "=")) {
-          return make_error("--sbatch-arg: " + arg +
-                            " is set by the scaler (use --job-name; each job is one node)");
-        }
+      if (owned_by_scaler(arg)) {
+        return make_error("--sbatch-arg: " + arg +
+                          " is set by the scaler (use --job-name; each job is one node and "
+                          "exports the scaler's environment)");
       }
     }
   }
@@ -315,17 +325,20 @@ Decision decide(const Demand& demand, uint32_t running_jobs, uint32_t queued_job
   const double node_gpu_s =
       static_cast<double>(config.gpus_per_node) * static_cast<double>(config.target_drain.count());
   const double needed = demand.pending_gpu_s > 0 ? std::ceil(demand.pending_gpu_s / node_gpu_s) : 0;
-  d.wanted = static_cast<uint32_t>(std::clamp(needed, static_cast<double>(config.min_nodes),
+  // Nodes whose workers are busy stay busy with running shards; pending work needs `needed`
+  // nodes on top of them (what the Kubernetes queries size by too). Idle pool workers are among
+  // the running jobs, so they start pending work before any new job is submitted for it.
+  const uint32_t idle = static_cast<uint32_t>(
+      std::clamp<int64_t>(demand.idle_workers, 0, static_cast<int64_t>(running_jobs)));
+  const double busy = static_cast<double>(running_jobs - idle);
+  d.wanted = static_cast<uint32_t>(std::clamp(busy + needed, static_cast<double>(config.min_nodes),
                                               static_cast<double>(config.max_nodes)));
   const uint32_t active = running_jobs + queued_jobs;
   if (active < d.wanted) {
-    if (demand.idle_workers > 0 && active >= config.min_nodes) {
-      d.reason = "pool workers are idle";
-    } else {
-      // Never past max, whatever else is counted: active may exceed it after a lower --max-nodes.
-      d.submit = d.wanted - active;
-      d.reason = "pending work needs more nodes";
-    }
+    // Never past max, whatever else is counted: active may exceed it after a lower --max-nodes.
+    d.submit = d.wanted - active;
+    d.reason = idle > 0 ? "pending work needs more nodes than the idle workers"
+                        : "pending work needs more nodes";
   } else if (active > d.wanted && queued_jobs > 0) {
     // Jobs that have not started hold nothing; running ones leave when their workers are idle.
     d.cancel = std::min(queued_jobs, active - std::max(d.wanted, running_jobs));
@@ -384,11 +397,13 @@ Result<std::vector<Job>> parse_squeue(std::string_view out) {
 }
 
 bool job_active(const Job& job) {
-  // COMPLETING still holds its node: counted, so a replacement never runs beside it past the max.
-  static const std::set<std::string> kActive = {
-      "PENDING",  "CONFIGURING",  "RUNNING",     "SUSPENDED", "COMPLETING", "STAGE_OUT",
-      "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",  "SIGNALING"};
-  return kActive.contains(job.state);
+  // Every state squeue lists counts except the terminal ones: a state this list does not know
+  // (STOPPED, SPECIAL_EXIT, a hold, one a later Slurm adds) must never let the pool pass
+  // --max-nodes. COMPLETING still holds its node, so it counts too.
+  static const std::set<std::string> kEnded = {
+      "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE",      "FAILED",
+      "NODE_FAIL", "PREEMPTED", "REVOKED",   "OUT_OF_MEMORY", "TIMEOUT"};
+  return !job.state.empty() && !kEnded.contains(job.state);
 }
 
 bool job_queued(const Job& job) {
@@ -433,9 +448,12 @@ Result<std::string> Scaler::submit_job() {
   argv.insert(argv.end(), config_.sbatch_args.begin(), config_.sbatch_args.end());
   argv.push_back(config_.sbatch_script);
   argv.push_back(config_.worker_endpoint);
-  // sbatch's default --export=ALL hands these to the job script, which passes them to every
-  // worker: the pool's labels (so the gauges can tell its workers apart) and the idle exit.
+  // --export=ALL hands these to the job script, which passes them to every worker: the pool's
+  // labels (so the gauges can tell its workers apart) and the idle exit.
+  // SBATCH_EXPORT=ALL: a site's SBATCH_EXPORT=NONE would drop both, and workers that never
+  // leave and carry no pool label would keep the pool at --max-nodes.
   const std::map<std::string, std::string> env = {
+      {"SBATCH_EXPORT", "ALL"},
       {"EVALD_LABELS", config_.labels_text},
       {"EVALD_IDLE_EXIT_S", std::to_string(config_.idle_exit.count())}};
   auto result = run_command(argv, env, config_.command_timeout);

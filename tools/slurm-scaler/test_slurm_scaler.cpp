@@ -96,10 +96,11 @@ TEST_CASE("scaler: nodes are sized by pending GPU time over the target drain", "
   auto d = decide(Demand{3 * 8 * 3600.0, "pool", 0}, 0, 0, c);
   CHECK(d.wanted == 3);
   CHECK(d.submit == 3);
-  // A little over rounds up; what runs or waits in the queue already counts.
+  // A little over rounds up. A busy running job stays busy with its shards, so pending work
+  // needs nodes on top of it; a queued job is one of those.
   d = decide(Demand{3 * 8 * 3600.0 + 1, "pool", 0}, 1, 1, c);
-  CHECK(d.wanted == 4);
-  CHECK(d.submit == 2);
+  CHECK(d.wanted == 5);
+  CHECK(d.submit == 3);
   // Never past max.
   d = decide(Demand{1e9, "all", 0}, 0, 0, c);
   CHECK(d.wanted == 10);
@@ -109,11 +110,15 @@ TEST_CASE("scaler: nodes are sized by pending GPU time over the target drain", "
   d = decide(Demand{1e9, "pool", 0}, 12, 0, c);  // after a lower --max-nodes
   CHECK(d.submit == 0);
   CHECK(d.cancel == 0);
-  // Idle pool workers: nothing to add.
+  // An idle pool worker takes pending work first: one node fewer to submit, not none.
   d = decide(Demand{5 * 8 * 3600.0, "pool", 1}, 2, 0, c);
-  CHECK(d.wanted == 5);
+  CHECK(d.wanted == 6);
+  CHECK(d.submit == 4);
+  CHECK(d.reason == "pending work needs more nodes than the idle workers");
+  // Idle workers that could take all of it: nothing to add.
+  d = decide(Demand{2 * 8 * 3600.0, "pool", 2}, 2, 0, c);
+  CHECK(d.wanted == 2);
   CHECK(d.submit == 0);
-  CHECK(d.reason == "pool workers are idle");
   // No work: queued jobs go, running ones are left to drain.
   d = decide(Demand{0, "pool", 2}, 2, 3, c);
   CHECK(d.wanted == 0);
@@ -160,6 +165,15 @@ TEST_CASE("scaler: bad flags are errors that name the flag", "[unit]") {
   CHECK_THAT(error_of({"--coordinator=ftp://x"}), Catch::Contains("--coordinator"));
   CHECK_THAT(error_of({"--worker-endpoint=http://x:1"}), Catch::Contains("--worker-endpoint"));
   CHECK_THAT(error_of({"--sbatch-arg=--nodes=2"}), Catch::Contains("set by the scaler"));
+  for (const std::string owned :
+       {"-N2", "-Jname", "--array=1-4", "-a", "--export=NONE", "--export=EVALD_LABELS"}) {
+    INFO(owned);
+    CHECK_THAT(error_of({"--sbatch-arg=" + owned}), Catch::Contains("set by the scaler"));
+  }
+  auto with_args = good;
+  with_args.push_back("--sbatch-arg=--export=ALL,CUDA_HOME=/opt/cuda");
+  with_args.push_back("--sbatch-arg=--partition=gpu");
+  CHECK(config_from(with_args).ok());
   CHECK_THAT(error_of({"--token-file=" + (dir.path() / "missing").string()}),
              Catch::Contains("--token-file: cannot read"));
   auto missing_script = good;
@@ -170,9 +184,13 @@ TEST_CASE("scaler: bad flags are errors that name the flag", "[unit]") {
 }
 
 TEST_CASE("scaler: squeue lines and job states", "[unit]") {
-  auto jobs = parse_squeue("12|RUNNING\n13|PENDING\n\n14|COMPLETING\n15|CANCELLED\n");
+  auto jobs = parse_squeue(
+      "12|RUNNING\n13|PENDING\n\n14|COMPLETING\n15|CANCELLED\n16|STOPPED\n17|SPECIAL_EXIT\n");
   REQUIRE(jobs.ok());
-  REQUIRE(jobs->size() == 4);
+  REQUIRE(jobs->size() == 6);
+  // States not listed as ended still hold (or may get) a node: counted against --max-nodes.
+  CHECK(job_active(jobs->at(4)));
+  CHECK(job_active(jobs->at(5)));
   CHECK(job_active(jobs->at(0)));
   CHECK_FALSE(job_queued(jobs->at(0)));
   CHECK(job_queued(jobs->at(1)));
