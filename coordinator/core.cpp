@@ -316,8 +316,10 @@ void Core::end_turn(TurnKind kind, std::vector<PendingHttp>& reads,
 }
 
 void Core::release_durable(const WalSyncer::Progress& progress) {
-  if (progress.failure) stop_on_store_failure("sync", *progress.failure);
+  // Before a failure is acted on, so its log line says how far the store really is durable;
+  // held turns are not released then, durable or not: the coordinator stops as it is.
   durable_ = std::max(durable_, progress.durable);
+  if (progress.failure) stop_on_store_failure("sync", *progress.failure);
   // One pass over every turn that became durable: ZeroMQ queues the frames on each connection's
   // pipe and wakes its I/O thread only when that pipe was empty, so frames sent back to back
   // leave in few wakeups and few TCP writes.
