@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <stdexcept>
 #include <system_error>
@@ -16,6 +17,10 @@ namespace {
 constexpr int kMaxMessagesPerTurn = 4096;
 constexpr auto kIdlePoll = std::chrono::milliseconds(50);
 constexpr int kReceiveHighWaterMark = 1000;
+// Turns whose sends wait for a WAL sync. Far more than a healthy disk ever lets pile up (a sync
+// takes well under a millisecond); past it the core waits for the disk instead of taking more
+// work in, so a stalled disk cannot make it buffer without bound.
+constexpr size_t kMaxTurnsAwaitingSync = 1024;
 
 // The peer's address for logs ("127.0.0.1"), from the frame's connection metadata.
 std::string peer_address(const zmq::message_t& frame) {
@@ -71,6 +76,16 @@ Core::Core(const CoreOptions& options, Store& store, Scheduler& scheduler, Api& 
   endpoint_ = router_.get(zmq::sockopt::last_endpoint);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+  // Everything written before the core starts (recovery) was committed with sync=true.
+  durable_ = store_.writes();
+  auto* sync_latency = &metrics_.store_commit_latency;
+  auto* syncs = &metrics_.store_commits;
+  syncer_ = std::make_unique<WalSyncer>(
+      store_, durable_, [sync_latency, syncs](std::chrono::microseconds took) {
+        // prometheus-cpp metrics are thread-safe; this runs on the sync thread.
+        syncs->Increment();
+        sync_latency->Observe(std::chrono::duration<double>(took).count());
+      });
 }
 
 Core::~Core() {
@@ -107,30 +122,37 @@ void Core::send_to(const std::string& name, const protocol::Message& message) {
 
 void Core::send_on(const std::string& connection, const std::string& who,
                    const protocol::Message& message) {
-  const auto payload = protocol::encode(message);
-  const auto type = static_cast<size_t>(protocol::type_of(message));
+  // Encoded and addressed now, sent once this turn is durable (release_durable).
+  staging_.frames.push_back(
+      OutFrame{connection, who, protocol::type_of(message), protocol::encode(message)});
+}
+
+void Core::transmit(const OutFrame& frame) {
+  const auto type = static_cast<size_t>(frame.type);
   try {
-    auto sent =
-        router_.send(zmq::buffer(connection), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    if (sent) sent = router_.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+    // dontwait: never block the core. The ROUTER has no send high-water mark (sndhwm 0), so
+    // this fails only for a connection that is gone (EHOSTUNREACH with router_mandatory).
+    auto sent = router_.send(zmq::buffer(frame.connection),
+                             zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    if (sent) sent = router_.send(zmq::buffer(frame.payload), zmq::send_flags::dontwait);
     if (!sent) {
       count_dropped("would_block");
-      spdlog::warn("send_dropped reason=would_block worker={} type={}", who,
-                   protocol::to_string(protocol::type_of(message)));
+      spdlog::warn("send_dropped reason=would_block worker={} type={}", frame.who,
+                   protocol::to_string(frame.type));
       return;
     }
   } catch (const zmq::error_t& e) {
     // EHOSTUNREACH: the connection is gone. The worker will HELLO again on its next one, and
     // every state change this message carried is already durable.
     count_dropped("unreachable");
-    spdlog::debug("send_dropped reason=unreachable worker={} type={} error=\"{}\"", who,
-                  protocol::to_string(protocol::type_of(message)), e.what());
+    spdlog::debug("send_dropped reason=unreachable worker={} type={} error=\"{}\"", frame.who,
+                  protocol::to_string(frame.type), e.what());
     return;
   }
   if (type < sent_by_type_.size()) {
     if (sent_by_type_[type] == nullptr) {
       sent_by_type_[type] =
-          &metrics_.messages_sent.Add({{"type", protocol::to_string(protocol::type_of(message))}});
+          &metrics_.messages_sent.Add({{"type", protocol::to_string(frame.type)}});
     }
     sent_by_type_[type]->Increment();
   }
@@ -236,32 +258,97 @@ void Core::reject_unbound(const std::string& connection, const zmq::message_t& f
   }
 }
 
-void Core::commit_and_send(TurnKind kind, std::vector<PendingHttp>& reads,
-                           std::vector<std::pair<HttpRespond, HttpResponse>>& answers) {
-  auto send = [this](const std::string& name, const protocol::Message& m) { send_to(name, m); };
-  auto committed = kind == TurnKind::kFull ? scheduler_.run_turn(send) : scheduler_.end_turn(send);
-  if (!committed.ok()) {
-    spdlog::critical("store_commit_failed action=stop_without_acknowledging error=\"{}\"",
-                     committed.error().message);
-    throw std::runtime_error(committed.error().message);
+void Core::stop_on_store_failure(const char* op, const std::string& error) {
+  metrics_.store_failures.Add({{"op", op}}).Increment();
+  size_t held_frames = staging_.frames.size();
+  size_t held_answers = staging_.answers.size();
+  for (const auto& turn : held_) {
+    held_frames += turn.frames.size();
+    held_answers += turn.answers.size();
   }
+  spdlog::critical(
+      "store_commit_failed action=stop_without_acknowledging op={} durable={} written={} "
+      "turns_unacknowledged={} messages_unsent={} answers_unsent={} error=\"{}\"",
+      op, durable_, store_.writes(), held_.size() + (std::string_view(op) == "write" ? 1 : 0),
+      held_frames, held_answers, error);
+  throw std::runtime_error(error);
+}
+
+void Core::end_turn(TurnKind kind, std::vector<PendingHttp>& reads,
+                    std::vector<std::pair<HttpRespond, HttpResponse>>& answers) {
+  auto stage = [this](const std::string& name, const protocol::Message& m) { send_to(name, m); };
+  auto committed = kind == TurnKind::kFull ? scheduler_.run_turn(stage, TurnDurability::kWritten)
+                                           : scheduler_.end_turn(stage, TurnDurability::kWritten);
+  if (!committed.ok()) stop_on_store_failure("write", committed.error().message);
   if (committed.value().keys > 0) {
-    metrics_.store_commits.Increment();
+    metrics_.store_batches.Increment();
     metrics_.store_keys_written.Increment(static_cast<double>(committed.value().keys));
-    metrics_.store_commit_latency.Observe(
-        std::chrono::duration<double>(committed.value().latency).count());
   }
-  for (auto& [respond, response] : answers) respond(std::move(response));
+  // Reads are rendered now, so they match memory at the end of this turn, and are held with the
+  // turn: they may show what this or an earlier turn changed and is not durable yet.
+  for (auto& answer : answers) staging_.answers.push_back(std::move(answer));
   answers.clear();
-  for (auto& read : reads) read.respond(api_.handle(read.request));
+  for (auto& read : reads) {
+    staging_.answers.emplace_back(std::move(read.respond), api_.handle(read.request));
+  }
   reads.clear();
+
+  const uint64_t written = store_.writes();
+  if (written > durable_) syncer_->request(written);
+  if (staging_.frames.empty() && staging_.answers.empty()) return;
+  staging_.durable_at = written;
+  if (held_.empty() && written <= durable_) {
+    held_.push_back(std::move(staging_));
+    staging_ = HeldTurn{};
+    release_durable(WalSyncer::Progress{durable_, std::nullopt, 0});
+    return;
+  }
+  if (!held_.empty() && held_.back().durable_at == written) {
+    // Nothing was written since the held turn before: the same sync releases both.
+    auto& back = held_.back();
+    for (auto& f : staging_.frames) back.frames.push_back(std::move(f));
+    for (auto& a : staging_.answers) back.answers.push_back(std::move(a));
+  } else {
+    held_.push_back(std::move(staging_));
+  }
+  staging_ = HeldTurn{};
+  metrics_.turns_awaiting_sync.Set(static_cast<double>(held_.size()));
+}
+
+void Core::release_durable(const WalSyncer::Progress& progress) {
+  // Before a failure is acted on, so its log line says how far the store really is durable;
+  // held turns are not released then, durable or not: the coordinator stops as it is.
+  durable_ = std::max(durable_, progress.durable);
+  if (progress.failure) stop_on_store_failure("sync", *progress.failure);
+  // One pass over every turn that became durable: ZeroMQ queues the frames on each connection's
+  // pipe and wakes its I/O thread only when that pipe was empty, so frames sent back to back
+  // leave in few wakeups and few TCP writes.
+  while (!held_.empty() && held_.front().durable_at <= durable_) {
+    for (const auto& frame : held_.front().frames) transmit(frame);
+    for (auto& [respond, response] : held_.front().answers) respond(std::move(response));
+    held_.pop_front();
+  }
+  metrics_.turns_awaiting_sync.Set(static_cast<double>(held_.size()));
 }
 
 void Core::run(const SignalPipe& signals) {
+  try {
+    serve(signals);
+  } catch (...) {
+    // Fail-stop: what is held is dropped unanswered, now, while the HTTP server that would
+    // carry the answers still exists.
+    held_.clear();
+    staging_ = HeldTurn{};
+    throw;
+  }
+}
+
+void Core::serve(const SignalPipe& signals) {
   std::vector<zmq::pollitem_t> items = {
       {router_.handle(), 0, ZMQ_POLLIN, 0},
       {nullptr, wake_fd_, ZMQ_POLLIN, 0},
       {nullptr, signals.fd(), ZMQ_POLLIN, 0},
+      {nullptr, syncer_->fd(), ZMQ_POLLIN, 0},
   };
   std::vector<PendingHttp> reads;
   std::vector<std::pair<HttpRespond, HttpResponse>> answers;
@@ -281,6 +368,11 @@ void Core::run(const SignalPipe& signals) {
       spdlog::info("stopping signal={}", signo);
       break;
     }
+    if ((items[3].revents & ZMQ_POLLIN) != 0) release_durable(syncer_->take());
+    if (held_.size() >= kMaxTurnsAwaitingSync) {
+      // The disk fell far behind: let it catch up before taking more work in.
+      release_durable(syncer_->wait_for(held_.front().durable_at));
+    }
     const auto turn_start = std::chrono::steady_clock::now();
     read_messages();
     if ((items[1].revents & ZMQ_POLLIN) != 0) {
@@ -293,7 +385,7 @@ void Core::run(const SignalPipe& signals) {
       http.swap(http_queue_);
     }
     for (auto& p : http) {
-      // A refusal is staged in the audit log now and answered after this turn's commit.
+      // A refusal is staged in the audit log now and answered once this turn is durable.
       if (auto refused = api_.check_access(p.request)) {
         answers.emplace_back(std::move(p.respond), std::move(*refused));
       } else if (Api::is_mutation(p.request)) {
@@ -302,7 +394,7 @@ void Core::run(const SignalPipe& signals) {
         reads.push_back(std::move(p));
       }
     }
-    commit_and_send(TurnKind::kFull, reads, answers);
+    end_turn(TurnKind::kFull, reads, answers);
     const double turn =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - turn_start).count();
     longest_turn = std::max(longest_turn, turn);
@@ -314,7 +406,8 @@ void Core::run(const SignalPipe& signals) {
       metrics_.turn_seconds_max.Set(std::max(longest_turn, metrics_.turn_seconds_max.Value()));
     }
   }
-  // Answer whatever is still queued: a mutation that made it into the batch is committed here.
+  // Requests still queued are refused (nothing of theirs was applied); then the last turn's
+  // staged changes are written, and everything held goes out once it is durable.
   std::deque<PendingHttp> http;
   {
     std::lock_guard lock(http_mutex_);
@@ -323,7 +416,8 @@ void Core::run(const SignalPipe& signals) {
   for (auto& p : http) {
     p.respond(HttpResponse{503, "application/json", R"({"error":"coordinator is shutting down"})"});
   }
-  commit_and_send(TurnKind::kCommitOnly, reads, answers);
+  end_turn(TurnKind::kCommitOnly, reads, answers);
+  release_durable(syncer_->wait_for(store_.writes()));
 }
 
 }  // namespace evald::coordinator

@@ -89,14 +89,33 @@ Metrics::Metrics()
                        .Register(*registry)),
       store_commit_latency(BuildHistogram()
                                .Name("evald_store_commit_seconds")
-                               .Help("Latency of one synced RocksDB batch commit")
+                               .Help("Latency of one WAL sync (fsync), which makes every batch "
+                                     "written before it durable")
                                .Register(*registry)
                                .Add({}, latency_buckets())),
       store_commits(BuildCounter()
                         .Name("evald_store_commits_total")
-                        .Help("Synced batch commits")
+                        .Help("WAL syncs (fsyncs); each makes every batch written before it "
+                              "durable, so batches written / commits is the group-commit factor")
                         .Register(*registry)
                         .Add({})),
+      store_batches(BuildCounter()
+                        .Name("evald_store_batches_total")
+                        .Help("Batches written to the store: one per core turn that changed "
+                              "anything")
+                        .Register(*registry)
+                        .Add({})),
+      store_failures(BuildCounter()
+                         .Name("evald_store_failures_total")
+                         .Help("Store writes and WAL syncs that failed, op=write|sync; the "
+                               "coordinator stops on the first without acknowledging anything")
+                         .Register(*registry)),
+      turns_awaiting_sync(BuildGauge()
+                              .Name("evald_turns_awaiting_sync")
+                              .Help("Core turns whose messages and answers wait for the WAL sync "
+                                    "that makes their batch durable")
+                              .Register(*registry)
+                              .Add({})),
       store_keys_written(BuildCounter()
                              .Name("evald_store_keys_written_total")
                              .Help("Keys written in committed batches")

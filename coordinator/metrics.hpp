@@ -49,8 +49,13 @@ struct Metrics {
   prometheus::Family<prometheus::Gauge>& worker_slots;          // {worker,kind=used|free|total}
   prometheus::Family<prometheus::Gauge>& worker_heartbeat_age;  // {worker}
   prometheus::Family<prometheus::Counter>& workers_lost;        // {worker}
+  // One observation and one count per WAL sync; a sync makes every batch written before it durable.
   prometheus::Histogram& store_commit_latency;
   prometheus::Counter& store_commits;
+  prometheus::Counter& store_batches;  // batches written (one per turn that changed anything)
+  // A failed batch write or WAL sync, {op=write|sync}: the coordinator stops on the first.
+  prometheus::Family<prometheus::Counter>& store_failures;
+  prometheus::Gauge& turns_awaiting_sync;
   prometheus::Counter& store_keys_written;
   prometheus::Gauge& store_size;
   prometheus::Family<prometheus::Counter>& messages_received;  // {type}

@@ -2,9 +2,9 @@
 //
 // It owns every piece of scheduling state and is driven by the core thread only (no locks). Each
 // operation changes memory, stages the matching store writes in batch() and the messages for
-// workers in outgoing(); the core commits the batch (one fsync per event-loop turn) and only then
-// sends the messages and answers HTTP. So nobody is ever told about a state change that a crash
-// could take back.
+// workers in outgoing(); the core commits the batch once per event-loop turn (its WAL sync runs on
+// the store's sync thread, grouped with other turns) and only sends the messages and answers HTTP
+// once it is durable. So nobody is ever told about a state change that a crash could take back.
 //
 // Invariants (after every operation; check_invariants() verifies them, after every turn in debug
 // builds and in the scheduler unit tests):
@@ -298,6 +298,10 @@ inline constexpr bool kCheckInvariantsEveryTurn = false;
 inline constexpr bool kCheckInvariantsEveryTurn = true;
 #endif
 
+// How end_turn makes the turn's batch durable: synced before it returns, or only written, with the
+// WAL sync left to the caller (the core syncs on its own thread while it runs the next turn).
+enum class TurnDurability { kSynced, kWritten };
+
 // What the commit of one turn wrote, for the core's store metrics.
 struct TurnCommit {
   size_t keys = 0;  // keys written; 0 when the batch was empty and nothing was committed
@@ -341,22 +345,28 @@ class Scheduler {
   // --- the turn: the one sequence the core, the unit tests and the makespan simulator run ---
   // tick(), dispatch(), then end_turn(). Operations (messages, API calls) go before it.
   template <typename Send>
-  Result<TurnCommit> run_turn(Send&& send_one) {
+  Result<TurnCommit> run_turn(Send&& send_one,
+                              TurnDurability durability = TurnDurability::kSynced) {
     tick();
     dispatch();
-    return end_turn(std::forward<Send>(send_one));
+    return end_turn(std::forward<Send>(send_one), durability);
   }
-  // Stages the aggregate cells changed this turn, commits the batch with one fsync (nothing when
-  // it is empty), and only then hands every outgoing message to send_one(identity, message).
-  // When the commit fails nothing is sent and the error is returned: memory is then ahead of the
-  // store, so the caller must stop without acknowledging anything of this turn.
+  // Stages the aggregate cells changed this turn, commits the batch (nothing when it is empty),
+  // and only then hands every outgoing message to send_one(identity, message). kSynced commits
+  // with one fsync; kWritten only writes the batch (Store::write) and leaves the sync to the
+  // caller, whose send_one must then hold the messages until the write is durable (the core's
+  // pipeline, core.hpp). When the commit fails nothing is handed over and the error is returned:
+  // memory is then ahead of the store, so the caller must stop without acknowledging anything of
+  // this turn.
   template <typename Send>
-  Result<TurnCommit> end_turn(Send&& send_one) {
+  Result<TurnCommit> end_turn(Send&& send_one,
+                              TurnDurability durability = TurnDurability::kSynced) {
     stage_dirty_cells();
     TurnCommit done;
     if (!batch_.empty()) {
       done.keys = batch_.size();
-      if (auto s = store_.commit(batch_); !s.ok()) return s.error();
+      auto s = durability == TurnDurability::kSynced ? store_.commit(batch_) : store_.write(batch_);
+      if (!s.ok()) return s.error();
       done.latency = store_.last_commit_latency();
     }
     outgoing_.drain(std::forward<Send>(send_one));

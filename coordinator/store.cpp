@@ -5,9 +5,14 @@
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <array>
 #include <cassert>
+#include <cerrno>
+#include <system_error>
 
 #include "coordinator/fault_injection_fs.hpp"
 
@@ -221,7 +226,8 @@ Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& dir,
   options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   std::shared_ptr<FaultInjectionFs> fault_fs;
   std::unique_ptr<rocksdb::Env> env;
-  if (fault.kind == StoreFault::Kind::kCommit || fault.kind == StoreFault::Kind::kSync) {
+  if (fault.kind == StoreFault::Kind::kCommit || fault.kind == StoreFault::Kind::kSync ||
+      fault.kind == StoreFault::Kind::kSlowSync) {
     fault_fs = std::make_shared<FaultInjectionFs>(rocksdb::FileSystem::Default());
     env = rocksdb::NewCompositeEnv(fault_fs);
     options.env = env.get();
@@ -240,22 +246,36 @@ Store::Store(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<rocksdb::Env> env,
     : fault_fs_(std::move(fault_fs)),
       env_(std::move(env)),
       db_(std::move(db)),
-      fault_(std::move(fault)) {}
+      fault_(std::move(fault)),
+      sync_fault_fails_(fault_.kind == StoreFault::Kind::kSync),
+      sync_fault_delay_(fault_.delay) {}
 
 uint64_t Store::injected_faults() const {
   return fault_fs_ ? fault_fs_->injected() : 0;
 }
 
-void Store::arm_fault_for(const Batch& batch) {
-  const bool armed =
-      fault_.kind == StoreFault::Kind::kCommit || fault_.kind == StoreFault::Kind::kSync;
-  if (!fault_fs_ || !armed) return;
+bool Store::arm_fault_for(const Batch& batch, bool sync_follows_later) {
+  const bool armed = fault_.kind == StoreFault::Kind::kCommit ||
+                     fault_.kind == StoreFault::Kind::kSync ||
+                     fault_.kind == StoreFault::Kind::kSlowSync;
+  if (!fault_fs_ || !armed) return false;
   const bool chosen = fault_.record_kinds != 0 ? (batch.kinds_ & fault_.record_kinds) != 0
-                                               : commits_ == fault_.commit_number;
-  if (!chosen) return;
-  fault_fs_->arm(fault_.kind == StoreFault::Kind::kCommit ? FaultInjectionFs::Armed::kWalAppend
-                                                          : FaultInjectionFs::Armed::kWalSync);
+                                               : writes_ == fault_.commit_number;
+  if (!chosen) return false;
+  const auto kind = fault_.kind;
   fault_.kind = StoreFault::Kind::kNone;  // one fault per process: the coordinator stops on it
+  if (kind == StoreFault::Kind::kCommit) {
+    fault_fs_->arm(FaultInjectionFs::Armed::kWalAppend);
+    return true;
+  }
+  if (sync_follows_later) {
+    sync_fault_write_.store(writes_);
+    return false;
+  }
+  fault_fs_->arm(kind == StoreFault::Kind::kSync ? FaultInjectionFs::Armed::kWalSync
+                                                 : FaultInjectionFs::Armed::kWalSlowSync,
+                 fault_.delay);
+  return true;
 }
 
 Store::~Store() {
@@ -270,15 +290,52 @@ Status Store::commit(Batch& batch) {
   if (batch.empty()) return Ok{};
   rocksdb::WriteOptions options;
   options.sync = true;
-  ++commits_;
-  arm_fault_for(batch);
+  ++writes_;
+  const bool armed = arm_fault_for(batch, /*sync_follows_later=*/false);
   const auto start = std::chrono::steady_clock::now();
   const auto status = db_->Write(options, &batch.impl_->batch);
-  if (fault_fs_) fault_fs_->disarm();
+  if (armed) fault_fs_->disarm();
   last_commit_latency_ = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - start);
   batch.clear();
   if (!status.ok()) return make_error("store commit failed: " + status.ToString());
+  return Ok{};
+}
+
+Status Store::write(Batch& batch) {
+  if (batch.empty()) return Ok{};
+  rocksdb::WriteOptions options;
+  options.sync = false;
+  ++writes_;
+  // Only an append fault is armed here; a sync fault waits in sync_fault_write_ for its sync.
+  const bool armed = arm_fault_for(batch, /*sync_follows_later=*/true);
+  const auto start = std::chrono::steady_clock::now();
+  const auto status = db_->Write(options, &batch.impl_->batch);
+  if (armed) fault_fs_->disarm();
+  last_commit_latency_ = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::steady_clock::now() - start);
+  batch.clear();
+  if (!status.ok()) return make_error("store write failed: " + status.ToString());
+  return Ok{};
+}
+
+Status Store::sync_wal(uint64_t covers) {
+  // The fault seam: the sync that covers the chosen write fails (or hangs). Syncs of earlier
+  // writes that are still running when it is chosen are left alone.
+  bool faulted = false;
+  if (fault_fs_) {
+    uint64_t chosen = sync_fault_write_.load();
+    if (chosen != 0 && chosen <= covers &&
+        sync_fault_write_.compare_exchange_strong(chosen, uint64_t{0})) {
+      fault_fs_->arm(sync_fault_fails_ ? FaultInjectionFs::Armed::kWalSync
+                                       : FaultInjectionFs::Armed::kWalSlowSync,
+                     sync_fault_delay_);
+      faulted = true;
+    }
+  }
+  const auto status = db_->SyncWAL();
+  if (faulted) fault_fs_->disarm();
+  if (!status.ok()) return make_error("store WAL sync failed: " + status.ToString());
   return Ok{};
 }
 
@@ -457,6 +514,81 @@ Status Store::flush() {
   s = db_->FlushWAL(/*sync=*/true);
   if (!s.ok()) return make_error("store WAL flush failed: " + s.ToString());
   return Ok{};
+}
+
+// ---------------------------------------------------------------------------------------------
+// WalSyncer
+
+WalSyncer::WalSyncer(Store& store, uint64_t durable,
+                     std::function<void(std::chrono::microseconds)> on_sync)
+    : store_(store), on_sync_(std::move(on_sync)), requested_(durable) {
+  progress_.durable = durable;
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+  thread_ = std::thread([this] { run(); });
+}
+
+WalSyncer::~WalSyncer() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wanted_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void WalSyncer::request(uint64_t write) {
+  {
+    std::lock_guard lock(mutex_);
+    if (write <= requested_) return;
+    requested_ = write;
+  }
+  wanted_.notify_one();
+}
+
+WalSyncer::Progress WalSyncer::take() {
+  uint64_t drained = 0;
+  [[maybe_unused]] auto n = ::read(wake_fd_, &drained, sizeof drained);
+  std::lock_guard lock(mutex_);
+  return progress_;
+}
+
+WalSyncer::Progress WalSyncer::wait_for(uint64_t write) {
+  request(write);
+  std::unique_lock lock(mutex_);
+  synced_.wait(lock, [&] { return progress_.durable >= write || progress_.failure.has_value(); });
+  return progress_;
+}
+
+void WalSyncer::run() {
+  std::unique_lock lock(mutex_);
+  while (true) {
+    wanted_.wait(lock, [&] { return stopping_ || requested_ > progress_.durable; });
+    if (stopping_ || progress_.failure) return;
+    // Every write up to `target` had returned before it was requested, so this one sync makes
+    // them all durable, and whatever the core writes meanwhile waits for the next one.
+    const uint64_t target = requested_;
+    lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
+    auto synced = store_.sync_wal(target);
+    const auto took = std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - start);
+    if (synced.ok() && on_sync_) on_sync_(took);
+    lock.lock();
+    if (synced.ok()) {
+      progress_.durable = target;
+      ++progress_.syncs;
+    } else {
+      spdlog::critical("store_sync_failed durable={} covers={} error=\"{}\"", progress_.durable,
+                       target, synced.error().message);
+      progress_.failure = synced.error().message;
+    }
+    const uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+    synced_.notify_all();
+    if (progress_.failure) return;
+  }
 }
 
 }  // namespace evald::coordinator

@@ -1,18 +1,31 @@
 // Store: the coordinator's RocksDB database. It knows the key layout (coordinator/store_layout.md)
-// and nothing of scheduling. All writes go through a Batch that is committed with sync=true, so a
-// state change is either durable as a whole or absent after a crash; the core commits one batch
-// per event-loop turn (group commit) and only then tells anybody about it.
+// and nothing of scheduling. All writes go through a Batch, so a state change is either durable as
+// a whole or absent after a crash. Two ways to make a batch durable:
+//  * commit(): one write with sync=true (recovery, tests, the makespan simulator);
+//  * write() then a WAL sync (the core's hot path, pipelined): write() applies the batch to the
+//    memtable and hands it to the WAL file without waiting for the disk, so reads see it at once;
+//    a WalSyncer thread then fsyncs the WAL while the core works on the next turn. A batch is
+//    durable once a sync that started after its write() returned has succeeded. The core tells
+//    nobody anything of a turn before then (coordinator/core.hpp).
+// A batch written but not yet synced may or may not survive a crash (the WAL record reached the
+// OS, not necessarily the disk); either way it is whole or absent, and the WAL replays in order, so
+// a later batch never survives without an earlier one.
 //
-// Thread: owned by the coordinator's core thread; not thread-safe by design.
+// Thread: owned by the coordinator's core thread and not thread-safe, except sync_wal(), which the
+// WalSyncer's thread runs while the core thread writes and reads.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "common/aggregation.hpp"
 #include "common/result.hpp"
@@ -97,6 +110,16 @@ class Store {
   // (a failed sync can leave the write in the log): the caller must tell nobody about it and
   // stop, and the next start recovers whichever it is.
   Status commit(Batch& batch);
+  // Applies the batch (visible to reads at once) and appends it to the WAL without syncing, then
+  // clears it. Durable only after a sync_wal() that starts after this returns. A failure means
+  // the same as a failed commit(): stop, tell nobody.
+  Status write(Batch& batch);
+  // Batches given to write() or commit() so far in this process: write() number N is the N-th.
+  uint64_t writes() const { return writes_; }
+  // Fsyncs the WAL: every write() that returned before this call is durable when it succeeds.
+  // Thread-safe against write() and reads (RocksDB's SyncWAL does not block writers). `covers`
+  // is writes() as the caller last saw it, for the fault seam. A failure: stop, tell nobody.
+  Status sync_wal(uint64_t covers);
   // Operations the fault seam failed so far (0 without one), so tests see the fault was real.
   uint64_t injected_faults() const;
   // Time the last commit took, for metrics.
@@ -150,16 +173,72 @@ class Store {
  private:
   Store(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<rocksdb::Env> env,
         std::shared_ptr<FaultInjectionFs> fault_fs, StoreFault fault);
-  // Arms the seam's file system when this commit is the one the fault waits for.
-  void arm_fault_for(const Batch& batch);
+  // Arms the seam's file system when this commit is the one the fault waits for. A sync fault
+  // of a pipelined write() is left to the sync_wal() that covers it.
+  // Arms the seam when this batch is the one the fault waits for; true if the file system is
+  // armed now (and must be disarmed after the write). A sync fault of a pipelined write() is
+  // left to the sync_wal() that covers it.
+  bool arm_fault_for(const Batch& batch, bool sync_follows_later);
 
   // Declared before db_, destroyed after it: RocksDB uses the Env until it is closed.
   std::shared_ptr<FaultInjectionFs> fault_fs_;
   std::unique_ptr<rocksdb::Env> env_;
   std::unique_ptr<rocksdb::DB> db_;
   StoreFault fault_;
-  uint64_t commits_ = 0;
+  uint64_t writes_ = 0;
+  // The write() whose sync must fail or hang (0: none), set by the core thread, taken by the
+  // sync thread.
+  std::atomic<uint64_t> sync_fault_write_{0};
+  const bool sync_fault_fails_;  // the chosen sync fails (sync@) rather than only hangs
+  const std::chrono::milliseconds sync_fault_delay_;
   std::chrono::microseconds last_commit_latency_{0};
+};
+
+// WalSyncer: the thread that makes pipelined Store::write()s durable while the core goes on.
+//
+// The core writes a turn's batch, asks for "every write up to N" with request(N), and keeps
+// working; this thread runs one sync_wal() at a time, each covering every write that had returned
+// when it started (so syncs group the turns written meanwhile: one fsync for many turns), and
+// publishes how far the store is durable. fd() (an eventfd) becomes readable whenever that
+// advances or a sync fails, so the core's poll wakes up to release what became durable. A failed
+// sync is final: nothing after it is ever reported durable, and the core must stop.
+class WalSyncer {
+ public:
+  struct Progress {
+    uint64_t durable = 0;                // every write up to this one is durable
+    std::optional<std::string> failure;  // a sync failed: stop without telling anybody
+    uint64_t syncs = 0;                  // successful syncs so far
+  };
+  // `on_sync` runs on the sync thread after every successful sync with its duration (metrics;
+  // it must be thread-safe).
+  WalSyncer(Store& store, uint64_t durable,
+            std::function<void(std::chrono::microseconds)> on_sync = {});
+  // Finishes the sync in flight, starts no other, joins.
+  ~WalSyncer();
+  WalSyncer(const WalSyncer&) = delete;
+  WalSyncer& operator=(const WalSyncer&) = delete;
+
+  int fd() const { return wake_fd_; }
+  // Asks for every write up to `write` to be made durable (no-op if it already was asked).
+  void request(uint64_t write);
+  // Clears fd()'s readiness and returns where the syncs stand.
+  Progress take();
+  // Blocks until `write` is durable or a sync failed.
+  Progress wait_for(uint64_t write);
+
+ private:
+  void run();
+
+  Store& store_;
+  std::function<void(std::chrono::microseconds)> on_sync_;
+  int wake_fd_ = -1;
+  std::mutex mutex_;
+  std::condition_variable wanted_;  // request() or stop -> the sync thread
+  std::condition_variable synced_;  // a sync ended -> wait_for()
+  uint64_t requested_ = 0;          // guarded by mutex_, as are the three below
+  Progress progress_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: started once everything above is ready
 };
 
 }  // namespace evald::coordinator

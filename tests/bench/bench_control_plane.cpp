@@ -2,9 +2,22 @@
 // runner so only the control plane is measured (ZeroMQ dispatch, group commit in RocksDB,
 // aggregation). For each worker count and repetition: a fresh data dir, a coordinator on port 0,
 // N workers, ONE campaign of --shards shards; wall time from the submit's 201 to the campaign
-// being succeeded (polled every 20 ms), and the coordinator's peak RSS (VmHWM) before it stops.
-// Prints one line per run, then a summary table, then the store counters of the last run (shards
-// per fsync shows group commit at work). Exit 1 if any campaign does not succeed.
+// being succeeded and durable, and the coordinator's peak RSS (VmHWM) before it stops.
+//
+// The end is an event, not a poll: the benchmark follows the coordinator's log with inotify and
+// wakes on its `campaign_finished campaign=<id>` line (written in the turn that finishes the
+// campaign), then reads the campaign once. The coordinator answers a read only once the turn it
+// was rendered in is durable, so that answer's arrival is the moment the last result is durable;
+// it is the end of the measured time.
+//
+// Prints the data dir's file system (statfs: what an fsync costs depends on it) and the machine's
+// load average, one line per run, then a summary table, then the store counters of the last run
+// (batches per WAL sync and shards per sync show group commit at work). Each run line also has
+// the mean WAL sync time, a probe of what one synced 4 KiB append costs on that file system
+// just before the run, and the bound they put on the rate: a slot waits for one sync between a
+// result and its next ASSIGN, so workers x slots / sync time is the most a cluster can do with a
+// disk that slow (a shallow pipeline meets it long before the CPU is the limit). Exit 1 if any
+// campaign does not succeed.
 //
 // --curve runs every cluster with CURVE on the worker socket (keys made by the harness), to
 // price authentication and encryption. --handshakes N then measures the cost of one worker
@@ -15,11 +28,20 @@
 //   build/bin/evald-bench-control-plane --workers 1,2,4 --runs 3 --shards 100000
 //   build/bin/evald-bench-control-plane --workers 4 --runs 3 --curve
 //   build/bin/evald-bench-control-plane --handshakes 200 [--curve]
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -57,8 +79,132 @@ struct RunResult {
   double seconds = 0;
   double shards_per_s = 0;
   double peak_rss_mib = 0;
-  double store_commits = 0;
+  double store_commits = 0;  // WAL syncs
+  double store_batches = 0;  // batches written (turns that changed anything)
   double keys_written = 0;
+  double sync_ms_mean = 0;  // mean duration of one WAL sync (fsync)
+  double probe_ms = 0;      // fsync_probe_ms() of the data dir's file system before the run
+  double load_before = 0;   // 1-minute load average when the run started
+  double load_after = 0;
+};
+
+// The file system a path lives on, by statfs's magic number: an fsync on tmpfs costs nothing,
+// on ext4 or xfs over a virtual disk it costs what the host gives it.
+std::string filesystem_type(const std::filesystem::path& path) {
+  struct statfs info {};
+  if (::statfs(path.c_str(), &info) != 0)
+    return std::string("unknown (") + std::strerror(errno) + ")";
+  const auto magic = static_cast<unsigned long>(info.f_type);
+  struct Known {
+    unsigned long magic;
+    const char* name;
+  };
+  static constexpr Known kKnown[] = {
+      {0xEF53, "ext2/3/4"},  {0x58465342, "xfs"},       {0x9123683E, "btrfs"},
+      {0x01021994, "tmpfs"}, {0x794C7630, "overlayfs"}, {0x6969, "nfs"},
+      {0x2FC12FC1, "zfs"},   {0xF2F52010, "f2fs"},      {0x65735546, "fuse"},
+  };
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "0x%lx", magic);
+  for (const auto& known : kKnown) {
+    if (known.magic == magic) return std::string(known.name) + " (" + hex + ")";
+  }
+  return std::string("other (") + hex + ")";
+}
+
+// One unlabelled sample ("name value") from the coordinator's /metrics page; 0 if absent.
+double sample(const evald::testing::Api& api, const std::string& name) {
+  std::istringstream lines(api.request("GET", "/metrics").body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.size() > name.size() && line.compare(0, name.size(), name) == 0 &&
+        line[name.size()] == ' ') {
+      return std::stod(line.substr(name.size() + 1));
+    }
+  }
+  return 0;
+}
+
+// What one small synced append costs on the file system of `dir` right now: the median of 20
+// appends of 4 KiB, each followed by fdatasync (as a WAL sync is). 0 if the probe cannot run.
+double fsync_probe_ms(const std::filesystem::path& dir) {
+  const auto file = dir / "fsync-probe";
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return 0;
+  std::vector<double> millis;
+  const std::string block(4096, 'x');
+  for (int i = 0; i < 20; ++i) {
+    const auto start = Clock::now();
+    if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size()) ||
+        ::fdatasync(fd) != 0) {
+      break;
+    }
+    millis.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  ::close(fd);
+  std::filesystem::remove(file);
+  if (millis.empty()) return 0;
+  std::sort(millis.begin(), millis.end());
+  return millis[millis.size() / 2];
+}
+
+// The 1-minute load average (other builds and tests share the machine's cores).
+double load_average() {
+  std::ifstream in("/proc/loadavg");
+  double one = 0;
+  in >> one;
+  return one;
+}
+
+// Follows a growing log file and wakes on each write (inotify IN_MODIFY) until a line holds the
+// wanted text: the end of a run is the coordinator's own event, seen as soon as it is logged.
+class LogWatch {
+ public:
+  explicit LogWatch(const std::filesystem::path& file) : file_(file) {
+    fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd_ < 0 || ::inotify_add_watch(fd_, file.c_str(), IN_MODIFY) < 0) {
+      throw std::runtime_error("inotify on " + file.string() + ": " + std::strerror(errno));
+    }
+  }
+  ~LogWatch() { ::close(fd_); }
+  LogWatch(const LogWatch&) = delete;
+  LogWatch& operator=(const LogWatch&) = delete;
+
+  // True once `text` was logged; false at the deadline.
+  bool wait_for(const std::string& text, Clock::time_point deadline) {
+    while (true) {
+      if (read_new().find(text) != std::string::npos) return true;
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return false;
+      pollfd item{fd_, POLLIN, 0};
+      if (::poll(&item, 1, static_cast<int>(left.count()) + 1) > 0) {
+        char events[4096];
+        while (::read(fd_, events, sizeof events) > 0) {
+        }
+      }
+    }
+  }
+
+ private:
+  // The text since the last complete line seen, plus whatever was appended since.
+  const std::string& read_new() {
+    std::ifstream in(file_, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(offset_));
+    std::string chunk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    offset_ += chunk.size();
+    pending_ += chunk;
+    // Keep only the unfinished last line for the next search; complete lines were searched.
+    searched_ = pending_;
+    const auto last_newline = pending_.rfind('\n');
+    if (last_newline != std::string::npos) pending_.erase(0, last_newline + 1);
+    return searched_;
+  }
+
+  std::filesystem::path file_;
+  int fd_ = -1;
+  size_t offset_ = 0;
+  std::string pending_;
+  std::string searched_;
 };
 
 std::vector<size_t> parse_counts(const std::string& text) {
@@ -105,7 +251,10 @@ nlohmann::json bench_spec(const BenchConfig& config) {
 }
 
 RunResult run_once(const BenchConfig& config, size_t workers, int run) {
-  RunResult result{workers, run, false, 0, 0, 0, 0, 0};
+  RunResult result;
+  result.workers = workers;
+  result.run = run;
+  result.load_before = load_average();
   ClusterOptions options;
   options.workers = workers;
   options.slots = config.slots;
@@ -113,10 +262,18 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
   options.coordinator.heartbeat_ms = config.heartbeat_ms;
   options.coordinator.worker_timeout_ms = 5 * config.heartbeat_ms;
   options.coordinator.retry_backoff_ms = 1000;
-  options.coordinator.log_level = "warn";
+  // info: the campaign_finished line ends the run (nothing on the hot path logs at info).
+  options.coordinator.log_level = "info";
   options.dir_prefix = "evald-bench";
   options.curve = config.curve;
   Cluster cluster(options);  // returns once every worker shows in GET /v1/workers
+  if (run == 1 && workers == config.workers.front()) {
+    std::printf("data_dir=%s fs=%s cpus=%u\n", cluster.coordinator().data_dir().c_str(),
+                filesystem_type(cluster.coordinator().data_dir()).c_str(),
+                std::thread::hardware_concurrency());
+  }
+  LogWatch log(cluster.log_dir() / "coordinator.log");
+  result.probe_ms = fsync_probe_ms(cluster.dir());
   const auto api = cluster.api();
   const auto spec = bench_spec(config);
   const int64_t total =
@@ -124,25 +281,38 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
 
   const std::string id = api.submit(spec);
   const auto start = Clock::now();
-  std::string state;
-  while (true) {
-    state = api.campaign(id).at("state").get<std::string>();
-    if (state != "running" || Clock::now() - start > config.timeout) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  const bool finished =
+      log.wait_for("campaign_finished campaign=" + id + " ", start + config.timeout);
+  // Answered once the finishing turn is durable: this answer is the end of the run.
+  const std::string state = api.campaign(id).at("state").get<std::string>();
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  result.succeeded = state == "succeeded";
+  result.succeeded = finished && state == "succeeded";
   result.shards_per_s = static_cast<double>(total) / result.seconds;
+  result.load_after = load_average();
   result.peak_rss_mib = peak_rss_mib(cluster.coordinator().process().pid());
   result.store_commits = api.metric("evald_store_commits_total");
+  result.store_batches = api.metric("evald_store_batches_total");
   result.keys_written = api.metric("evald_store_keys_written_total");
+  const double syncs = sample(api, "evald_store_commit_seconds_count");
+  result.sync_ms_mean =
+      syncs > 0 ? 1000 * sample(api, "evald_store_commit_seconds_sum") / syncs : 0;
   std::printf(
-      "run curve=%s workers=%zu run=%d shards=%lld state=%s seconds=%.3f shards_per_s=%.0f "
-      "peak_rss_mib=%.1f store_commits=%.0f keys_written=%.0f shards_per_commit=%.1f\n",
-      config.curve ? "on" : "off", workers, run, static_cast<long long>(total), state.c_str(),
-      result.seconds, result.shards_per_s, result.peak_rss_mib, result.store_commits,
-      result.keys_written,
-      result.store_commits > 0 ? static_cast<double>(total) / result.store_commits : 0.0);
+      "run curve=%s workers=%zu slots=%u run=%d shards=%lld state=%s seconds=%.3f "
+      "shards_per_s=%.0f peak_rss_mib=%.1f store_syncs=%.0f store_batches=%.0f "
+      "keys_written=%.0f shards_per_sync=%.1f batches_per_sync=%.2f sync_ms_mean=%.3f "
+      "fsync_probe_ms=%.3f one_sync_per_cycle_bound=%.0f load_1m=%.2f->%.2f\n",
+      config.curve ? "on" : "off", workers, config.slots, run, static_cast<long long>(total),
+      state.c_str(), result.seconds, result.shards_per_s, result.peak_rss_mib, result.store_commits,
+      result.store_batches, result.keys_written,
+      result.store_commits > 0 ? static_cast<double>(total) / result.store_commits : 0.0,
+      result.store_commits > 0 ? result.store_batches / result.store_commits : 0.0,
+      result.sync_ms_mean, result.probe_ms,
+      // Every slot waits for one WAL sync between a result and its next ASSIGN, so the slots
+      // in flight per sync time bound the rate (from above: a cycle also has a round trip).
+      result.sync_ms_mean > 0
+          ? static_cast<double>(workers) * config.slots * 1000 / result.sync_ms_mean
+          : 0.0,
+      result.load_before, result.load_after);
   std::fflush(stdout);
   return result;
 }
@@ -276,27 +446,30 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  std::printf("\ncurve=%s\n%-8s %16s %12s %12s %20s\n", config.curve ? "on" : "off", "workers",
-              "median shards/s", "min", "max", "median peak RSS MiB");
+  std::printf("\ncurve=%s slots=%u\n%-8s %16s %12s %12s %20s %14s\n", config.curve ? "on" : "off",
+              config.slots, "workers", "median shards/s", "min", "max", "median peak RSS MiB",
+              "median load");
   bool all_succeeded = true;
   for (const size_t workers : config.workers) {
     std::vector<double> rates;
     std::vector<double> rss;
+    std::vector<double> load;
     for (const auto& r : results) {
       if (r.workers != workers) continue;
       rates.push_back(r.shards_per_s);
       rss.push_back(r.peak_rss_mib);
+      load.push_back(r.load_before);
       all_succeeded = all_succeeded && r.succeeded;
     }
-    std::printf("%-8zu %16.0f %12.0f %12.0f %20.1f\n", workers, median(rates),
+    std::printf("%-8zu %16.0f %12.0f %12.0f %20.1f %14.2f\n", workers, median(rates),
                 *std::min_element(rates.begin(), rates.end()),
-                *std::max_element(rates.begin(), rates.end()), median(rss));
+                *std::max_element(rates.begin(), rates.end()), median(rss), median(load));
   }
   const auto& last = results.back();
   std::printf(
       "\nstore counters of the last run (workers=%zu run=%d): evald_store_commits_total=%.0f "
-      "evald_store_keys_written_total=%.0f\n",
-      last.workers, last.run, last.store_commits, last.keys_written);
+      "(WAL syncs) evald_store_batches_total=%.0f evald_store_keys_written_total=%.0f\n",
+      last.workers, last.run, last.store_commits, last.store_batches, last.keys_written);
   if (!all_succeeded) {
     std::fprintf(stderr, "evald-bench-control-plane: a campaign did not succeed\n");
     return 1;
