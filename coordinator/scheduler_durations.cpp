@@ -46,6 +46,11 @@ void Scheduler::learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, 
   }
 }
 
+double Scheduler::expected_shard_seconds_on(const Campaign& c, uint32_t group,
+                                            const WorkerInfo& /*w*/) const {
+  return c.groups[group].expected_shard_s;
+}
+
 void Scheduler::refresh_estimates() {
   estimates_stale_ = false;
   const auto now = clock_.now();
