@@ -320,6 +320,8 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
   w->gpus = std::move(hello.gpus);
   w->labels = std::move(hello.labels);
+  w->kind = kind_of(*w);
+  adopt_recovered_samples(*w);
   // Servers it already has (we may have restarted): affinity prefers them; no load is counted.
   w->warm = bounded_warm(std::move(hello.warm));
   w->loading.clear();
