@@ -128,8 +128,8 @@ TEST_CASE("serve backoff: a model whose server keeps failing is not placed, stat
   CHECK(later.at("state") == "running");
   REQUIRE(later.contains("not_placed"));
   CHECK(later.at("not_placed").at(0).at("failures") == held.at("failures"));
-  const json shards = api.shards(id);  // a range-for over a temporary's member would dangle
-  for (const auto& s : shards.at("shards")) {
+  const json listed = api.shards(id);  // a range-for over a temporary's member would dangle
+  for (const auto& s : listed.at("shards")) {
     if (s.at("model") == "m-broken") CHECK(s.at("state") == "pending");
   }
 
