@@ -759,9 +759,10 @@ ShardRange shard_range(const BenchmarkSpec& benchmark, int64_t index) {
 
 Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
   if (!json.is_object()) return make_error("spec: must be a JSON object");
-  if (auto error = check_known_fields(json, "",
-                                      {"name", "description", "models", "benchmarks", "runner",
-                                       "max_attempts", "priority", "reuse", "scoring"})) {
+  if (auto error =
+          check_known_fields(json, "",
+                             {"name", "description", "models", "benchmarks", "runner",
+                              "max_attempts", "priority", "reuse", "backup_copies", "scoring"})) {
     return *std::move(error);
   }
   CampaignSpec spec;
@@ -806,6 +807,10 @@ Result<CampaignSpec> parse_campaign_spec(const nlohmann::json& json) {
   if (const nlohmann::json* reuse = find_field(json, "reuse")) {
     if (!reuse->is_boolean()) return field_error("reuse", "must be true or false");
     spec.reuse = reuse->get<bool>();
+  }
+  if (const nlohmann::json* backup = find_field(json, "backup_copies")) {
+    if (!backup->is_boolean()) return field_error("backup_copies", "must be true or false");
+    spec.backup_copies = backup->get<bool>();
   }
   auto scoring = parse_scoring(json);
   if (!scoring) return scoring.error();
@@ -902,6 +907,7 @@ nlohmann::json to_json(const CampaignSpec& spec) {
            {"priority", spec.priority}};
   // Only when set, so the canonical form (and its hash) of a spec without them is unchanged.
   if (spec.reuse) out["reuse"] = true;
+  if (spec.backup_copies) out["backup_copies"] = true;
   if (spec.scoring) out["scoring"] = {{"weights", spec.scoring->weights}};
   return out;
 }

@@ -124,6 +124,10 @@ struct CampaignSpec {
   // A shard identical to one that succeeded in an earlier campaign takes that result instead of
   // running (docs/results.md, reuse).
   bool reuse = false;
+  // When nothing is pending and a worker that has a model loaded sits idle while a shard of that
+  // model runs far longer than expected elsewhere, run a second copy of it there; the first
+  // result counts (docs/scheduling.md, "Backup copies of stragglers").
+  bool backup_copies = false;
   std::optional<ScoringSpec> scoring;
 
   // Saturates at INT64_MAX instead of overflowing; a validated spec is far below that.

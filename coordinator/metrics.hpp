@@ -42,7 +42,9 @@ struct Metrics {
   // {campaign,model,benchmark,kind=succeeded|total}, from the durable aggregate cells, so a
   // completion table survives a coordinator restart (the _total counters start again at 0).
   prometheus::Family<prometheus::Gauge>& benchmark_shards;
-  prometheus::Family<prometheus::Counter>& stale_results;     // {campaign}
+  prometheus::Family<prometheus::Counter>& stale_results;  // {campaign}
+  // Backup copies of stragglers (docs/scheduling.md): {outcome=started|won|lost|failed|dropped}.
+  prometheus::Family<prometheus::Counter>& backup_copies;
   prometheus::Family<prometheus::Histogram>& shard_duration;  // {benchmark}
   prometheus::Histogram& dispatch_latency;
   prometheus::Family<prometheus::Gauge>& workers;               // {state}

@@ -216,6 +216,13 @@ void Scheduler::write_shard(const Campaign& c, uint32_t group, uint32_t index,
 }
 
 void Scheduler::set_state(Campaign& c, uint32_t group, Shard& s, ShardState to) {
+  // A shard that stops running (its first copy finished, failed, was lost or cancelled) takes its
+  // backup copy with it.
+  if (s.state == ShardState::kRunning && to != ShardState::kRunning && !backup_of_.empty()) {
+    const auto index = static_cast<uint32_t>(&s - c.groups[group].shards.data());
+    drop_backup_of(c, group, index, s.attempt_id,
+                   to == ShardState::kSucceeded ? "lost" : "dropped");
+  }
   c.counts[static_cast<size_t>(s.state)] -= 1;
   c.counts[static_cast<size_t>(to)] += 1;
   ModelQueue& q = c.queues[c.model_of(group)];
@@ -243,6 +250,7 @@ void Scheduler::mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, b
 }
 
 void Scheduler::release_lease(WorkerInfo& w, uint64_t attempt_id) {
+  forget_backup(attempt_id);
   w.leases.erase(attempt_id);
   w.lease_started.erase(attempt_id);
   if (auto it = w.lease_gpus.find(attempt_id); it != w.lease_gpus.end()) {

@@ -10,6 +10,8 @@
 // builds and in the scheduler unit tests):
 //  * A shard is `running` iff exactly one lease (attempt id) for it exists, held by a worker or,
 //    right after a restart, by the orphan table until its worker reclaims it or the grace expires.
+//    Besides it, a running shard may have one backup copy (dispatch rule 10): a lease of another
+//    worker, registered in backups_, that never counts unless it becomes the shard's lease.
 //  * A result counts only if its attempt id is the shard's current lease AND it comes from the
 //    worker holding that lease (or, right after a restart, the orphan's worker). A current attempt
 //    id from anyone else changes nothing (results_rejected{reason="not_lease_holder"}). A result
@@ -132,6 +134,11 @@ class Outgoing {
 };
 
 inline constexpr uint32_t kNoWorker = UINT32_MAX;
+// Kinds of worker (labels and GPU models) the duration estimates keep apart; workers of further
+// kinds share the campaign-wide estimate. A fleet has a handful; the bound keeps a worker that
+// invents labels from growing every group's samples.
+inline constexpr uint32_t kNoKind = UINT32_MAX;
+inline constexpr size_t kMaxWorkerKinds = 64;
 
 struct Shard {
   ShardState state = ShardState::kPending;
@@ -156,6 +163,10 @@ struct Group {  // one model x benchmark
   // and the expected seconds of a full shard, refreshed once per gauge interval.
   DurationSamples samples;
   double expected_shard_s = kDefaultShardSeconds;
+  // The same per kind of worker (WorkerInfo::kind) where nodes differ, and the expected seconds
+  // of a full shard there: 0 while none finished there, when expected_shard_s stands in.
+  std::vector<DurationSamples> kind_samples;
+  std::vector<double> kind_expected_s;
   CellAggregate cell;
   bool cell_dirty = false;
   std::unordered_map<uint32_t, std::string> last_errors;  // shard -> last failed attempt's error
@@ -267,6 +278,9 @@ struct WorkerInfo {
   std::unordered_map<uint64_t, LeaseStart> lease_started;  // attempt id -> start
   // A shard of last_model succeeded here since the worker was committed to it: the model is loaded.
   bool model_proven = false;
+  // Its kind (labels, GPU names and memory, from its HELLO) for per-kind duration estimates;
+  // kNoKind beyond kMaxWorkerKinds.
+  uint32_t kind = kNoKind;
   // Affinity: the campaign key and model of the last shard it was given (0 = none yet).
   uint32_t last_campaign = 0;
   uint32_t last_model = 0;
@@ -387,6 +401,9 @@ class Scheduler {
   // the finished attempts and the running ones, and its models' pending GPU-seconds. tick() calls
   // it once per gauge interval; recover() after rebuilding the samples from the shard records.
   void refresh_estimates();
+  // How long a shard of this group is expected to run on worker w: what shards of it took on
+  // workers of w's kind, else the group's estimate (docs/scheduling.md, "Expected GPU time").
+  double expected_shard_seconds_on(const Campaign& c, uint32_t group, const WorkerInfo& w) const;
   const Store& store() const { return store_; }
   const Clock& clock() const { return clock_; }
   const std::string& last_error(const Campaign& c, uint32_t group, uint32_t shard) const;
@@ -416,6 +433,22 @@ class Scheduler {
                     const std::string& error, const std::string& worker_name, uint32_t duration_ms,
                     bool counts_as_attempt);
   void lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vector<uint32_t> gpus);
+  // Dispatch rule 10: backup copies of stragglers on idle workers that have the model loaded,
+  // when no campaign has a pending shard (scheduler_backup.cpp).
+  void start_backup_copies(const std::vector<WorkerInfo*>& idle);
+  void lease_backup(Campaign& c, const ShardKey& key, WorkerInfo& w, std::vector<uint32_t> gpus);
+  // A result of a backup copy: a success counts and cancels the first copy, a failure is kept
+  // as a stale attempt and changes nothing else.
+  void on_backup_result(WorkerInfo* w, const std::string& identity, protocol::ShardResult& r);
+  // The shard whose current attempt is `primary` stopped running otherwise (its first copy
+  // finished, failed, was lost or cancelled): its backup copy, if any, is cancelled.
+  void drop_backup_of(Campaign& c, uint32_t group, uint32_t index, uint64_t primary,
+                      const char* outcome);
+  // Forgets a copy whose lease ended on its worker's side (lost, restarted, handed back).
+  void forget_backup(uint64_t attempt_id);
+  // Keeps the record of a copy that was cancelled because the other one finished first.
+  void store_cancelled_copy(Campaign& c, uint32_t group, uint32_t index, uint64_t attempt_id,
+                            const std::string& worker, const std::string& why);
 
   void on_hello(const std::string& identity, protocol::Hello hello);
   void on_results(const std::string& identity, protocol::Results results);
@@ -429,6 +462,11 @@ class Scheduler {
   void refresh_gauges();
   // evald_pending_gpu_seconds and evald_workers_idle, per kind of worker (its labels).
   void refresh_capacity_gauges();
+  // The kind of a worker that said HELLO: its labels, GPU names and memory.
+  uint32_t kind_of(const WorkerInfo& w);
+  // After a restart: the per-kind samples rebuilt from the shard records of a worker, once its
+  // HELLO says which kind it is.
+  void adopt_recovered_samples(const WorkerInfo& w);
   // A counted success: its per-example time becomes a sample of its model x benchmark.
   void learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, bool cold,
                       const protocol::ShardResult& r, uint32_t examples);
@@ -479,6 +517,25 @@ class Scheduler {
   // Attempt id -> the worker that held it, for shards whose last attempt was given up (lost or
   // orphaned) and not leased again: only that worker's late success may still count.
   std::unordered_map<uint64_t, std::string> given_up_by_;
+  // Backup copies of stragglers (dispatch rule 10): a second lease of a running shard, on another
+  // worker. The shard (and its stored record) names its first attempt; the copy is held in the
+  // worker's leases and here, in memory only: a coordinator restart cancels it.
+  struct BackupCopy {
+    ShardKey key;
+    uint64_t primary = 0;  // the shard's attempt that was running when the copy started
+    uint32_t worker = kNoWorker;
+  };
+  std::unordered_map<std::string, uint32_t> kind_ids_;  // kind key -> WorkerInfo::kind
+  // Samples of the succeeded shards found at recovery, per worker name, until that worker's
+  // HELLO says its kind (at most 2 x DurationSamples::kKept per group, the last in key order).
+  struct RecoveredSample {
+    uint32_t campaign = 0;
+    uint32_t group = 0;
+    float seconds_per_example = 0;
+  };
+  std::unordered_map<std::string, std::vector<RecoveredSample>> recovered_samples_;
+  std::unordered_map<uint64_t, BackupCopy> backups_;  // the copy's attempt id -> the copy
+  std::unordered_map<uint64_t, uint64_t> backup_of_;  // the shard's attempt id -> its copy's
   std::multimap<std::chrono::steady_clock::time_point, ShardKey> delayed_;
   std::unordered_map<uint32_t, std::chrono::steady_clock::time_point> lost_at_;  // worker index
   std::vector<std::pair<uint32_t, uint32_t>> dirty_cells_;

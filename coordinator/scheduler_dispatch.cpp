@@ -229,6 +229,33 @@ bool takes_remainder(const WorkerInfo& w, bool lower_tiers_left) {
   return lower_tiers_left || w.leases.empty();
 }
 
+// A running first copy that a backup copy could race (rule 10).
+struct RunningCopy {
+  ShardKey key;
+  uint32_t worker = kNoWorker;
+  double remaining_s = 0;  // what it is expected to need still; infinite for a straggler
+};
+
+// Rule 10, backup copies of stragglers: with nothing pending anywhere, a worker that has model m
+// loaded and free GPUs for it runs a second copy of a shard of m that another worker runs, if that
+// copy is expected to finish first: the shard has run kStragglerFactor times what a shard of its
+// kind takes on its worker (a straggler: when it will end is unknown), or its expected time left
+// there is more than the copy's expected time here (a node known to be slow). The straggler
+// expected to finish last goes first. The first result counts; the other copy is cancelled.
+// `copy_expected_s(group)`: how long a shard of that group is expected to take on this worker.
+constexpr double kStragglerFactor = 1.5;
+template <typename CopyExpected>
+std::optional<size_t> backup_copy_target(const std::vector<RunningCopy>& running,
+                                         const WorkerInfo& w, CopyExpected&& copy_expected_s) {
+  std::optional<size_t> best;
+  for (size_t i = 0; i < running.size(); ++i) {
+    const RunningCopy& r = running[i];
+    if (r.worker == w.index || r.remaining_s <= copy_expected_s(r.key.group)) continue;
+    if (!best || r.remaining_s > running[*best].remaining_s) best = i;
+  }
+  return best;
+}
+
 }  // namespace
 
 // Rule 9, within a model: shards that failed and were retried (after their backoff) or requeued
@@ -310,7 +337,10 @@ void Scheduler::dispatch() {
   pass.serve_backoff = &serve_backoff_;
   pass.now = clock_.now();
   priority_tiers(campaigns_, pass);
-  if (pass.active.empty()) return;
+  if (pass.active.empty()) {
+    start_backup_copies(idle);
+    return;
+  }
 
   // Worker w takes model m: a shard now if one fits, else the commitment (last_model) holds the
   // worker's GPUs for m as its running shards free them (rule 5 on its next turns).
@@ -371,6 +401,57 @@ void Scheduler::dispatch() {
         progress = true;
         break;
       }
+    }
+  }
+}
+
+void Scheduler::start_backup_copies(const std::vector<WorkerInfo*>& idle) {
+  // The copies each (campaign, model) could race, gathered once per call and only for models an
+  // idle worker has loaded, in a campaign that asked for backup copies.
+  std::map<std::pair<uint32_t, uint32_t>, std::vector<RunningCopy>> racing;
+  for (const WorkerInfo* w : idle) {
+    const Campaign* c = campaign_by_key(w->last_campaign);
+    if (c == nullptr || c->state != CampaignState::kRunning || !c->spec.backup_copies ||
+        !w->model_proven || w->last_model >= c->queues.size()) {
+      continue;
+    }
+    racing.try_emplace({c->key, w->last_model});
+  }
+  if (racing.empty()) return;
+  const auto now = clock_.now();
+  for (const auto& slot : workers_) {
+    if (!slot || slot->state == WorkerState::kLost) continue;
+    for (const auto& [id, key] : slot->leases) {
+      const Campaign* c = campaign_by_key(key.campaign);
+      if (c == nullptr) continue;
+      auto it = racing.find({key.campaign, c->model_of(key.group)});
+      if (it == racing.end()) continue;
+      const Shard& s = c->groups[key.group].shards[key.shard];
+      if (s.attempt_id != id || backup_of_.contains(id)) continue;  // a copy, or has one
+      auto started = slot->lease_started.find(id);
+      if (started == slot->lease_started.end()) continue;
+      const double elapsed = seconds_between(started->second.at, now);
+      const double expected = expected_shard_seconds_on(*c, key.group, *slot);
+      const double remaining = elapsed >= kStragglerFactor * expected
+                                   ? std::numeric_limits<double>::infinity()
+                                   : expected - elapsed;
+      it->second.push_back(RunningCopy{key, slot->index, remaining});
+    }
+  }
+  for (WorkerInfo* w : idle) {
+    auto it = racing.find({w->last_campaign, w->last_model});
+    if (it == racing.end()) continue;
+    Campaign& c = *campaign_by_key(w->last_campaign);
+    const auto& resources = c.spec.models[w->last_model].resources;
+    while (w->free_slots() > 0 && !it->second.empty()) {
+      auto gpus = place_shard(resources, w->labels, w->gpu_slots, false);
+      if (!gpus) break;
+      const auto pick = backup_copy_target(
+          it->second, *w, [&](uint32_t group) { return expected_shard_seconds_on(c, group, *w); });
+      if (!pick) break;
+      const ShardKey key = it->second[*pick].key;
+      it->second.erase(it->second.begin() + static_cast<std::ptrdiff_t>(*pick));
+      lease_backup(c, key, *w, std::move(*gpus));
     }
   }
 }

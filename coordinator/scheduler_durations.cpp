@@ -36,14 +36,68 @@ void Scheduler::learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, 
                                const protocol::ShardResult& r, uint32_t examples) {
   Group& g = c.groups[group];
   if (examples > 0) {
-    g.samples.add(static_cast<double>(r.duration_ms) / 1000.0 / static_cast<double>(examples),
-                  cold);
+    const double per_example =
+        static_cast<double>(r.duration_ms) / 1000.0 / static_cast<double>(examples);
+    g.samples.add(per_example, cold);
+    // And for the worker's kind: a node of another GPU model (or a slower one with other labels)
+    // keeps its own estimate, which backup copies (dispatch rule 10) compare.
+    if (holder != nullptr && holder->kind != kNoKind) {
+      if (g.kind_samples.size() <= holder->kind) g.kind_samples.resize(holder->kind + 1);
+      g.kind_samples[holder->kind].add(per_example, cold);
+    }
   }
   // The worker has finished a shard of the model it is committed to: it has the model loaded, so
   // its next shards of it are warm.
   if (holder != nullptr && holder->last_campaign == c.key && holder->last_model == g.model) {
     holder->model_proven = true;
   }
+}
+
+double Scheduler::expected_shard_seconds_on(const Campaign& c, uint32_t group,
+                                            const WorkerInfo& w) const {
+  const Group& g = c.groups[group];
+  if (w.kind < g.kind_expected_s.size() && g.kind_expected_s[w.kind] > 0) {
+    return g.kind_expected_s[w.kind];
+  }
+  return g.expected_shard_s;
+}
+
+uint32_t Scheduler::kind_of(const WorkerInfo& w) {
+  // Placement looks at labels and GPU memory; speed differs with the GPU model, which only its
+  // name tells (nvidia-smi's "NVIDIA H100 80GB HBM3").
+  std::string key = w.labels.dump();
+  if (w.gpus.is_array()) {
+    for (const auto& gpu : w.gpus) {
+      if (!gpu.is_object()) continue;
+      key += '|';
+      if (auto name = gpu.find("name"); name != gpu.end() && name->is_string()) {
+        key += name->get<std::string>();
+      }
+      if (auto memory = gpu.find("memory_mib"); memory != gpu.end()) key += ':' + memory->dump();
+    }
+  }
+  if (auto it = kind_ids_.find(key); it != kind_ids_.end()) return it->second;
+  if (kind_ids_.size() >= kMaxWorkerKinds) return kNoKind;
+  const auto id = static_cast<uint32_t>(kind_ids_.size());
+  kind_ids_.emplace(std::move(key), id);
+  return id;
+}
+
+void Scheduler::adopt_recovered_samples(const WorkerInfo& w) {
+  auto it = recovered_samples_.find(w.name);
+  if (it == recovered_samples_.end()) return;
+  if (w.kind != kNoKind) {
+    for (const RecoveredSample& sample : it->second) {
+      Campaign* c = campaign_by_key(sample.campaign);
+      if (c == nullptr || sample.group >= c->groups.size()) continue;
+      auto& kinds = c->groups[sample.group].kind_samples;
+      if (kinds.size() <= w.kind) kinds.resize(w.kind + 1);
+      // Which attempts were cold is not stored: all count as warm, as for the group's samples.
+      kinds[w.kind].add(sample.seconds_per_example, /*cold=*/false);
+    }
+  }
+  recovered_samples_.erase(it);
+  estimates_stale_ = true;
 }
 
 void Scheduler::refresh_estimates() {
@@ -108,6 +162,12 @@ void Scheduler::refresh_estimates() {
     for (uint32_t gi = 0; gi < c->groups.size(); ++gi) {
       Group& g = c->groups[gi];
       g.expected_shard_s = expected[gi];
+      g.kind_expected_s.assign(g.kind_samples.size(), 0.0);
+      for (size_t k = 0; k < g.kind_samples.size(); ++k) {
+        if (auto median = g.kind_samples[k].median()) {
+          g.kind_expected_s[k] = std::max(*median * times[gi].shard_size, kMinShardSeconds);
+        }
+      }
       ModelQueue& q = c->queues[g.model];
       q.pending_gpu_s += static_cast<double>(g.pending) * g.expected_shard_s * q.gpus;
     }

@@ -37,6 +37,8 @@ void Scheduler::check_invariants() const {
   constexpr const char* kGivenUp =
       "an attempt given up is remembered iff its shard still awaits its result";
   constexpr const char* kCounts = "the per-campaign counters match the shards";
+  constexpr const char* kBackup =
+      "a backup copy is a lease of another worker on a running shard, at most one per shard";
 
   // Leases held by workers and by the orphan table, each pointing at its shard.
   for (const auto& slot : workers_) {
@@ -58,6 +60,19 @@ void Scheduler::check_invariants() const {
         broken(kOneLease, who + " holds attempt_id=" + std::to_string(id) + " of no shard");
       }
       const Shard& s = c->second->groups[key.group].shards[key.shard];
+      if (auto copy = backups_.find(id); copy != backups_.end()) {
+        // A backup copy: of a shard whose first copy runs on another worker, and its only copy.
+        const auto of = backup_of_.find(s.attempt_id);
+        if (s.state != ShardState::kRunning || copy->second.primary != s.attempt_id ||
+            copy->second.worker != w.index || s.worker == w.index || !(copy->second.key == key) ||
+            of == backup_of_.end() || of->second != id) {
+          broken(kBackup, who + " holds backup copy attempt_id=" + std::to_string(id) + " of " +
+                              where(*c->second, key.group, key.shard) + " which is " +
+                              to_string(s.state) +
+                              " with attempt_id=" + std::to_string(s.attempt_id));
+        }
+        continue;
+      }
       if (s.state != ShardState::kRunning || s.attempt_id != id || s.worker != w.index) {
         broken(kOneLease, who + " holds attempt_id=" + std::to_string(id) + " of " +
                               where(*c->second, key.group, key.shard) + " which is " +
@@ -84,6 +99,19 @@ void Scheduler::check_invariants() const {
                           (gpu.busy ? "true" : "false") + " held_by=" + std::to_string(held));
       }
     }
+  }
+  for (const auto& [id, copy] : backups_) {
+    const WorkerInfo* holder =
+        copy.worker < workers_.size() ? workers_[copy.worker].get() : nullptr;
+    const auto of = backup_of_.find(copy.primary);
+    if (holder == nullptr || !holder->leases.contains(id) || of == backup_of_.end() ||
+        of->second != id) {
+      broken(kBackup, "backup copy attempt_id=" + std::to_string(id) + " is held by no worker");
+    }
+  }
+  if (backup_of_.size() != backups_.size()) {
+    broken(kBackup, std::to_string(backup_of_.size()) + " shards with a copy, " +
+                        std::to_string(backups_.size()) + " copies");
   }
   for (const auto& [id, orphan] : orphans_) {
     const ShardKey& key = orphan.key;

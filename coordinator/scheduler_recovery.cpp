@@ -3,6 +3,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <deque>
+#include <string>
+#include <unordered_map>
+#include <utility>
 
 #include "coordinator/scheduler.hpp"
 #include "coordinator/scheduler_internal.hpp"
@@ -63,6 +67,7 @@ Status Scheduler::recover() {
 
   const auto now = clock_.now();
   int64_t records = 0;
+  std::unordered_map<uint64_t, std::deque<std::pair<std::string, float>>> recovered;
   scanned = store_.scan_shards(std::nullopt, [&](const ShardKey& key, const ShardRecord& rec) {
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr || key.group >= c->groups.size() ||
@@ -86,9 +91,16 @@ Status Scheduler::recover() {
     if (rec.state == ShardState::kSucceeded) {
       const ShardRange range = shard_range(c->spec.benchmarks[g.benchmark], key.shard);
       if (range.end > range.start) {
-        g.samples.add(static_cast<double>(rec.duration_ms) / 1000.0 /
-                          static_cast<double>(range.end - range.start),
-                      /*cold=*/false);
+        const double per_example = static_cast<double>(rec.duration_ms) / 1000.0 /
+                                   static_cast<double>(range.end - range.start);
+        g.samples.add(per_example, /*cold=*/false);
+        // Per kind of worker too, once the worker that ran it says HELLO (its kind is not
+        // stored): the last ones of the group, bounded.
+        if (!rec.worker.empty() && c->state == CampaignState::kRunning) {
+          auto& ring = recovered[uint64_t{key.campaign} << 32 | key.group];
+          if (ring.size() >= 2 * DurationSamples::kKept) ring.pop_front();
+          ring.emplace_back(rec.worker, static_cast<float>(per_example));
+        }
       }
     }
     if (rec.state == ShardState::kRunning) {
@@ -97,6 +109,13 @@ Status Scheduler::recover() {
     }
   });
   if (!scanned.ok()) return scanned;
+  recovered_samples_.clear();
+  for (auto& [group_key, ring] : recovered) {
+    for (auto& [worker, per_example] : ring) {
+      recovered_samples_[worker].push_back(RecoveredSample{
+          static_cast<uint32_t>(group_key >> 32), static_cast<uint32_t>(group_key), per_example});
+    }
+  }
   scanned = store_.scan_cells([&](uint32_t campaign, uint32_t group, const CellAggregate& cell) {
     Campaign* c = campaign_by_key(campaign);
     if (c == nullptr || group >= c->groups.size()) return;

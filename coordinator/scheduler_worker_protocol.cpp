@@ -320,6 +320,8 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
   w->gpus = std::move(hello.gpus);
   w->labels = std::move(hello.labels);
+  w->kind = kind_of(*w);
+  adopt_recovered_samples(*w);
   // Servers it already has (we may have restarted): affinity prefers them; no load is counted.
   w->warm = bounded_warm(std::move(hello.warm));
   w->loading.clear();
@@ -353,6 +355,7 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     outgoing_.ack(identity, r.attempt_id);
     return;
   }
+  if (backups_.contains(r.attempt_id)) return on_backup_result(w, identity, r);
   const auto gi = static_cast<uint32_t>(r.model * benchmarks + r.benchmark);
   Group& g = c->groups[gi];
   Shard& s = g.shards[r.shard];
@@ -563,6 +566,12 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   w.campaigns_sent.clear();
   set_last_model(w, nullptr, 0);
   for (const auto& [id, key] : leases) {
+    if (backups_.contains(id)) {
+      // A backup copy lost with its worker: the shard's first copy runs on.
+      forget_backup(id);
+      metrics_.backup_copies.Add({{"outcome", "dropped"}}).Increment();
+      continue;
+    }
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];

@@ -19,6 +19,9 @@ int main(int argc, char** argv) {
       "max-load-factor", value<double>()->default_value(2.0, "2"), "model-load target for --check")(
       "json", bool_switch(), "print the report as one JSON object")(
       "timeline", bool_switch(), "list each worker's model loads with their times")(
+      "backup-copies", value<std::string>()->default_value("spec"),
+      "spec, on or off: run the campaign with its spec's backup_copies, or with it set on or off "
+      "(to compare the two on one scenario)")(
       "scratch-dir", value<std::string>()->default_value(""),
       "where the scratch RocksDB goes (removed afterwards); default: /dev/shm if writable, else "
       "the system temp dir")("log-level", value<std::string>()->default_value("warn"),
@@ -60,6 +63,13 @@ int main(int argc, char** argv) {
   if (!scenario) {
     std::cerr << "evald-makespan-sim: " << scenario.error().message << '\n';
     return evald::kExitUsage;
+  }
+  if (const auto backup = v["backup-copies"].as<std::string>(); backup != "spec") {
+    if (backup != "on" && backup != "off") {
+      std::cerr << "evald-makespan-sim: --backup-copies must be spec, on or off\n";
+      return evald::kExitUsage;
+    }
+    scenario.value().campaign.backup_copies = backup == "on";
   }
   evald::sim::SimOptions sim_options;
   sim_options.scratch_parent = v["scratch-dir"].as<std::string>();

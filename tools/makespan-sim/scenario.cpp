@@ -68,8 +68,8 @@ Result<uint32_t> count_at(const json& object, const std::string& key, const std:
 
 Result<WorkerGroup> parse_group(const json& j, const std::string& path) {
   if (!j.is_object()) return field_error(path, "must be an object");
-  if (auto e =
-          check_known(j, path, {"name", "workers", "gpus_per_worker", "gpu_memory_gb", "labels"})) {
+  if (auto e = check_known(
+          j, path, {"name", "workers", "gpus_per_worker", "gpu_memory_gb", "labels", "slowdown"})) {
     return *e;
   }
   WorkerGroup g;
@@ -98,6 +98,13 @@ Result<WorkerGroup> parse_group(const json& j, const std::string& path) {
       if (!v.is_string()) return field_error(path + ".labels." + k, "must be a string");
     }
     g.labels = *it;
+  }
+  if (auto it = j.find("slowdown"); it != j.end()) {
+    if (!it->is_number() || !std::isfinite(it->get<double>()) || it->get<double>() < 1 ||
+        it->get<double>() > 100) {
+      return field_error(path + ".slowdown", "must be a number from 1 to 100");
+    }
+    g.slowdown = it->get<double>();
   }
   return g;
 }

@@ -4,6 +4,7 @@
 // person wrote, so every problem comes back as an Error that names the field.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -22,6 +23,12 @@ struct WorkerGroup {
   uint32_t gpus_per_worker = 0;
   double gpu_memory_gb = 80;
   nlohmann::json labels = nlohmann::json::object();
+  // Its shards compute this many times longer than the scenario says (a throttled or older node
+  // that says HELLO like the others); loads take as long as anywhere.
+  double slowdown = 1.0;
+  int64_t compute_ms(int64_t shard_ms) const {
+    return std::llround(static_cast<double>(shard_ms) * slowdown);
+  }
 };
 
 struct Scenario {

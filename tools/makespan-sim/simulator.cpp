@@ -37,12 +37,15 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <queue>
 #include <string>
 #include <system_error>
+#include <tuple>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "common/clock.hpp"
@@ -108,6 +111,7 @@ struct SimWorker {
   uint32_t running = 0;
   std::optional<uint32_t> warm_model;
   int64_t ready_at_ms = 0;  // when the warm model's load is done
+  const WorkerGroup* group = nullptr;
 };
 
 struct Completion {
@@ -143,6 +147,7 @@ class Simulation {
       if (auto s = turn(); !s.ok()) return s;
       if (!report_.failure.empty()) return Ok{};
       if (campaign->state != CampaignState::kRunning) break;
+      drop_cancelled();
       if (!events_.empty()) {
         idle_since_ms = -1;
         advance_to(events_.top().finish_ms);
@@ -175,6 +180,7 @@ class Simulation {
         w.name = fmt::format("{}-{}", group.name, i);
         w.slots = group.gpus_per_worker;
         w.gpu_busy.assign(group.gpus_per_worker, false);
+        w.group = &group;
         protocol::Hello hello;
         hello.name = w.name;
         hello.instance = "sim";
@@ -203,11 +209,8 @@ class Simulation {
         scheduler_.run_turn([&](const std::string& who, const protocol::Message& message) {
           if (const auto* assign = std::get_if<protocol::Assign>(&message)) {
             for (const auto& a : assign->assignments) start(who, a);
-          } else if (std::holds_alternative<protocol::Cancel>(message)) {
-            violation(
-                fmt::format("worker {} was told to cancel a shard, but nothing was cancelled "
-                            "and no worker was lost",
-                            who));
+          } else if (const auto* cancel = std::get_if<protocol::Cancel>(&message)) {
+            for (uint64_t id : cancel->attempt_ids) stop(who, id);
           }
           // WELCOME, CAMPAIGN, ACK and HEARTBEAT change nothing a simulated worker models.
         });
@@ -248,13 +251,16 @@ class Simulation {
     ++w.running;
     if (w.warm_model != a.model) {
       w.warm_model = a.model;
-      w.ready_at_ms = now_ms_ + scenario_.load_ms[a.model];
+      // One load at a time per worker: a switch made while the previous model still loads
+      // starts after it (the node fetches one model's weights into one server).
+      w.ready_at_ms = std::max(now_ms_, w.ready_at_ms) + scenario_.load_ms[a.model];
       ++wr.loads;
       ++report_.models[a.model].loads;
       ++report_.loads;
       if (options_.timeline) wr.timeline.push_back(ModelLoad{now_ms_, a.model});
     }
-    const int64_t compute_ms = scenario_.shard_ms(a.model, a.benchmark, a.shard);
+    const int64_t compute_ms =
+        w.group->compute_ms(scenario_.shard_ms(a.model, a.benchmark, a.shard));
     const int64_t finish_ms = std::max(now_ms_, w.ready_at_ms) + compute_ms;
     const int64_t held_gpu_ms = (finish_ms - now_ms_) * need;
     wr.busy_gpu_ms += held_gpu_ms;
@@ -262,7 +268,55 @@ class Simulation {
     report_.load_gpu_ms += (std::max(now_ms_, w.ready_at_ms) - now_ms_) * need;
     busy_gpus_ += need;
     ++report_.models[a.model].shards;
+    // A second copy of a running shard: a backup copy of a straggler.
+    if (copies_[shard_id(a)]++ > 0) ++report_.backup_copies;
+    running_[a.attempt_id] = Running{it->second, finish_ms, a};
     events_.push(Completion{finish_ms, next_seq_++, it->second, a, now_ms_});
+  }
+
+  static std::tuple<uint32_t, uint32_t, uint32_t> shard_id(const protocol::Assignment& a) {
+    return {a.model, a.benchmark, a.shard};
+  }
+
+  // A copy of a shard stopped running (finished or cancelled).
+  void ended(const protocol::Assignment& a) {
+    running_.erase(a.attempt_id);
+    auto it = copies_.find(shard_id(a));
+    if (it != copies_.end() && --it->second == 0) copies_.erase(it);
+  }
+
+  // A CANCEL: the scheduler stops a copy of a shard whose other copy finished first (a backup
+  // copy, docs/scheduling.md). Its GPUs are free at once and the time it would have run is not
+  // busy time; its completion event is skipped. A CANCEL for an attempt that already finished
+  // (both copies ended in the same millisecond) changes nothing, as on a real worker.
+  void stop(const std::string& who, uint64_t attempt_id) {
+    auto it = running_.find(attempt_id);
+    if (it == running_.end()) return;
+    const Running r = it->second;
+    if (workers_[r.worker].name != who) {
+      return violation(
+          fmt::format("{} was told to cancel attempt {}, which it does not run", who, attempt_id));
+    }
+    ended(r.assignment);
+    cancelled_.insert(attempt_id);
+    SimWorker& w = workers_[r.worker];
+    for (uint32_t g : r.assignment.gpus) w.gpu_busy[g] = false;
+    --w.running;
+    const auto gpus = static_cast<int64_t>(r.assignment.gpus.size());
+    busy_gpus_ -= gpus;
+    const int64_t unused_gpu_ms = (r.finish_ms - now_ms_) * gpus;
+    report_.worker_reports[r.worker].busy_gpu_ms -= unused_gpu_ms;
+    report_.busy_gpu_ms -= unused_gpu_ms;
+    ++report_.copies_cancelled;
+  }
+
+  // Cancelled completions at the head of the queue are dropped, so the clock never jumps to the
+  // end of a copy that no longer runs.
+  void drop_cancelled() {
+    while (!events_.empty() && cancelled_.contains(events_.top().assignment.attempt_id)) {
+      cancelled_.erase(events_.top().assignment.attempt_id);
+      events_.pop();
+    }
   }
 
   void advance_to(int64_t t_ms) {
@@ -280,6 +334,11 @@ class Simulation {
     std::vector<uint32_t> order;  // workers with results, in the order they finished
     while (!events_.empty() && events_.top().finish_ms == t_ms) {
       const Completion& done = events_.top();
+      if (cancelled_.erase(done.assignment.attempt_id) > 0) {
+        events_.pop();
+        continue;
+      }
+      ended(done.assignment);
       SimWorker& w = workers_[done.worker];
       for (uint32_t g : done.assignment.gpus) w.gpu_busy[g] = false;
       busy_gpus_ -= static_cast<int64_t>(done.assignment.gpus.size());
@@ -316,6 +375,14 @@ class Simulation {
   std::vector<SimWorker> workers_;
   std::unordered_map<std::string, uint32_t> index_by_name_;
   std::priority_queue<Completion, std::vector<Completion>, std::greater<>> events_;
+  struct Running {
+    uint32_t worker = 0;
+    int64_t finish_ms = 0;
+    protocol::Assignment assignment;
+  };
+  std::unordered_map<uint64_t, Running> running_;  // attempt id -> its copy
+  std::unordered_set<uint64_t> cancelled_;         // attempts whose completion is skipped
+  std::map<std::tuple<uint32_t, uint32_t, uint32_t>, int> copies_;  // running copies per shard
   const Campaign* campaign_ = nullptr;
   uint64_t next_seq_ = 0;
   int64_t now_ms_ = 0;
@@ -365,6 +432,18 @@ std::vector<uint64_t> group_sets(size_t groups, const std::vector<uint64_t>& eli
   return sets;
 }
 
+// What the bound needs of each worker group: how fast it computes, as GPUs of reference speed.
+struct GroupCapacity {
+  int64_t gpus = 0;        // all its workers' GPUs
+  double slowdown = 1.0;   // a shard computes this many times its reference time there
+  int64_t longest_ms = 0;  // the longest shard any model computes there, at its speed
+  double rate() const { return static_cast<double>(gpus) / slowdown; }
+};
+
+int64_t ceil_ms(double ms) {
+  return static_cast<int64_t>(std::ceil(ms - 1e-9));
+}
+
 }  // namespace
 
 std::string LowerBound::binding() const {
@@ -375,49 +454,89 @@ std::string LowerBound::binding() const {
   return "longest";
 }
 
+// Every component is in reference GPU-ms (a shard's time as the scenario gives it) over the
+// reference GPUs that do it per ms: a group whose shards compute 3 times longer counts for a third
+// of its GPUs. Time a group loses (loading) is divided by its slowdown the same way, so a group
+// loses no less than it could have computed in that time.
 LowerBound lower_bound(const Scenario& scenario) {
   LowerBound bound;
   const auto& c = scenario.campaign;
-  // In GPU-ms; an __int128 is not needed: kMaxShardsPerCampaign x 30 days x 64 GPUs < 2^63.
-  std::vector<int64_t> model_work(c.models.size(), 0);  // its shards and one load, in GPU-ms
-  std::vector<int64_t> model_ms(c.models.size(), 0);    // its shards, in ms
+  const size_t groups = std::min<size_t>(scenario.cluster.size(), 64);
+  std::vector<uint64_t> eligible(c.models.size());
+  for (uint32_t m = 0; m < c.models.size(); ++m) eligible[m] = eligible_groups(scenario, m);
+  auto runs_on = [&](uint32_t m, size_t g) { return (eligible[m] & (uint64_t{1} << g)) != 0; };
+
+  std::vector<int64_t> model_gpu_ms(c.models.size(), 0);  // its shards x its GPUs
+  std::vector<int64_t> model_ms(c.models.size(), 0);      // its shards
   std::vector<int64_t> model_longest(c.models.size(), 0);
-  int64_t work = 0;
   for (uint32_t m = 0; m < c.models.size(); ++m) {
-    model_work[m] = scenario.load_ms[m] * scenario.gpus[m];
     for (uint32_t b = 0; b < c.benchmarks.size(); ++b) {
       const auto shards = static_cast<uint32_t>(c.benchmarks[b].shard_count());
       for (uint32_t i = 0; i < shards; ++i) {
         const int64_t ms = scenario.shard_ms(m, b, i);
-        model_work[m] += ms * scenario.gpus[m];
+        model_gpu_ms[m] += ms * scenario.gpus[m];
         model_ms[m] += ms;
         model_longest[m] = std::max(model_longest[m], ms);
-        bound.longest_ms = std::max(bound.longest_ms, ms + scenario.load_ms[m]);
       }
     }
+  }
+  std::vector<GroupCapacity> capacity(groups);
+  for (size_t g = 0; g < groups; ++g) {
+    const WorkerGroup& group = scenario.cluster[g];
+    capacity[g].gpus = int64_t{group.workers} * group.gpus_per_worker;
+    capacity[g].slowdown = group.slowdown;
+    for (uint32_t m = 0; m < c.models.size(); ++m) {
+      if (runs_on(m, g)) {
+        capacity[g].longest_ms =
+            std::max(capacity[g].longest_ms, group.compute_ms(model_longest[m]));
+      }
+    }
+  }
+
+  // The work one load of each model costs at least, in reference GPU-ms. A worker holds one model
+  // at a time and loads one at a time (the cost model above), so while a model loads on a worker
+  // of G GPUs none of them computes, except for shards started before the load: those hold at
+  // most G - (the model's GPUs) of them (its first shard got free GPUs), each for at most the
+  // longest shard the worker runs. So a load loses G x load - (G - its GPUs) x min(load, longest
+  // shard) of the worker's GPU time; each model is loaded at least once, on the eligible group
+  // where that costs least.
+  std::vector<double> model_work(c.models.size(), 0);
+  double work = 0;
+  for (uint32_t m = 0; m < c.models.size(); ++m) {
+    const int64_t load = scenario.load_ms[m];
+    const int64_t need = scenario.gpus[m];
+    std::optional<double> least;
+    for (size_t g = 0; g < groups; ++g) {
+      if (!runs_on(m, g)) continue;
+      const int64_t node = scenario.cluster[g].gpus_per_worker;
+      const int64_t lost = node * load - (node - need) * std::min(load, capacity[g].longest_ms);
+      least = std::min(least.value_or(static_cast<double>(lost) / capacity[g].slowdown),
+                       static_cast<double>(lost) / capacity[g].slowdown);
+    }
+    // A model no group can run never completes; count its own GPUs so the bound stays defined.
+    model_work[m] =
+        static_cast<double>(model_gpu_ms[m]) + least.value_or(static_cast<double>(load * need));
     work += model_work[m];
   }
-  const int64_t gpus = scenario.total_gpus();
-  bound.work_ms = (work + gpus - 1) / gpus;
-
-  std::vector<uint64_t> eligible(c.models.size());
-  for (uint32_t m = 0; m < c.models.size(); ++m) eligible[m] = eligible_groups(scenario, m);
+  double rate = 0;
+  for (const auto& g : capacity) rate += g.rate();
+  if (rate > 0) bound.work_ms = ceil_ms(work / rate);
 
   // Placement: models confined to a set of groups must do their work on those groups' GPUs.
   for (uint64_t set : group_sets(scenario.cluster.size(), eligible)) {
-    int64_t set_gpus = 0;
+    double set_rate = 0;
     std::string names;
-    for (size_t g = 0; g < scenario.cluster.size() && g < 64; ++g) {
+    for (size_t g = 0; g < groups; ++g) {
       if ((set & (uint64_t{1} << g)) == 0) continue;
-      set_gpus += int64_t{scenario.cluster[g].workers} * scenario.cluster[g].gpus_per_worker;
+      set_rate += capacity[g].rate();
       names += (names.empty() ? "" : "+") + scenario.cluster[g].name;
     }
-    int64_t confined = 0;
+    double confined = 0;
     for (uint32_t m = 0; m < c.models.size(); ++m) {
       if (eligible[m] != 0 && (eligible[m] & ~set) == 0) confined += model_work[m];
     }
-    if (set_gpus == 0 || confined == 0) continue;
-    const int64_t ms = (confined + set_gpus - 1) / set_gpus;
+    if (set_rate == 0 || confined == 0) continue;
+    const int64_t ms = ceil_ms(confined / set_rate);
     if (ms > bound.placement_ms) {
       bound.placement_ms = ms;
       bound.placement_groups = names;
@@ -425,17 +544,24 @@ LowerBound lower_bound(const Scenario& scenario) {
   }
 
   // Chain: a model's shards run at most `lanes` at once (each worker fits GPUs / its GPUs of
-  // them), and none of them before the model is loaded.
+  // them, a slow worker's lane counting for its speed), and none of them before the model is
+  // loaded. Longest: its longest shard on the fastest group that can run it, after its load.
   for (uint32_t m = 0; m < c.models.size(); ++m) {
-    int64_t lanes = 0;
-    for (size_t g = 0; g < scenario.cluster.size() && g < 64; ++g) {
-      if ((eligible[m] & (uint64_t{1} << g)) == 0) continue;
-      lanes += int64_t{scenario.cluster[g].workers} *
-               (scenario.cluster[g].gpus_per_worker / std::max(1, scenario.gpus[m]));
+    double lanes = 0;
+    std::optional<int64_t> longest;
+    for (size_t g = 0; g < groups; ++g) {
+      if (!runs_on(m, g)) continue;
+      const WorkerGroup& group = scenario.cluster[g];
+      lanes += static_cast<double>(int64_t{group.workers} *
+                                   (group.gpus_per_worker / std::max(1, scenario.gpus[m]))) /
+               group.slowdown;
+      longest = std::min(longest.value_or(group.compute_ms(model_longest[m])),
+                         group.compute_ms(model_longest[m]));
     }
-    if (lanes == 0) continue;
+    if (lanes == 0 || !longest) continue;
+    bound.longest_ms = std::max(bound.longest_ms, *longest + scenario.load_ms[m]);
     const int64_t ms =
-        scenario.load_ms[m] + std::max(model_longest[m], (model_ms[m] + lanes - 1) / lanes);
+        scenario.load_ms[m] + std::max(*longest, ceil_ms(static_cast<double>(model_ms[m]) / lanes));
     if (ms > bound.chain_ms) {
       bound.chain_ms = ms;
       bound.chain_model = c.models[m].name;
@@ -546,6 +672,10 @@ std::string format_report(const SimReport& r, const Targets& targets) {
       "model loads:     {}  (minimum {}, {:.2f} x; target <= {:g} x)", r.loads, r.min_loads,
       r.min_loads == 0 ? 0.0 : static_cast<double>(r.loads) / static_cast<double>(r.min_loads),
       targets.max_load_factor));
+  if (r.backup_copies > 0) {
+    line(fmt::format("backup copies:   {} started, {} copies cancelled (the other finished first)",
+                     r.backup_copies, r.copies_cancelled));
+  }
   line(fmt::format("  {:<24} {:>4} {:>7} {:>6} {:>10}", "model", "gpus", "shards", "loads",
                    "GPU-h"));
   for (const auto& m : r.models) {
@@ -615,6 +745,8 @@ nlohmann::json to_json(const SimReport& r) {
           {"idle_drain_gpu_s", static_cast<double>(r.idle_drain_gpu_ms) / 1000.0},
           {"loads", r.loads},
           {"min_loads", r.min_loads},
+          {"backup_copies", r.backup_copies},
+          {"copies_cancelled", r.copies_cancelled},
           {"turns", r.turns},
           {"wall_s", r.wall_s},
           {"models", models},

@@ -25,7 +25,10 @@ struct SimOptions {
 };
 
 // The lower bound of the makespan, in milliseconds: the largest of
-//  * work: (GPU-ms of every shard + one load of each model x its GPUs) / GPUs in the cluster;
+//  * work: (GPU-ms of every shard + the GPU time one load of each model costs) / GPUs in the
+//    cluster. A worker holds one model at a time, so a load idles the whole worker except for
+//    the shards started before it: G x load - (G - the model's GPUs) x min(load, longest shard)
+//    on a worker of G GPUs, on the eligible group where that is least;
 //  * placement: for a set of worker groups, the same work of the models that can run only on
 //    those groups (labels, GPU count, GPU memory), over those groups' GPUs;
 //  * chain: for one model, its load plus its shards spread over the shards of it the whole
@@ -82,7 +85,9 @@ struct SimReport {
   int64_t idle_pending_gpu_ms = 0;  // GPUs idle while some shard was still pending
   int64_t idle_drain_gpu_ms = 0;    // GPUs idle with nothing left to start (the last shards run)
   int64_t loads = 0;
-  int64_t min_loads = 0;  // every model at least once
+  int64_t min_loads = 0;         // every model at least once
+  int64_t backup_copies = 0;     // second copies of a running shard the scheduler started
+  int64_t copies_cancelled = 0;  // copies stopped because the other copy finished first
   int64_t turns = 0;
   double wall_s = 0;  // real time the simulation took
   std::vector<ModelReport> models;

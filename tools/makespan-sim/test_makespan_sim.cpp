@@ -121,6 +121,41 @@ TEST_CASE("the lower bound respects labels, GPU memory and how few workers a mod
   CHECK(b.binding() == "placement");
 }
 
+TEST_CASE("the lower bound charges a load the worker's GPUs it idles", "[unit][makespan-sim]") {
+  // One worker of 4 GPUs, two 1-GPU models loading 30 s, 4 shards of 10 s each. A worker holds
+  // one model at a time and loads one at a time: while B loads, A's shards started before it are
+  // all its GPUs can do. Each load idles 4 x 30 s of GPU time, less at most 3 GPUs x one 10 s
+  // shard: 90 GPU-s; counted as the model's own GPU only (30 GPU-s) the bound was 35 s.
+  const auto scenario = parse(tiny_scenario(1, 4, {{"A", 1, 30, 10}, {"B", 1, 30, 10}}, 4, 1));
+  const auto b = lower_bound(scenario);
+  CHECK(b.work_ms == 65'000);  // (8 x 10 + 2 x 90) / 4
+  CHECK(b.chain_ms == 40'000);
+  const auto r = run(scenario);
+  REQUIRE(r.completed);
+  CHECK(r.loads == 2);
+  // Load A, its 4 shards at once, load B, its 4 shards: nothing can overlap B's load but A's
+  // shards, which all started with A's.
+  CHECK(r.makespan_ms == 80'000);
+  CHECK(r.makespan_ms >= b.value_ms());
+}
+
+TEST_CASE("a slow node computes longer and counts for less in the bound", "[unit][makespan-sim]") {
+  // A fast and a 3 x slower worker of one GPU; 8 shards of 30 s, no load. The fast one does six
+  // in 180 s while the slow one does two; the bound sees 1 + 1/3 GPUs: 240 s / (4/3) = 180 s.
+  nlohmann::json j = tiny_scenario(1, 1, {{"m", 1, 0, 30}}, 8, 1);
+  j["cluster"] = {{{"name", "fast"}, {"workers", 1}, {"gpus_per_worker", 1}},
+                  {{"name", "slow"}, {"workers", 1}, {"gpus_per_worker", 1}, {"slowdown", 3}}};
+  const auto scenario = parse(j);
+  const auto b = lower_bound(scenario);
+  CHECK(b.work_ms == 180'000);
+  CHECK(b.longest_ms == 30'000);  // on the fast one
+  const auto r = run(scenario);
+  REQUIRE(r.completed);
+  CHECK(r.makespan_ms == 180'000);
+  j["cluster"][1]["slowdown"] = 0.5;
+  CHECK(parse_error(j) == "cluster[1].slowdown: must be a number from 1 to 100");
+}
+
 TEST_CASE("a worker finishes its model before it loads the next one", "[unit][makespan-sim]") {
   // One GPU, two models of two 10 s shards: m1 (3 s load) then m2 (7 s load). Alternating would
   // load four times; affinity loads each model once.
@@ -292,4 +327,13 @@ TEST_CASE("the shipped scenarios parse and have the advertised shape", "[unit][m
   REQUIRE(mixed.ok());
   CHECK(mixed->total_gpus() == 32);
   CHECK(mixed->campaign.models.size() == 6);
+  for (const char* name : {"slow-node.json", "slow-straggler.json"}) {
+    auto slow = load_scenario(dir + name);
+    INFO(name << ": " << (slow.ok() ? "" : slow.error().message));
+    REQUIRE(slow.ok());
+    CHECK(slow->total_gpus() == 64);
+    REQUIRE(slow->cluster.size() == 2);
+    CHECK(slow->cluster[1].workers == 1);
+    CHECK(slow->cluster[1].slowdown == 3.0);
+  }
 }

@@ -1,0 +1,263 @@
+// Scheduler: backup copies of stragglers (docs/scheduling.md, rule 10). With nothing pending, an
+// idle worker that has the model loaded runs a second copy of a shard that runs far longer than
+// expected elsewhere; the first result counts exactly once, the other copy is cancelled and kept
+// as a stale attempt. Driven with an injected clock against a real RocksDB directory.
+#include <catch2/catch.hpp>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/clock.hpp"
+#include "coordinator/scheduler.hpp"
+#include "tests/support/test_support.hpp"
+#include "tests/unit/scheduler_turn.hpp"
+
+using namespace evald;
+using namespace evald::coordinator;
+using namespace std::chrono_literals;
+
+namespace {
+
+// One model, one benchmark of 3 shards of 4 examples.
+CampaignSpec spec_with_backups(bool backup_copies) {
+  nlohmann::json j = {{"name", "tail"},
+                      {"models", {{{"name", "m"}}}},
+                      {"benchmarks", {{{"name", "b"}, {"examples", 12}, {"shard_size", 4}}}},
+                      {"runner", {{"type", "noop"}}},
+                      {"backup_copies", backup_copies}};
+  auto spec = parse_campaign_spec(j);
+  REQUIRE(spec.ok());
+  return spec.value();
+}
+
+struct Tail {
+  testing::TempDir dir{"evald-backup"};
+  ManualClock clock;
+  Metrics metrics;
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Scheduler> scheduler;
+  std::vector<std::pair<std::string, protocol::Message>> sent;
+  std::string id;
+
+  explicit Tail(bool backup_copies) {
+    auto opened = Store::open(dir.path() / "db");
+    REQUIRE(opened.ok());
+    store = std::move(opened.value());
+    scheduler = std::make_unique<Scheduler>(*store, clock, metrics, SchedulerOptions{});
+    REQUIRE(scheduler->recover().ok());
+    auto submitted = scheduler->submit(spec_with_backups(backup_copies));
+    REQUIRE(submitted.ok());
+    id = submitted.value();
+    for (const char* name : {"w1", "w2", "w3"}) {
+      protocol::Hello h;
+      h.name = name;
+      h.instance = "i1";
+      h.slots = 1;
+      scheduler->on_message(name, h);
+    }
+  }
+
+  void turn() {
+    testing::run_turn(*scheduler, [&](const std::string& who, const protocol::Message& m) {
+      sent.emplace_back(who, m);
+    });
+  }
+
+  // Moves the clock on, every worker still heard from.
+  void wait(std::chrono::milliseconds how_long) {
+    for (auto step = 0ms; step < how_long; step += 1000ms) {
+      clock.advance(std::min<std::chrono::milliseconds>(1000ms, how_long - step));
+      for (const char* name : {"w1", "w2", "w3"}) {
+        scheduler->on_message(name, protocol::Heartbeat{});
+      }
+      turn();
+    }
+  }
+
+  template <typename T>
+  std::vector<T> take(const std::string& who) {
+    std::vector<T> out;
+    std::vector<std::pair<std::string, protocol::Message>> rest;
+    for (auto& [w, m] : sent) {
+      if (w == who && std::holds_alternative<T>(m)) {
+        out.push_back(std::get<T>(m));
+      } else {
+        rest.emplace_back(w, m);
+      }
+    }
+    sent = std::move(rest);
+    return out;
+  }
+  std::vector<protocol::Assignment> assignments(const std::string& who) {
+    std::vector<protocol::Assignment> out;
+    for (auto& a : take<protocol::Assign>(who)) {
+      out.insert(out.end(), a.assignments.begin(), a.assignments.end());
+    }
+    return out;
+  }
+  std::vector<uint64_t> cancels(const std::string& who) {
+    std::vector<uint64_t> out;
+    for (auto& c : take<protocol::Cancel>(who)) {
+      out.insert(out.end(), c.attempt_ids.begin(), c.attempt_ids.end());
+    }
+    return out;
+  }
+  void report(const std::string& who, const protocol::Assignment& a, double accuracy,
+              uint32_t duration_ms) {
+    auto r = testing::noop_success(a);
+    r.metrics = {{"accuracy", accuracy}};
+    r.duration_ms = duration_ms;
+    scheduler->on_message(who, protocol::Results{{r}});
+  }
+  const Campaign& campaign() { return *scheduler->find_campaign(id); }
+
+  // The attempt records stored for shard `shard`, by attempt id.
+  std::map<uint64_t, AttemptRecord> attempts_of(uint32_t shard) {
+    std::map<uint64_t, AttemptRecord> out;
+    auto scanned = store->scan_attempts(
+        campaign().key, [&](const ShardKey& key, uint64_t attempt_id, const AttemptRecord& rec) {
+          if (key.shard == shard) out[attempt_id] = rec;
+        });
+    REQUIRE(scanned.ok());
+    return out;
+  }
+
+  // Each worker gets one shard; w1 and w2 finish theirs in 10 s, w3's runs on: a straggler.
+  // Returns w3's assignment.
+  protocol::Assignment straggle() {
+    turn();
+    auto a1 = assignments("w1");
+    auto a2 = assignments("w2");
+    auto a3 = assignments("w3");
+    REQUIRE(a1.size() == 1);
+    REQUIRE(a2.size() == 1);
+    REQUIRE(a3.size() == 1);
+    wait(10s);
+    report("w1", a1[0], 1.0, 10'000);
+    report("w2", a2[0], 1.0, 10'000);
+    turn();
+    return a3[0];
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a straggler gets a backup copy, the first result counts once, the other is stale",
+          "[unit][scheduler][backup]") {
+  Tail t(/*backup_copies=*/true);
+  const auto first = t.straggle();
+  CHECK(t.campaign().count(ShardState::kPending) == 0);
+  // At 10 s it has run as long as a shard takes: no copy yet.
+  CHECK(t.assignments("w1").empty());
+  CHECK(t.assignments("w2").empty());
+  t.wait(6s);  // 16 s: past 1.5 x the expected 10 s
+  auto copies = t.assignments("w1");
+  auto other = t.assignments("w2");
+  copies.insert(copies.end(), other.begin(), other.end());
+  REQUIRE(copies.size() == 1);  // one copy per shard, however many workers idle
+  const auto copy = copies[0];
+  const std::string copier = other.empty() ? "w1" : "w2";
+  CHECK(copy.shard == first.shard);
+  CHECK(copy.attempt_id != first.attempt_id);
+  CHECK(t.campaign().count(ShardState::kRunning) == 1);
+
+  SECTION("the copy finishes first") {
+    t.report(copier, copy, 0.25, 10'000);
+    t.turn();
+    const Campaign& c = t.campaign();
+    CHECK(c.state == CampaignState::kSucceeded);
+    CHECK(c.groups[0].cell.examples_scored == 12);
+    CHECK(c.groups[0].cell.mean("accuracy").value() == Approx((1.0 + 1.0 + 0.25) / 3));
+    CHECK(t.cancels("w3") == std::vector<uint64_t>{first.attempt_id});
+    // The first copy's result arrives anyway: stored as stale, counted nowhere.
+    t.report("w3", first, 0.0, 20'000);
+    t.turn();
+    CHECK(t.campaign().groups[0].cell.examples_scored == 12);
+    CHECK(t.campaign().groups[0].cell.mean("accuracy").value() == Approx(2.25 / 3));
+    const auto records = t.attempts_of(first.shard);
+    REQUIRE(records.size() == 1);
+    CHECK(records.begin()->first == first.attempt_id);
+    CHECK(records.begin()->second.outcome == AttemptOutcome::kStale);
+    CHECK(records.begin()->second.worker == "w3");
+  }
+  SECTION("the first copy finishes first") {
+    t.report("w3", first, 0.5, 17'000);
+    t.turn();
+    const Campaign& c = t.campaign();
+    CHECK(c.state == CampaignState::kSucceeded);
+    CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(2.5 / 3));
+    CHECK(t.cancels(copier) == std::vector<uint64_t>{copy.attempt_id});
+    t.report(copier, copy, 0.0, 2'000);
+    t.turn();
+    CHECK(t.campaign().groups[0].cell.examples_scored == 12);
+    CHECK(t.campaign().groups[0].cell.mean("accuracy").value() == Approx(2.5 / 3));
+    const auto records = t.attempts_of(first.shard);
+    REQUIRE(records.size() == 1);
+    CHECK(records.begin()->first == copy.attempt_id);
+    CHECK(records.begin()->second.outcome == AttemptOutcome::kStale);
+    CHECK(records.begin()->second.worker == copier);
+  }
+  SECTION("a failed copy changes nothing; the first copy still decides") {
+    auto r = protocol::result_for(copy);
+    r.ok = false;
+    r.error = "CUDA out of memory";
+    t.scheduler->on_message(copier, protocol::Results{{r}});
+    t.turn();
+    CHECK(t.campaign().count(ShardState::kRunning) == 1);
+    CHECK(t.campaign().groups[0].shards[first.shard].attempts == 1);
+    t.report("w3", first, 1.0, 30'000);
+    t.turn();
+    CHECK(t.campaign().state == CampaignState::kSucceeded);
+  }
+  SECTION("the copy's worker is lost; the first copy runs on") {
+    for (int i = 0; i < 6; ++i) {
+      t.clock.advance(1000ms);
+      for (const char* name : {"w1", "w2", "w3"}) {
+        if (name != copier) t.scheduler->on_message(name, protocol::Heartbeat{});
+      }
+      t.turn();
+    }
+    CHECK(t.campaign().count(ShardState::kRunning) == 1);
+    CHECK(t.campaign().count(ShardState::kPending) == 0);
+    t.report("w3", first, 1.0, 30'000);
+    t.turn();
+    CHECK(t.campaign().state == CampaignState::kSucceeded);
+  }
+  SECTION("cancelling the campaign cancels both copies") {
+    REQUIRE(t.scheduler->cancel(t.id).ok());
+    t.turn();
+    CHECK(t.cancels("w3") == std::vector<uint64_t>{first.attempt_id});
+    CHECK(t.cancels(copier) == std::vector<uint64_t>{copy.attempt_id});
+  }
+}
+
+TEST_CASE("no backup copies unless the campaign asks for them", "[unit][scheduler][backup]") {
+  Tail t(/*backup_copies=*/false);
+  t.straggle();
+  t.wait(60s);
+  CHECK(t.assignments("w1").empty());
+  CHECK(t.assignments("w2").empty());
+}
+
+TEST_CASE("backup_copies is a boolean, off by default, kept in the canonical spec only when on",
+          "[unit][spec][backup]") {
+  nlohmann::json j = {{"name", "x"},
+                      {"models", {{{"name", "m"}}}},
+                      {"benchmarks", {{{"name", "b"}, {"examples", 1}, {"shard_size", 1}}}},
+                      {"runner", {{"type", "noop"}}}};
+  auto off = parse_campaign_spec(j);
+  REQUIRE(off.ok());
+  CHECK_FALSE(off->backup_copies);
+  CHECK_FALSE(to_json(off.value()).contains("backup_copies"));  // digests of old specs unchanged
+  j["backup_copies"] = true;
+  auto on = parse_campaign_spec(j);
+  REQUIRE(on.ok());
+  CHECK(on->backup_copies);
+  auto again = parse_campaign_spec(to_json(on.value()));
+  REQUIRE(again.ok());
+  CHECK(again.value() == on.value());
+  j["backup_copies"] = "yes";
+  auto bad = parse_campaign_spec(j);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.error().message == "backup_copies: must be true or false");
+}
