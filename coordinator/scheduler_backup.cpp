@@ -8,7 +8,9 @@
 // coordinator restart cancels it (its worker's HELLO names an attempt nobody holds).
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -77,6 +79,29 @@ void Scheduler::on_backup_result(WorkerInfo* w, const std::string& identity,
         "attempt_id={} note=\"a backup copy held by another worker\"",
         identity, c.id, copy.key.shard, r.attempt_id);
     return;
+  }
+  const auto& benchmark = c.spec.benchmarks[g.benchmark];
+  if (r.campaign != c.key || r.model != g.model || r.benchmark != g.benchmark ||
+      r.shard != copy.key.shard) {
+    // The attempt id is the copy's, the shard it names is not: nothing may be swapped for it.
+    reject("invalid");  // not ACKed: nothing was committed for it
+    spdlog::warn(
+        "result_rejected reason=invalid worker={} attempt_id={} note=\"a backup copy's result "
+        "names another shard\"",
+        identity, r.attempt_id);
+    return;
+  }
+  std::optional<std::string> invalid;
+  if (r.ok) {
+    const auto range = shard_range(benchmark, r.shard);
+    invalid = scheduler_detail::invalid_shard_result(r, range.end - range.start, benchmark.metric);
+    if (invalid) {
+      // Checked before the first copy is touched: an unusable "success" of a copy must not
+      // cancel a healthy first copy nor use up the shard's attempt. It is a failed copy.
+      reject("invalid");
+      r.ok = false;
+      r.error = "invalid result: " + *invalid;
+    }
   }
   if (!r.ok) {
     // The copy failed; the first copy still runs and decides. Kept for the shard's history.

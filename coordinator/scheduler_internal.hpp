@@ -5,7 +5,10 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
+
+#include "common/protocol.hpp"
 
 namespace evald::coordinator::scheduler_detail {
 
@@ -20,5 +23,10 @@ inline std::string campaign_id_for(uint32_t key) {
   std::snprintf(buf, sizeof buf, "c%06u", key);
   return buf;
 }
+
+// Why a lease holder's successful result cannot count (a count outside the shard, bad or missing
+// metrics), or nothing when it can. Defined in scheduler_worker_protocol.cpp.
+std::optional<std::string> invalid_shard_result(const protocol::ShardResult& r, int64_t shard_size,
+                                                const std::string& primary_metric);
 
 }  // namespace evald::coordinator::scheduler_detail

@@ -8,6 +8,7 @@
 
 #include "common/utf8.hpp"
 #include "coordinator/scheduler.hpp"
+#include "coordinator/scheduler_internal.hpp"
 
 namespace evald::coordinator {
 
@@ -75,6 +76,11 @@ std::vector<protocol::WarmModel> bounded_warm(std::vector<protocol::WarmModel> w
 }
 
 }  // namespace
+
+std::optional<std::string> scheduler_detail::invalid_shard_result(
+    const protocol::ShardResult& r, int64_t shard_size, const std::string& primary_metric) {
+  return invalid_result(r, shard_size, primary_metric);
+}
 
 void Scheduler::on_message(const std::string& identity, protocol::Message message) {
   const auto type = static_cast<size_t>(protocol::type_of(message));

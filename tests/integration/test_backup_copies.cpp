@@ -62,8 +62,9 @@ TEST_CASE("backup copies: a slow node's shard is copied, counted once, its copy 
           "[integration][backup]") {
   const TailRun run = run_with_slow_node(true);
   INFO("shards " << run.shards.dump());
-  // w3 took a shard at the start; its copy on w1 or w2 finished long before w3's 10 s.
-  CHECK(run.took < 9s);
+  // w3 took a shard at the start; its copy on w1 or w2 finished first (shown below by the
+  // counted worker and w3's cancelled, stale attempt, not by a wall-clock bound that a busy
+  // machine could break).
   CHECK(run.started >= 1);
   CHECK(run.won >= 1);
   int stale_on_slow = 0;

@@ -209,6 +209,33 @@ TEST_CASE("a straggler gets a backup copy, the first result counts once, the oth
     t.turn();
     CHECK(t.campaign().state == CampaignState::kSucceeded);
   }
+  SECTION("an invalid success of the copy is a failed copy: the first copy is not cancelled") {
+    auto r = testing::noop_success(copy);
+    r.count = 99;  // more examples than the shard's 4
+    t.scheduler->on_message(copier, protocol::Results{{r}});
+    t.turn();
+    CHECK(t.cancels("w3").empty());
+    CHECK(t.campaign().count(ShardState::kRunning) == 1);
+    CHECK(t.campaign().groups[0].shards[first.shard].attempts == 1);
+    CHECK(t.campaign().groups[0].shards[first.shard].attempt_id == first.attempt_id);
+    t.report("w3", first, 1.0, 30'000);
+    t.turn();
+    CHECK(t.campaign().state == CampaignState::kSucceeded);
+    CHECK(t.campaign().groups[0].cell.examples_scored == 12);
+  }
+  SECTION("a result under the copy's attempt id that names another shard changes nothing") {
+    auto r = testing::noop_success(copy);
+    r.shard = copy.shard == 0 ? 1 : 0;
+    t.scheduler->on_message(copier, protocol::Results{{r}});
+    t.turn();
+    CHECK(t.cancels("w3").empty());
+    CHECK(t.campaign().count(ShardState::kRunning) == 1);
+    CHECK(t.campaign().groups[0].shards[first.shard].attempt_id == first.attempt_id);
+    t.report("w3", first, 1.0, 30'000);
+    t.turn();
+    CHECK(t.campaign().state == CampaignState::kSucceeded);
+    CHECK(t.campaign().groups[0].cell.examples_scored == 12);
+  }
   SECTION("the copy's worker is lost; the first copy runs on") {
     for (int i = 0; i < 6; ++i) {
       t.clock.advance(1000ms);

@@ -25,6 +25,7 @@ using nlohmann::json;
 // overflow even when every shard of a large campaign is summed.
 constexpr double kMaxSeconds = 30.0 * 24 * 3600;
 constexpr uint32_t kMaxWorkersPerGroup = 100'000;
+constexpr size_t kMaxGroups = 64;  // see parse_cluster
 constexpr uint32_t kMaxGpusPerWorker = 64;
 
 Error field_error(std::string_view path, std::string_view problem) {
@@ -116,6 +117,11 @@ Result<std::vector<WorkerGroup>> parse_cluster(const json& j) {
     if (!g) return g.error();
     groups.push_back(std::move(g).value());
   } else if (j.is_array() && !j.empty()) {
+    // The lower bound reasons over sets of groups as 64-bit masks: a 65th group would drop out
+    // of it, and the bound could then overshoot the best schedule.
+    if (j.size() > kMaxGroups) {
+      return field_error("cluster", fmt::format("at most {} worker groups", kMaxGroups));
+    }
     std::set<std::string> names;
     for (size_t i = 0; i < j.size(); ++i) {
       const std::string path = fmt::format("cluster[{}]", i);
