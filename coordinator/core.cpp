@@ -279,7 +279,15 @@ void Core::end_turn(TurnKind kind, std::vector<PendingHttp>& reads,
   auto stage = [this](const std::string& name, const protocol::Message& m) { send_to(name, m); };
   auto committed = kind == TurnKind::kFull ? scheduler_.run_turn(stage, TurnDurability::kWritten)
                                            : scheduler_.end_turn(stage, TurnDurability::kWritten);
-  if (!committed.ok()) stop_on_store_failure("write", committed.error().message);
+  if (!committed.ok()) {
+    // A failed WAL sync makes RocksDB refuse every later write, often before the sync thread
+    // has said so: when a sync was still out, its outcome names the cause.
+    if (store_.writes() > durable_) {
+      const auto synced = syncer_->wait_for(store_.writes());
+      if (synced.failure) stop_on_store_failure("sync", *synced.failure);
+    }
+    stop_on_store_failure("write", committed.error().message);
+  }
   if (committed.value().keys > 0) {
     metrics_.store_batches.Increment();
     metrics_.store_keys_written.Increment(static_cast<double>(committed.value().keys));

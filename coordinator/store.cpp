@@ -4,6 +4,7 @@
 #include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
+#include <rocksdb/version.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
@@ -15,6 +16,12 @@
 #include <system_error>
 
 #include "coordinator/fault_injection_fs.hpp"
+
+// The WAL sync thread writes with sync=false and calls SyncWAL() while the core writes on. Before
+// RocksDB 7.7 a WAL switch during such a sync could mark appended data synced that never was
+// (facebook/rocksdb#10560), which would let the coordinator acknowledge a lost write.
+static_assert(ROCKSDB_MAJOR > 7 || (ROCKSDB_MAJOR == 7 && ROCKSDB_MINOR >= 7),
+              "evald needs RocksDB 7.7 or later (SyncWAL concurrent with writes)");
 
 namespace evald::coordinator {
 namespace {
@@ -216,6 +223,11 @@ Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& dir,
   if (ec) return make_error("data dir '" + dir.string() + "': " + ec.message());
   rocksdb::Options options;
   options.create_if_missing = true;
+  // SyncWAL() is the durability barrier of every turn: it must see every write that returned.
+  // Both are RocksDB's defaults today; set here so a tuning change cannot turn them on silently
+  // (with a manual WAL flush, SyncWAL skips what is still in RocksDB's own buffer).
+  options.manual_wal_flush = false;
+  options.allow_mmap_writes = false;
   options.IncreaseParallelism(2);
   // Big memtables: the hot path writes each shard record twice within milliseconds, and most
   // overwrites should die in the memtable instead of being flushed and compacted.
