@@ -280,11 +280,11 @@ void Core::end_turn(TurnKind kind, std::vector<PendingHttp>& reads,
   auto committed = kind == TurnKind::kFull ? scheduler_.run_turn(stage, TurnDurability::kWritten)
                                            : scheduler_.end_turn(stage, TurnDurability::kWritten);
   if (!committed.ok()) {
-    // A failed WAL sync makes RocksDB refuse every later write, often before the sync thread
-    // has said so: when a sync was still out, its outcome names the cause.
-    if (store_.writes() > durable_) {
-      const auto synced = syncer_->wait_for(store_.writes());
-      if (synced.failure) stop_on_store_failure("sync", *synced.failure);
+    // A failed WAL sync makes RocksDB refuse every later write (with the sync's error), often
+    // before the sync thread has said so; take what it has said, without waiting: a sync on a
+    // log whose write just failed trips a RocksDB assertion.
+    if (auto synced = syncer_->take(); synced.failure) {
+      stop_on_store_failure("sync", *synced.failure);
     }
     stop_on_store_failure("write", committed.error().message);
   }
