@@ -15,10 +15,8 @@ endif()
 
 # -DEVALD_FUZZ=ON (clang only) builds the libFuzzer targets in tests/fuzz/. Everything is compiled
 # with coverage instrumentation (fuzzer-no-link) plus ASan and UBSan, so the fuzzer is guided by,
-# and checks, our code; only the fuzz executables link libFuzzer's main (the rest link the
-# sanitizer runtimes, whose default coverage callbacks do nothing), so the same tree also runs the
-# tests under ASan+UBSan. Use a build directory of its own (scripts/configure-sanitized.sh makes
-# build-asan/), never the gcc build.
+# and checks, our code; only the fuzz executables link libFuzzer's main. Use a build
+# directory of its own (scripts/fuzz.sh uses build-fuzz/), never the gcc build.
 if(EVALD_FUZZ)
   if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
     message(FATAL_ERROR "EVALD_FUZZ=ON needs clang (libFuzzer); configure with "

@@ -1,27 +1,26 @@
 #!/usr/bin/env bash
 # Runs the unit and integration tests once more with AddressSanitizer and UndefinedBehaviorSanitizer
-# (memory errors, leaks, UB such as signed overflow or a bad enum value), in the instrumented clang
-# build directory it shares with scripts/fuzz.sh (scripts/configure-sanitized.sh says why), so the
-# normal build/ is untouched. Any sanitizer report fails the test that caused it:
+# (memory errors, leaks, UB such as signed overflow or a bad enum value), in a build directory of
+# its own, so the normal build/ is untouched. Any sanitizer report fails the test that caused it:
 # UB aborts (-fno-sanitize-recover=undefined) instead of printing and carrying on.
 #
 # What it leaves out, to fit CI's time budget, and why that loses no coverage of our code:
 #   - the benchmarks (tests/bench), which ctest never runs (-DEVALD_BUILD_BENCHMARKS=OFF);
 #   - the tests labelled "deploy" (Slurm, network namespaces): they check the deployment scripts
 #     around the same binaries the integration tests already run, and need root.
-# It builds with -O1 -g1 (line tables only; test code -O0): stack traces still name file and line,
-# and it compiles much faster than -O2 -g. Warnings are not errors here: the normal CI build
-# (gcc) already enforces -Werror, and one compiler's warnings are the gate.
+# It builds with -O1 -g1 (line tables only): stack traces still name file and line, and it
+# compiles much faster than the normal build's -O2 -g. Warnings are not errors here: gcc warns
+# falsely on some sanitizer-instrumented code, and the normal CI build already enforces -Werror.
 #
 # Usage: scripts/test-sanitized.sh [CTEST_ARG...]
 #   Extra arguments go to ctest, e.g. `scripts/test-sanitized.sh -R '^unit:'`.
 # Environment:
-#   EVALD_SANITIZED_BUILD_DIR  build directory (default: <repo>/build-asan, shared with fuzz.sh)
+#   EVALD_SANITIZED_BUILD_DIR  build directory (default: <repo>/build-sanitized)
 #   EVALD_JOBS                 build jobs and ctest -j (default: 2)
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build_dir="${EVALD_SANITIZED_BUILD_DIR:-${repo_root}/build-asan}"
+build_dir="${EVALD_SANITIZED_BUILD_DIR:-${repo_root}/build-sanitized}"
 jobs="${EVALD_JOBS:-2}"
 
 log() { printf 'test-sanitized: %s\n' "$*" >&2; }
@@ -33,7 +32,14 @@ case "${1:-}" in
     ;;
 esac
 
-"${repo_root}/scripts/configure-sanitized.sh" "${build_dir}"
+if [[ ! -f "${build_dir}/build.ninja" ]]; then
+  launcher=()
+  if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+  log "configuring ${build_dir} (ASan + UBSan, -O1)"
+  cmake -S "${repo_root}" -B "${build_dir}" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+    -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DEVALD_SANITIZE=address,undefined \
+    -DEVALD_BUILD_BENCHMARKS=OFF "${launcher[@]}" >&2
+fi
 log "building (jobs=${jobs})"
 cmake --build "${build_dir}" -j"${jobs}" >&2
 

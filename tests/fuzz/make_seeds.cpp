@@ -2,7 +2,7 @@
 // every message type (protocol_decode), outbox files (outbox_load) and store records
 // (store_records). The text corpora (specs, HTTP requests, runner stdout) are plain files written
 // by hand. Run from the repository root after a format change, and commit what changed:
-//   build-asan/bin/evald-fuzz-make-seeds tests/fuzz/corpus
+//   build-fuzz/bin/evald-fuzz-make-seeds tests/fuzz/corpus
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
