@@ -280,9 +280,10 @@ void Core::end_turn(TurnKind kind, std::vector<PendingHttp>& reads,
   auto committed = kind == TurnKind::kFull ? scheduler_.run_turn(stage, TurnDurability::kWritten)
                                            : scheduler_.end_turn(stage, TurnDurability::kWritten);
   if (!committed.ok()) {
-    // A failed WAL sync makes RocksDB refuse every later write (with the sync's error), often
-    // before the sync thread has said so; take what it has said, without waiting: a sync on a
-    // log whose write just failed trips a RocksDB assertion.
+    // A failed WAL sync makes RocksDB refuse every later write, often before the sync thread
+    // has said so: once the sync in flight has ended, a failure it reports is the cause. No
+    // sync starts after this (RocksDB asserts on a sync of a log whose append failed).
+    syncer_->stop_syncing();
     if (auto synced = syncer_->take(); synced.failure) {
       stop_on_store_failure("sync", *synced.failure);
     }

@@ -299,39 +299,42 @@ Store::~Store() {
 }
 
 Status Store::commit(Batch& batch) {
-  if (batch.empty()) return Ok{};
-  rocksdb::WriteOptions options;
-  options.sync = true;
-  ++writes_;
-  const bool armed = arm_fault_for(batch, /*sync_follows_later=*/false);
-  const auto start = std::chrono::steady_clock::now();
-  const auto status = db_->Write(options, &batch.impl_->batch);
-  if (armed) fault_fs_->disarm();
-  last_commit_latency_ = std::chrono::duration_cast<std::chrono::microseconds>(
-      std::chrono::steady_clock::now() - start);
-  batch.clear();
-  if (!status.ok()) return make_error("store commit failed: " + status.ToString());
-  return Ok{};
+  return write_batch(batch, /*sync=*/true);
 }
 
 Status Store::write(Batch& batch) {
+  return write_batch(batch, /*sync=*/false);
+}
+
+Status Store::write_batch(Batch& batch, bool sync) {
   if (batch.empty()) return Ok{};
   rocksdb::WriteOptions options;
-  options.sync = false;
+  options.sync = sync;
   ++writes_;
-  // Only an append fault is armed here; a sync fault waits in sync_fault_write_ for its sync.
-  const bool armed = arm_fault_for(batch, /*sync_follows_later=*/true);
+  // A pipelined write arms only an append fault; its sync fault waits in sync_fault_write_ for
+  // the sync that covers it.
+  const bool armed = arm_fault_for(batch, /*sync_follows_later=*/!sync);
+  // The seam is about to fail this append: no WAL sync may be in flight when it does.
+  std::unique_lock gate(sync_gate_, std::defer_lock);
+  if (armed) gate.lock();
   const auto start = std::chrono::steady_clock::now();
   const auto status = db_->Write(options, &batch.impl_->batch);
   if (armed) fault_fs_->disarm();
   last_commit_latency_ = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - start);
   batch.clear();
-  if (!status.ok()) return make_error("store write failed: " + status.ToString());
+  if (!status.ok()) {
+    if (!gate.owns_lock()) gate.lock();
+    write_failed_ = true;
+    return make_error(std::string(sync ? "store commit failed: " : "store write failed: ") +
+                      status.ToString());
+  }
   return Ok{};
 }
 
-Status Store::sync_wal(uint64_t covers) {
+Result<bool> Store::sync_wal(uint64_t covers) {
+  std::lock_guard gate(sync_gate_);
+  if (write_failed_) return false;
   // The fault seam: the sync that covers the chosen write fails (or hangs). Syncs of earlier
   // writes that are still running when it is chosen are left alone.
   bool faulted = false;
@@ -348,7 +351,7 @@ Status Store::sync_wal(uint64_t covers) {
   const auto status = db_->SyncWAL();
   if (faulted) fault_fs_->disarm();
   if (!status.ok()) return make_error("store WAL sync failed: " + status.ToString());
-  return Ok{};
+  return true;
 }
 
 Result<std::optional<uint64_t>> Store::get_meta_u64(std::string_view name) const {
@@ -559,6 +562,13 @@ void WalSyncer::request(uint64_t write) {
   wanted_.notify_one();
 }
 
+void WalSyncer::stop_syncing() {
+  std::unique_lock lock(mutex_);
+  stopping_ = true;
+  synced_.notify_all();
+  synced_.wait(lock, [&] { return !syncing_; });
+}
+
 WalSyncer::Progress WalSyncer::take() {
   uint64_t drained = 0;
   [[maybe_unused]] auto n = ::read(wake_fd_, &drained, sizeof drained);
@@ -569,7 +579,10 @@ WalSyncer::Progress WalSyncer::take() {
 WalSyncer::Progress WalSyncer::wait_for(uint64_t write) {
   request(write);
   std::unique_lock lock(mutex_);
-  synced_.wait(lock, [&] { return progress_.durable >= write || progress_.failure.has_value(); });
+  // stopping_: no sync will come (stop_syncing()); the caller finds `write` not durable.
+  synced_.wait(lock, [&] {
+    return progress_.durable >= write || progress_.failure.has_value() || stopping_;
+  });
   return progress_;
 }
 
@@ -581,13 +594,21 @@ void WalSyncer::run() {
     // Every write up to `target` had returned before it was requested, so this one sync makes
     // them all durable, and whatever the core writes meanwhile waits for the next one.
     const uint64_t target = requested_;
+    syncing_ = true;
     lock.unlock();
     const auto start = std::chrono::steady_clock::now();
     auto synced = store_.sync_wal(target);
     const auto took = std::chrono::duration_cast<std::chrono::microseconds>(
         std::chrono::steady_clock::now() - start);
-    if (synced.ok() && on_sync_) on_sync_(took);
+    if (synced.ok() && synced.value() && on_sync_) on_sync_(took);
     lock.lock();
+    syncing_ = false;
+    if (synced.ok() && !synced.value()) {
+      // A write failed: the core stops on its error; this thread syncs nothing more.
+      stopping_ = true;
+      synced_.notify_all();
+      return;
+    }
     if (synced.ok()) {
       progress_.durable = target;
       ++progress_.syncs;

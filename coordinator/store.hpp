@@ -119,7 +119,8 @@ class Store {
   // Fsyncs the WAL: every write() that returned before this call is durable when it succeeds.
   // Thread-safe against write() and reads (RocksDB's SyncWAL does not block writers). `covers`
   // is writes() as the caller last saw it, for the fault seam. A failure: stop, tell nobody.
-  Status sync_wal(uint64_t covers);
+  // False (and no sync) once a write has failed: the caller stops on that write's error.
+  Result<bool> sync_wal(uint64_t covers);
   // Operations the fault seam failed so far (0 without one), so tests see the fault was real.
   uint64_t injected_faults() const;
   // Time the last commit took, for metrics.
@@ -173,8 +174,8 @@ class Store {
  private:
   Store(std::unique_ptr<rocksdb::DB> db, std::unique_ptr<rocksdb::Env> env,
         std::shared_ptr<FaultInjectionFs> fault_fs, StoreFault fault);
-  // Arms the seam's file system when this commit is the one the fault waits for. A sync fault
-  // of a pipelined write() is left to the sync_wal() that covers it.
+  // commit() (sync) and write() (no sync): one write path.
+  Status write_batch(Batch& batch, bool sync);
   // Arms the seam when this batch is the one the fault waits for; true if the file system is
   // armed now (and must be disarmed after the write). A sync fault of a pipelined write() is
   // left to the sync_wal() that covers it.
@@ -186,6 +187,10 @@ class Store {
   std::unique_ptr<rocksdb::DB> db_;
   StoreFault fault_;
   uint64_t writes_ = 0;
+  // RocksDB asserts (aborts) when it syncs a log whose last append failed, so once a write failed
+  // no sync_wal() runs, and a write the seam is about to fail waits for the sync in flight.
+  std::mutex sync_gate_;
+  bool write_failed_ = false;  // guarded by sync_gate_
   // The write() whose sync must fail or hang (0: none), set by the core thread, taken by the
   // sync thread.
   std::atomic<uint64_t> sync_fault_write_{0};
@@ -223,8 +228,12 @@ class WalSyncer {
   void request(uint64_t write);
   // Clears fd()'s readiness and returns where the syncs stand.
   Progress take();
-  // Blocks until `write` is durable or a sync failed.
+  // Blocks until `write` is durable, a sync failed, or stop_syncing() was called.
   Progress wait_for(uint64_t write);
+  // Starts no further sync and returns once the one in flight (if any) has ended, so take()
+  // then says whether it failed. For a write that failed: nothing after it may become durable,
+  // and a failed sync is named as the cause when it was one.
+  void stop_syncing();
 
  private:
   void run();
@@ -238,7 +247,8 @@ class WalSyncer {
   uint64_t requested_ = 0;          // guarded by mutex_, as are the three below
   Progress progress_;
   bool stopping_ = false;
-  std::thread thread_;  // last: started once everything above is ready
+  bool syncing_ = false;  // a sync_wal() is in flight
+  std::thread thread_;    // last: started once everything above is ready
 };
 
 }  // namespace evald::coordinator

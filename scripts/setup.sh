@@ -100,6 +100,8 @@ configure() {
     log "configuring ${build_dir} (Ninja, ${build_type})"
     local options=(-G Ninja -DCMAKE_BUILD_TYPE="${build_type}")
     [[ -n "${werror}" ]] && options+=(-DEVALD_WERROR="${werror}")
+    # ccache (not required, not installed here) makes a rebuild after a branch switch cheap.
+    command -v ccache >/dev/null && options+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
     cmake -S "${repo_root}" -B "${build_dir}" "${options[@]}"
   elif [[ ! -f "${build_dir}/build.ninja" && ! -f "${build_dir}/Makefile" ]]; then
     # A configure step that was interrupted leaves a cache but no build files; finish it with

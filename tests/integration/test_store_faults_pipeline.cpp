@@ -77,7 +77,9 @@ void check_exact(const Api& api, const std::string& id) {
   const auto done = api.wait_for_state(id, "succeeded", 45s);
   CHECK(done.at("shards").at("succeeded") == total);
   check_results(api.results(id), kModels, kBenchmarks);
-  for (const auto& s : api.shards(id).at("shards")) {
+  // Named: a range-for over a member of the returned temporary would read freed memory.
+  const nlohmann::json listed = api.shards(id);
+  for (const auto& s : listed.at("shards")) {
     INFO("shard " << s.dump());
     CHECK(s.at("count") == s.at("end").get<int64_t>() - s.at("start").get<int64_t>());
   }

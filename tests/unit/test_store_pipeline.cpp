@@ -181,3 +181,36 @@ TEST_CASE("a failed WAL sync is final: neither its writes nor later ones are rep
   CHECK((campaigns == std::vector<uint32_t>{1} || campaigns == std::vector<uint32_t>{1, 2} ||
          campaigns == std::vector<uint32_t>{1, 2, 3}));
 }
+
+TEST_CASE("after a failed write no WAL sync runs, and the sync thread stops without a failure",
+          "[unit][store][pipeline][faults]") {
+  // RocksDB asserts (aborts the process) when it syncs a log whose last append failed; the
+  // coordinator must stop with the write's error instead.
+  testing::TempDir dir;
+  auto opened = Store::open(dir.path() / "db", fault_of("commit@cell"));
+  REQUIRE(opened.ok());
+  Store& store = *opened.value();
+  WalSyncer syncer(store, 0);
+  write_campaign(store, 1);
+  REQUIRE(syncer.wait_for(1).durable == 1);
+
+  Store::Batch batch;
+  CellAggregate cell;
+  cell.add({{"accuracy", 0.5}}, 10);
+  batch.put_cell(1, 0, cell);
+  const auto written = store.write(batch);
+  REQUIRE_FALSE(written.ok());
+  CHECK(written.error().message.find("store write failed") != std::string::npos);
+  CHECK(store.injected_faults() == 1);
+
+  const auto direct = store.sync_wal(store.writes());
+  REQUIRE(direct.ok());
+  CHECK_FALSE(direct.value());  // not run
+
+  syncer.request(store.writes());
+  syncer.stop_syncing();  // returns once no sync is in flight
+  const auto after = syncer.take();
+  CHECK(after.durable == 1);
+  CHECK_FALSE(after.failure);  // the write's error is the cause, not a sync's
+  CHECK(syncer.wait_for(store.writes()).durable == 1);  // does not block once stopped
+}
