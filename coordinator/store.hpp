@@ -244,7 +244,7 @@ class WalSyncer {
   std::mutex mutex_;
   std::condition_variable wanted_;  // request() or stop -> the sync thread
   std::condition_variable synced_;  // a sync ended -> wait_for()
-  uint64_t requested_ = 0;          // guarded by mutex_, as are the three below
+  uint64_t requested_ = 0;          // guarded by mutex_, as are the members below but thread_
   Progress progress_;
   bool stopping_ = false;
   bool syncing_ = false;  // a sync_wal() is in flight
