@@ -187,6 +187,15 @@ cat >"${tmp}/campaign2.json" <<'SPEC'
  "max_attempts": 2}
 SPEC
 campaign2="$(evalctl submit "${tmp}/campaign2.json" | json 'd["id"]')"
+# The coordinator refreshes its gauges every 250 ms: the scaler below must see this work, or it
+# would rightly submit nothing and the sbatch failure would go untested.
+pool_pending() {
+  EVALD_TOKEN="$(token_of "${secrets}" scaler)" http_call GET "${EVALD_SERVER}/metrics" | json "
+d['status'] == 200 and any(line.startswith('evald_pending_gpu_seconds{labels=\"pool=scaled')
+                           and float(line.split()[-1]) > 0 for line in d['body'].splitlines())" |
+    grep -qx True
+}
+wait_for "campaign ${campaign2}'s work in the pool's evald_pending_gpu_seconds" 20 pool_pending
 once_log="${tmp}/log/scaler-once.log"
 # sbatch refuses the job (no such partition): exit 1, Slurm's reason in the log.
 if "${scaler[@]}" --once --coordinator "${EVALD_SERVER}" --token-file "${secrets}/tokens/scaler.token" \
