@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <charconv>
 #include <ctime>
 #include <map>
@@ -257,7 +258,7 @@ HttpResponse Api::route(const HttpRequest& request, std::string& route_name) {
   if (parts.size() >= 2 && parts[0] == "v1" && parts[1] == "workers" && parts.size() == 2) {
     route_name = "/v1/workers";
     if (method != "GET") return wrong_method("GET");
-    return list_workers();
+    return list_workers(query);
   }
   if (parts.size() >= 2 && parts[0] == "v1" && parts[1] == "campaigns") {
     if (parts.size() == 2) {
@@ -620,19 +621,44 @@ HttpResponse Api::cancel(const Campaign& c, const HttpRequest& request) {
   return json_response(200, {{"cancelled", cancelled.value()}});
 }
 
-HttpResponse Api::list_workers() {
+HttpResponse Api::list_workers(const std::string& query) {
+  const auto params = parse_query(query);
+  size_t limit = kWorkersPageDefault;
+  if (auto it = params.find("limit"); it != params.end() && !it->second.empty()) {
+    uint64_t value = 0;
+    const auto* begin = it->second.data();
+    const auto* end = begin + it->second.size();
+    const auto [ptr, ec] = std::from_chars(begin, end, value);
+    if (ec != std::errc() || ptr != end || value == 0) {
+      return error_response(400, "limit: must be a positive integer");
+    }
+    limit = static_cast<size_t>(std::min<uint64_t>(value, kWorkersPageMax));
+  }
+  const auto after_it = params.find("after");
+  const std::string after = after_it == params.end() ? "" : after_it->second;
   const auto now = scheduler_.clock().now();
+  const auto& campaigns = scheduler_.campaigns();
   nlohmann::json list = nlohmann::json::array();
-  for (const WorkerInfo* w : scheduler_.workers()) {
+  nlohmann::json next_after = nullptr;
+  const auto workers = scheduler_.workers();  // by name
+  auto it =
+      std::upper_bound(workers.begin(), workers.end(), after,
+                       [](const std::string& name, const WorkerInfo* w) { return name < w->name; });
+  for (; it != workers.end(); ++it) {
+    const WorkerInfo* w = *it;
+    if (list.size() == limit) {
+      next_after = list.back().at("name");
+      break;
+    }
     nlohmann::json current = nlohmann::json::array();
     for (const auto& [attempt_id, key] : w->leases) {
       nlohmann::json item = {{"attempt_id", attempt_id}, {"shard", key.shard}};
-      for (const auto& [ck, c] : scheduler_.campaigns()) {
-        if (ck != key.campaign) continue;
-        const Group& g = c->groups[key.group];
-        item["campaign"] = c->id;
-        item["model"] = c->spec.models[g.model].name;
-        item["benchmark"] = c->spec.benchmarks[g.benchmark].name;
+      if (auto found = campaigns.find(key.campaign); found != campaigns.end()) {
+        const Campaign& c = *found->second;
+        const Group& g = c.groups[key.group];
+        item["campaign"] = c.id;
+        item["model"] = c.spec.models[g.model].name;
+        item["benchmark"] = c.spec.benchmarks[g.benchmark].name;
       }
       current.push_back(std::move(item));
     }
@@ -645,7 +671,7 @@ HttpResponse Api::list_workers() {
                     {"last_heartbeat_s", std::chrono::duration<double>(now - w->last_seen).count()},
                     {"shards", current}});
   }
-  return json_response(200, {{"workers", list}});
+  return json_response(200, {{"workers", list}, {"next_after", next_after}});
 }
 
 }  // namespace evald::coordinator

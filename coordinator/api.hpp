@@ -24,6 +24,11 @@
 
 namespace evald::coordinator {
 
+// GET /v1/workers pages: workers by name, `limit` per page (default and cap), so that the answer
+// (rendered on the core thread) stays small however big the fleet is.
+inline constexpr size_t kWorkersPageDefault = 1000;
+inline constexpr size_t kWorkersPageMax = 10000;
+
 struct ApiOptions {
   // nullptr: no authentication (everything open, submitted_by null).
   std::shared_ptr<const TokenTable> tokens;
@@ -66,7 +71,7 @@ class Api {
                                  const std::string& address);
   int64_t unfinished_shards_of(const std::string& owner) const;
   HttpResponse cancel(const Campaign& c, const HttpRequest& request);
-  HttpResponse list_workers();
+  HttpResponse list_workers(const std::string& query);
   nlohmann::json campaign_json(const Campaign& c) const;
 
   // Results you can defend (api_defend.cpp).

@@ -53,6 +53,10 @@ int main(int argc_in, char** argv_in) {
       "after a restart, how long running shards wait for their workers to reclaim them")(
       "forget-lost-workers-ms", value<int64_t>()->default_value(3600000),
       "a lost worker with nothing left is forgotten (and its /metrics series removed) after this")(
+      "max-worker-series", value<int64_t>()->default_value(1000),
+      "per-worker /metrics series (evald_worker_slots, ..._last_heartbeat_age_seconds, "
+      "evald_workers_lost_total) for at most this many workers; the rest count in the fleet-wide "
+      "gauges only (0: none)")(
       "finished-campaign-metrics-ms", value<int64_t>()->default_value(600000),
       "a finished campaign's /metrics series are removed this long after it ends")(
       "serve-backoff-failures", value<int64_t>()->default_value(3),
@@ -126,6 +130,12 @@ int main(int argc_in, char** argv_in) {
       std::chrono::milliseconds(v["forget-lost-workers-ms"].as<int64_t>());
   config.finished_campaign_metrics =
       std::chrono::milliseconds(v["finished-campaign-metrics-ms"].as<int64_t>());
+  const auto max_worker_series = v["max-worker-series"].as<int64_t>();
+  if (max_worker_series < 0) {
+    std::cerr << "evald-coordinator: --max-worker-series must not be negative\n";
+    return evald::kExitUsage;
+  }
+  config.max_worker_series = static_cast<size_t>(max_worker_series);
   const auto backoff_failures = v["serve-backoff-failures"].as<int64_t>();
   config.serve_backoff.base = std::chrono::milliseconds(v["serve-backoff-ms"].as<int64_t>());
   config.serve_backoff.max = std::chrono::milliseconds(v["serve-backoff-max-ms"].as<int64_t>());

@@ -231,7 +231,28 @@ Metrics::Metrics()
       workers_idle(BuildGauge()
                        .Name("evald_workers_idle")
                        .Help("Connected workers running no shard, by their labels")
-                       .Register(*registry)) {}
+                       .Register(*registry)),
+      workers_busy(BuildGauge()
+                       .Name("evald_workers_busy")
+                       .Help("Connected workers running at least one shard, by their labels")
+                       .Register(*registry)),
+      fleet_slots(BuildGauge()
+                      .Name("evald_slots")
+                      .Help("Slots of all connected workers, kind=used|free|total (the sum of "
+                            "evald_worker_slots, which only the first --max-worker-series "
+                            "workers have)")
+                      .Register(*registry)),
+      workers_without_series(BuildGauge()
+                                 .Name("evald_workers_without_series")
+                                 .Help("Known workers that have no per-worker series because "
+                                       "--max-worker-series workers already have them")
+                                 .Register(*registry)
+                                 .Add({})),
+      worker_losses(BuildCounter()
+                        .Name("evald_worker_losses_total")
+                        .Help("Times any worker was declared lost (silent past the timeout)")
+                        .Register(*registry)
+                        .Add({})) {}
 
 std::string Metrics::serialize() const {
   const prometheus::TextSerializer serializer;

@@ -100,6 +100,15 @@ struct Metrics {
   // work whichever worker could run it, including work no known worker can. {labels}
   prometheus::Family<prometheus::Gauge>& pending_gpu_seconds;
   prometheus::Family<prometheus::Gauge>& workers_idle;  // {labels}
+  prometheus::Family<prometheus::Gauge>& workers_busy;  // {labels}: connected, running a shard
+  // The whole fleet's slots, kind=used|free|total: the sum of evald_worker_slots, which exists
+  // only for the first --max-worker-series workers.
+  prometheus::Family<prometheus::Gauge>& fleet_slots;
+  // Workers given no per-worker series because --max-worker-series were taken.
+  prometheus::Gauge& workers_without_series;
+  // Times any worker was declared lost (evald_workers_lost_total{worker} counts per worker, for
+  // the workers that have series).
+  prometheus::Counter& worker_losses;
 
   // benchmark_shards handles per campaign id, one per group (model x benchmark), so refreshing
   // them is a few atomic stores. Core thread only.

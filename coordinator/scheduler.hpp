@@ -74,6 +74,9 @@ struct SchedulerOptions {
   // How long a finished campaign keeps its Prometheus series; then they are removed so /metrics
   // stays bounded however many campaigns have run. A rerun brings them back.
   std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
+  // Per-worker Prometheus series exist for at most this many workers (the first to connect);
+  // the fleet-wide gauges count every worker. Keeps /metrics small for a fleet of thousands.
+  size_t max_worker_series = 1000;
   // Where the attempt sequence of each epoch starts (0 = ids start at epoch << 32 | 1). Only tests
   // change it, to reach the wrap of the 32-bit sequence without four billion leases.
   uint32_t first_attempt_seq = 0;
@@ -294,6 +297,11 @@ struct WorkerInfo {
     }
     return false;
   }
+  // Its labels as a kind key ("k=v,k2=v2", sorted) and its GPUs' memory, for the capacity
+  // gauges (refreshed four times a second: not rebuilt per worker each time).
+  std::string labels_key;
+  std::string gpu_layout;
+  // Its per-worker series; all null when --max-worker-series workers already have theirs.
   prometheus::Gauge* slots_used = nullptr;
   prometheus::Gauge* slots_total = nullptr;
   prometheus::Gauge* slots_free = nullptr;
@@ -458,6 +466,10 @@ class Scheduler {
   void hand_back_orphans(const std::string& identity, const protocol::HandBack& hand_back);
   void give_back(Campaign& c, const ShardKey& key, const std::string& worker);
   WorkerInfo* find_worker(const std::string& name);
+  // Liveness, heartbeats and forgetting, in one pass at the earliest deadline (tick()).
+  void run_worker_timers(std::chrono::steady_clock::time_point now);
+  // A worker's deadline may now be earlier than the recorded one: the next tick runs the pass.
+  void wake_worker_timers();
   Campaign* campaign_by_key(uint32_t key);
   void refresh_gauges();
   // evald_pending_gpu_seconds and evald_workers_idle, per kind of worker (its labels).
@@ -549,6 +561,9 @@ class Scheduler {
   size_t tier_turn_ = 0;
   std::array<prometheus::Counter*, 32> received_by_type_{};
   std::chrono::steady_clock::time_point last_gauges_{};
+  // The earliest deadline of any worker timer (or earlier); run_worker_timers() sets it.
+  std::chrono::steady_clock::time_point next_worker_timer_{};
+  size_t workers_with_series_ = 0;  // workers whose per-worker series exist
 };
 
 }  // namespace evald::coordinator

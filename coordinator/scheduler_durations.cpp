@@ -19,8 +19,9 @@ uint32_t examples_in(const Campaign& c, uint32_t group, uint32_t shard) {
   return static_cast<uint32_t>(std::max<int64_t>(0, range.end - range.start));
 }
 
-// A kind of worker, as an autoscaler tells its deployments apart: its labels, "k=v,k2=v2".
-std::string labels_key(const nlohmann::json& labels) {
+}  // namespace
+
+std::string scheduler_detail::labels_key(const nlohmann::json& labels) {
   std::string out;
   if (!labels.is_object()) return out;
   for (const auto& [key, value] : labels.items()) {  // nlohmann keeps object keys sorted
@@ -29,8 +30,6 @@ std::string labels_key(const nlohmann::json& labels) {
   }
   return out;
 }
-
-}  // namespace
 
 void Scheduler::learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, bool cold,
                                const protocol::ShardResult& r, uint32_t examples) {
@@ -178,17 +177,12 @@ void Scheduler::refresh_capacity_gauges() {
   // One worker of each kind and GPU layout stands for all of them: placement only looks at
   // labels and GPUs, and a fleet of a thousand workers has a handful of layouts.
   std::map<std::string, std::map<std::string, const WorkerInfo*>> kinds;
-  std::map<std::string, int64_t> idle;
+  std::map<std::string, std::pair<int64_t, int64_t>> idle_busy;
   for (const auto& slot : workers_) {
     if (!slot) continue;
-    const std::string kind = labels_key(slot->labels);
-    std::string layout;
-    for (const auto& gpu : slot->gpu_slots) {
-      layout += std::to_string(gpu.memory_mib.value_or(-1)) + ',';
-    }
-    kinds[kind].emplace(layout, slot.get());
-    auto& count = idle[kind];
-    if (slot->state == WorkerState::kConnected && slot->leases.empty()) ++count;
+    kinds[slot->labels_key].emplace(slot->gpu_layout, slot.get());
+    auto& [idle, busy] = idle_busy[slot->labels_key];
+    if (slot->state == WorkerState::kConnected) ++(slot->leases.empty() ? idle : busy);
   }
   std::map<std::string, double> pending;
   for (const auto& [kind, layouts] : kinds) pending[kind] = 0;
@@ -213,12 +207,15 @@ void Scheduler::refresh_capacity_gauges() {
     if (kinds.contains(kind)) continue;
     metrics_.pending_gpu_seconds.Remove(&metrics_.pending_gpu_seconds.Add({{"labels", kind}}));
     metrics_.workers_idle.Remove(&metrics_.workers_idle.Add({{"labels", kind}}));
+    metrics_.workers_busy.Remove(&metrics_.workers_busy.Add({{"labels", kind}}));
   }
   capacity_kinds_.clear();
   for (const auto& [kind, seconds] : pending) {
     capacity_kinds_.push_back(kind);
     metrics_.pending_gpu_seconds.Add({{"labels", kind}}).Set(seconds);
-    metrics_.workers_idle.Add({{"labels", kind}}).Set(static_cast<double>(idle[kind]));
+    const auto& [idle, busy] = idle_busy[kind];
+    metrics_.workers_idle.Add({{"labels", kind}}).Set(static_cast<double>(idle));
+    metrics_.workers_busy.Add({{"labels", kind}}).Set(static_cast<double>(busy));
   }
   metrics_.pending_gpu_seconds.Add({{"labels", "all"}}).Set(all);
 }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -23,6 +24,10 @@ inline std::string campaign_id_for(uint32_t key) {
   std::snprintf(buf, sizeof buf, "c%06u", key);
   return buf;
 }
+
+// A kind of worker, as an autoscaler tells its deployments apart: its labels, "k=v,k2=v2"
+// (sorted by key). Defined in scheduler_durations.cpp.
+std::string labels_key(const nlohmann::json& labels);
 
 // Why a lease holder's successful result cannot count (a count outside the shard, bad or missing
 // metrics), or nothing when it can. Defined in scheduler_worker_protocol.cpp.

@@ -68,6 +68,8 @@ void Scheduler::detach_campaign_metrics(Campaign& c) {
 }
 
 void Scheduler::forget_worker_metrics(const WorkerInfo& w) {
+  if (w.slots_used == nullptr) return;
+  --workers_with_series_;
   metrics_.worker_slots.Remove(w.slots_used);
   metrics_.worker_slots.Remove(w.slots_total);
   metrics_.worker_slots.Remove(w.slots_free);
@@ -75,8 +77,18 @@ void Scheduler::forget_worker_metrics(const WorkerInfo& w) {
   metrics_.workers_lost.Remove(&metrics_.workers_lost.Add({{"worker", w.name}}));
 }
 
-void Scheduler::tick() {
-  const auto now = clock_.now();
+// Worker timers (liveness, heartbeats, forgetting lost workers) run in one pass over the workers
+// at the earliest deadline of any of them, not every turn: with thousands of workers a pass per
+// turn would cost more than the turn's real work. A deadline only moves later between passes
+// (a message from a worker, a message sent to it), so waking at the recorded earliest one is
+// never late; events that bring a deadline closer (a new worker, a lost one) call
+// wake_worker_timers(). A pass runs when the first heartbeat is due and also sends those due
+// within the next quarter interval, so a fleet's heartbeats coalesce into at most about four
+// passes per interval instead of one per worker, and none is ever sent late.
+void Scheduler::run_worker_timers(std::chrono::steady_clock::time_point now) {
+  const auto early = options_.heartbeat / 4;
+  const auto one_tick = std::chrono::milliseconds(1);
+  auto next = now + std::max(options_.heartbeat, options_.worker_timeout);
   for (auto& slot : workers_) {
     if (!slot) continue;
     WorkerInfo& w = *slot;
@@ -84,18 +96,38 @@ void Scheduler::tick() {
       if (now - w.last_seen > options_.worker_timeout) {
         lose_worker(
             w, "silent for more than " + std::to_string(options_.worker_timeout.count()) + " ms");
-      } else if (now - w.last_sent >= options_.heartbeat) {
-        outgoing_.send(w.name, protocol::Heartbeat{});
-        w.last_sent = now;
+      } else {
+        if (now - w.last_sent >= options_.heartbeat - early) {
+          outgoing_.send(w.name, protocol::Heartbeat{});
+          w.last_sent = now;
+        }
+        next = std::min({next, w.last_seen + options_.worker_timeout + one_tick,
+                         w.last_sent + options_.heartbeat});
+        continue;
       }
-    } else if (w.leases.empty() && now - lost_at_[w.index] > options_.forget_lost_workers_after) {
+    }
+    // Lost (just now or before): forgotten once nothing is left running and the time is up.
+    const auto lost_at = lost_at_[w.index];
+    if (w.leases.empty() && now - lost_at > options_.forget_lost_workers_after) {
       spdlog::info("worker_forgotten worker={}", w.name);
       forget_worker_metrics(w);
       worker_by_name_.erase(w.name);
       lost_at_.erase(w.index);
       slot.reset();
+      continue;
     }
+    next = std::min(next, lost_at + options_.forget_lost_workers_after + one_tick);
   }
+  next_worker_timer_ = next;
+}
+
+void Scheduler::wake_worker_timers() {
+  next_worker_timer_ = {};
+}
+
+void Scheduler::tick() {
+  const auto now = clock_.now();
+  if (now >= next_worker_timer_) run_worker_timers(now);
   for (auto it = orphans_.begin(); it != orphans_.end();) {
     if (it->second.deadline > now) {
       ++it;
@@ -179,16 +211,34 @@ void Scheduler::refresh_gauges() {
     }
   }
   std::array<int, 3> by_state{};
+  double used = 0;
+  double total = 0;
+  double free = 0;
+  size_t without_series = 0;
   for (const auto& slot : workers_) {
     if (!slot) continue;
     const WorkerInfo& w = *slot;
     by_state[static_cast<size_t>(w.state)] += 1;
-    w.slots_used->Set(static_cast<double>(w.leases.size()));
-    w.slots_total->Set(w.state == WorkerState::kLost ? 0 : w.slots);
+    const double w_used = static_cast<double>(w.leases.size());
+    const double w_total = w.state == WorkerState::kLost ? 0 : w.slots;
     // Free = what dispatch may still hand out: none on a draining or lost worker.
-    w.slots_free->Set(w.state == WorkerState::kConnected ? w.free_slots() : 0);
+    const double w_free = w.state == WorkerState::kConnected ? w.free_slots() : 0;
+    used += w_used;
+    total += w_total;
+    free += w_free;
+    if (w.slots_used == nullptr) {
+      ++without_series;
+      continue;
+    }
+    w.slots_used->Set(w_used);
+    w.slots_total->Set(w_total);
+    w.slots_free->Set(w_free);
     w.heartbeat_age->Set(seconds_between(w.last_seen, now));
   }
+  metrics_.fleet_slots.Add({{"kind", "used"}}).Set(used);
+  metrics_.fleet_slots.Add({{"kind", "total"}}).Set(total);
+  metrics_.fleet_slots.Add({{"kind", "free"}}).Set(free);
+  metrics_.workers_without_series.Set(static_cast<double>(without_series));
   for (auto state : {WorkerState::kConnected, WorkerState::kDraining, WorkerState::kLost}) {
     metrics_.workers.Add({{"state", to_string(state)}}).Set(by_state[static_cast<size_t>(state)]);
   }

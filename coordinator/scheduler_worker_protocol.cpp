@@ -248,6 +248,10 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     w->index = index;
     w->name = identity;
     worker_by_name_[identity] = index;
+  }
+  // A known worker that had none (the cap was reached then) gets its series once there is room.
+  if (w->slots_used == nullptr && workers_with_series_ < options_.max_worker_series) {
+    ++workers_with_series_;
     w->slots_used = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "used"}});
     w->slots_total = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "total"}});
     w->slots_free = &metrics_.worker_slots.Add({{"worker", identity}, {"kind", "free"}});
@@ -327,6 +331,11 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   w->gpus = std::move(hello.gpus);
   w->labels = std::move(hello.labels);
   w->kind = kind_of(*w);
+  w->labels_key = scheduler_detail::labels_key(w->labels);
+  w->gpu_layout.clear();
+  for (const auto& gpu : w->gpu_slots) {
+    w->gpu_layout += std::to_string(gpu.memory_mib.value_or(-1)) + ',';
+  }
   adopt_recovered_samples(*w);
   // Servers it already has (we may have restarted): affinity prefers them; no load is counted.
   w->warm = bounded_warm(std::move(hello.warm));
@@ -335,6 +344,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   w->last_sent = now;
   w->campaigns_sent.clear();
   lost_at_.erase(w->index);
+  wake_worker_timers();
   outgoing_.send(identity,
                  protocol::Welcome{static_cast<uint32_t>(options_.heartbeat.count()),
                                    static_cast<uint32_t>(options_.worker_timeout.count()), epoch_});
@@ -561,9 +571,11 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
 
 void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   spdlog::warn("worker_lost worker={} reason=\"{}\" leases={}", w.name, reason, w.leases.size());
-  metrics_.workers_lost.Add({{"worker", w.name}}).Increment();
+  metrics_.worker_losses.Increment();
+  if (w.slots_used != nullptr) metrics_.workers_lost.Add({{"worker", w.name}}).Increment();
   w.state = WorkerState::kLost;
   lost_at_[w.index] = clock_.now();
+  wake_worker_timers();
   auto leases = std::move(w.leases);
   w.leases.clear();
   w.lease_gpus.clear();

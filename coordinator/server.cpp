@@ -119,6 +119,7 @@ int run_coordinator(const CoordinatorConfig& config) {
                          .forget_lost_workers_after = config.forget_lost_workers_after,
                          .restart_grace = config.restart_grace,
                          .finished_campaign_metrics = config.finished_campaign_metrics,
+                         .max_worker_series = config.max_worker_series,
                          .serve_backoff = config.serve_backoff});
     if (auto recovered = scheduler.recover(); !recovered.ok()) {
       spdlog::error("recovery_failed data_dir={} error=\"{}\"", config.data_dir,

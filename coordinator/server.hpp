@@ -25,6 +25,7 @@ struct CoordinatorConfig {
   std::chrono::milliseconds restart_grace{10000};
   std::chrono::milliseconds forget_lost_workers_after{std::chrono::hours(1)};
   std::chrono::milliseconds finished_campaign_metrics{std::chrono::minutes(10)};
+  size_t max_worker_series = 1000;
   // Served models whose server keeps failing to start on a worker (docs/served-models.md).
   ServeBackoffOptions serve_backoff{};
   size_t max_body_bytes = 16u << 20;

@@ -564,12 +564,25 @@ int independence(const po::variables_map& values, bool json_output, std::ostream
 }
 
 int workers(const Context& context) {
-  const auto reply = call(context, "GET", "/v1/workers");
-  if (!reply) return fail(context, reply.error().message);
+  // The coordinator answers a page of workers at a time (by name); gather them all.
+  json all = {{"workers", json::array()}};
+  std::string target = "/v1/workers";
+  for (;;) {
+    const auto reply = call(context, "GET", target);
+    if (!reply) return fail(context, reply.error().message);
+    const auto list = reply->find("workers");
+    if (list == reply->end() || !list->is_array()) {
+      return fail(context, "unexpected answer to GET /v1/workers: no workers");
+    }
+    for (const auto& w : *list) all["workers"].push_back(w);
+    const auto next = reply->find("next_after");
+    if (next == reply->end() || !next->is_string()) break;
+    target = "/v1/workers?after=" + url_encode(next->get<std::string>());
+  }
   if (context.json_output) {
-    print_json(context, *reply);
+    print_json(context, all);
   } else {
-    context.out << format_workers(*reply);
+    context.out << format_workers(all);
   }
   return kExitOk;
 }

@@ -51,6 +51,7 @@
 #include "common/cli_options.hpp"
 #include "common/curve_keys.hpp"
 #include "common/protocol.hpp"
+#include "tests/bench/bench_util.hpp"
 #include "tests/support/cluster.hpp"
 
 namespace {
@@ -206,19 +207,6 @@ class LogWatch {
   std::string pending_;
   std::string searched_;
 };
-
-std::vector<size_t> parse_counts(const std::string& text) {
-  std::vector<size_t> counts;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) {
-    size_t used = 0;
-    const long value = std::stol(item, &used);
-    if (used != item.size() || value <= 0) throw std::invalid_argument(item);
-    counts.push_back(static_cast<size_t>(value));
-  }
-  if (counts.empty()) throw std::invalid_argument(text);
-  return counts;
-}
 
 // VmHWM (peak resident set) of a live process, in MiB; 0 if it cannot be read.
 double peak_rss_mib(pid_t pid) {
@@ -400,7 +388,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     const auto& v = args.values;
-    config.workers = parse_counts(v["workers"].as<std::string>());
+    config.workers = evald::bench::parse_counts(v["workers"].as<std::string>());
     config.runs = v["runs"].as<int>();
     config.shards = v["shards"].as<int64_t>();
     config.models = v["models"].as<int64_t>();

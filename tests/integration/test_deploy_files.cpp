@@ -1088,9 +1088,10 @@ TEST_CASE("the autoscaling components size the worker StatefulSet within sane bo
   // in the divisor, "(TARGET_DRAIN_S * GPUS)".
   const auto check_query = [&](const std::string& query) {
     INFO("query: " << query);
+    // The pool's busy workers, by its label (not per-worker series: those stop at
+    // --max-worker-series).
     CHECK_THAT(query,
-               Catch::Contains("worker=~\"" + workers["metadata"]["name"].get<std::string>() +
-                               "-[0-9]+\""));
+               Catch::Contains("evald_workers_busy{labels=~\"(.*,)?pool=" + pool + "(,.*)?\""));
     CHECK_THAT(query, Catch::Contains("pool=" + pool + "(,.*)?\""));
     CHECK_THAT(query, Catch::Contains("labels=\"all\""));
     std::smatch divisor;
@@ -1214,14 +1215,14 @@ TEST_CASE("the autoscaling queries compute the wanted workers from a real coordi
   // Three shards run (one per worker), 37 are pending; the gauges refresh every 250 ms.
   REQUIRE(wait_until(
       [&] {
-        return api.metric("evald_worker_slots", {{"kind", "used"}}) == 3.0 &&
+        return api.metric_if_declared("evald_workers_busy").value_or(0) == 3.0 &&
                api.metric("evald_pending_gpu_seconds", {{"labels", "node=n1,pool=k8s"}}) > 0;
       },
       20s));
   const auto page = api.request("GET", "/metrics").body;
 
   // Every series the queries read is one the coordinator exports, under these names.
-  const std::vector<std::string> families = {"evald_worker_slots", "evald_pending_gpu_seconds"};
+  const std::vector<std::string> families = {"evald_workers_busy", "evald_pending_gpu_seconds"};
   for (const auto& family : families) {
     CHECK_THAT(page, Catch::Contains("# TYPE " + family + " gauge"));
     CHECK_THAT(keda_query, Catch::Contains(family + "{"));

@@ -173,6 +173,8 @@ TEST_CASE("coordinator and worker /metrics pass promtool and count a campaign ex
         w.insert(w.end(), second.begin(), second.end());
         return sum(c, "evald_campaign_shards", {{"campaign", id}, {"state", "succeeded"}}) == 11 &&
                sum(c, "evald_worker_slots", {{"kind", "used"}}) == 0 &&
+               sum(c, "evald_slots", {{"kind", "used"}}) == 0 &&
+               sum(c, "evald_workers_busy") == 0 &&
                sum(w, "evald_worker_results_acked_total") == 13;
       },
       10s);
@@ -218,6 +220,14 @@ TEST_CASE("coordinator and worker /metrics pass promtool and count a campaign ex
     CHECK(sum(c, "evald_worker_slots", {{"worker", name}, {"kind", "used"}}) == 0);
     CHECK(has(c, "evald_worker_last_heartbeat_age_seconds", {{"worker", name}}));
   }
+  // The fleet-wide gauges (they count workers beyond --max-worker-series too).
+  CHECK(sum(c, "evald_slots", {{"kind", "total"}}) == 4);
+  CHECK(sum(c, "evald_slots", {{"kind", "free"}}) == 4);
+  CHECK(sum(c, "evald_slots", {{"kind", "used"}}) == 0);
+  CHECK(sum(c, "evald_workers_busy") == 0);
+  CHECK(sum(c, "evald_workers_idle") == 2);
+  CHECK(sum(c, "evald_workers_without_series") == 0);
+  CHECK(sum(c, "evald_worker_losses_total") == 0);
   CHECK(sum(c, "evald_http_requests_total", {{"route", "/v1/campaigns"}, {"status", "201"}}) == 1);
   CHECK(sum(c, "evald_messages_received_total", {{"type", "hello"}}) == 2);
   CHECK(sum(c, "evald_messages_received_total", {{"type", "results"}}) >= 1);

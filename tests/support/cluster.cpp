@@ -1,6 +1,7 @@
 #include "tests/support/cluster.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <exception>
 #include <fstream>
@@ -225,7 +226,27 @@ nlohmann::json Api::shards(const std::string& id, const std::string& state) cons
 }
 
 nlohmann::json Api::workers() const {
-  return get("/v1/workers").at("workers");
+  // Every page (GET /v1/workers answers at most 1000 workers per page by default).
+  nlohmann::json all = nlohmann::json::array();
+  std::string target = "/v1/workers";
+  while (true) {
+    auto page = get(target);
+    for (auto& w : page.at("workers")) all.push_back(std::move(w));
+    const auto& next = page.at("next_after");
+    if (next.is_null()) return all;
+    std::string after;
+    for (const unsigned char c : next.get<std::string>()) {
+      if (std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.' || c == '~') {
+        after += static_cast<char>(c);
+      } else {
+        static constexpr char kHex[] = "0123456789ABCDEF";
+        after += {'%', kHex[c >> 4], kHex[c & 15]};
+      }
+    }
+    const std::string next_target = "/v1/workers?after=" + after;
+    if (next_target == target) throw std::runtime_error("GET /v1/workers repeats " + target);
+    target = next_target;
+  }
 }
 
 nlohmann::json Api::wait_for_state(const std::string& id, const std::string& state,

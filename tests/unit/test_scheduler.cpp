@@ -2,6 +2,8 @@
 // driven with an injected clock against a real RocksDB directory.
 #include <catch2/catch.hpp>
 #include <map>
+#include <optional>
+#include <string>
 
 #include "common/clock.hpp"
 #include "coordinator/scheduler.hpp"
@@ -943,4 +945,106 @@ TEST_CASE("an invalid result from the lease holder fails the attempt", "[unit][s
   CHECK(c.groups[0].shards[0].attempts == 1);
   CHECK(h.scheduler->last_error(c, 0, 0) == "invalid result: count 3 exceeds the shard's size 2");
   CHECK(c.groups[0].cell.examples_scored == 0);
+}
+
+TEST_CASE(
+    "worker timers: a fleet's heartbeats coalesce, none is late, a silent worker is lost on time",
+    "[unit][scheduler]") {
+  Harness h;
+  // 100 workers connect 10 ms apart, over one heartbeat interval: their deadlines are spread.
+  constexpr int kWorkers = 100;
+  std::map<std::string, std::chrono::steady_clock::time_point> last_heard;  // from the coordinator
+  std::chrono::milliseconds longest_gap{0};
+  // What the turn sent: whether it held a heartbeat; every message counts as one for its worker.
+  const auto collect = [&] {
+    bool any = false;
+    for (const auto& [who, m] : h.sent) {
+      any = any || std::holds_alternative<protocol::Heartbeat>(m);
+      if (auto it = last_heard.find(who); it != last_heard.end()) {
+        longest_gap = std::max(longest_gap, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                h.clock.now() - it->second));
+      }
+      last_heard[who] = h.clock.now();
+    }
+    h.sent.clear();
+    return any;
+  };
+  for (int i = 0; i < kWorkers; ++i) {
+    h.hello("w" + std::to_string(i), 1);
+    h.turn();  // its WELCOME
+    collect();
+    h.clock.advance(10ms);
+  }
+  const auto silent_since = h.clock.now();  // w0 says nothing from now on; the others every 500 ms
+  std::optional<std::chrono::steady_clock::time_point> w0_lost_at;
+  int turns_with_heartbeats = 0;
+  for (int step = 1; step <= 1400; ++step) {  // 7 s in 5 ms turns
+    h.clock.advance(5ms);
+    if (step % 100 == 0) {
+      for (int i = 1; i < kWorkers; ++i) {
+        h.scheduler->on_message("w" + std::to_string(i), protocol::Heartbeat{});
+      }
+    }
+    h.turn();
+    turns_with_heartbeats += collect() ? 1 : 0;
+    for (const WorkerInfo* w : h.scheduler->workers()) {
+      if (w->name == "w0" && w->state == WorkerState::kLost && !w0_lost_at) {
+        w0_lost_at = h.clock.now();
+      }
+    }
+  }
+  // Every live worker heard from the coordinator at least once per interval, never later.
+  for (int i = 1; i < kWorkers; ++i) {
+    INFO("w" << i);
+    CHECK(h.clock.now() - last_heard["w" + std::to_string(i)] <= 1000ms);
+  }
+  CHECK(longest_gap <= 1000ms);
+  // One pass per worker deadline would be ~100 turns with heartbeats per second (700 in 7 s);
+  // coalesced within a quarter interval it is at most about five per second.
+  CHECK(turns_with_heartbeats <= 7 * 5);
+  CHECK(turns_with_heartbeats >= 7);
+  // Lost in the first turn after the timeout: silent since its last message (its HELLO).
+  REQUIRE(w0_lost_at.has_value());
+  const auto w0_hello = silent_since - 10ms * kWorkers;
+  CHECK(*w0_lost_at - w0_hello > 5000ms);
+  CHECK(*w0_lost_at - w0_hello <= 5000ms + 5ms);
+}
+
+TEST_CASE("max worker series: per-worker series for the first N workers, the fleet gauges for all",
+          "[unit][scheduler]") {
+  Harness h;
+  h.options.max_worker_series = 2;
+  h.open();
+  for (const auto* name : {"w1", "w2", "w3"}) h.hello(name, 4);
+  auto id = h.scheduler->submit(make_spec(2, 1));
+  REQUIRE(id.ok());
+  h.turn();                // two shards on the first worker(s) with free slots
+  h.clock.advance(300ms);  // past the gauge refresh interval
+  h.turn();
+  std::string page = h.metrics.serialize();
+  const auto value = [&](const std::string& series) -> std::optional<double> {
+    const auto at = page.find("\n" + series + " ");
+    if (at == std::string::npos) return std::nullopt;
+    return std::stod(page.substr(at + series.size() + 2));
+  };
+  CHECK(value(R"(evald_worker_slots{kind="total",worker="w1"})") == 4);
+  CHECK(value(R"(evald_worker_slots{kind="total",worker="w2"})") == 4);
+  CHECK_FALSE(value(R"(evald_worker_slots{kind="total",worker="w3"})").has_value());
+  CHECK_FALSE(value(R"(evald_worker_last_heartbeat_age_seconds{worker="w3"})").has_value());
+  CHECK(value("evald_workers_without_series") == 1);
+  CHECK(value(R"(evald_slots{kind="total"})") == 12);
+  CHECK(value(R"(evald_slots{kind="used"})") == 2);
+  CHECK(value(R"(evald_slots{kind="free"})") == 10);
+  const double busy = value(R"(evald_workers_busy{labels=""})").value_or(-1);
+  const double idle = value(R"(evald_workers_idle{labels=""})").value_or(-1);
+  CHECK(busy >= 1);
+  CHECK(busy + idle == 3);
+
+  // A lost worker without series still counts in the fleet-wide losses.
+  h.clock.advance(6000ms);  // nobody said anything: all three are lost
+  h.turn();
+  page = h.metrics.serialize();
+  CHECK(value("evald_worker_losses_total") == 3);
+  CHECK(value(R"(evald_workers_lost_total{worker="w1"})") == 1);
+  CHECK_FALSE(value(R"(evald_workers_lost_total{worker="w3"})").has_value());
 }
