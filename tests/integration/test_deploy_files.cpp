@@ -1084,8 +1084,8 @@ TEST_CASE("the autoscaling components size the worker StatefulSet within sane bo
   check_autoscaling_component(deploy_dir() / kKedaDir, base);
   check_autoscaling_component(deploy_dir() / kHpaDir, base);
 
-  // Every query: this StatefulSet's pods (named NAME-N), this pool's label, and the pod's GPUs
-  // in the divisor, "(TARGET_DRAIN_S * GPUS)".
+  // Every query: this pool's busy workers and pending work, by the pool's label, and the pod's
+  // GPUs in the divisor, "(TARGET_DRAIN_S * GPUS)".
   const auto check_query = [&](const std::string& query) {
     INFO("query: " << query);
     // The pool's busy workers, by its label (not per-worker series: those stop at
