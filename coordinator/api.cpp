@@ -337,21 +337,23 @@ HttpResponse Api::submit(const HttpRequest& request) {
   return json_response(201, {{"id", id.value()}});
 }
 
+std::optional<uint64_t> unsigned_query_param(const std::map<std::string, std::string>& params,
+                                             const char* key, uint64_t fallback) {
+  const auto it = params.find(key);
+  if (it == params.end() || it->second.empty()) return fallback;
+  uint64_t value = 0;
+  const auto* begin = it->second.data();
+  const auto* end = begin + it->second.size();
+  const auto [ptr, ec] = std::from_chars(begin, end, value);
+  if (ec != std::errc() || ptr != end) return std::nullopt;
+  return value;
+}
+
 HttpResponse Api::audit(const std::string& query) {
   const auto params = parse_query(query);
-  const auto number = [&](const char* key, uint64_t fallback) -> std::optional<uint64_t> {
-    const auto it = params.find(key);
-    if (it == params.end() || it->second.empty()) return fallback;
-    uint64_t value = 0;
-    const auto* begin = it->second.data();
-    const auto* end = begin + it->second.size();
-    const auto [ptr, ec] = std::from_chars(begin, end, value);
-    if (ec != std::errc() || ptr != end) return std::nullopt;
-    return value;
-  };
-  const auto since = number("since", 0);
+  const auto since = unsigned_query_param(params, "since", 0);
   if (!since) return error_response(400, "since: must be a non-negative integer (an event seq)");
-  const auto limit = number("limit", kAuditDefaultLimit);
+  const auto limit = unsigned_query_param(params, "limit", kAuditDefaultLimit);
   if (!limit || *limit == 0) return error_response(400, "limit: must be a positive integer");
   auto page = audit_.page(*since, std::min<uint64_t>(*limit, kAuditMaxLimit));
   if (!page.ok()) return error_response(500, page.error().message);
@@ -623,17 +625,9 @@ HttpResponse Api::cancel(const Campaign& c, const HttpRequest& request) {
 
 HttpResponse Api::list_workers(const std::string& query) {
   const auto params = parse_query(query);
-  size_t limit = kWorkersPageDefault;
-  if (auto it = params.find("limit"); it != params.end() && !it->second.empty()) {
-    uint64_t value = 0;
-    const auto* begin = it->second.data();
-    const auto* end = begin + it->second.size();
-    const auto [ptr, ec] = std::from_chars(begin, end, value);
-    if (ec != std::errc() || ptr != end || value == 0) {
-      return error_response(400, "limit: must be a positive integer");
-    }
-    limit = static_cast<size_t>(std::min<uint64_t>(value, kWorkersPageMax));
-  }
+  const auto asked = unsigned_query_param(params, "limit", kWorkersPageDefault);
+  if (!asked || *asked == 0) return error_response(400, "limit: must be a positive integer");
+  const auto limit = static_cast<size_t>(std::min<uint64_t>(*asked, kWorkersPageMax));
   const auto after_it = params.find("after");
   const std::string after = after_it == params.end() ? "" : after_it->second;
   const auto now = scheduler_.clock().now();

@@ -29,6 +29,11 @@ namespace evald::coordinator {
 inline constexpr size_t kWorkersPageDefault = 1000;
 inline constexpr size_t kWorkersPageMax = 10000;
 
+// A query parameter that must be an unsigned integer: `fallback` when it is absent or empty,
+// nullopt when it is not a number.
+std::optional<uint64_t> unsigned_query_param(const std::map<std::string, std::string>& params,
+                                             const char* key, uint64_t fallback);
+
 struct ApiOptions {
   // nullptr: no authentication (everything open, submitted_by null).
   std::shared_ptr<const TokenTable> tokens;

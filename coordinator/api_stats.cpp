@@ -45,16 +45,8 @@ std::variant<std::string, HttpResponse> required(const std::map<std::string, std
 
 std::optional<uint64_t> unsigned_param(const std::map<std::string, std::string>& params,
                                        const char* key, uint64_t fallback, bool& bad) {
-  const auto it = params.find(key);
-  if (it == params.end() || it->second.empty()) return fallback;
-  uint64_t value = 0;
-  const char* begin = it->second.data();
-  const char* end = begin + it->second.size();
-  const auto [ptr, ec] = std::from_chars(begin, end, value);
-  if (ec != std::errc() || ptr != end) {
-    bad = true;
-    return std::nullopt;
-  }
+  auto value = unsigned_query_param(params, key, fallback);
+  bad = bad || !value;
   return value;
 }
 

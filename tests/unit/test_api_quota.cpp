@@ -2,6 +2,8 @@
 // principal's queue past --max-pending-shards-per-user. In-process Api on a real Scheduler and
 // RocksDB store, driven turn by turn as the core drives it.
 #include <catch2/catch.hpp>
+#include <string>
+#include <vector>
 
 #include "common/clock.hpp"
 #include "coordinator/api.hpp"
@@ -93,4 +95,45 @@ TEST_CASE("a rerun counts against the pending-shards quota like a submit", "[uni
   CHECK(node.scheduler->find_campaign(id)->state == CampaignState::kSucceeded);
   // A narrower rerun that fits is allowed.
   CHECK(node.call("POST", "/v1/campaigns/" + id + "/rerun", R"({"failed": true})").status == 200);
+}
+
+TEST_CASE("GET /v1/workers pages by name: limit, after, next_after, and a bad limit",
+          "[unit][api]") {
+  Node node(/*quota=*/1000);
+  for (const auto* name : {"w3", "w1", "w2"}) {
+    protocol::Hello hello;
+    hello.name = name;
+    hello.instance = "i1";
+    node.scheduler->on_message(name, hello);
+  }
+  node.turn();
+  const auto names = [](const HttpResponse& response) {
+    const auto body = nlohmann::json::parse(response.body);  // alive for the loop below
+    std::vector<std::string> out;
+    for (const auto& w : body.at("workers")) out.push_back(w.at("name").get<std::string>());
+    return out;
+  };
+  const auto next = [](const HttpResponse& response) {
+    return nlohmann::json::parse(response.body).at("next_after");
+  };
+  auto all = node.call("GET", "/v1/workers");
+  REQUIRE(all.status == 200);
+  CHECK(names(all) == std::vector<std::string>{"w1", "w2", "w3"});
+  CHECK(next(all).is_null());
+
+  auto first = node.call("GET", "/v1/workers?limit=2");
+  CHECK(names(first) == std::vector<std::string>{"w1", "w2"});
+  CHECK(next(first) == "w2");
+  auto last = node.call("GET", "/v1/workers?limit=2&after=w2");
+  CHECK(names(last) == std::vector<std::string>{"w3"});
+  CHECK(next(last).is_null());
+  // A page that ends exactly at the last worker has no next page.
+  auto exact = node.call("GET", "/v1/workers?limit=1&after=w2");
+  CHECK(names(exact) == std::vector<std::string>{"w3"});
+  CHECK(next(exact).is_null());
+
+  for (const auto* bad : {"/v1/workers?limit=0", "/v1/workers?limit=abc", "/v1/workers?limit=-1"}) {
+    INFO(bad);
+    CHECK(node.call("GET", bad).status == 400);
+  }
 }
