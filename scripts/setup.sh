@@ -3,8 +3,9 @@
 # build/ once and builds incrementally. Safe to run again and again: a second run installs
 # nothing, does not reconfigure, and rebuilds only what changed.
 #
-# Usage: scripts/setup.sh [TARGET...]
-#   TARGET  extra CMake targets to build besides the default ones (e.g. benchmarks).
+# Usage: scripts/setup.sh [--packages-only | TARGET...]
+#   TARGET           extra CMake targets to build besides the default ones (e.g. benchmarks).
+#   --packages-only  install the missing packages and stop (scripts/test.sh builds its own tree).
 # Environment:
 #   EVALD_BUILD_DIR  build directory (default: <repo>/build)
 #   EVALD_JOBS       parallel build jobs (default: 2, the size of the development machine)
@@ -62,10 +63,15 @@ die() {
   exit 1
 }
 
+packages_only=0
 case "${1:-}" in
   -h | --help)
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 0
+    ;;
+  --packages-only)
+    packages_only=1
+    shift
     ;;
 esac
 
@@ -129,6 +135,7 @@ build() {
 }
 
 install_missing_packages
+((packages_only)) && exit 0
 configure
 build "$@"
 log "done; binaries are in ${build_dir}/bin"

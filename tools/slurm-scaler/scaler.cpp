@@ -360,7 +360,10 @@ Result<CommandOutput> run_command(const std::vector<std::string>& argv,
                                           : bp::search_path(argv[0]);
   if (exe.empty()) return make_error(argv[0] + ": not found in PATH");
   bp::environment env = boost::this_process::environment();
-  for (const auto& [name, value] : extra_env) env[name] = value;
+  // set(), not env[name]: Boost 1.74's environment lookup compares the whole key against every
+  // entry with memcmp, reading past the end of a shorter one (AddressSanitizer reports it in the
+  // Slurm scaler test); set() checks the length first.
+  for (const auto& [name, value] : extra_env) env.set(name, value);
   boost::asio::io_context io;
   std::future<std::string> out;
   std::future<std::string> err;
