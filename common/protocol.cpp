@@ -55,6 +55,7 @@ void encode_body(BinaryWriter& w, const Heartbeat& m) {
   w.str(body.dump());
 }
 void encode_body(BinaryWriter& /*w*/, const Drain& /*m*/) {}
+void encode_body(BinaryWriter& /*w*/, const Goodbye& /*m*/) {}
 void encode_body(BinaryWriter& /*w*/, const ReHello& /*m*/) {}
 void encode_body(BinaryWriter& w, const Results& m) {
   w.u32(static_cast<uint32_t>(m.results.size()));
@@ -281,6 +282,8 @@ const char* to_string(MessageType type) {
       return "drain";
     case MessageType::kHandBack:
       return "hand_back";
+    case MessageType::kGoodbye:
+      return "goodbye";
     case MessageType::kWelcome:
       return "welcome";
     case MessageType::kCampaign:
@@ -306,6 +309,7 @@ MessageType type_of(const Message& message) {
         if constexpr (std::is_same_v<T, Results>) return MessageType::kResults;
         if constexpr (std::is_same_v<T, Drain>) return MessageType::kDrain;
         if constexpr (std::is_same_v<T, HandBack>) return MessageType::kHandBack;
+        if constexpr (std::is_same_v<T, Goodbye>) return MessageType::kGoodbye;
         if constexpr (std::is_same_v<T, Welcome>) return MessageType::kWelcome;
         if constexpr (std::is_same_v<T, CampaignInfo>) return MessageType::kCampaign;
         if constexpr (std::is_same_v<T, Assign>) return MessageType::kAssign;
@@ -351,6 +355,12 @@ Result<Message> decode(std::string_view frame) {
       break;
     case MessageType::kDrain:
       decoded = Message{Drain{}};
+      break;
+    case MessageType::kGoodbye:
+      // A GOODBYE in a frame that calls itself older is not a frame any version ever wrote.
+      if (version < 4)
+        return make_error("GOODBYE in a version " + std::to_string(version) + " frame");
+      decoded = Message{Goodbye{}};
       break;
     case MessageType::kReHello:
       decoded = Message{ReHello{}};

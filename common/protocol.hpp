@@ -26,6 +26,7 @@
 //   both   -> HEARTBEAT when idle; any message counts as one
 //   worker -> DRAIN (stop sending me work; used on graceful shutdown)
 //   worker -> HAND_BACK (attempt ids killed unfinished at the drain timeout: queue them again)
+//   worker -> GOODBYE (the drain is over and the worker exits: retire it now, it is not lost)
 //   coord  -> REHELLO (I do not know you: a restarted coordinator, or a worker declared lost)
 #pragma once
 
@@ -44,9 +45,10 @@ namespace evald::protocol {
 
 // Version 2 added provenance to each result (ShardResult's started_at_ms .. data_sha256) and the
 // host to HELLO. Version 3 added why a failed attempt failed (ShardResult's failure ..
-// failure_reason). Older frames still decode, so a worker's outbox written before the upgrade
-// is delivered, not thrown away; their results carry no provenance or failure kind.
-inline constexpr uint8_t kProtocolVersion = 3;
+// failure_reason). Version 4 added GOODBYE. Older frames still decode, so a worker's outbox
+// written before the upgrade is delivered, not thrown away; their results carry no provenance or
+// failure kind.
+inline constexpr uint8_t kProtocolVersion = 4;
 inline constexpr uint8_t kMinProtocolVersion = 1;
 inline constexpr size_t kHeaderBytes = 4;
 
@@ -56,6 +58,7 @@ enum class MessageType : uint8_t {
   kResults = 3,
   kDrain = 4,
   kHandBack = 5,
+  kGoodbye = 6,
   kWelcome = 10,
   kCampaign = 11,
   kAssign = 12,
@@ -110,6 +113,11 @@ struct Drain {};
 struct HandBack {
   std::vector<uint64_t> attempt_ids;
 };
+// The last message of a worker that drained and exits (version 4): nothing of it runs any more
+// and every result it had went out before this. The coordinator retires it at once instead of
+// waiting for it to fall silent and counting it lost; a lease the worker never reported (an
+// ASSIGN that crossed its DRAIN) goes back to the queue without using an attempt.
+struct Goodbye {};
 struct ReHello {};
 
 // Why a failed attempt failed, where the coordinator acts on the reason (version 3). Values a
@@ -197,8 +205,8 @@ struct Cancel {
   std::vector<uint64_t> attempt_ids;
 };
 
-using Message = std::variant<Hello, Heartbeat, Results, Drain, HandBack, Welcome, CampaignInfo,
-                             Assign, Ack, Cancel, ReHello>;
+using Message = std::variant<Hello, Heartbeat, Results, Drain, HandBack, Goodbye, Welcome,
+                             CampaignInfo, Assign, Ack, Cancel, ReHello>;
 
 std::string encode(const Message& message);
 // Never throws on bad input: a frame that is short, has the wrong magic or version, an unknown

@@ -235,6 +235,8 @@ void Core::reject_unbound(const std::string& connection, const zmq::message_t& f
     reason = "unknown_connection_drain";
   } else if (std::holds_alternative<protocol::HandBack>(message)) {
     reason = "unknown_connection_hand_back";
+  } else if (std::holds_alternative<protocol::Goodbye>(message)) {
+    reason = "unknown_connection_goodbye";
   } else if (!std::holds_alternative<protocol::Heartbeat>(message)) {
     metrics_.messages_malformed.Increment();
     spdlog::warn("message_dropped worker={} reason=\"{} is not a worker-to-coordinator message\"",
@@ -250,6 +252,7 @@ void Core::reject_unbound(const std::string& connection, const zmq::message_t& f
           protocol::to_string(type), reason, who, peer_address(frame));
     }
   }
+  if (std::holds_alternative<protocol::Goodbye>(message)) return;  // it is leaving: no REHELLO
   // A legitimate worker gets here only if its HELLO was lost or replaced; it says HELLO again.
   // One REHELLO per connection and second is plenty for that, and keeps a peer that sends
   // without reading from growing our send queue with one reply per frame.

@@ -252,7 +252,12 @@ Metrics::Metrics()
                         .Name("evald_worker_losses_total")
                         .Help("Times any worker was declared lost (silent past the timeout)")
                         .Register(*registry)
-                        .Add({})) {}
+                        .Add({})),
+      workers_left(BuildCounter()
+                       .Name("evald_workers_left_total")
+                       .Help("Workers that drained and said goodbye: retired at once, not lost")
+                       .Register(*registry)
+                       .Add({})) {}
 
 std::string Metrics::serialize() const {
   const prometheus::TextSerializer serializer;

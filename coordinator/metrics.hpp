@@ -109,6 +109,8 @@ struct Metrics {
   // Times any worker was declared lost (evald_workers_lost_total{worker} counts per worker, for
   // the workers that have series).
   prometheus::Counter& worker_losses;
+  // Workers that drained and said GOODBYE: retired at once, never counted lost (scale-down).
+  prometheus::Counter& workers_left;
 
   // benchmark_shards handles per campaign id, one per group (model x benchmark), so refreshing
   // them is a few atomic stores. Core thread only.

@@ -59,6 +59,8 @@ const char* to_string(WorkerState state) {
       return "draining";
     case WorkerState::kLost:
       return "lost";
+    case WorkerState::kLeft:
+      return "left";
   }
   return "unknown";
 }

@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -254,8 +255,14 @@ struct Campaign {
   }
 };
 
-enum class WorkerState : uint8_t { kConnected, kDraining, kLost };
+// kLost: silent past the worker timeout. kLeft: drained and said GOODBYE. Either is kept (for
+// /v1/workers and its kind's gauges) until forgotten, and a HELLO makes it connected again.
+enum class WorkerState : uint8_t { kConnected, kDraining, kLost, kLeft };
 const char* to_string(WorkerState state);
+// Lost or left: holds no lease, gets no work, and only a HELLO is heard from it.
+inline bool departed(WorkerState state) {
+  return state == WorkerState::kLost || state == WorkerState::kLeft;
+}
 
 struct WorkerInfo {
   uint32_t index = 0;
@@ -464,7 +471,18 @@ class Scheduler {
   void lose_worker(WorkerInfo& w, const std::string& reason);
   void on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back);
   void hand_back_orphans(const std::string& identity, const protocol::HandBack& hand_back);
-  void give_back(Campaign& c, const ShardKey& key, const std::string& worker);
+  // Queues a running shard again without using an attempt (within kFreeHandBacks): its worker
+  // is leaving, not failing it. `why` goes into the attempt's history.
+  void give_back(Campaign& c, const ShardKey& key, const std::string& worker,
+                 const std::string& why);
+  // GOODBYE: a worker that drained is retired at once (left, not lost): its per-worker series go,
+  // what it never reported goes back to the queue.
+  void on_goodbye(WorkerInfo& w);
+  // A lost or leaving worker's leases end: its slots and GPUs are free, it holds no model, and
+  // end_shard(campaign, key) ends each shard whose current attempt it held (a backup copy it
+  // held is dropped, the first copy runs on). Returns how many leases it held.
+  size_t end_leases(WorkerInfo& w,
+                    const std::function<void(Campaign&, const ShardKey&)>& end_shard);
   WorkerInfo* find_worker(const std::string& name);
   // Liveness, heartbeats and forgetting, in one pass at the earliest deadline (tick()).
   void run_worker_timers(std::chrono::steady_clock::time_point now);
@@ -500,7 +518,7 @@ class Scheduler {
   int64_t apply_reuse(Campaign& c);
   void attach_campaign_metrics(Campaign& c);
   void detach_campaign_metrics(Campaign& c);
-  void forget_worker_metrics(const WorkerInfo& w);
+  void forget_worker_metrics(WorkerInfo& w);
   // Stages the aggregate cells changed this turn; end_turn calls it right before committing.
   void stage_dirty_cells();
 
@@ -549,7 +567,8 @@ class Scheduler {
   std::unordered_map<uint64_t, BackupCopy> backups_;  // the copy's attempt id -> the copy
   std::unordered_map<uint64_t, uint64_t> backup_of_;  // the shard's attempt id -> its copy's
   std::multimap<std::chrono::steady_clock::time_point, ShardKey> delayed_;
-  std::unordered_map<uint32_t, std::chrono::steady_clock::time_point> lost_at_;  // worker index
+  std::unordered_map<uint32_t, std::chrono::steady_clock::time_point>
+      lost_at_;  // worker index -> when it was lost or left
   std::vector<std::pair<uint32_t, uint32_t>> dirty_cells_;
   std::unordered_map<uint64_t, ShardIdentity> identities_;  // (campaign << 32 | group), bounded
   std::unordered_map<uint32_t, nlohmann::json> canonical_specs_;  // campaign key, bounded

@@ -420,7 +420,7 @@ void Scheduler::start_backup_copies(const std::vector<WorkerInfo*>& idle) {
   if (racing.empty()) return;
   const auto now = clock_.now();
   for (const auto& slot : workers_) {
-    if (!slot || slot->state == WorkerState::kLost) continue;
+    if (!slot || departed(slot->state)) continue;
     for (const auto& [id, key] : slot->leases) {
       const Campaign* c = campaign_by_key(key.campaign);
       if (c == nullptr) continue;
@@ -459,7 +459,7 @@ void Scheduler::start_backup_copies(const std::vector<WorkerInfo*>& idle) {
 void Scheduler::check_unschedulable() {
   std::vector<const WorkerInfo*> connected;
   for (const auto& w : workers_) {
-    if (w && w->state != WorkerState::kLost) connected.push_back(w.get());
+    if (w && !departed(w->state)) connected.push_back(w.get());
   }
   for (auto& [key, c] : campaigns_) {
     if (c->state != CampaignState::kRunning) {

@@ -45,11 +45,11 @@ void Scheduler::check_invariants() const {
     if (!slot) continue;
     const WorkerInfo& w = *slot;
     const std::string who = "worker=" + w.name;
-    if (w.state == WorkerState::kLost && !w.leases.empty()) {
+    if (departed(w.state) && !w.leases.empty()) {
       broken(kOneLease,
              who + " is lost but still holds " + std::to_string(w.leases.size()) + " leases");
     }
-    if (w.state != WorkerState::kLost && w.leases.size() > w.slots) {
+    if (!departed(w.state) && w.leases.size() > w.slots) {
       broken(kCredit, who + " holds " + std::to_string(w.leases.size()) + " leases with " +
                           std::to_string(w.slots) + " slots");
     }

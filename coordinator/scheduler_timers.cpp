@@ -67,7 +67,7 @@ void Scheduler::detach_campaign_metrics(Campaign& c) {
   spdlog::info("campaign_metrics_removed campaign={} finished_at_ms={}", c.id, c.finished_at_ms);
 }
 
-void Scheduler::forget_worker_metrics(const WorkerInfo& w) {
+void Scheduler::forget_worker_metrics(WorkerInfo& w) {
   if (w.slots_used == nullptr) return;
   --workers_with_series_;
   metrics_.worker_slots.Remove(w.slots_used);
@@ -75,6 +75,8 @@ void Scheduler::forget_worker_metrics(const WorkerInfo& w) {
   metrics_.worker_slots.Remove(w.slots_free);
   metrics_.worker_heartbeat_age.Remove(w.heartbeat_age);
   metrics_.workers_lost.Remove(&metrics_.workers_lost.Add({{"worker", w.name}}));
+  // A worker that comes back (HELLO) gets new ones, if there is room.
+  w.slots_used = w.slots_total = w.slots_free = w.heartbeat_age = nullptr;
 }
 
 // Worker timers (liveness, heartbeats, forgetting lost workers) run in one pass over the workers
@@ -92,7 +94,7 @@ void Scheduler::run_worker_timers(std::chrono::steady_clock::time_point now) {
   for (auto& slot : workers_) {
     if (!slot) continue;
     WorkerInfo& w = *slot;
-    if (w.state != WorkerState::kLost) {
+    if (!departed(w.state)) {
       if (now - w.last_seen > options_.worker_timeout) {
         lose_worker(
             w, "silent for more than " + std::to_string(options_.worker_timeout.count()) + " ms");
@@ -106,10 +108,10 @@ void Scheduler::run_worker_timers(std::chrono::steady_clock::time_point now) {
         continue;
       }
     }
-    // Lost (just now or before): forgotten once nothing is left running and the time is up.
+    // Lost (just now or before) or left: forgotten once nothing is left running and the time is up.
     const auto lost_at = lost_at_[w.index];
     if (w.leases.empty() && now - lost_at > options_.forget_lost_workers_after) {
-      spdlog::info("worker_forgotten worker={}", w.name);
+      spdlog::info("worker_forgotten worker={} state={}", w.name, to_string(w.state));
       forget_worker_metrics(w);
       worker_by_name_.erase(w.name);
       lost_at_.erase(w.index);
@@ -210,7 +212,7 @@ void Scheduler::refresh_gauges() {
       per_group[i].total->Set(static_cast<double>(c->groups[i].cell.shards_total));
     }
   }
-  std::array<int, 3> by_state{};
+  std::array<int, 4> by_state{};  // one per WorkerState
   double used = 0;
   double total = 0;
   double free = 0;
@@ -220,14 +222,14 @@ void Scheduler::refresh_gauges() {
     const WorkerInfo& w = *slot;
     by_state[static_cast<size_t>(w.state)] += 1;
     const double w_used = static_cast<double>(w.leases.size());
-    const double w_total = w.state == WorkerState::kLost ? 0 : w.slots;
+    const double w_total = departed(w.state) ? 0 : w.slots;
     // Free = what dispatch may still hand out: none on a draining or lost worker.
     const double w_free = w.state == WorkerState::kConnected ? w.free_slots() : 0;
     used += w_used;
     total += w_total;
     free += w_free;
     if (w.slots_used == nullptr) {
-      ++without_series;
+      if (w.state != WorkerState::kLeft) ++without_series;  // a left one's were removed
       continue;
     }
     w.slots_used->Set(w_used);
@@ -239,7 +241,8 @@ void Scheduler::refresh_gauges() {
   metrics_.fleet_slots.Add({{"kind", "total"}}).Set(total);
   metrics_.fleet_slots.Add({{"kind", "free"}}).Set(free);
   metrics_.workers_without_series.Set(static_cast<double>(without_series));
-  for (auto state : {WorkerState::kConnected, WorkerState::kDraining, WorkerState::kLost}) {
+  for (auto state :
+       {WorkerState::kConnected, WorkerState::kDraining, WorkerState::kLost, WorkerState::kLeft}) {
     metrics_.workers.Add({{"state", to_string(state)}}).Set(by_state[static_cast<size_t>(state)]);
   }
   metrics_.queue_ready.Set(static_cast<double>(ready_shards()));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <unordered_set>
 
 #include "common/utf8.hpp"
@@ -92,7 +93,7 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
     received_by_type_[type]->Increment();
   }
   WorkerInfo* w = find_worker(identity);
-  const bool known = w != nullptr && w->state != WorkerState::kLost;
+  const bool known = w != nullptr && !departed(w->state);
   if (std::holds_alternative<protocol::Hello>(message)) {
     on_hello(identity, std::move(std::get<protocol::Hello>(message)));
   } else if (std::holds_alternative<protocol::Results>(message)) {
@@ -128,6 +129,13 @@ void Scheduler::on_message(const std::string& identity, protocol::Message messag
     } else {
       reject("unknown_worker");  // a drain changes only its own sender's state
       outgoing_.send(identity, protocol::ReHello{});
+    }
+  } else if (std::holds_alternative<protocol::Goodbye>(message)) {
+    if (known) {
+      on_goodbye(*w);
+    } else {
+      // Declared lost before it said goodbye (or never known): its shards went back then.
+      spdlog::info("goodbye_ignored reason=unknown_worker worker={}", identity);
     }
   } else {
     metrics_.messages_malformed.Increment();
@@ -533,11 +541,12 @@ void Scheduler::hand_back_orphans(const std::string& identity,
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
-    give_back(*c, key, identity);
+    give_back(*c, key, identity, "stopping: drain timeout");
   }
 }
 
-void Scheduler::give_back(Campaign& c, const ShardKey& key, const std::string& worker) {
+void Scheduler::give_back(Campaign& c, const ShardKey& key, const std::string& worker,
+                          const std::string& why) {
   Shard& s = c.groups[key.group].shards[key.shard];
   // The worker is leaving (drain timeout on SIGTERM, e.g. a preempted Slurm job), not failing
   // the shard: it goes back to the queue at once and keeps its attempt budget. Only the first
@@ -546,7 +555,7 @@ void Scheduler::give_back(Campaign& c, const ShardKey& key, const std::string& w
   const bool free_of_charge = s.hand_backs < kFreeHandBacks;
   if (free_of_charge) ++s.hand_backs;
   fail_attempt(c, key.group, key.shard, AttemptOutcome::kHandedBack,
-               "handed back unfinished by worker " + worker + " (stopping: drain timeout)" +
+               "handed back unfinished by worker " + worker + " (" + why + ")" +
                    (free_of_charge ? "" : "; handed back too often, counts as an attempt"),
                worker, 0, /*counts_as_attempt=*/!free_of_charge);
 }
@@ -565,7 +574,7 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
-    give_back(*c, key, w.name);
+    give_back(*c, key, w.name, "stopping: drain timeout");
   }
 }
 
@@ -576,6 +585,35 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   w.state = WorkerState::kLost;
   lost_at_[w.index] = clock_.now();
   wake_worker_timers();
+  end_leases(w, [&](Campaign& c, const ShardKey& key) {
+    fail_attempt(c, key.group, key.shard, AttemptOutcome::kLost, "worker lost: " + w.name, w.name,
+                 0, /*counts_as_attempt=*/true);
+  });
+}
+
+void Scheduler::on_goodbye(WorkerInfo& w) {
+  // A lease the worker never reported was an ASSIGN that crossed its DRAIN and reached it after
+  // it had finished: it never ran. (Anything it ran was reported before the GOODBYE, on the same
+  // connection, and ZeroMQ keeps the order.) Without the GOODBYE such a shard would wait for the
+  // worker timeout and then use up an attempt.
+  const size_t unreported = end_leases(w, [&](Campaign& c, const ShardKey& key) {
+    give_back(c, key, w.name, "assigned while it drained, never started: it left");
+  });
+  spdlog::info("worker_left worker={} state={} unreported={}", w.name, to_string(w.state),
+               unreported);
+  metrics_.workers_left.Increment();
+  w.state = WorkerState::kLeft;
+  // Its per-worker series go now (a heartbeat age that grows would read as a lost worker); the
+  // worker itself stays listed, and its kind in the capacity gauges, until it is forgotten like
+  // a lost one: an autoscaler that sees its pool's kind go at once would take the pool for one
+  // the coordinator never saw and size it from all pending work.
+  forget_worker_metrics(w);
+  lost_at_[w.index] = clock_.now();
+  wake_worker_timers();
+}
+
+size_t Scheduler::end_leases(WorkerInfo& w,
+                             const std::function<void(Campaign&, const ShardKey&)>& end_shard) {
   auto leases = std::move(w.leases);
   w.leases.clear();
   w.lease_gpus.clear();
@@ -585,18 +623,18 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   set_last_model(w, nullptr, 0);
   for (const auto& [id, key] : leases) {
     if (backups_.contains(id)) {
-      // A backup copy lost with its worker: the shard's first copy runs on.
+      // A backup copy that ended with its worker: the shard's first copy runs on.
       forget_backup(id);
       metrics_.backup_copies.Add({{"outcome", "dropped"}}).Increment();
       continue;
     }
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr) continue;
-    Shard& s = c->groups[key.group].shards[key.shard];
+    const Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
-    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kLost, "worker lost: " + w.name, w.name,
-                 0, /*counts_as_attempt=*/true);
+    end_shard(*c, key);
   }
+  return leases.size();
 }
 
 }  // namespace evald::coordinator

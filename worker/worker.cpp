@@ -367,8 +367,21 @@ void Worker::loop(int stop_fd) {
     check_idle_exit();
     send_serve_status();
     publish_metrics();
-    if (draining_ && drain_done()) return;
+    if (draining_ && drain_done()) {
+      say_goodbye();
+      return;
+    }
   }
+}
+
+void Worker::say_goodbye() {
+  // The coordinator retires us at once instead of counting us lost after its worker timeout;
+  // any lease it still thinks we hold goes back to its queue free of charge. Everything we ran
+  // was sent before this frame, on the same connection. If it cannot be sent (not connected)
+  // the coordinator finds us silent, as before GOODBYE existed.
+  const bool sent = send_frame(protocol::encode(protocol::Goodbye{}));
+  if (sent) socket_.set(zmq::sockopt::linger, kFinalFramesLingerMs);
+  spdlog::info("goodbye sent={}", sent);
 }
 
 milliseconds Worker::poll_wait() const {

@@ -116,6 +116,8 @@ class Worker {
   bool drain_done();
   void kill_running(const std::string& reason);
   void hand_back_running();
+  // The drain is over: GOODBYE, so the coordinator retires us now rather than counting us lost.
+  void say_goodbye();
   bool persist_unacked();
 
   void try_send_hello();

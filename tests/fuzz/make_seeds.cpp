@@ -72,6 +72,7 @@ void protocol_seeds(const fs::path& dir) {
   write(dir, "results", protocol::encode(protocol::Results{{succeeded_result(), failed_result()}}));
   write(dir, "drain", protocol::encode(protocol::Drain{}));
   write(dir, "hand_back", protocol::encode(protocol::HandBack{{17, 18, 19}}));
+  write(dir, "goodbye", protocol::encode(protocol::Goodbye{}));
   write(dir, "welcome", protocol::encode(protocol::Welcome{}));
   protocol::CampaignInfo info;
   info.campaign = 1;

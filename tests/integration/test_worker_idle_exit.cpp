@@ -65,7 +65,16 @@ TEST_CASE("idle exit: a worker runs its shards to the end, then leaves after --i
   const std::string log = read_file(cluster.log_dir() / "worker-w1.log");
   CHECK_THAT(log, Catch::Contains("drain_started reason=idle idle_s=1 running=0 unacked=0"));
   CHECK_THAT(log, Catch::Contains("worker_stopped assigned=3"));
+  CHECK_THAT(log, Catch::Contains("goodbye sent=true"));
   CHECK(api.metric("evald_shards_completed_total") == 3.0);
+  // Its GOODBYE retired it at once: it left, it was not lost (no alert for a scale-down).
+  CHECK(wait_until([&] { return api.metric("evald_workers_left_total") == 1.0; }, 10s));
+  CHECK(api.metric("evald_worker_losses_total") == 0.0);
+  const auto workers = api.workers();
+  REQUIRE(workers.size() == 1);
+  CHECK(workers[0].at("state") == "left");
+  CHECK_THAT(read_file(cluster.log_dir() / "coordinator.log"),
+             Catch::Contains("worker_left worker=w1 state=draining unreported=0"));
 }
 
 TEST_CASE("idle exit: a worker never given work leaves, one without the flag stays",

@@ -68,6 +68,20 @@ TEST_CASE("hello and assign round-trip", "[unit][protocol]") {
   for (size_t n = 0; n < frame.size(); ++n) CHECK_FALSE(decode(frame.substr(0, n)).ok());
 }
 
+TEST_CASE("goodbye round-trips, and only in a frame of version 4 or later", "[unit][protocol]") {
+  const auto frame = encode(Message{Goodbye{}});
+  CHECK(frame == std::string("EV\x04\x06", 4));
+  auto goodbye = decode(frame);
+  REQUIRE(goodbye.ok());
+  CHECK(std::holds_alternative<Goodbye>(goodbye.value()));
+  CHECK(std::string(to_string(type_of(goodbye.value()))) == "goodbye");
+  // Version 3 had no GOODBYE: such a frame was never written by any evald.
+  auto old = decode(std::string("EV\x03\x06", 4));
+  REQUIRE_FALSE(old.ok());
+  CHECK_THAT(old.error().message, Catch::Contains("GOODBYE in a version 3 frame"));
+  CHECK_FALSE(decode(frame + "x").ok());  // it has no body
+}
+
 TEST_CASE("malformed frames are refused with a reason", "[unit][protocol]") {
   CHECK_FALSE(decode("").ok());
   CHECK_FALSE(decode("XY\x01\x02").ok());

@@ -518,6 +518,95 @@ TEST_CASE("a draining worker gets no new shards", "[unit][scheduler]") {
   CHECK(h.acks("w1").size() == 1);
 }
 
+TEST_CASE(
+    "goodbye: a drained worker is retired at once, not lost, and what crossed its drain "
+    "goes back free",
+    "[unit][scheduler]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(4, 1, /*max_attempts=*/1));
+  REQUIRE(id.ok());
+  h.hello("w1", 2);
+  h.turn();
+  auto a = h.assignments("w1");
+  REQUIRE(a.size() == 2);
+  // w1 drains; it ran the first shard, and the second was an ASSIGN that crossed its DRAIN: it
+  // reached w1 after it had finished, so w1 never started it and leaves.
+  h.scheduler->on_message("w1", protocol::Drain{});
+  h.report("w1", a[0], true, 1.0);
+  h.scheduler->on_message("w1", protocol::Goodbye{});
+  h.turn();
+  const auto metric = [&](const std::string& series) {
+    const std::string page = h.metrics.serialize();
+    const auto at = page.find("\n" + series + " ");
+    return at == std::string::npos ? -1.0 : std::stod(page.substr(at + series.size() + 2));
+  };
+  // Retired now, not after the worker timeout: left, not lost, and without per-worker series (a
+  // growing heartbeat age would read as a lost worker).
+  REQUIRE(h.scheduler->workers().size() == 1);
+  CHECK(h.scheduler->workers()[0]->state == WorkerState::kLeft);
+  CHECK(metric("evald_workers_left_total") == 1);
+  CHECK(metric("evald_worker_losses_total") == 0);
+  CHECK(metric(R"(evald_workers_lost_total{worker="w1"})") == -1.0);
+  CHECK(metric(R"(evald_worker_last_heartbeat_age_seconds{worker="w1"})") == -1.0);
+  h.clock.advance(300ms);  // the gauges' refresh
+  h.turn();
+  CHECK(metric(R"(evald_workers{state="left"})") == 1);
+  CHECK(metric("evald_workers_without_series") == 0);
+  const Campaign& c = h.campaign(id.value());
+  CHECK(c.count(ShardState::kSucceeded) == 1);
+  // Queued again at once and with its only attempt unused: it never ran.
+  CHECK(c.count(ShardState::kPending) == 3);
+  CHECK(c.groups[0].shards[a[1].shard].attempts == 0);
+  CHECK_THAT(h.scheduler->last_error(c, 0, a[1].shard), Catch::Contains("never started: it left"));
+  // Nothing is sent to it any more, and it is never declared lost.
+  h.clock.advance(6000ms);
+  h.turn();
+  CHECK(metric("evald_worker_losses_total") == 0);
+  CHECK(h.take<protocol::Heartbeat>("w1").empty());
+  // A worker of that name that comes back is connected again and gets work and its series.
+  h.hello("w1", 1, {}, "i2");
+  h.turn();
+  CHECK(h.scheduler->workers()[0]->state == WorkerState::kConnected);
+  CHECK(h.assignments("w1").size() == 1);
+  CHECK(metric(R"(evald_worker_last_heartbeat_age_seconds{worker="w1"})") >= 0);
+  // A goodbye from a worker nobody knows changes nothing.
+  h.scheduler->on_message("w9", protocol::Goodbye{});
+  h.turn();
+  CHECK(h.scheduler->workers().size() == 1);
+}
+
+TEST_CASE("goodbye: a left worker is forgotten like a lost one, and its kind stays until then",
+          "[unit][scheduler]") {
+  Harness h;
+  h.options.forget_lost_workers_after = 10s;
+  h.open();
+  protocol::Hello hello;
+  hello.name = "w1";
+  hello.instance = "i1";
+  hello.labels = {{"pool", "scaled"}};
+  h.scheduler->on_message("w1", hello);
+  h.turn();
+  h.scheduler->on_message("w1", protocol::Drain{});
+  h.scheduler->on_message("w1", protocol::Goodbye{});
+  h.turn();
+  const auto idle_series = [&] {
+    return h.metrics.serialize().find(R"(evald_workers_idle{labels="pool=scaled"})") !=
+           std::string::npos;
+  };
+  // Its kind stays in the capacity gauges: an autoscaler must not take its pool for one the
+  // coordinator never saw (it would size it from all pending work).
+  h.clock.advance(5s);
+  h.turn();
+  CHECK(h.scheduler->workers().size() == 1);
+  CHECK(idle_series());
+  h.clock.advance(6s);  // past --forget-lost-workers-ms
+  h.turn();
+  h.clock.advance(300ms);
+  h.turn();
+  CHECK(h.scheduler->workers().empty());
+  CHECK_FALSE(idle_series());
+}
+
 // ---------------------------------------------------------------------------------------------
 // GPU-aware placement and model affinity
 

@@ -127,7 +127,12 @@ TEST_CASE("protocol: a server-start failure round-trips, version-2 results still
   r.server_start = 42;
   r.failure_reason = "torch.OutOfMemoryError: CUDA out of memory";
   const std::string frame = protocol::encode(protocol::Results{{r}});
-  CHECK(static_cast<uint8_t>(frame[2]) == 3);
+  CHECK(static_cast<uint8_t>(frame[2]) == protocol::kProtocolVersion);
+  // Version 4 changed no layout (it added GOODBYE): a version-3 frame is the same bytes.
+  std::string v3 = frame;
+  v3[2] = 3;
+  REQUIRE(protocol::decode(v3).ok());
+  CHECK(std::get<protocol::Results>(protocol::decode(v3).value()).results.at(0).server_start == 42);
   auto decoded = protocol::decode(frame);
   REQUIRE(decoded.ok());
   const auto& back = std::get<protocol::Results>(decoded.value()).results.at(0);
