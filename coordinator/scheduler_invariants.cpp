@@ -46,8 +46,8 @@ void Scheduler::check_invariants() const {
     const WorkerInfo& w = *slot;
     const std::string who = "worker=" + w.name;
     if (departed(w.state) && !w.leases.empty()) {
-      broken(kOneLease,
-             who + " is lost but still holds " + std::to_string(w.leases.size()) + " leases");
+      broken(kOneLease, who + " is " + to_string(w.state) + " but still holds " +
+                            std::to_string(w.leases.size()) + " leases");
     }
     if (!departed(w.state) && w.leases.size() > w.slots) {
       broken(kCredit, who + " holds " + std::to_string(w.leases.size()) + " leases with " +
