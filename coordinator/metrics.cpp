@@ -63,12 +63,15 @@ Metrics::Metrics()
                         .Name("evald_stale_results_total")
                         .Help("Results of attempts already given up; stored, never counted")
                         .Register(*registry)),
-      backup_copies(BuildCounter()
-                        .Name("evald_backup_copies_total")
-                        .Help("Backup copies of straggling shards, by outcome: started; won (its "
-                              "result counted, the first copy cancelled); lost (the first copy "
-                              "finished first); failed; dropped (the shard ended otherwise)")
-                        .Register(*registry)),
+      backup_copies(
+          BuildCounter()
+              .Name("evald_backup_copies_total")
+              .Help("Backup copies of straggling shards, by outcome: started; won (its "
+                    "result counted, the first copy cancelled); lost (the first copy "
+                    "finished first); failed; promoted (the first copy's worker went away, "
+                    "the copy became the shard's attempt); dropped (the shard ended "
+                    "otherwise)")
+              .Register(*registry)),
       shard_duration(BuildHistogram()
                          .Name("evald_shard_duration_seconds")
                          .Help("Run time of succeeded shard attempts")

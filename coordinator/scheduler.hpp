@@ -461,6 +461,12 @@ class Scheduler {
                       const char* outcome);
   // Forgets a copy whose lease ended on its worker's side (lost, restarted, handed back).
   void forget_backup(uint64_t attempt_id);
+  // The first copy of a running shard ended without a result (its worker was lost, restarted,
+  // handed it back or left): if the shard has a backup copy that still runs, the copy becomes
+  // the shard's attempt, instead of the shard going back to the queue and the copy being
+  // cancelled. The ended attempt is recorded with `outcome` and `why`. False if it has no copy.
+  bool promote_backup(Campaign& c, const ShardKey& key, AttemptOutcome outcome,
+                      const std::string& worker, const std::string& why);
   // Keeps the record of a copy that was cancelled because the other one finished first.
   void store_cancelled_copy(Campaign& c, uint32_t group, uint32_t index, uint64_t attempt_id,
                             const std::string& worker, const std::string& why);

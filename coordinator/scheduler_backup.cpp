@@ -5,7 +5,9 @@
 // shard's ordinary success path; the other copy is cancelled on its worker and kept as a stale
 // attempt. The copy is a lease of its worker like any other (slots, GPUs, HELLO), but the shard
 // and its stored record keep naming the first copy: a copy lives in memory only, and a
-// coordinator restart cancels it (its worker's HELLO names an attempt nobody holds).
+// coordinator restart cancels it (its worker's HELLO names an attempt nobody holds). When the
+// first copy's worker goes away without a result, the copy is promoted to the shard's attempt
+// (stored from then on) instead of the shard starting over.
 #include <spdlog/spdlog.h>
 
 #include <optional>
@@ -155,6 +157,45 @@ void Scheduler::drop_backup_of(Campaign& c, uint32_t group, uint32_t index, uint
   metrics_.backup_copies.Add({{"outcome", outcome}}).Increment();
   spdlog::info("backup_copy_cancelled campaign={} shard={} attempt_id={} worker={} outcome={}",
                c.id, index, id, w->name, outcome);
+}
+
+bool Scheduler::promote_backup(Campaign& c, const ShardKey& key, AttemptOutcome outcome,
+                               const std::string& worker, const std::string& why) {
+  Group& g = c.groups[key.group];
+  Shard& s = g.shards[key.shard];
+  const auto of = backup_of_.find(s.attempt_id);
+  if (of == backup_of_.end()) return false;
+  const uint64_t copy_id = of->second;
+  const auto found = backups_.find(copy_id);
+  WorkerInfo* holder = found == backups_.end() ? nullptr : worker_at(found->second.worker);
+  forget_backup(copy_id);
+  if (holder == nullptr || departed(holder->state) || !holder->leases.contains(copy_id)) {
+    return false;
+  }
+  // The copy already runs the same shard at the same attempt number, on a worker that has the
+  // model loaded: it carries on as the shard's attempt, which costs the shard no attempt and
+  // throws away none of the copy's progress.
+  const uint64_t first_id = s.attempt_id;
+  AttemptRecord rec;
+  rec.outcome = outcome;
+  rec.attempt = s.total_attempts;
+  rec.worker = worker;
+  rec.ended_at_ms = clock_.wall_ms();
+  rec.error =
+      utf8::sanitize_bounded(why + "; its backup copy attempt_id=" + std::to_string(copy_id) +
+                                 " on " + holder->name + " runs on as the shard's attempt",
+                             kMaxStoredErrorBytes);
+  batch_.put_attempt(key, first_id, rec);
+  g.last_errors[key.shard] = rec.error;
+  s.attempt_id = copy_id;
+  s.worker = holder->index;
+  write_shard(c, key.group, key.shard, holder);
+  metrics_.backup_copies.Add({{"outcome", "promoted"}}).Increment();
+  spdlog::info(
+      "backup_copy_promoted campaign={} shard={} attempt_id={} worker={} ended_attempt_id={} "
+      "ended_worker={} outcome={}",
+      c.id, key.shard, copy_id, holder->name, first_id, worker, to_string(outcome));
+  return true;
 }
 
 void Scheduler::forget_backup(uint64_t attempt_id) {

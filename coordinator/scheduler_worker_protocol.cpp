@@ -280,10 +280,11 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
-    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kLost,
-                 restarted ? "worker lost: " + w->name + " (restarted while running it)"
-                           : "worker lost: " + w->name + " (assignment not received)",
-                 w->name, 0, /*counts_as_attempt=*/restarted);
+    const std::string why = restarted ? "worker lost: " + w->name + " (restarted while running it)"
+                                      : "worker lost: " + w->name + " (assignment not received)";
+    if (promote_backup(*c, key, AttemptOutcome::kLost, w->name, why)) continue;
+    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kLost, why, w->name, 0,
+                 /*counts_as_attempt=*/restarted);
   }
   // Attempts it runs that are not its leases: reclaim orphans from before our restart, stop the
   // rest (their results, if any, will be recorded as stale).
@@ -574,6 +575,11 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    if (promote_backup(
+            *c, key, AttemptOutcome::kHandedBack, w.name,
+            "handed back unfinished by worker " + w.name + " (stopping: drain timeout)")) {
+      continue;
+    }
     give_back(*c, key, w.name, "stopping: drain timeout");
   }
 }
@@ -586,8 +592,10 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   lost_at_[w.index] = clock_.now();
   wake_worker_timers();
   end_leases(w, [&](Campaign& c, const ShardKey& key) {
-    fail_attempt(c, key.group, key.shard, AttemptOutcome::kLost, "worker lost: " + w.name, w.name,
-                 0, /*counts_as_attempt=*/true);
+    const std::string why = "worker lost: " + w.name;
+    if (promote_backup(c, key, AttemptOutcome::kLost, w.name, why)) return;
+    fail_attempt(c, key.group, key.shard, AttemptOutcome::kLost, why, w.name, 0,
+                 /*counts_as_attempt=*/true);
   });
 }
 
@@ -597,7 +605,12 @@ void Scheduler::on_goodbye(WorkerInfo& w) {
   // connection, and ZeroMQ keeps the order.) Without the GOODBYE such a shard would wait for the
   // worker timeout and then use up an attempt.
   const size_t unreported = end_leases(w, [&](Campaign& c, const ShardKey& key) {
-    give_back(c, key, w.name, "assigned while it drained, never started: it left");
+    const std::string why = "assigned while it drained, never started: it left";
+    if (promote_backup(c, key, AttemptOutcome::kHandedBack, w.name,
+                       "handed back unfinished by worker " + w.name + " (" + why + ")")) {
+      return;
+    }
+    give_back(c, key, w.name, why);
   });
   spdlog::info("worker_left worker={} state={} unreported={}", w.name, to_string(w.state),
                unreported);

@@ -250,6 +250,57 @@ TEST_CASE("a straggler gets a backup copy, the first result counts once, the oth
     t.turn();
     CHECK(t.campaign().state == CampaignState::kSucceeded);
   }
+  SECTION("the first copy's worker is lost; the copy runs on as the shard's attempt") {
+    for (int i = 0; i < 6; ++i) {
+      t.clock.advance(1000ms);
+      for (const char* name : {"w1", "w2"}) t.scheduler->on_message(name, protocol::Heartbeat{});
+      t.turn();
+    }
+    const Campaign& c = t.campaign();
+    CHECK(c.count(ShardState::kRunning) == 1);
+    CHECK(c.count(ShardState::kPending) == 0);
+    const Shard& s = c.groups[0].shards[first.shard];
+    CHECK(s.attempt_id == copy.attempt_id);
+    CHECK(s.attempts == 1);  // the copy carries on as the same attempt; none is charged
+    CHECK(t.cancels(copier).empty());
+    CHECK(t.assignments("w1").empty());  // not queued again: nothing new is assigned
+    CHECK(t.assignments("w2").empty());
+    const auto records = t.attempts_of(first.shard);
+    REQUIRE(records.size() == 1);
+    CHECK(records.begin()->first == first.attempt_id);
+    CHECK(records.begin()->second.outcome == AttemptOutcome::kLost);
+    CHECK(records.begin()->second.worker == "w3");
+    CHECK_THAT(records.begin()->second.error,
+               Catch::Contains("attempt_id=" + std::to_string(copy.attempt_id)) &&
+                   Catch::Contains("runs on as the shard's attempt"));
+    // The stored shard names the copy, so a restarted coordinator knows who holds it.
+    const auto stored = t.store->get_shard(ShardKey{c.key, 0, first.shard});
+    REQUIRE(stored.has_value());
+    CHECK(stored->attempt_id == copy.attempt_id);
+    CHECK(stored->worker == copier);
+    // The copy's result counts, once.
+    t.report(copier, copy, 0.25, 20'000);
+    t.turn();
+    CHECK(t.campaign().state == CampaignState::kSucceeded);
+    CHECK(t.campaign().groups[0].cell.examples_scored == 12);
+    CHECK(t.campaign().groups[0].cell.mean("accuracy").value() == Approx(2.25 / 3));
+  }
+  SECTION("the first copy is handed back; the copy runs on as the shard's attempt") {
+    t.scheduler->on_message("w3", protocol::HandBack{{first.attempt_id}});
+    t.turn();
+    const Shard& s = t.campaign().groups[0].shards[first.shard];
+    CHECK(s.state == ShardState::kRunning);
+    CHECK(s.attempt_id == copy.attempt_id);
+    CHECK(s.hand_backs == 0);
+    CHECK(t.cancels(copier).empty());
+    const auto records = t.attempts_of(first.shard);
+    REQUIRE(records.size() == 1);
+    CHECK(records.begin()->second.outcome == AttemptOutcome::kHandedBack);
+    t.report(copier, copy, 1.0, 20'000);
+    t.turn();
+    CHECK(t.campaign().state == CampaignState::kSucceeded);
+    CHECK(t.campaign().groups[0].cell.examples_scored == 12);
+  }
   SECTION("cancelling the campaign cancels both copies") {
     REQUIRE(t.scheduler->cancel(t.id).ok());
     t.turn();
