@@ -1,6 +1,8 @@
 #include "coordinator/provenance.hpp"
 
+#include <algorithm>
 #include <ctime>
+#include <string_view>
 
 #include "common/sha256.hpp"
 #include "common/version.hpp"
@@ -10,6 +12,51 @@ namespace {
 
 nlohmann::json hash_or_null(const std::string& hex) {
   return hex.empty() ? nlohmann::json(nullptr) : nlohmann::json(hex);
+}
+
+// Appends `text` as a JSON string exactly as nlohmann::json::dump (no ensure_ascii, invalid UTF-8
+// replaced) writes it: printable ASCII without quote or backslash is copied as it is, anything
+// else goes through nlohmann, so the two writers can never disagree.
+void append_json_string(std::string& out, std::string_view text) {
+  const bool plain = std::all_of(text.begin(), text.end(), [](char ch) {
+    return ch >= 0x20 && ch <= 0x7e && ch != '"' && ch != '\\';
+  });
+  if (plain) {
+    out.push_back('"');
+    out.append(text);
+    out.push_back('"');
+    return;
+  }
+  out += nlohmann::json(std::string(text))
+             .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void append_string_or_null(std::string& out, std::string_view text) {
+  if (text.empty()) {
+    out += "null";
+  } else {
+    append_json_string(out, text);
+  }
+}
+
+// The "name" or "uuid" string of the HELLO's GPU entry `known`, or null.
+void append_gpu_field(std::string& out, const nlohmann::json* known, const char* field) {
+  if (known != nullptr) {
+    if (const auto it = known->find(field); it != known->end() && it->is_string()) {
+      append_json_string(out, it->get_ref<const std::string&>());
+      return;
+    }
+  }
+  out += "null";
+}
+
+void append_rfc3339_ms_or_null(std::string& out, int64_t epoch_ms) {
+  const auto text = rfc3339_ms_or_null(epoch_ms);
+  if (text.is_null()) {
+    out += "null";
+  } else {
+    append_json_string(out, text.get_ref<const std::string&>());
+  }
 }
 
 }  // namespace
@@ -81,6 +128,67 @@ nlohmann::json make_provenance(const ProvenanceContext& context, const protocol:
       {"spec_sha256", context.spec_sha256},
       {"evald_version", kVersion},
   };
+}
+
+std::string provenance_text(const ProvenanceContext& context, const protocol::ShardResult& r) {
+  // The members in the order nlohmann::json (a std::map) dumps them: by name.
+  const auto& spec = context.spec;
+  std::string out;
+  out.reserve(640);
+  out += "{\"attempt_id\":";
+  out += std::to_string(r.attempt_id);
+  out += ",\"benchmark\":";
+  append_json_string(out, spec.benchmarks.at(r.benchmark).name);
+  out += ",\"data_sha256\":";
+  append_string_or_null(out, r.data_sha256);
+  out += ",\"ended_at\":";
+  append_rfc3339_ms_or_null(out, r.ended_at_ms);
+  out += ",\"evald_version\":";
+  append_json_string(out, kVersion);
+  out += ",\"gpus\":[";
+  for (size_t i = 0; i < r.gpus.size(); ++i) {
+    const uint32_t index = r.gpus[i];
+    const nlohmann::json* known = nullptr;
+    if (context.worker_gpus.is_array()) {
+      for (const auto& entry : context.worker_gpus) {
+        if (entry.is_object() && entry.value("index", int64_t{-1}) == int64_t{index}) {
+          known = &entry;
+          break;
+        }
+      }
+    }
+    if (i > 0) out.push_back(',');
+    out += "{\"index\":";
+    out += std::to_string(index);
+    out += ",\"name\":";
+    append_gpu_field(out, known, "name");
+    out += ",\"uuid\":";
+    append_gpu_field(out, known, "uuid");
+    out.push_back('}');
+  }
+  out += "],\"host\":";
+  append_string_or_null(out, context.host);
+  out += ",\"index\":";
+  out += std::to_string(r.shard);
+  out += ",\"model\":";
+  append_json_string(out, spec.models.at(r.model).name);
+  out += ",\"runner\":{\"command\":[";
+  for (size_t i = 0; i < spec.runner.command.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    append_json_string(out, spec.runner.command[i]);
+  }
+  out += "],\"executable_sha256\":";
+  append_string_or_null(out, r.executable_sha256);
+  out += ",\"type\":";
+  append_json_string(out, to_string(spec.runner.type));
+  out += "},\"spec_sha256\":";
+  append_json_string(out, context.spec_sha256);
+  out += ",\"started_at\":";
+  append_rfc3339_ms_or_null(out, r.started_at_ms);
+  out += ",\"worker\":";
+  append_json_string(out, context.worker);
+  out.push_back('}');
+  return out;
 }
 
 ShardIdentity::ShardIdentity(const nlohmann::json& canonical, uint32_t model, uint32_t benchmark) {

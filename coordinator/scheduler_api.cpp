@@ -59,7 +59,11 @@ Result<int64_t> Scheduler::rerun(const std::string& campaign_id, const RerunSele
       const bool selected =
           selector.failed_only ? s.state == ShardState::kFailed : is_final(s.state);
       if (!selected) continue;
-      had_success |= s.state == ShardState::kSucceeded;
+      if (s.state == ShardState::kSucceeded) {
+        had_success = true;
+        // Its samples leave with its result (the next success stores its own, if any).
+        batch_.delete_samples(ShardKey{c.key, gi, i});
+      }
       set_state(c, gi, s, ShardState::kPending);
       s.attempts = 0;  // a fresh attempt budget
       s.hand_backs = 0;

@@ -52,10 +52,9 @@ void Scheduler::record_provenance(const Campaign& c, const ShardKey& key, const 
   const ProvenanceContext context{c.spec, c.spec_sha256, worker_name,
                                   who != nullptr ? who->host : kNoHost,
                                   who != nullptr ? who->gpus : kNoGpus};
-  // GPU names come from a HELLO, which is bounded but not UTF-8 checked: replace, never throw.
-  batch_.put_provenance(
-      key,
-      make_provenance(context, r).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  // GPU names come from a HELLO, which is bounded but not UTF-8 checked: provenance_text
+  // replaces invalid UTF-8, never throws.
+  batch_.put_provenance(key, provenance_text(context, r));
   if (c.spec.runner.type != RunnerType::kExec) return;  // noop results cost nothing to redo
   const auto range = shard_range(c.spec.benchmarks[c.groups[key.group].benchmark], key.shard);
   batch_.put_reuse(identity_of(c, key.group).of(range.start, range.end), key, r.attempt_id);

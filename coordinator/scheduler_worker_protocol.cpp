@@ -470,10 +470,13 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     }
     write_shard(*c, gi, r.shard, holder != nullptr ? holder : w, &r);
     // Samples are served and used for statistics only for counted results: a result without
-    // any must not leave an earlier (rerun) result's samples standing in for its own.
+    // any must not leave an earlier (rerun) result's samples standing in for its own. A rerun
+    // deletes them when it requeues a succeeded shard; a shard on its first attempt never had
+    // any, so only a later attempt pays for the delete (it also clears samples that a rerun
+    // before an upgrade left behind).
     if (!r.samples_json.empty()) {
       batch_.put_samples(key, r.samples_json);
-    } else {
+    } else if (s.total_attempts > 1) {
       batch_.delete_samples(key);
     }
     record_provenance(*c, key, holder != nullptr ? holder : w, worker_name, r);

@@ -193,6 +193,50 @@ TEST_CASE("provenance record and shard identity", "[unit][provenance]") {
   CHECK(evald::is_sha256_hex(m2.of(0, 5)));
 }
 
+TEST_CASE("provenance text is the record's JSON dump, byte for byte", "[unit][provenance]") {
+  // The store keeps provenance_text(); the API and reuse read it as make_provenance() would have
+  // written it. Names with quotes, escapes, control characters, non-ASCII and invalid UTF-8, GPU
+  // entries that are missing, partial or of the wrong type, and absent fields.
+  const auto spec = evald::parse_campaign_spec(base_spec()).value();
+  const std::string spec_sha = std::string(64, 's');
+  const std::vector<std::string> odd = {"",          "node-7",   "quote\"d",    "back\\slash",
+                                        "tab\there", "ctl\x01",  "caf\xc3\xa9", "bad\xff\xfe",
+                                        "del\x7f",   "slash/ok", "{json}"};
+  const std::vector<json> gpu_lists = {
+      json::array(),
+      json::array({{{"index", 0}, {"name", "H200"}, {"uuid", "GPU-0"}},
+                   {{"index", 1}, {"name", "A\"100\xff"}}}),
+      json::array({{{"index", 1}, {"name", 7}, {"uuid", nullptr}}, "not an object"}),
+      json::object(),
+  };
+  int compared = 0;
+  for (const auto& text : odd) {
+    for (const auto& worker_gpus : gpu_lists) {
+      evald::protocol::ShardResult r;
+      r.attempt_id = (uint64_t{7} << 32) | 123;
+      r.model = 1;
+      r.benchmark = 0;
+      r.shard = 3;
+      r.started_at_ms = text.empty() ? 0 : 1'764'666'000'123;
+      r.ended_at_ms = text.empty() ? 0 : 1'764'666'001'456;
+      r.gpus = text.empty() ? std::vector<uint32_t>{} : std::vector<uint32_t>{1, 0, 5};
+      r.executable_sha256 = text.empty() ? "" : std::string(64, 'a');
+      r.data_sha256 = text.empty() ? "" : std::string(64, 'd');
+      const std::string worker = "w-" + text;
+      const evald::coordinator::ProvenanceContext context{spec, spec_sha, worker, text,
+                                                          worker_gpus};
+      const std::string expected = evald::coordinator::make_provenance(context, r)
+                                       .dump(-1, ' ', false, json::error_handler_t::replace);
+      INFO("host/worker " << json(text).dump(-1, ' ', true, json::error_handler_t::replace)
+                          << " gpus "
+                          << worker_gpus.dump(-1, ' ', true, json::error_handler_t::replace));
+      CHECK(evald::coordinator::provenance_text(context, r) == expected);
+      ++compared;
+    }
+  }
+  CHECK(compared == 44);
+}
+
 TEST_CASE("store: provenance, reuse index, scores and reused shard records", "[unit][store]") {
   using namespace evald::coordinator;
   evald::testing::TempDir dir;
