@@ -298,9 +298,14 @@ TEST_CASE("nothing lost: a frozen worker's late result is stale and never counte
   api.wait_for_workers(2);
 }
 
+// The two coordinator-restart tests lose no worker: a longer worker timeout (3 s) keeps a worker
+// stalled for a second on a busy machine (sanitizers, both cores taken) from being declared lost
+// and its shard run twice, which these tests would rightly report as a failure.
+constexpr int64_t kNoLossWorkerTimeoutMs = 3000;
+
 TEST_CASE("nothing lost: results finished while the coordinator is down count once",
           "[integration]") {
-  TestCluster cluster(fast_cluster(2, 2));
+  TestCluster cluster(fast_cluster(2, 2, kNoLossWorkerTimeoutMs));
   const auto api = cluster.api();
   const fs::path trace = make_trace_dir(cluster);
   // The outage lasts about as long as a shard (the restart follows the last runner's finish):
@@ -342,7 +347,7 @@ TEST_CASE("nothing lost: results finished while the coordinator is down count on
 
 TEST_CASE("nothing lost: shards still running across a coordinator restart run only once",
           "[integration]") {
-  TestCluster cluster(fast_cluster(2, 2));
+  TestCluster cluster(fast_cluster(2, 2, kNoLossWorkerTimeoutMs));
   const auto api = cluster.api();
   const fs::path trace = make_trace_dir(cluster);
   // 6 shards on 4 slots, 5 s each: at the kill 4 runners are mid-run and 2 shards are pending.
