@@ -4,6 +4,7 @@
 #include <ctime>
 #include <string_view>
 
+#include "common/json_fields.hpp"
 #include "common/sha256.hpp"
 #include "common/version.hpp"
 
@@ -98,7 +99,7 @@ nlohmann::json make_provenance(const ProvenanceContext& context, const protocol:
     nlohmann::json gpu = {{"index", index}, {"name", nullptr}, {"uuid", nullptr}};
     if (context.worker_gpus.is_array()) {
       for (const auto& known : context.worker_gpus) {
-        if (!known.is_object() || known.value("index", int64_t{-1}) != int64_t{index}) continue;
+        if (integer_field(known, "index") != int64_t{index}) continue;
         if (const auto name = known.find("name"); name != known.end() && name->is_string()) {
           gpu["name"] = *name;
         }
@@ -151,7 +152,7 @@ std::string provenance_text(const ProvenanceContext& context, const protocol::Sh
     const nlohmann::json* known = nullptr;
     if (context.worker_gpus.is_array()) {
       for (const auto& entry : context.worker_gpus) {
-        if (entry.is_object() && entry.value("index", int64_t{-1}) == int64_t{index}) {
+        if (integer_field(entry, "index") == int64_t{index}) {
           known = &entry;
           break;
         }

@@ -53,7 +53,7 @@ void Scheduler::record_provenance(const Campaign& c, const ShardKey& key, const 
                                   who != nullptr ? who->host : kNoHost,
                                   who != nullptr ? who->gpus : kNoGpus};
   // GPU names come from a HELLO, which is bounded but not UTF-8 checked: provenance_text
-  // replaces invalid UTF-8, never throws.
+  // replaces invalid UTF-8, and reads an entry's index only where it is an integer.
   batch_.put_provenance(key, provenance_text(context, r));
   if (c.spec.runner.type != RunnerType::kExec) return;  // noop results cost nothing to redo
   const auto range = shard_range(c.spec.benchmarks[c.groups[key.group].benchmark], key.shard);

@@ -103,6 +103,13 @@ Status Scheduler::recover() {
         }
       }
     }
+    if ((rec.state == ShardState::kPending || rec.state == ShardState::kRunning) &&
+        rec.total_attempts <= 1) {
+      // A shard on its first attempt has counted nothing yet, so samples under its key are an
+      // earlier result's: a rerun by a binary that left them for the next success to replace,
+      // which skips that delete on a first attempt (a reused shard's first run after a rerun).
+      batch_.delete_samples(key);
+    }
     if (rec.state == ShardState::kRunning) {
       orphans_[rec.attempt_id] =
           Orphan{key, rec.worker, now + std::max(options_.worker_timeout, options_.restart_grace)};

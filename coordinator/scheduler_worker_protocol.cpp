@@ -7,6 +7,7 @@
 #include <functional>
 #include <unordered_set>
 
+#include "common/json_fields.hpp"
 #include "common/utf8.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/scheduler_internal.hpp"
@@ -215,7 +216,11 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     size_t n = hello.gpus.is_array() ? hello.gpus.size() : (hello.gpus.is_null() ? 0 : 1);
     if (hello.gpus.is_array()) {
       for (auto& gpu : hello.gpus) {
-        if (kept.size() < kMaxHelloGpus && fits(gpu, kMaxHelloGpuBytes)) {
+        // An entry without an index is of no use (placement and provenance look GPUs up by it)
+        // and must not reach code that reads the index as a number.
+        const auto index = integer_field(gpu, "index");
+        if (kept.size() < kMaxHelloGpus && fits(gpu, kMaxHelloGpuBytes) && index && *index >= 0 &&
+            *index <= UINT32_MAX) {
           kept.push_back(std::move(gpu));
         }
       }
@@ -472,8 +477,8 @@ void Scheduler::on_result(WorkerInfo* w, const std::string& identity, protocol::
     // Samples are served and used for statistics only for counted results: a result without
     // any must not leave an earlier (rerun) result's samples standing in for its own. A rerun
     // deletes them when it requeues a succeeded shard; a shard on its first attempt never had
-    // any, so only a later attempt pays for the delete (it also clears samples that a rerun
-    // before an upgrade left behind).
+    // any, so only a later attempt pays for the delete (samples that a rerun by an older binary
+    // left behind go at recovery, scheduler_recovery.cpp).
     if (!r.samples_json.empty()) {
       batch_.put_samples(key, r.samples_json);
     } else if (s.total_attempts > 1) {

@@ -339,7 +339,8 @@ TEST_CASE("security: stale records, unknown shards and HELLO contents are bounde
   const auto api = cluster.api();
   ProtocolPeer rogue(cluster.coordinator().bind_endpoint(), "rogue");
   json labels = json::object();
-  json gpus = json::array();
+  // Two entries no GPU can be looked up by (placement and provenance read the index): dropped.
+  json gpus = json::array({{{"index", "0"}, {"name", "string index"}}, {{"name", "no index"}}});
   for (int i = 0; i < 1000; ++i) {
     labels["label-" + std::to_string(i)] = "value";
     gpus.push_back({{"index", i}, {"name", "GPU"}, {"memory_mb", 81920}});
@@ -352,7 +353,10 @@ TEST_CASE("security: stale records, unknown shards and HELLO contents are bounde
     CHECK(w.at("gpus").size() <= 64);
   }
   CHECK(metric_where(api, "evald_hello_items_dropped_total", "field=\"labels\"") == 1001 - 64);
-  CHECK(metric_where(api, "evald_hello_items_dropped_total", "field=\"gpus\"") == 1000 - 64);
+  CHECK(metric_where(api, "evald_hello_items_dropped_total", "field=\"gpus\"") == 1002 - 64);
+  for (const auto& w : api.workers()) {
+    for (const auto& gpu : w.at("gpus")) CHECK(gpu.at("index").is_number_integer());
+  }
 
   const std::vector<TestModel> models = {{"m", 1, 4, {}}};
   const std::vector<TestBenchmark> benchmarks = {{"b-one", 10, 10, 0, "accuracy", true, {}}};

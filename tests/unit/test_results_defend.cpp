@@ -207,6 +207,12 @@ TEST_CASE("provenance text is the record's JSON dump, byte for byte", "[unit][pr
       json::array({{{"index", 0}, {"name", "H200"}, {"uuid", "GPU-0"}},
                    {{"index", 1}, {"name", "A\"100\xff"}}}),
       json::array({{{"index", 1}, {"name", 7}, {"uuid", nullptr}}, "not an object"}),
+      // Indexes that are not integers match nothing (and must not throw).
+      json::array({{{"index", "1"}, {"name", "string index"}},
+                   {{"index", nullptr}, {"name", "null index"}},
+                   {{"index", 0.5}, {"name", "fraction"}},
+                   {{"name", "no index"}},
+                   {{"index", 5.0}, {"name", "integral float"}}}),
       json::object(),
   };
   int compared = 0;
@@ -234,7 +240,7 @@ TEST_CASE("provenance text is the record's JSON dump, byte for byte", "[unit][pr
       ++compared;
     }
   }
-  CHECK(compared == 44);
+  CHECK(compared == 55);
 }
 
 TEST_CASE("store: provenance, reuse index, scores and reused shard records", "[unit][store]") {
