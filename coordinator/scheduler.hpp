@@ -308,6 +308,9 @@ struct WorkerInfo {
   // gauges (refreshed four times a second: not rebuilt per worker each time).
   std::string labels_key;
   std::string gpu_layout;
+  // Its labels as JSON and its GPUs' memory: workers with the same key can place the same shards
+  // (refresh_estimates counts the GPUs each model may use by it).
+  std::string placement_key;
   // Its per-worker series; all null when --max-worker-series workers already have theirs.
   prometheus::Gauge* slots_used = nullptr;
   prometheus::Gauge* slots_total = nullptr;

@@ -123,11 +123,8 @@ void Scheduler::refresh_estimates() {
   std::map<std::string, std::pair<const WorkerInfo*, int64_t>> layouts;
   for (const auto& slot : workers_) {
     if (!slot || slot->state != WorkerState::kConnected) continue;
-    std::string layout = slot->labels.dump();
-    for (const auto& gpu : slot->gpu_slots) {
-      layout += ',' + std::to_string(gpu.memory_mib.value_or(-1));
-    }
-    auto& [worker, gpus] = layouts[layout];
+    // Built once at HELLO: this runs four times a second over every worker.
+    auto& [worker, gpus] = layouts[slot->placement_key];
     worker = slot.get();
     gpus += static_cast<int64_t>(slot->gpu_slots.size());
   }

@@ -350,6 +350,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   for (const auto& gpu : w->gpu_slots) {
     w->gpu_layout += std::to_string(gpu.memory_mib.value_or(-1)) + ',';
   }
+  w->placement_key = w->labels.dump() + '|' + w->gpu_layout;
   adopt_recovered_samples(*w);
   // Servers it already has (we may have restarted): affinity prefers them; no load is counted.
   w->warm = bounded_warm(std::move(hello.warm));
