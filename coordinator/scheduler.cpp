@@ -198,7 +198,8 @@ void Scheduler::write_campaign(const Campaign& c) {
 }
 
 void Scheduler::write_shard(const Campaign& c, uint32_t group, uint32_t index,
-                            const WorkerInfo* worker, const protocol::ShardResult* result) {
+                            const WorkerInfo* worker, const protocol::ShardResult* result,
+                            int64_t started_at_ms) {
   const Shard& s = c.groups[group].shards[index];
   ShardRecord rec;
   rec.state = s.state;
@@ -207,7 +208,7 @@ void Scheduler::write_shard(const Campaign& c, uint32_t group, uint32_t index,
   rec.attempt_id = s.attempt_id;
   rec.hand_backs = s.hand_backs;
   if (worker != nullptr) rec.worker = worker->name;
-  rec.started_at_ms = clock_.wall_ms();
+  rec.started_at_ms = started_at_ms > 0 ? started_at_ms : clock_.wall_ms();
   rec.last_error = last_error(c, group, index);
   if (result != nullptr) {
     rec.duration_ms = result->duration_ms;

@@ -431,8 +431,9 @@ class Scheduler {
  private:
   Campaign& create_campaign(uint32_t key, std::string id, CampaignSpec spec, int64_t created_at_ms);
   void write_campaign(const Campaign& c);
+  // started_at_ms: when its current attempt started (0: now, the usual case of a lease).
   void write_shard(const Campaign& c, uint32_t group, uint32_t index, const WorkerInfo* worker,
-                   const protocol::ShardResult* result = nullptr);
+                   const protocol::ShardResult* result = nullptr, int64_t started_at_ms = 0);
   void set_state(Campaign& c, uint32_t group, Shard& s, ShardState to);
   // Ends a lease on the worker's side of the books: the slot and its GPUs are free again.
   void release_lease(WorkerInfo& w, uint64_t attempt_id);

@@ -189,7 +189,14 @@ bool Scheduler::promote_backup(Campaign& c, const ShardKey& key, AttemptOutcome 
   g.last_errors[key.shard] = rec.error;
   s.attempt_id = copy_id;
   s.worker = holder->index;
-  write_shard(c, key.group, key.shard, holder);
+  // The record's start is the copy's (the steady-clock start of its lease, on the wall clock).
+  int64_t started_at_ms = 0;
+  if (auto it = holder->lease_started.find(copy_id); it != holder->lease_started.end()) {
+    started_at_ms =
+        clock_.wall_ms() -
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_.now() - it->second.at).count();
+  }
+  write_shard(c, key.group, key.shard, holder, nullptr, started_at_ms);
   metrics_.backup_copies.Add({{"outcome", "promoted"}}).Increment();
   spdlog::info(
       "backup_copy_promoted campaign={} shard={} attempt_id={} worker={} ended_attempt_id={} "

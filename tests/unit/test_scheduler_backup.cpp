@@ -278,6 +278,9 @@ TEST_CASE("a straggler gets a backup copy, the first result counts once, the oth
     REQUIRE(stored.has_value());
     CHECK(stored->attempt_id == copy.attempt_id);
     CHECK(stored->worker == copier);
+    // It started when the copy did (at 15 s, 1.5 x the expected 10 s; now it is 22 s), not at
+    // the promotion.
+    CHECK(stored->started_at_ms == t.clock.wall_ms() - 7'000);
     // The copy's result counts, once.
     t.report(copier, copy, 0.25, 20'000);
     t.turn();
