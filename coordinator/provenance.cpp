@@ -40,6 +40,15 @@ void append_string_or_null(std::string& out, std::string_view text) {
   }
 }
 
+// The HELLO's entry for GPU `index` (the first one with that integer index), or null.
+const nlohmann::json* worker_gpu(const nlohmann::json& worker_gpus, uint32_t index) {
+  if (!worker_gpus.is_array()) return nullptr;
+  for (const auto& entry : worker_gpus) {
+    if (integer_field(entry, "index") == int64_t{index}) return &entry;
+  }
+  return nullptr;
+}
+
 // The "name" or "uuid" string of the HELLO's GPU entry `known`, or null.
 void append_gpu_field(std::string& out, const nlohmann::json* known, const char* field) {
   if (known != nullptr) {
@@ -97,16 +106,12 @@ nlohmann::json make_provenance(const ProvenanceContext& context, const protocol:
   nlohmann::json gpus = nlohmann::json::array();
   for (const uint32_t index : r.gpus) {
     nlohmann::json gpu = {{"index", index}, {"name", nullptr}, {"uuid", nullptr}};
-    if (context.worker_gpus.is_array()) {
-      for (const auto& known : context.worker_gpus) {
-        if (integer_field(known, "index") != int64_t{index}) continue;
-        if (const auto name = known.find("name"); name != known.end() && name->is_string()) {
-          gpu["name"] = *name;
-        }
-        if (const auto uuid = known.find("uuid"); uuid != known.end() && uuid->is_string()) {
-          gpu["uuid"] = *uuid;
-        }
-        break;
+    if (const nlohmann::json* known = worker_gpu(context.worker_gpus, index)) {
+      if (const auto name = known->find("name"); name != known->end() && name->is_string()) {
+        gpu["name"] = *name;
+      }
+      if (const auto uuid = known->find("uuid"); uuid != known->end() && uuid->is_string()) {
+        gpu["uuid"] = *uuid;
       }
     }
     gpus.push_back(std::move(gpu));
@@ -149,15 +154,7 @@ std::string provenance_text(const ProvenanceContext& context, const protocol::Sh
   out += ",\"gpus\":[";
   for (size_t i = 0; i < r.gpus.size(); ++i) {
     const uint32_t index = r.gpus[i];
-    const nlohmann::json* known = nullptr;
-    if (context.worker_gpus.is_array()) {
-      for (const auto& entry : context.worker_gpus) {
-        if (integer_field(entry, "index") == int64_t{index}) {
-          known = &entry;
-          break;
-        }
-      }
-    }
+    const nlohmann::json* known = worker_gpu(context.worker_gpus, index);
     if (i > 0) out.push_back(',');
     out += "{\"index\":";
     out += std::to_string(index);
