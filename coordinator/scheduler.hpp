@@ -111,6 +111,11 @@ class Outgoing {
   void cancel(const std::string& identity, uint64_t attempt_id);
   void assign(const std::string& identity, protocol::Assignment assignment);
   bool empty() const { return by_identity_.empty(); }
+  // Calls f(identity) once for every identity with something to send.
+  template <typename F>
+  void for_each_identity(F&& f) const {
+    for (const auto& entry : by_identity_) f(entry.first);
+  }
   // Calls send(identity, message) for everything, in order, and clears.
   template <typename Send>
   void drain(Send&& send_one) {
@@ -401,6 +406,7 @@ class Scheduler {
       if (!s.ok()) return s.error();
       done.latency = store_.last_commit_latency();
     }
+    note_sent();
     outgoing_.drain(std::forward<Send>(send_one));
     if constexpr (kCheckInvariantsEveryTurn) check_invariants();
     return done;
@@ -494,6 +500,10 @@ class Scheduler {
   size_t end_leases(WorkerInfo& w,
                     const std::function<void(Campaign&, const ShardKey&)>& end_shard);
   WorkerInfo* find_worker(const std::string& name);
+  // Every message tells a worker the coordinator is alive (it resets the worker's silence timer),
+  // so a worker sent anything this turn needs no heartbeat for another interval: busy workers
+  // then get none, and the timer pass does not burst one frame to each of thousands of workers.
+  void note_sent();
   // Liveness, heartbeats and forgetting, in one pass at the earliest deadline (tick()).
   void run_worker_timers(std::chrono::steady_clock::time_point now);
   // A worker's deadline may now be earlier than the recorded one: the next tick runs the pass.

@@ -123,6 +123,14 @@ void Scheduler::run_worker_timers(std::chrono::steady_clock::time_point now) {
   next_worker_timer_ = next;
 }
 
+void Scheduler::note_sent() {
+  if (outgoing_.empty()) return;
+  const auto now = clock_.now();
+  outgoing_.for_each_identity([&](const std::string& name) {
+    if (WorkerInfo* w = find_worker(name)) w->last_sent = now;
+  });
+}
+
 void Scheduler::wake_worker_timers() {
   next_worker_timer_ = {};
 }

@@ -31,7 +31,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/inotify.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,30 +87,6 @@ struct RunResult {
   double load_before = 0;   // 1-minute load average when the run started
   double load_after = 0;
 };
-
-// The file system a path lives on, by statfs's magic number: an fsync on tmpfs costs nothing,
-// on ext4 or xfs over a virtual disk it costs what the host gives it.
-std::string filesystem_type(const std::filesystem::path& path) {
-  struct statfs info {};
-  if (::statfs(path.c_str(), &info) != 0)
-    return std::string("unknown (") + std::strerror(errno) + ")";
-  const auto magic = static_cast<unsigned long>(info.f_type);
-  struct Known {
-    unsigned long magic;
-    const char* name;
-  };
-  static constexpr Known kKnown[] = {
-      {0xEF53, "ext2/3/4"},  {0x58465342, "xfs"},       {0x9123683E, "btrfs"},
-      {0x01021994, "tmpfs"}, {0x794C7630, "overlayfs"}, {0x6969, "nfs"},
-      {0x2FC12FC1, "zfs"},   {0xF2F52010, "f2fs"},      {0x65735546, "fuse"},
-  };
-  char hex[32];
-  std::snprintf(hex, sizeof hex, "0x%lx", magic);
-  for (const auto& known : kKnown) {
-    if (known.magic == magic) return std::string(known.name) + " (" + hex + ")";
-  }
-  return std::string("other (") + hex + ")";
-}
 
 // One unlabelled sample ("name value") from the coordinator's /metrics page; 0 if absent.
 double sample(const evald::testing::Api& api, const std::string& name) {
@@ -257,7 +232,7 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
   Cluster cluster(options);  // returns once every worker shows in GET /v1/workers
   if (run == 1 && workers == config.workers.front()) {
     std::printf("data_dir=%s fs=%s cpus=%u\n", cluster.coordinator().data_dir().c_str(),
-                filesystem_type(cluster.coordinator().data_dir()).c_str(),
+                evald::bench::filesystem_type(cluster.coordinator().data_dir()).c_str(),
                 std::thread::hardware_concurrency());
   }
   LogWatch log(cluster.log_dir() / "coordinator.log");

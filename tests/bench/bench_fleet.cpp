@@ -37,6 +37,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <queue>
 #include <random>
@@ -368,6 +369,51 @@ double percentile(std::vector<double>& sorted, double p) {
   return sorted[index];
 }
 
+// The coordinator's WAL sync histogram (evald_store_commit_seconds): cumulative count per bucket
+// bound in seconds, "+Inf" as infinity.
+struct SyncHistogram {
+  std::vector<std::pair<double, double>> buckets;  // (le, count), ascending le
+  double count = 0;
+};
+
+SyncHistogram read_sync_histogram(const evald::testing::Api& api) {
+  SyncHistogram out;
+  std::istringstream lines(api.request("GET", "/metrics").body);
+  const std::string bucket = "evald_store_commit_seconds_bucket{le=\"";
+  const std::string count = "evald_store_commit_seconds_count ";
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(bucket, 0) == 0) {
+      const auto close = line.find('"', bucket.size());
+      if (close == std::string::npos) continue;
+      const std::string le = line.substr(bucket.size(), close - bucket.size());
+      const double bound = le == "+Inf" ? std::numeric_limits<double>::infinity() : std::stod(le);
+      out.buckets.emplace_back(bound, std::stod(line.substr(line.rfind(' ') + 1)));
+    } else if (line.rfind(count, 0) == 0) {
+      out.count = std::stod(line.substr(count.size()));
+    }
+  }
+  return out;
+}
+
+// What the WAL syncs of a window cost: every ASSIGN waits for the sync that makes its lease
+// durable, so a slow fsync is dispatch latency for every slot freed meanwhile.
+struct SyncWindow {
+  double syncs = 0;
+  double slower_than_10ms = 0;
+  double max_le_ms = 0;  // the slowest sync took at most this (a bucket bound; inf: > 10 s)
+};
+
+SyncWindow sync_window(const SyncHistogram& before, const SyncHistogram& after) {
+  SyncWindow out;
+  out.syncs = after.count - before.count;
+  for (size_t i = 0; i < after.buckets.size() && i < before.buckets.size(); ++i) {
+    const double in_bucket = after.buckets[i].second - before.buckets[i].second;
+    if (after.buckets[i].first == 0.01) out.slower_than_10ms = out.syncs - in_bucket;
+    if (in_bucket >= out.syncs && out.max_le_ms == 0) out.max_le_ms = 1000 * after.buckets[i].first;
+  }
+  return out;
+}
+
 nlohmann::json fleet_spec(const FleetConfig& config) {
   const int64_t cells = config.models * config.benchmarks;
   const int64_t per_cell = (config.shards + cells - 1) / cells;
@@ -402,6 +448,8 @@ struct FleetResult {
   double rss_mib = 0;
   double peak_rss_mib = 0;
   double longest_turn_ms = 0;  // evald_core_turn_seconds_max: the core's longest turn (10 s)
+  SyncWindow syncs;            // the coordinator's WAL syncs during the measured window
+  std::string data_fs;         // the file system of the coordinator's data dir
   double metrics_kib = 0;
   double metrics_ms = 0;
   double workers_kib = 0;
@@ -497,12 +545,14 @@ FleetResult run_fleet(const FleetConfig& config, size_t worker_count) {
       t->set_measuring(true);
     }
     const auto before = sample_process(pid);
+    const auto syncs_before = read_sync_histogram(api);
     const uint64_t acked_before = counters.acked.load();
     const auto start = Clock::now();
     std::this_thread::sleep_for(std::chrono::seconds(config.run_s));
     const auto after = sample_process(pid);
     const double wall = std::chrono::duration<double>(Clock::now() - start).count();
     const uint64_t acked = counters.acked.load() - acked_before;
+    result.syncs = sync_window(syncs_before, read_sync_histogram(api));
     for (auto& t : threads) t->set_measuring(false);
     std::vector<double> latencies;
     for (auto& t : threads) {
@@ -520,6 +570,7 @@ FleetResult run_fleet(const FleetConfig& config, size_t worker_count) {
   }
 
   result.longest_turn_ms = 1000 * api.metric("evald_core_turn_seconds_max");
+  result.data_fs = evald::bench::filesystem_type(cluster.coordinator().data_dir());
   // 4. pages, with the fleet busy (the first page of /v1/workers: 1,000 workers at most)
   std::tie(result.metrics_kib, result.metrics_ms) = page(api, "/metrics");
   std::tie(result.workers_kib, result.workers_ms) = page(api, "/v1/workers");
@@ -529,15 +580,17 @@ FleetResult run_fleet(const FleetConfig& config, size_t worker_count) {
   std::printf(
       "run workers=%zu slots=%u shard_ms=%lld connect_s=%.2f idle_coordinator_cores=%.3f "
       "heartbeat_cpu_us=%.1f latency_samples=%zu p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
-      "durable_shards_per_s=%.0f longest_turn_ms=%.1f run_coordinator_cores=%.2f rss_mib=%.1f "
+      "durable_shards_per_s=%.0f longest_turn_ms=%.1f wal_syncs=%.0f wal_syncs_over_10ms=%.0f "
+      "wal_sync_max_le_ms=%.0f data_fs=\"%s\" run_coordinator_cores=%.2f rss_mib=%.1f "
       "peak_rss_mib=%.1f "
       "metrics_kib=%.1f metrics_ms=%.1f workers_kib=%.1f workers_ms=%.1f rehellos=%llu "
       "undecodable=%llu campaign_succeeded=%lld/%lld\n",
       worker_count, config.slots, static_cast<long long>(config.shard_ms), result.connect_s,
       result.idle_cores, result.heartbeat_us_cpu, result.samples, result.p50_ms, result.p99_ms,
-      result.max_ms, result.shards_per_s, result.longest_turn_ms, result.run_cores, result.rss_mib,
-      result.peak_rss_mib, result.metrics_kib, result.metrics_ms, result.workers_kib,
-      result.workers_ms, static_cast<unsigned long long>(result.rehellos),
+      result.max_ms, result.shards_per_s, result.longest_turn_ms, result.syncs.syncs,
+      result.syncs.slower_than_10ms, result.syncs.max_le_ms, result.data_fs.c_str(),
+      result.run_cores, result.rss_mib, result.peak_rss_mib, result.metrics_kib, result.metrics_ms,
+      result.workers_kib, result.workers_ms, static_cast<unsigned long long>(result.rehellos),
       static_cast<unsigned long long>(counters.undecodable.load()),
       static_cast<long long>(campaign.at("shards").at("succeeded").get<int64_t>()),
       static_cast<long long>(campaign.at("total").get<int64_t>()));
@@ -624,13 +677,15 @@ int main(int argc, char** argv) {
   std::printf("\nslots=%u shard_ms=%lld jitter=%.2f shards=%lld cpus=%u\n", config.slots,
               static_cast<long long>(config.shard_ms), config.jitter,
               static_cast<long long>(config.shards), std::thread::hardware_concurrency());
-  std::printf("%8s %10s %9s %9s %12s %10s %9s %9s %10s %11s %12s\n", "workers", "connect_s",
+  std::printf("%8s %10s %9s %9s %12s %10s %9s %9s %10s %11s %12s %11s\n", "workers", "connect_s",
               "p50_ms", "p99_ms", "shards/s", "hb_cpu_us", "cores", "rss_MiB", "peak_MiB",
-              "metrics_KiB", "workers_KiB");
+              "metrics_KiB", "workers_KiB", "syncs>10ms");
   for (const auto& r : results) {
-    std::printf("%8zu %10.2f %9.2f %9.2f %12.0f %10.1f %9.2f %9.1f %10.1f %11.1f %12.1f\n",
+    std::printf("%8zu %10.2f %9.2f %9.2f %12.0f %10.1f %9.2f %9.1f %10.1f %11.1f %12.1f %11.0f\n",
                 r.workers, r.connect_s, r.p50_ms, r.p99_ms, r.shards_per_s, r.heartbeat_us_cpu,
-                r.run_cores, r.rss_mib, r.peak_rss_mib, r.metrics_kib, r.workers_kib);
+                r.run_cores, r.rss_mib, r.peak_rss_mib, r.metrics_kib, r.workers_kib,
+                r.syncs.slower_than_10ms);
   }
+  if (!results.empty()) std::printf("data dir file system: %s\n", results.front().data_fs.c_str());
   return 0;
 }

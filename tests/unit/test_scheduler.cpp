@@ -1099,6 +1099,49 @@ TEST_CASE(
   CHECK(*w0_lost_at - w0_hello <= 5000ms + 5ms);
 }
 
+TEST_CASE("worker timers: a worker sent anything gets no heartbeat; an idle one still does",
+          "[unit][scheduler]") {
+  Harness h;
+  // w1 runs a shard every 200 ms (each time it gets an ACK and an ASSIGN); w2 takes one shard,
+  // runs it all along and, once given it, hears only heartbeats.
+  auto [id, running] = h.start_on_one_slot(make_spec(100, 1));
+  h.hello("w2", 1);
+  h.turn();
+  h.sent.clear();
+  int w1_heartbeats = 0;
+  int w2_heartbeats = 0;
+  auto w2_last_heard = h.clock.now();
+  std::chrono::milliseconds w2_longest_gap{0};
+  for (int step = 1; step <= 200; ++step) {  // 5 s in 25 ms turns
+    h.clock.advance(25ms);
+    if (step % 8 == 0) {
+      h.report("w1", running, true, 1.0);
+      h.scheduler->on_message("w2", protocol::Heartbeat{});
+    }
+    h.turn();
+    if (step % 8 == 0) {
+      auto given = h.assignments("w1");
+      REQUIRE(given.size() == 1);
+      running = given[0];
+    }
+    w1_heartbeats += static_cast<int>(h.take<protocol::Heartbeat>("w1").size());
+    if (!h.take<protocol::Heartbeat>("w2").empty()) {
+      ++w2_heartbeats;
+      w2_longest_gap = std::max(
+          w2_longest_gap,
+          std::chrono::duration_cast<std::chrono::milliseconds>(h.clock.now() - w2_last_heard));
+      w2_last_heard = h.clock.now();
+    }
+    h.sent.clear();
+  }
+  // A heartbeat to w1 would be a frame per busy worker and interval for nothing: every ACK and
+  // ASSIGN already tells it the coordinator is alive. (Before, a fleet of busy workers got one
+  // each per second, all in the same turn.)
+  CHECK(w1_heartbeats == 0);
+  CHECK(w2_heartbeats >= 5);
+  CHECK(w2_longest_gap <= 1000ms);
+}
+
 TEST_CASE("max worker series: per-worker series for the first N workers, the fleet gauges for all",
           "[unit][scheduler]") {
   Harness h;
