@@ -215,8 +215,10 @@ void Scheduler::forget_backup(uint64_t attempt_id) {
 void Scheduler::store_cancelled_copy(Campaign& c, uint32_t group, uint32_t index,
                                      uint64_t attempt_id, const std::string& worker,
                                      const std::string& why) {
+  // Not a stale result (none came): evald_stale_results_total counts the result the cancelled
+  // copy may still send, once, when it crosses the CANCEL (store_stale), so a copy is never
+  // counted twice.
   Shard& s = c.groups[group].shards[index];
-  if (c.metrics_attached) metrics_.stale_results.Add({{"campaign", c.id}}).Increment();
   if (s.stale_records >= kMaxStaleRecordsPerShard) {
     reject("stale_not_stored");
     return;

@@ -110,6 +110,13 @@ struct Tail {
     scheduler->on_message(who, protocol::Results{{r}});
   }
   const Campaign& campaign() { return *scheduler->find_campaign(id); }
+  // evald_stale_results_total of the campaign: results that came for attempts given up.
+  double stale_results() {
+    const std::string page = metrics.serialize();
+    const std::string series = "evald_stale_results_total{campaign=\"" + id + "\"} ";
+    const auto at = page.find(series);
+    return at == std::string::npos ? 0 : std::stod(page.substr(at + series.size()));
+  }
 
   // The attempt records stored for shard `shard`, by attempt id.
   std::map<uint64_t, AttemptRecord> attempts_of(uint32_t shard) {
@@ -169,9 +176,11 @@ TEST_CASE("a straggler gets a backup copy, the first result counts once, the oth
     CHECK(c.groups[0].cell.examples_scored == 12);
     CHECK(c.groups[0].cell.mean("accuracy").value() == Approx((1.0 + 1.0 + 0.25) / 3));
     CHECK(t.cancels("w3") == std::vector<uint64_t>{first.attempt_id});
+    CHECK(t.stale_results() == 0);  // a cancelled copy, no result yet
     // The first copy's result arrives anyway: stored as stale, counted nowhere.
     t.report("w3", first, 0.0, 20'000);
     t.turn();
+    CHECK(t.stale_results() == 1);  // one late result, counted once
     CHECK(t.campaign().groups[0].cell.examples_scored == 12);
     CHECK(t.campaign().groups[0].cell.mean("accuracy").value() == Approx(2.25 / 3));
     const auto records = t.attempts_of(first.shard);
@@ -187,8 +196,10 @@ TEST_CASE("a straggler gets a backup copy, the first result counts once, the oth
     CHECK(c.state == CampaignState::kSucceeded);
     CHECK(c.groups[0].cell.mean("accuracy").value() == Approx(2.5 / 3));
     CHECK(t.cancels(copier) == std::vector<uint64_t>{copy.attempt_id});
+    CHECK(t.stale_results() == 0);
     t.report(copier, copy, 0.0, 2'000);
     t.turn();
+    CHECK(t.stale_results() == 1);
     CHECK(t.campaign().groups[0].cell.examples_scored == 12);
     CHECK(t.campaign().groups[0].cell.mean("accuracy").value() == Approx(2.5 / 3));
     const auto records = t.attempts_of(first.shard);
