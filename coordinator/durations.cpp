@@ -44,8 +44,10 @@ std::optional<double> DurationSamples::median() const {
 }
 
 std::vector<double> expected_shard_seconds(uint32_t models, uint32_t benchmarks,
-                                           const std::vector<GroupTimes>& groups) {
+                                           const std::vector<GroupTimes>& groups,
+                                           std::vector<std::optional<double>>* from_finished) {
   std::vector<double> out(groups.size(), kDefaultShardSeconds);
+  if (from_finished != nullptr) from_finished->assign(groups.size(), std::nullopt);
   if (groups.size() != size_t{models} * benchmarks) return out;
   auto at = [&](uint32_t m, uint32_t b) -> const GroupTimes& { return groups[m * benchmarks + b]; };
   auto size_of = [](const GroupTimes& g) {
@@ -95,16 +97,24 @@ std::vector<double> expected_shard_seconds(uint32_t models, uint32_t benchmarks,
     for (uint32_t b = 0; b < benchmarks; ++b) {
       const GroupTimes& g = at(m, b);
       double& e = out[m * benchmarks + b];
+      std::optional<double> finished;
       if (g.finished_per_example) {
         e = *g.finished_per_example * size_of(g);
+        if (from_finished != nullptr)
+          (*from_finished)[m * benchmarks + b] = std::max(e, kMinShardSeconds);
         continue;
       }
       if (benchmark_time[b] && *benchmark_time[b] > 0) {
         e = f * *benchmark_time[b] * size_of(g);
+        finished = factor[m].value_or(1.0) * *benchmark_time[b] * size_of(g);
       } else {
         e = std::max(model_shard[m].value_or(campaign_shard), model_shard_floor[m]);
+        finished = model_shard[m];
       }
       e = std::max(e, g.running_per_example * size_of(g));
+      if (from_finished != nullptr && finished) {
+        (*from_finished)[m * benchmarks + b] = std::max(*finished, kMinShardSeconds);
+      }
     }
   }
   // Shards that take no measurable time (the noop runner) still hold a slot: weighed by count.

@@ -63,7 +63,14 @@ struct GroupTimes {
 // that, the model's own median full-shard time on other benchmarks, then the campaign's, then
 // kDefaultShardSeconds. A group with no finished attempt never expects less than its running ones
 // have already taken, and that also raises the model's factor for its other benchmarks.
-std::vector<double> expected_shard_seconds(uint32_t models, uint32_t benchmarks,
-                                           const std::vector<GroupTimes>& groups);
+//
+// `from_finished` (if given) receives, per group, the estimate from finished attempts alone: the
+// group's own median, or what it borrows from the same benchmark's other models or the same
+// model's other benchmarks, without the floor its running attempts put under it; nullopt when
+// neither has finished anything. A shard running far past it is a straggler (backup copies,
+// docs/scheduling.md rule 10); against the floored estimate no running shard could ever be one.
+std::vector<double> expected_shard_seconds(
+    uint32_t models, uint32_t benchmarks, const std::vector<GroupTimes>& groups,
+    std::vector<std::optional<double>>* from_finished = nullptr);
 
 }  // namespace evald::coordinator

@@ -176,6 +176,10 @@ struct Group {  // one model x benchmark
   // of a full shard there: 0 while none finished there, when expected_shard_s stands in.
   std::vector<DurationSamples> kind_samples;
   std::vector<double> kind_expected_s;
+  // The expected seconds of a full shard from finished attempts alone (durations.hpp,
+  // `from_finished`); 0 while nothing that could stand in has finished. Backup copies judge
+  // stragglers against it.
+  double finished_shard_s = 0;
   CellAggregate cell;
   bool cell_dirty = false;
   std::unordered_map<uint32_t, std::string> last_errors;  // shard -> last failed attempt's error
@@ -428,6 +432,10 @@ class Scheduler {
   // How long a shard of this group is expected to run on worker w: what shards of it took on
   // workers of w's kind, else the group's estimate (docs/scheduling.md, "Expected GPU time").
   double expected_shard_seconds_on(const Campaign& c, uint32_t group, const WorkerInfo& w) const;
+  // What a shard of this group running on w is a straggler against: the same from finished
+  // attempts alone (Group::finished_shard_s); 0 when nothing that could stand in has finished.
+  double straggler_reference_seconds_on(const Campaign& c, uint32_t group,
+                                        const WorkerInfo& w) const;
   const Store& store() const { return store_; }
   const Clock& clock() const { return clock_; }
   const std::string& last_error(const Campaign& c, uint32_t group, uint32_t shard) const;

@@ -431,8 +431,12 @@ void Scheduler::start_backup_copies(const std::vector<WorkerInfo*>& idle) {
       auto started = slot->lease_started.find(id);
       if (started == slot->lease_started.end()) continue;
       const double elapsed = seconds_between(started->second.at, now);
+      // Against finished attempts only: the estimate a group with none finished gets never falls
+      // below what its running shards have taken, so none of them could ever be a straggler.
+      const double reference = straggler_reference_seconds_on(*c, key.group, *slot);
+      if (reference <= 0) continue;  // nothing finished to judge it by
       const double expected = expected_shard_seconds_on(*c, key.group, *slot);
-      const double remaining = elapsed >= kStragglerFactor * expected
+      const double remaining = elapsed >= kStragglerFactor * reference
                                    ? std::numeric_limits<double>::infinity()
                                    : expected - elapsed;
       it->second.push_back(RunningCopy{key, slot->index, remaining});

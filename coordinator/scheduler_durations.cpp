@@ -61,6 +61,15 @@ double Scheduler::expected_shard_seconds_on(const Campaign& c, uint32_t group,
   return g.expected_shard_s;
 }
 
+double Scheduler::straggler_reference_seconds_on(const Campaign& c, uint32_t group,
+                                                 const WorkerInfo& w) const {
+  const Group& g = c.groups[group];
+  if (w.kind < g.kind_expected_s.size() && g.kind_expected_s[w.kind] > 0) {
+    return g.kind_expected_s[w.kind];
+  }
+  return g.finished_shard_s;
+}
+
 uint32_t Scheduler::kind_of(const WorkerInfo& w) {
   // Placement looks at labels and GPU memory; speed differs with the GPU model, which only its
   // name tells (nvidia-smi's "NVIDIA H100 80GB HBM3").
@@ -129,6 +138,7 @@ void Scheduler::refresh_estimates() {
     gpus += static_cast<int64_t>(slot->gpu_slots.size());
   }
   std::vector<GroupTimes> times;
+  std::vector<std::optional<double>> finished;
   for (auto& [key, c] : campaigns_) {
     if (c->state != CampaignState::kRunning) continue;
     for (uint32_t m = 0; m < c->queues.size(); ++m) {
@@ -153,11 +163,12 @@ void Scheduler::refresh_estimates() {
     }
     const auto expected =
         expected_shard_seconds(static_cast<uint32_t>(c->spec.models.size()),
-                               static_cast<uint32_t>(c->spec.benchmarks.size()), times);
+                               static_cast<uint32_t>(c->spec.benchmarks.size()), times, &finished);
     for (auto& q : c->queues) q.pending_gpu_s = 0;
     for (uint32_t gi = 0; gi < c->groups.size(); ++gi) {
       Group& g = c->groups[gi];
       g.expected_shard_s = expected[gi];
+      g.finished_shard_s = finished[gi].value_or(0.0);
       g.kind_expected_s.assign(g.kind_samples.size(), 0.0);
       for (size_t k = 0; k < g.kind_samples.size(); ++k) {
         if (auto median = g.kind_samples[k].median()) {

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "common/clock.hpp"
 #include "coordinator/durations.hpp"
@@ -42,7 +43,10 @@ TEST_CASE(
   std::vector<GroupTimes> g(6);
   for (size_t i = 0; i < g.size(); ++i) g[i].shard_size = (i % 2 == 0) ? 10 : 5;
   SECTION("nothing known: the default for every group") {
-    for (double e : expected_shard_seconds(3, 2, g)) CHECK(e == kDefaultShardSeconds);
+    std::vector<std::optional<double>> finished;
+    for (double e : expected_shard_seconds(3, 2, g, &finished)) CHECK(e == kDefaultShardSeconds);
+    REQUIRE(finished.size() == 6);
+    for (const auto& f : finished) CHECK_FALSE(f.has_value());  // the default is no evidence
   }
   SECTION("a model's factor times a benchmark's time") {
     g[0].finished_per_example = 1.0;  // m0 b0
@@ -62,10 +66,17 @@ TEST_CASE(
     g[0].finished_per_example = 1.0;
     g[1].finished_per_example = 1.0;
     g[4].running_per_example = 12.0;  // m2 on b0 has run 12 s per example and not finished
-    const auto e = expected_shard_seconds(3, 2, g);
+    std::vector<std::optional<double>> finished;
+    const auto e = expected_shard_seconds(3, 2, g, &finished);
     CHECK(e[4] == Approx(120.0));
     CHECK(e[5] == Approx(12.0 * 1.0 * 5));  // m2's factor is at least 12
     CHECK(e[2] == Approx(10.0));            // m1 unknown: factor 1
+    // From finished attempts alone, m2 is a model like the others: what its running shard is
+    // judged by (a straggler at 1.5 x that, 15 s, not never).
+    REQUIRE(finished.size() == 6);
+    CHECK(finished[0] == Approx(10.0));
+    CHECK(finished[4] == Approx(10.0));
+    CHECK(finished[5] == Approx(5.0));
   }
   SECTION("work that takes no time is still weighed by its count") {
     for (auto& x : g) x.finished_per_example = 0.0;

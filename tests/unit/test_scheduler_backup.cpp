@@ -39,13 +39,14 @@ struct Tail {
   std::vector<std::pair<std::string, protocol::Message>> sent;
   std::string id;
 
-  explicit Tail(bool backup_copies) {
+  explicit Tail(bool backup_copies) : Tail(spec_with_backups(backup_copies)) {}
+  explicit Tail(const CampaignSpec& spec) {
     auto opened = Store::open(dir.path() / "db");
     REQUIRE(opened.ok());
     store = std::move(opened.value());
     scheduler = std::make_unique<Scheduler>(*store, clock, metrics, SchedulerOptions{});
     REQUIRE(scheduler->recover().ok());
-    auto submitted = scheduler->submit(spec_with_backups(backup_copies));
+    auto submitted = scheduler->submit(spec);
     REQUIRE(submitted.ok());
     id = submitted.value();
     for (const char* name : {"w1", "w2", "w3"}) {
@@ -352,4 +353,67 @@ TEST_CASE("backup_copies is a boolean, off by default, kept in the canonical spe
   auto bad = parse_campaign_spec(j);
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.error().message == "backup_copies: must be true or false");
+}
+
+TEST_CASE("a straggler of a group with nothing finished is judged by its model's other benchmarks",
+          "[unit][scheduler][backup]") {
+  // One model; b1 has four shards, b2 one (all of 4 examples). The three workers run b1's first
+  // three for 10 s, then one of them runs b1's last and another b2's only shard, warm (it has
+  // the model loaded). b2's group has nothing finished, so its estimate only says "at least as
+  // long as it has run": the straggler is judged by what the model's shards took on b1.
+  nlohmann::json j = {{"name", "tail"},
+                      {"models", {{{"name", "m"}}}},
+                      {"benchmarks",
+                       {{{"name", "b1"}, {"examples", 16}, {"shard_size", 4}},
+                        {{"name", "b2"}, {"examples", 4}, {"shard_size", 4}}}},
+                      {"runner", {{"type", "noop"}}},
+                      {"backup_copies", true}};
+  auto spec = parse_campaign_spec(j);
+  REQUIRE(spec.ok());
+  Tail t(spec.value());
+  const std::vector<std::string> names = {"w1", "w2", "w3"};
+  t.turn();
+  std::map<std::string, protocol::Assignment> first;
+  for (const auto& name : names) {
+    auto a = t.assignments(name);
+    REQUIRE(a.size() == 1);
+    CHECK(a[0].benchmark == 0);
+    first[name] = a[0];
+  }
+  t.wait(10s);
+  for (const auto& [name, a] : first) t.report(name, a, 1.0, 10'000);
+  t.turn();  // b1's last shard and b2's only one go out, to workers that have the model loaded
+  std::string slow;
+  protocol::Assignment straggler;
+  std::string last_b1;
+  protocol::Assignment b1_last;
+  for (const auto& name : names) {
+    for (const auto& a : t.assignments(name)) {
+      if (a.benchmark == 1) {
+        slow = name;
+        straggler = a;
+      } else {
+        last_b1 = name;
+        b1_last = a;
+      }
+    }
+  }
+  REQUIRE_FALSE(slow.empty());
+  REQUIRE_FALSE(last_b1.empty());
+  t.wait(10s);
+  t.report(last_b1, b1_last, 1.0, 10'000);
+  t.turn();
+  // At 10 s it has run as long as the model's shards take: no copy yet.
+  for (const auto& name : names) CHECK(t.assignments(name).empty());
+  t.wait(6s);  // 16 s: past 1.5 x 10 s
+  std::vector<protocol::Assignment> copies;
+  for (const auto& name : names) {
+    if (name == slow) continue;
+    auto got = t.assignments(name);
+    copies.insert(copies.end(), got.begin(), got.end());
+  }
+  REQUIRE(copies.size() == 1);
+  CHECK(copies[0].benchmark == 1);
+  CHECK(copies[0].shard == straggler.shard);
+  CHECK(copies[0].attempt_id != straggler.attempt_id);
 }
