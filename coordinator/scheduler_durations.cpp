@@ -19,6 +19,14 @@ uint32_t examples_in(const Campaign& c, uint32_t group, uint32_t shard) {
   return static_cast<uint32_t>(std::max<int64_t>(0, range.end - range.start));
 }
 
+// What shards of group g took on workers of w's kind (finished attempts there), else `otherwise`.
+double on_kind_or(const Group& g, const WorkerInfo& w, double otherwise) {
+  if (w.kind < g.kind_expected_s.size() && g.kind_expected_s[w.kind] > 0) {
+    return g.kind_expected_s[w.kind];
+  }
+  return otherwise;
+}
+
 }  // namespace
 
 std::string scheduler_detail::labels_key(const nlohmann::json& labels) {
@@ -55,19 +63,13 @@ void Scheduler::learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, 
 double Scheduler::expected_shard_seconds_on(const Campaign& c, uint32_t group,
                                             const WorkerInfo& w) const {
   const Group& g = c.groups[group];
-  if (w.kind < g.kind_expected_s.size() && g.kind_expected_s[w.kind] > 0) {
-    return g.kind_expected_s[w.kind];
-  }
-  return g.expected_shard_s;
+  return on_kind_or(g, w, g.expected_shard_s);
 }
 
 double Scheduler::straggler_reference_seconds_on(const Campaign& c, uint32_t group,
                                                  const WorkerInfo& w) const {
   const Group& g = c.groups[group];
-  if (w.kind < g.kind_expected_s.size() && g.kind_expected_s[w.kind] > 0) {
-    return g.kind_expected_s[w.kind];
-  }
-  return g.finished_shard_s;
+  return on_kind_or(g, w, g.finished_shard_s);
 }
 
 uint32_t Scheduler::kind_of(const WorkerInfo& w) {
