@@ -100,8 +100,9 @@ std::vector<double> expected_shard_seconds(uint32_t models, uint32_t benchmarks,
       std::optional<double> finished;
       if (g.finished_per_example) {
         e = *g.finished_per_example * size_of(g);
-        if (from_finished != nullptr)
+        if (from_finished != nullptr) {
           (*from_finished)[m * benchmarks + b] = std::max(e, kMinShardSeconds);
+        }
         continue;
       }
       if (benchmark_time[b] && *benchmark_time[b] > 0) {

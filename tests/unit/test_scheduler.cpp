@@ -1099,7 +1099,7 @@ TEST_CASE(
   CHECK(*w0_lost_at - w0_hello <= 5000ms + 5ms);
 }
 
-TEST_CASE("worker timers: a worker sent anything gets no heartbeat; an idle one still does",
+TEST_CASE("worker timers: a worker sent anything gets no heartbeat, an idle one still does",
           "[unit][scheduler]") {
   Harness h;
   // w1 runs a shard every 200 ms (each time it gets an ACK and an ASSIGN); w2 takes one shard,
