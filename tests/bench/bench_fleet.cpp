@@ -14,7 +14,9 @@
 //               --warmup-s, for --run-s seconds: dispatch latency (from the moment a result frees a
 //               slot to the ASSIGN that fills it, as the worker sees it, so the commit's WAL sync
 //               is included), durable shards/s (results ACKed: the coordinator ACKs a result once
-//               it is committed), the coordinator's CPU (cores busy) and RSS;
+//               it is committed), the coordinator's CPU (cores busy) and RSS, and its WAL syncs
+//               over the window (how many took over 10 ms: every ASSIGN waits for one, so a
+//               slow disk shows in the p99; TMPDIR=/dev/shm puts the data dir on tmpfs);
 //   4. pages    GET /metrics and GET /v1/workers: size and time to answer, with N workers busy.
 //
 // The coordinator's peak RSS (VmHWM) is read at the end, with the whole campaign's shards in
