@@ -1,7 +1,6 @@
 #include "coordinator/provenance.hpp"
 
 #include <algorithm>
-#include <ctime>
 #include <string_view>
 
 #include "common/json_fields.hpp"
@@ -61,12 +60,45 @@ void append_gpu_field(std::string& out, const nlohmann::json* known, const char*
 }
 
 void append_rfc3339_ms_or_null(std::string& out, int64_t epoch_ms) {
-  const auto text = rfc3339_ms_or_null(epoch_ms);
-  if (text.is_null()) {
+  if (epoch_ms <= 0) {
     out += "null";
-  } else {
-    append_json_string(out, text.get_ref<const std::string&>());
+    return;
   }
+  // Digits, '-', ':', 'T', '.' and 'Z' only: nothing a JSON string would escape.
+  out.push_back('"');
+  append_rfc3339_ms(out, epoch_ms);
+  out.push_back('"');
+}
+
+// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant, "chrono-Compatible
+// Low-Level Date Algorithms", civil_from_days): exact for every int64 day, no table, no tz.
+struct CivilDate {
+  int64_t year;
+  unsigned month;  // 1-12
+  unsigned day;    // 1-31
+};
+
+CivilDate civil_from_days(int64_t days) {
+  days += 719468;  // day 0 becomes 0000-03-01, so a leap day ends its "year"
+  const int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+  const auto day_of_era = static_cast<unsigned>(days - era * 146097);
+  const unsigned year_of_era =
+      (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+  const unsigned day_of_year =
+      day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+  const unsigned shifted_month = (5 * day_of_year + 2) / 153;  // 0 = March
+  const unsigned day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+  const unsigned month = shifted_month < 10 ? shifted_month + 3 : shifted_month - 9;
+  return {static_cast<int64_t>(year_of_era) + era * 400 + (month <= 2 ? 1 : 0), month, day};
+}
+
+void append_digits(std::string& out, unsigned value, size_t width) {
+  char digits[4];
+  for (size_t i = width; i-- > 0;) {
+    digits[i] = static_cast<char>('0' + value % 10);
+    value /= 10;
+  }
+  out.append(digits, width);
 }
 
 }  // namespace
@@ -89,16 +121,39 @@ std::optional<std::string> check_result_provenance(const protocol::ShardResult& 
   return std::nullopt;
 }
 
+void append_rfc3339_ms(std::string& out, int64_t epoch_ms) {
+  constexpr int64_t kMsPerDay = 86'400'000;
+  const int64_t day_count = epoch_ms / kMsPerDay;
+  auto ms_of_day = static_cast<unsigned>(epoch_ms % kMsPerDay);
+  const CivilDate date = civil_from_days(day_count);
+  if (date.year < 10000) {
+    append_digits(out, static_cast<unsigned>(date.year), 4);
+  } else {
+    out += std::to_string(date.year);  // as %04d would print it
+  }
+  out.push_back('-');
+  append_digits(out, date.month, 2);
+  out.push_back('-');
+  append_digits(out, date.day, 2);
+  out.push_back('T');
+  append_digits(out, ms_of_day / 3'600'000, 2);
+  ms_of_day %= 3'600'000;
+  out.push_back(':');
+  append_digits(out, ms_of_day / 60'000, 2);
+  ms_of_day %= 60'000;
+  out.push_back(':');
+  append_digits(out, ms_of_day / 1000, 2);
+  out.push_back('.');
+  append_digits(out, ms_of_day % 1000, 3);
+  out.push_back('Z');
+}
+
 nlohmann::json rfc3339_ms_or_null(int64_t epoch_ms) {
   if (epoch_ms <= 0) return nullptr;
-  const std::time_t seconds = static_cast<std::time_t>(epoch_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  char text[64];
-  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(epoch_ms % 1000));
-  return std::string(text);
+  std::string text;
+  text.reserve(24);
+  append_rfc3339_ms(text, epoch_ms);
+  return text;
 }
 
 nlohmann::json make_provenance(const ProvenanceContext& context, const protocol::ShardResult& r) {
