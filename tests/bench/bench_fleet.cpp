@@ -23,7 +23,8 @@
 // memory; --shards 10000000 shows the memory a 10-million-shard campaign costs.
 //
 // Not a ctest test: its numbers depend on the machine and its load (this process competes with
-// the coordinator for the same cores, so on a small machine the figures are pessimistic). Run:
+// the coordinator for the same cores, so on a small machine the figures are pessimistic; the run
+// phase reports this process's own CPU as fleet_cores, so a saturated machine shows). Run:
 //   build/bin/evald-bench-fleet --workers 100,1000,5000 --shards 1000000
 //   build/bin/evald-bench-fleet --workers 1000 --shards 10000000 --run-s 20
 //   build/bin/evald-bench-fleet --workers 1000 --shard-ms 0      # throughput, no think time
@@ -365,6 +366,18 @@ ProcessSample sample_process(pid_t pid) {
   return out;
 }
 
+// CPU this process (the simulated fleet, all its threads) has used, user + system, in seconds.
+// On a machine with few cores the fleet competes with the coordinator: when the two together
+// fill every core, the machine is the limit, not the coordinator.
+double own_cpu_seconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 double percentile(std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   const auto index = static_cast<size_t>(p * static_cast<double>(sorted.size() - 1));
@@ -447,6 +460,7 @@ struct FleetResult {
   size_t samples = 0;
   double shards_per_s = 0;
   double run_cores = 0;
+  double sim_cores = 0;  // this process (the simulated fleet) over the same window, in cores
   double rss_mib = 0;
   double peak_rss_mib = 0;
   double longest_turn_ms = 0;  // evald_core_turn_seconds_max: the core's longest turn (10 s)
@@ -547,11 +561,13 @@ FleetResult run_fleet(const FleetConfig& config, size_t worker_count) {
       t->set_measuring(true);
     }
     const auto before = sample_process(pid);
+    const double sim_before = own_cpu_seconds();
     const auto syncs_before = read_sync_histogram(api);
     const uint64_t acked_before = counters.acked.load();
     const auto start = Clock::now();
     std::this_thread::sleep_for(std::chrono::seconds(config.run_s));
     const auto after = sample_process(pid);
+    const double sim_after = own_cpu_seconds();
     const double wall = std::chrono::duration<double>(Clock::now() - start).count();
     const uint64_t acked = counters.acked.load() - acked_before;
     result.syncs = sync_window(syncs_before, read_sync_histogram(api));
@@ -568,6 +584,7 @@ FleetResult run_fleet(const FleetConfig& config, size_t worker_count) {
     result.max_ms = latencies.empty() ? 0 : latencies.back();
     result.shards_per_s = static_cast<double>(acked) / wall;
     result.run_cores = (after.cpu_s - before.cpu_s) / wall;
+    result.sim_cores = (sim_after - sim_before) / wall;
     result.rss_mib = after.rss_mib;
   }
 
@@ -583,7 +600,8 @@ FleetResult run_fleet(const FleetConfig& config, size_t worker_count) {
       "run workers=%zu slots=%u shard_ms=%lld connect_s=%.2f idle_coordinator_cores=%.3f "
       "heartbeat_cpu_us=%.1f latency_samples=%zu p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
       "durable_shards_per_s=%.0f longest_turn_ms=%.1f wal_syncs=%.0f wal_syncs_over_10ms=%.0f "
-      "wal_sync_max_le_ms=%.0f data_fs=\"%s\" run_coordinator_cores=%.2f rss_mib=%.1f "
+      "wal_sync_max_le_ms=%.0f data_fs=\"%s\" run_coordinator_cores=%.2f run_fleet_cores=%.2f "
+      "rss_mib=%.1f "
       "peak_rss_mib=%.1f "
       "metrics_kib=%.1f metrics_ms=%.1f workers_kib=%.1f workers_ms=%.1f rehellos=%llu "
       "undecodable=%llu campaign_succeeded=%lld/%lld\n",
@@ -591,8 +609,9 @@ FleetResult run_fleet(const FleetConfig& config, size_t worker_count) {
       result.idle_cores, result.heartbeat_us_cpu, result.samples, result.p50_ms, result.p99_ms,
       result.max_ms, result.shards_per_s, result.longest_turn_ms, result.syncs.syncs,
       result.syncs.slower_than_10ms, result.syncs.max_le_ms, result.data_fs.c_str(),
-      result.run_cores, result.rss_mib, result.peak_rss_mib, result.metrics_kib, result.metrics_ms,
-      result.workers_kib, result.workers_ms, static_cast<unsigned long long>(result.rehellos),
+      result.run_cores, result.sim_cores, result.rss_mib, result.peak_rss_mib, result.metrics_kib,
+      result.metrics_ms, result.workers_kib, result.workers_ms,
+      static_cast<unsigned long long>(result.rehellos),
       static_cast<unsigned long long>(counters.undecodable.load()),
       static_cast<long long>(campaign.at("shards").at("succeeded").get<int64_t>()),
       static_cast<long long>(campaign.at("total").get<int64_t>()));
@@ -679,14 +698,15 @@ int main(int argc, char** argv) {
   std::printf("\nslots=%u shard_ms=%lld jitter=%.2f shards=%lld cpus=%u\n", config.slots,
               static_cast<long long>(config.shard_ms), config.jitter,
               static_cast<long long>(config.shards), std::thread::hardware_concurrency());
-  std::printf("%8s %10s %9s %9s %12s %10s %9s %9s %10s %11s %12s %11s\n", "workers", "connect_s",
-              "p50_ms", "p99_ms", "shards/s", "hb_cpu_us", "cores", "rss_MiB", "peak_MiB",
-              "metrics_KiB", "workers_KiB", "syncs>10ms");
+  std::printf("%8s %10s %9s %9s %12s %10s %9s %11s %9s %10s %11s %12s %11s\n", "workers",
+              "connect_s", "p50_ms", "p99_ms", "shards/s", "hb_cpu_us", "cores", "fleet_cores",
+              "rss_MiB", "peak_MiB", "metrics_KiB", "workers_KiB", "syncs>10ms");
   for (const auto& r : results) {
-    std::printf("%8zu %10.2f %9.2f %9.2f %12.0f %10.1f %9.2f %9.1f %10.1f %11.1f %12.1f %11.0f\n",
-                r.workers, r.connect_s, r.p50_ms, r.p99_ms, r.shards_per_s, r.heartbeat_us_cpu,
-                r.run_cores, r.rss_mib, r.peak_rss_mib, r.metrics_kib, r.workers_kib,
-                r.syncs.slower_than_10ms);
+    std::printf(
+        "%8zu %10.2f %9.2f %9.2f %12.0f %10.1f %9.2f %11.2f %9.1f %10.1f %11.1f %12.1f %11.0f\n",
+        r.workers, r.connect_s, r.p50_ms, r.p99_ms, r.shards_per_s, r.heartbeat_us_cpu, r.run_cores,
+        r.sim_cores, r.rss_mib, r.peak_rss_mib, r.metrics_kib, r.workers_kib,
+        r.syncs.slower_than_10ms);
   }
   if (!results.empty()) std::printf("data dir file system: %s\n", results.front().data_fs.c_str());
   return 0;
