@@ -13,6 +13,7 @@
 #include <string>
 
 #include "common/json_limits.hpp"
+#include "common/utf8.hpp"
 
 namespace evald {
 namespace {
@@ -70,6 +71,19 @@ json plain_scalar(const std::string& text) {
   return text;
 }
 
+// yaml-cpp turns the escapes "\N" and "\_" into the single bytes 0x85 and 0xA0 (Latin-1, not
+// UTF-8), so a document that is valid UTF-8 can still produce a string that is not, and every
+// later dump() of the spec would throw on it. Such a string is refused where it is written.
+bool valid_text(const YAML::Node& node, const std::string& text, Walk& walk) {
+  if (utf8::is_valid(text)) return true;
+  const auto mark = node.Mark();
+  walk.error = fmt::format(
+      "has a string that is not valid UTF-8 at line {}, column {} (the escapes \\N and \\_ "
+      "make one; write the character itself, or \\u0085 / \\u00a0)",
+      mark.line + 1, mark.column + 1);
+  return false;
+}
+
 json convert(const YAML::Node& node, int depth, Walk& walk) {
   if (walk.error) return nullptr;
   if (++walk.nodes > kMaxYamlNodes) {
@@ -81,6 +95,7 @@ json convert(const YAML::Node& node, int depth, Walk& walk) {
     case YAML::NodeType::Null:
       return nullptr;
     case YAML::NodeType::Scalar:
+      if (!valid_text(node, node.Scalar(), walk)) return nullptr;
       // "!" is yaml-cpp's tag for quoted (non-plain) scalars; "!!str" asks for a string too.
       if (node.Tag() == "!" || node.Tag() == "tag:yaml.org,2002:str") return node.Scalar();
       return plain_scalar(node.Scalar());
@@ -105,6 +120,7 @@ json convert(const YAML::Node& node, int depth, Walk& walk) {
           return nullptr;
         }
         const std::string key = item.first.Scalar();
+        if (!valid_text(item.first, key, walk)) return nullptr;
         if (out.contains(key)) {
           walk.error = fmt::format("has the key '{}' twice in one mapping", key);
           return nullptr;

@@ -275,6 +275,29 @@ TEST_CASE("bad YAML is refused with a position, and aliases cannot blow up") {
   REQUIRE_FALSE(bomb.ok());
   CHECK(bomb.error().message == "expands to more than 200000 values (aliases included)");
 
+  // yaml-cpp writes "\N" and "\_" as the bytes 0x85 and 0xA0: not UTF-8 (found by fuzz_spec_yaml;
+  // the spec's params then made dump() throw and the process abort).
+  for (const std::string escape : {"\\N", "\\_"}) {
+    INFO(escape);
+    auto value = yaml_to_json("params: {stop: \"a" + escape + "b\"}\n");
+    REQUIRE_FALSE(value.ok());
+    CHECK(value.error().message ==
+          "has a string that is not valid UTF-8 at line 1, column 16 (the escapes \\N and \\_ "
+          "make one; write the character itself, or \\u0085 / \\u00a0)");
+    auto key = yaml_to_json("? \"k" + escape + "\"\n: 1\n");
+    REQUIRE_FALSE(key.ok());
+    CHECK(key.error().message.rfind("has a string that is not valid UTF-8 at line 1", 0) == 0);
+  }
+  auto spec = parse_campaign_spec_yaml(
+      "name: n\nmodels: [{name: m}]\nrunner: {type: exec, command: [x]}\n"
+      "benchmarks: [{name: b, examples: 1, params: {stop: \"\\N\"}}]\n");
+  REQUIRE_FALSE(spec.ok());
+  CHECK(spec.error().message.rfind("spec has a string that is not valid UTF-8", 0) == 0);
+  // The escapes of the same characters by code point are UTF-8 and pass.
+  auto escaped = yaml_to_json("stop: \"\\u0085\\u00a0\"\n");
+  REQUIRE(escaped.ok());
+  CHECK(escaped.value().at("stop") == "\xc2\x85\xc2\xa0");
+
   auto nested = yaml_to_json(std::string(70, '[') + std::string(70, ']'));
   REQUIRE_FALSE(nested.ok());
   CHECK(nested.error().message == "nests deeper than 64 levels (the limit)");
