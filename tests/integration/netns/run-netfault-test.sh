@@ -11,22 +11,26 @@
 #   netem      every link loses 30 % of its packets, then every link delays them by 200 ms with
 #              50 ms jitter (tc qdisc ... netem). Needs the kernel's sch_netem; without it the
 #              test is skipped, naming what is missing.
+#   congestion every port of the switch is narrow (32 kbit/s) with a short queue (tc qdisc ...
+#              tbf, a token bucket that kernels without sch_netem still have): packets wait in
+#              the queue, and those that find it full are dropped. The test checks that packets
+#              really waited and were dropped; workers are often declared lost on the way.
 #
 # Each mode runs a campaign through the fault and checks the leaderboard against the exact scores
 # of the test runner's formula, every shard succeeded, every shard's count equal to its range, and
 # the coordinator's durable per-cell shard counts equal to the number of shards: nothing counted
 # twice. Namespaces and processes are removed on exit, also on failure.
 #
-# Usage: run-netfault-test.sh BIN_DIR SOURCE_DIR partition|netem
+# Usage: run-netfault-test.sh BIN_DIR SOURCE_DIR partition|netem|congestion
 # Exit: 0 passed, 1 failed, 77 skipped (not root, no iproute2, namespaces or veth pairs cannot be
-# created here, or for netem: no sch_netem), with the reason on stdout.
+# created here, or the qdisc the mode needs is missing), with the reason on stdout.
 set -euo pipefail
 
 bin_dir="$(cd "${1:?usage: run-netfault-test.sh BIN_DIR SOURCE_DIR MODE}" && pwd)"
 source_dir="$(cd "${2:?usage: run-netfault-test.sh BIN_DIR SOURCE_DIR MODE}" && pwd)"
-mode="${3:?usage: run-netfault-test.sh BIN_DIR SOURCE_DIR partition|netem}"
-[[ "${mode}" == partition || "${mode}" == netem ]] || {
-  echo "unknown mode ${mode}: partition or netem" >&2
+mode="${3:?usage: run-netfault-test.sh BIN_DIR SOURCE_DIR partition|netem|congestion}"
+[[ "${mode}" == partition || "${mode}" == netem || "${mode}" == congestion ]] || {
+  echo "unknown mode ${mode}: partition, netem or congestion" >&2
   exit 1
 }
 runners_dir="${source_dir}/tests/integration/runners"
@@ -115,6 +119,13 @@ if [[ "${mode}" == netem ]]; then
   # The probe: a qdisc that changes nothing yet, on the coordinator's link.
   ip netns exec "${ns_coord}" tc qdisc add dev eth0 root netem delay 0ms 2>"${tmp}/log/tc.err" ||
     skip "tc netem is not available (the kernel lacks the sch_netem qdisc, CONFIG_NET_SCH_NETEM):" \
+      "$(cat "${tmp}/log/tc.err")"
+  ip netns exec "${ns_coord}" tc qdisc del dev eth0 root
+fi
+if [[ "${mode}" == congestion ]]; then
+  ip netns exec "${ns_coord}" tc qdisc add dev eth0 root tbf rate 1gbit burst 64kb latency 10ms \
+    2>"${tmp}/log/tc.err" ||
+    skip "tc tbf is not available (the kernel lacks the sch_tbf qdisc, CONFIG_NET_SCH_TBF):" \
       "$(cat "${tmp}/log/tc.err")"
   ip netns exec "${ns_coord}" tc qdisc del dev eth0 root
 fi
@@ -227,6 +238,42 @@ sum(1 for s in d['shards'] for h in s.get('history', []) if h['outcome'] == 'los
   ((lost_attempts >= 1)) || fail "no attempt of nf-w2 was given up as lost"
   log "PASS: nf-w2 partitioned for longer than ${kWorkerTimeoutMs} ms: declared lost on time," \
     "${lost_attempts} attempt(s) given up and run again, the campaign exact after the heal"
+  exit 0
+fi
+
+if [[ "${mode}" == congestion ]]; then
+  # --- every link narrow, with a short queue ---------------------------------------------------
+  # At 32 kbit/s a full-size segment takes about 375 ms to leave; the queue holds what leaves
+  # within 50 ms past the bucket, and a packet that finds it full is dropped. The two workers'
+  # heartbeats and results meet on the coordinator's port in bursts larger than that, so TCP
+  # both waits and retransmits there (tens of drops per run), for longer than the worker timeout
+  # now and then. The rate and queue can be changed for an experiment through the environment.
+  readonly kCongestionRate=${EVALD_TEST_CONGESTION_RATE:-32kbit}
+  readonly kCongestionQueue=${EVALD_TEST_CONGESTION_QUEUE:-50ms}
+  # On the switch's ports, towards each namespace: packets there come from another host's TCP,
+  # which cannot see this queue (a sender's own qdisc holds its socket back instead of dropping).
+  for port in port1 port2 port3; do
+    ip netns exec "${ns_switch}" tc qdisc replace dev "${port}" root tbf rate "${kCongestionRate}" \
+      burst 1600 latency "${kCongestionQueue}" ||
+      fail "tc qdisc replace dev ${port} root tbf failed in ${ns_switch}"
+  done
+  log "every link: ${kCongestionRate}, queue ${kCongestionQueue}, tail drop"
+  campaign="$(run_campaign congestion 50)"
+  check_exact "${campaign}"
+  # tbf's counters: "dropped" (the queue was full) and "overlimits" (a packet had to wait).
+  dropped=0
+  waited=0
+  for port in port1 port2 port3; do
+    stats="$(ip netns exec "${ns_switch}" tc -s qdisc show dev "${port}")"
+    log "${port}: $(tr '\n' ' ' <<<"${stats}" | tr -s ' ')"
+    dropped=$((dropped + $(sed -n 's/.*dropped \([0-9]*\).*/\1/p' <<<"${stats}" | head -1)))
+    waited=$((waited + $(sed -n 's/.*overlimits \([0-9]*\).*/\1/p' <<<"${stats}" | head -1)))
+  done
+  ((dropped > 0)) || fail "the congested links dropped no packet: the fault did not happen"
+  ((waited > 0)) || fail "no packet waited in the congested links' queues: the fault did not happen"
+  lost="$(grep -c 'worker_lost' "${tmp}/log/coordinator.log" || true)"
+  log "PASS: campaign exact through congested links (${dropped} packets dropped, ${waited} held" \
+    "in a queue; workers declared lost on the way: ${lost}), nothing counted twice"
   exit 0
 fi
 
