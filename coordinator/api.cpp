@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <charconv>
-#include <ctime>
 #include <map>
 
 #include "common/json_limits.hpp"
+#include "common/time_format.hpp"
 
 namespace evald::coordinator {
 namespace {
@@ -76,15 +76,6 @@ nlohmann::json optional_number(std::optional<double> v) {
 }
 
 }  // namespace
-
-std::string rfc3339_utc(int64_t epoch_ms) {
-  const std::time_t seconds = static_cast<std::time_t>(epoch_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 // What a request needs: open (no role), or a role; rerun and cancel of a campaign also pass for
 // a submitter that submitted it.
@@ -376,9 +367,9 @@ nlohmann::json Api::campaign_json(const Campaign& c) const {
       {"id", c.id},
       {"name", c.spec.name},
       {"state", to_string(c.state)},
-      {"created_at", rfc3339_utc(c.created_at_ms)},
+      {"created_at", rfc3339_seconds(c.created_at_ms)},
       {"submitted_by", c.submitted_by ? nlohmann::json(*c.submitted_by) : nlohmann::json(nullptr)},
-      {"finished_at", c.finished_at_ms > 0 ? nlohmann::json(rfc3339_utc(c.finished_at_ms))
+      {"finished_at", c.finished_at_ms > 0 ? nlohmann::json(rfc3339_seconds(c.finished_at_ms))
                                            : nlohmann::json(nullptr)},
       {"shards", shards},
       {"total", c.total},
@@ -411,7 +402,7 @@ nlohmann::json Api::campaign_json(const Campaign& c) const {
                         {"worker", entry.worker},
                         {"reason", entry.reason},
                         {"failures", entry.failures},
-                        {"until", rfc3339_utc(entry.until_ms)}});
+                        {"until", rfc3339_seconds(entry.until_ms)}});
       }
     }
     if (!held.empty()) out["not_placed"] = std::move(held);
@@ -457,7 +448,7 @@ HttpResponse Api::get_shards(const Campaign& c, const std::string& query) {
                         {"attempt", a.attempt},
                         {"outcome", to_string(a.outcome)},
                         {"worker", a.worker},
-                        {"ended_at", rfc3339_utc(a.ended_at_ms)},
+                        {"ended_at", rfc3339_seconds(a.ended_at_ms)},
                         {"duration_s", a.duration_ms / 1000.0},
                         {"error", a.error}});
       });

@@ -101,7 +101,4 @@ class Api {
   std::map<uint32_t, ImportedScores> imported_scores_;
 };
 
-// "2026-11-25T06:00:00Z" for milliseconds since the epoch.
-std::string rfc3339_utc(int64_t epoch_ms);
-
 }  // namespace evald::coordinator

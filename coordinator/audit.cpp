@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "coordinator/api.hpp"
+#include "common/time_format.hpp"
 
 namespace evald::coordinator {
 namespace {
@@ -105,7 +105,7 @@ Result<nlohmann::json> AuditLog::page(uint64_t since, size_t limit) const {
       return;
     }
     events.push_back({{"seq", seq},
-                      {"at", rfc3339_utc(stored.value("at_ms", int64_t{0}))},
+                      {"at", rfc3339_seconds(stored.value("at_ms", int64_t{0}))},
                       {"principal", stored.value("principal", nlohmann::json(nullptr))},
                       {"address", stored.value("address", std::string())},
                       {"action", stored.value("action", std::string())},

@@ -5,6 +5,7 @@
 
 #include "common/json_fields.hpp"
 #include "common/sha256.hpp"
+#include "common/time_format.hpp"
 #include "common/version.hpp"
 
 namespace evald::coordinator {
@@ -70,37 +71,6 @@ void append_rfc3339_ms_or_null(std::string& out, int64_t epoch_ms) {
   out.push_back('"');
 }
 
-// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant, "chrono-Compatible
-// Low-Level Date Algorithms", civil_from_days): exact for every int64 day, no table, no tz.
-struct CivilDate {
-  int64_t year;
-  unsigned month;  // 1-12
-  unsigned day;    // 1-31
-};
-
-CivilDate civil_from_days(int64_t days) {
-  days += 719468;  // day 0 becomes 0000-03-01, so a leap day ends its "year"
-  const int64_t era = (days >= 0 ? days : days - 146096) / 146097;
-  const auto day_of_era = static_cast<unsigned>(days - era * 146097);
-  const unsigned year_of_era =
-      (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
-  const unsigned day_of_year =
-      day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-  const unsigned shifted_month = (5 * day_of_year + 2) / 153;  // 0 = March
-  const unsigned day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-  const unsigned month = shifted_month < 10 ? shifted_month + 3 : shifted_month - 9;
-  return {static_cast<int64_t>(year_of_era) + era * 400 + (month <= 2 ? 1 : 0), month, day};
-}
-
-void append_digits(std::string& out, unsigned value, size_t width) {
-  char digits[4];
-  for (size_t i = width; i-- > 0;) {
-    digits[i] = static_cast<char>('0' + value % 10);
-    value /= 10;
-  }
-  out.append(digits, width);
-}
-
 }  // namespace
 
 std::optional<std::string> check_result_provenance(const protocol::ShardResult& result) {
@@ -119,33 +89,6 @@ std::optional<std::string> check_result_provenance(const protocol::ShardResult& 
     return "provenance: started_at/ended_at are not a time span";
   }
   return std::nullopt;
-}
-
-void append_rfc3339_ms(std::string& out, int64_t epoch_ms) {
-  constexpr int64_t kMsPerDay = 86'400'000;
-  const int64_t day_count = epoch_ms / kMsPerDay;
-  auto ms_of_day = static_cast<unsigned>(epoch_ms % kMsPerDay);
-  const CivilDate date = civil_from_days(day_count);
-  if (date.year < 10000) {
-    append_digits(out, static_cast<unsigned>(date.year), 4);
-  } else {
-    out += std::to_string(date.year);  // as %04d would print it
-  }
-  out.push_back('-');
-  append_digits(out, date.month, 2);
-  out.push_back('-');
-  append_digits(out, date.day, 2);
-  out.push_back('T');
-  append_digits(out, ms_of_day / 3'600'000, 2);
-  ms_of_day %= 3'600'000;
-  out.push_back(':');
-  append_digits(out, ms_of_day / 60'000, 2);
-  ms_of_day %= 60'000;
-  out.push_back(':');
-  append_digits(out, ms_of_day / 1000, 2);
-  out.push_back('.');
-  append_digits(out, ms_of_day % 1000, 3);
-  out.push_back('Z');
 }
 
 nlohmann::json rfc3339_ms_or_null(int64_t epoch_ms) {

@@ -48,11 +48,8 @@ nlohmann::json make_provenance(const ProvenanceContext& context, const protocol:
 // thread, where building and dumping the JSON tree cost about a tenth of a noop result.
 std::string provenance_text(const ProvenanceContext& context, const protocol::ShardResult& r);
 
-// "2026-12-02T09:00:00.123Z"; epoch_ms <= 0 gives null.
+// "2026-12-02T09:00:00.123Z" (common/time_format.hpp); epoch_ms <= 0 gives null.
 nlohmann::json rfc3339_ms_or_null(int64_t epoch_ms);
-// Appends that text for epoch_ms > 0. Every counted result's provenance needs two, on the core
-// thread: with gmtime_r, snprintf and a JSON string they took 8.7% of it at 32 slots, now 2%.
-void append_rfc3339_ms(std::string& out, int64_t epoch_ms);
 
 // The identity of a shard for reuse: SHA-256 (hex) of the canonical JSON of its model entry,
 // benchmark entry, runner and example range. Two shards with the same identity would be given

@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -23,6 +22,7 @@
 #include "common/json_fields.hpp"
 #include "common/json_limits.hpp"
 #include "common/spec.hpp"
+#include "common/time_format.hpp"
 #include "common/version.hpp"
 #include "common/yaml.hpp"
 #include "evalctl/bundle.hpp"
@@ -489,11 +489,9 @@ int report(const Context& context, const std::string& id, const std::string& pat
   } else {
     note = "provenance could not be read: the answer is not a JSON object";
   }
-  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::system_clock::now().time_since_epoch());
+  const std::string stamp = rfc3339_seconds(now_ms.count());
   const std::string html = render_report_html(*results_reply, provenance, note, stamp);
   // Written next to the target and renamed, so a reader never sees half a report.
   const std::string tmp = path + ".tmp";
