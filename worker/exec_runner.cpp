@@ -394,7 +394,7 @@ class ExecRunner::Impl {
       if (digest) {
         identity.executable_sha256 = std::move(digest).value();
       } else {
-        spdlog::warn("executable_not_hashed attempt={} error=\"{}\"", identity.attempt_id,
+        spdlog::warn("executable_not_hashed attempt_id={} error=\"{}\"", identity.attempt_id,
                      digest.error().message);
       }
     }
@@ -404,8 +404,8 @@ class ExecRunner::Impl {
       if (!job.data_sha256_pin.empty() && identity.data_sha256 != job.data_sha256_pin) {
         const std::string got =
             digest ? digest.value() : "no readable file (" + digest.error().message + ")";
-        spdlog::warn("data_changed attempt={} path={} expected={} got=\"{}\"", identity.attempt_id,
-                     job.data_path, job.data_sha256_pin, got);
+        spdlog::warn("data_changed attempt_id={} path={} expected={} got=\"{}\"",
+                     identity.attempt_id, job.data_path, job.data_sha256_pin, got);
         auto result = std::move(identity);
         result.started_at_ms = result.ended_at_ms = clock_.wall_ms();
         result.error = data_changed_error(job.data_sha256_pin, got, job.data_path);
@@ -424,7 +424,7 @@ class ExecRunner::Impl {
     const auto started = clock_.now();
     const auto attempt_id = job.identity.attempt_id;
     if (cancelled_early_.erase(attempt_id) > 0) {
-      spdlog::info("exec_cancelled attempt={} before=start", attempt_id);
+      spdlog::info("exec_cancelled attempt_id={} before=start", attempt_id);
       return;
     }
     job.identity.started_at_ms = clock_.wall_ms();
