@@ -7,6 +7,9 @@ constexpr int64_t kMsPerDay = 86'400'000;
 
 // The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant, "chrono-Compatible
 // Low-Level Date Algorithms", civil_from_days): exact for every int64 day, no table, no tz.
+// std::chrono::year_month_day is the same algorithm, but its year stops at 32,767, and the times
+// formatted here include what a worker reports (any non-negative int64 passes the provenance
+// check), so the text must be right for every input rather than wrap.
 struct CivilDate {
   int64_t year;
   unsigned month;  // 1-12
