@@ -47,6 +47,7 @@ void encode_body(BinaryWriter& w, const Hello& m) {
                          {"slots", m.slots},    {"gpus", m.gpus},         {"labels", m.labels},
                          {"running", m.running}};
   if (!m.warm.empty()) body["warm"] = warm_json(m.warm);
+  if (m.queue_ahead > 0) body["queue_ahead"] = m.queue_ahead;
   w.str(body.dump());
 }
 void encode_body(BinaryWriter& w, const Heartbeat& m) {
@@ -139,6 +140,7 @@ Result<Message> decode_hello(BinaryReader& r) {
     m.instance = body.value("instance", std::string{});
     m.host = body.value("host", std::string{});
     m.slots = body.at("slots").get<uint32_t>();
+    m.queue_ahead = body.value("queue_ahead", uint32_t{0});
     m.gpus = body.value("gpus", nlohmann::json::array());
     m.labels = body.value("labels", nlohmann::json::object());
     m.running = body.value("running", std::vector<uint64_t>{});

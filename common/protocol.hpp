@@ -19,7 +19,8 @@
 //   worker -> HELLO (name, slots, GPUs, labels, attempts it still runs or holds results for)
 //   coord  -> WELCOME (heartbeat and timeout it expects)
 //   coord  -> CAMPAIGN (once per campaign per connection, before the first ASSIGN of it)
-//   coord  -> ASSIGN (leases; never more than the worker's free slots: credit-based flow)
+//   coord  -> ASSIGN (leases; never more than the worker's free slots plus the room left in the
+//             queue it announced: credit-based flow)
 //   worker -> RESULTS (one or more finished attempts; each frees a slot)
 //   coord  -> ACK (attempt ids whose results are durably committed; the worker may forget them)
 //   coord  -> CANCEL (attempt ids the worker must stop: campaign cancelled or lease revoked)
@@ -94,6 +95,9 @@ struct Hello {
   std::string instance;  // random per worker process start; tells a restart from a reconnect
   std::string host;      // the worker's hostname, for provenance ("" from a version-1 worker)
   uint32_t slots = 1;
+  // Attempts it takes beyond its slots, queued and started in the order sent as slots free
+  // (absent, 0, from a worker that does not queue; carried as JSON, so optional on the wire).
+  uint32_t queue_ahead = 0;
   // [{"index":0,"name":"...","memory_mib":N,"uuid":"GPU-..."}]; results name GPUs by index only
   nlohmann::json gpus = nlohmann::json::array();
   nlohmann::json labels = nlohmann::json::object();  // {"k":"v"}

@@ -492,8 +492,12 @@ HttpResponse Api::get_shards(const Campaign& c, const std::string& query) {
         // Waiting for its model server to become ready (docs/served-models.md).
         if (s.state == ShardState::kRunning) {
           for (const WorkerInfo* w : workers) {
-            if (w != nullptr && w->index == s.worker && w->loading.contains(s.attempt_id)) {
-              item["phase"] = "loading";
+            if (w == nullptr || w->index != s.worker) continue;
+            if (w->loading.contains(s.attempt_id)) item["phase"] = "loading";
+            // Leased ahead, waiting for a slot of its worker (docs/scheduling.md, rule 11).
+            if (auto started = w->lease_started.find(s.attempt_id);
+                started != w->lease_started.end() && started->second.queued) {
+              item["phase"] = "queued";
             }
           }
         }
@@ -637,7 +641,11 @@ HttpResponse Api::list_workers(const std::string& query) {
     }
     nlohmann::json current = nlohmann::json::array();
     for (const auto& [attempt_id, key] : w->leases) {
-      nlohmann::json item = {{"attempt_id", attempt_id}, {"shard", key.shard}};
+      const auto started = w->lease_started.find(attempt_id);
+      nlohmann::json item = {
+          {"attempt_id", attempt_id},
+          {"shard", key.shard},
+          {"queued", started != w->lease_started.end() && started->second.queued}};
       if (auto found = campaigns.find(key.campaign); found != campaigns.end()) {
         const Campaign& c = *found->second;
         const Group& g = c.groups[key.group];
@@ -650,7 +658,9 @@ HttpResponse Api::list_workers(const std::string& query) {
     list.push_back({{"name", w->name},
                     {"state", to_string(w->state)},
                     {"slots", w->slots},
-                    {"running", w->leases.size()},
+                    {"running", w->running()},
+                    {"queued", w->queued.size()},
+                    {"queue_ahead", w->queue_ahead},
                     {"gpus", w->gpus},
                     {"labels", w->labels},
                     {"last_heartbeat_s", std::chrono::duration<double>(now - w->last_seen).count()},

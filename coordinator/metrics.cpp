@@ -245,6 +245,18 @@ Metrics::Metrics()
                             "evald_worker_slots, which only the first --max-worker-series "
                             "workers have)")
                       .Register(*registry)),
+      shards_queued_ahead(BuildGauge()
+                              .Name("evald_shards_queued_ahead")
+                              .Help("Leases held by connected workers beyond their slots: short "
+                                    "shards queued there to start as slots free")
+                              .Register(*registry)
+                              .Add({})),
+      leases_queued_ahead(BuildCounter()
+                              .Name("evald_leases_queued_ahead_total")
+                              .Help("Leases sent to a worker beyond its slots, to start there as "
+                                    "a slot frees (dispatch rule 11)")
+                              .Register(*registry)
+                              .Add({})),
       workers_without_series(BuildGauge()
                                  .Name("evald_workers_without_series")
                                  .Help("Known workers that have no per-worker series because "

@@ -104,6 +104,9 @@ struct Metrics {
   // The whole fleet's slots, kind=used|free|total: the sum of evald_worker_slots, which exists
   // only for the first --max-worker-series workers.
   prometheus::Family<prometheus::Gauge>& fleet_slots;
+  // Leases beyond the slots of connected workers (dispatch rule 11).
+  prometheus::Gauge& shards_queued_ahead;
+  prometheus::Counter& leases_queued_ahead;
   // Workers given no per-worker series because --max-worker-series were taken.
   prometheus::Gauge& workers_without_series;
   // Times any worker was declared lost (evald_workers_lost_total{worker} counts per worker, for

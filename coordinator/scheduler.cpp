@@ -254,11 +254,32 @@ void Scheduler::mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, b
 
 void Scheduler::release_lease(WorkerInfo& w, uint64_t attempt_id) {
   forget_backup(attempt_id);
-  w.leases.erase(attempt_id);
-  w.lease_started.erase(attempt_id);
+  if (w.leases.erase(attempt_id) == 0) return;
+  bool was_queued = false;
+  if (auto started = w.lease_started.find(attempt_id); started != w.lease_started.end()) {
+    was_queued = started->second.queued;
+    w.lease_started.erase(started);
+  }
   if (auto it = w.lease_gpus.find(attempt_id); it != w.lease_gpus.end()) {
     mark_gpus(w, it->second, false);
     w.lease_gpus.erase(it);
+  }
+  if (w.queued.empty()) return;
+  // Ended while queued: cancelled, handed back, or its result came before we saw a slot free.
+  if (was_queued) {
+    if (auto it = std::find(w.queued.begin(), w.queued.end(), attempt_id); it != w.queued.end()) {
+      w.queued.erase(it);
+    }
+  }
+  // A slot is free on the worker: it starts its oldest queued attempt now, and so its clock
+  // (straggler, duration of running shards) starts now.
+  while (!w.queued.empty() && w.running() < w.slots) {
+    const uint64_t next = w.queued.front();
+    w.queued.pop_front();
+    if (auto started = w.lease_started.find(next); started != w.lease_started.end()) {
+      started->second.at = clock_.now();
+      started->second.queued = false;
+    }
   }
 }
 

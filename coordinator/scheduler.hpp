@@ -18,7 +18,9 @@
 //    of an earlier attempt from a known worker is stored as a stale attempt (at most
 //    kMaxStaleRecordsPerShard per shard and run). Re-delivery of a result is therefore harmless
 //    (exactly-once counting).
-//  * A worker never holds more leases than the slots it announced (credit-based flow).
+//  * A worker never holds more leases than the slots it announced plus the attempts it said it
+//    queues ahead (credit-based flow); those beyond its slots are its queued leases, the latest
+//    sent (dispatch rule 11).
 //  * Every pending shard is ahead of its model's dispatch cursor, in its model's requeued deque,
 //    or in the retry-backoff queue; queue entries are re-checked on pop, so stale entries are
 //    harmless.
@@ -97,6 +99,14 @@ inline constexpr size_t kMaxHelloGpus = 64;
 inline constexpr size_t kMaxHelloGpuBytes = 1024;  // one GPU entry, as JSON
 inline constexpr size_t kMaxHelloRunning = 65536;
 inline constexpr size_t kMaxInstanceBytes = 128;
+// What a HELLO's queue_ahead is held to (dispatch rule 11): a worker's queue beyond its slots.
+inline constexpr uint32_t kMaxQueueAhead = 65536;
+// Dispatch rule 11 queues on a worker at most as many shards as its slots are expected to start
+// within this time (slots x this / the expected seconds of a shard of the model there): a queued
+// shard waits no longer than about this for a slot, so the queue adds at most about this to the
+// end of a campaign, and shards longer than slots x this are never queued. The round trip the
+// queue hides (a result, a durable commit, the next ASSIGN) is about a millisecond.
+inline constexpr double kQueueAheadMaxWaitSeconds = 0.1;
 
 // Attempt ids are epoch << 32 | seq; the epoch must stay within 32 bits.
 inline constexpr uint64_t kMaxEpoch = UINT32_MAX;
@@ -280,6 +290,9 @@ struct WorkerInfo {
   std::string host;  // from HELLO (at most kMaxHostBytes), for provenance
   WorkerState state = WorkerState::kConnected;
   uint32_t slots = 1;
+  // Attempts it takes beyond its slots and starts as they free (its HELLO's queue_ahead; 0 from
+  // workers that do not queue). Dispatch rule 11 uses them for short shards only.
+  uint32_t queue_ahead = 0;
   nlohmann::json gpus = nlohmann::json::array();
   nlohmann::json labels = nlohmann::json::object();
   std::chrono::steady_clock::time_point last_seen;
@@ -290,11 +303,17 @@ struct WorkerInfo {
   std::unordered_map<uint64_t, std::vector<uint32_t>> lease_gpus;  // attempt id -> GPU indexes
   // When each lease started, and whether it started "cold": before the worker had finished a
   // shard of that model, so its duration includes (part of) a model load.
+  // A queued lease (dispatch rule 11) has not started: `at` is when it was sent until a slot
+  // frees for it, and it is neither a straggler nor a sample of how long shards run.
   struct LeaseStart {
     std::chrono::steady_clock::time_point at;
     bool cold = false;
+    bool queued = false;
   };
   std::unordered_map<uint64_t, LeaseStart> lease_started;  // attempt id -> start
+  // Its leases beyond its slots, oldest first: always the last max(0, leases - slots) sent. The
+  // worker starts them in this order as its slots free; the front one starts when a lease ends.
+  std::deque<uint64_t> queued;
   // A shard of last_model succeeded here since the worker was committed to it: the model is loaded.
   bool model_proven = false;
   // Its kind (labels, GPU names and memory, from its HELLO) for per-kind duration estimates;
@@ -329,6 +348,12 @@ struct WorkerInfo {
   uint32_t free_slots() const {
     return leases.size() >= slots ? 0 : slots - static_cast<uint32_t>(leases.size());
   }
+  // Leases it could still take into its queue once its slots are full.
+  uint32_t queue_room() const {
+    const size_t limit = size_t{slots} + queue_ahead;
+    return leases.size() >= limit ? 0 : static_cast<uint32_t>(limit - leases.size());
+  }
+  size_t running() const { return leases.size() - queued.size(); }
 };
 
 // Debug builds check the invariants after every turn (Scheduler::end_turn); release builds leave
@@ -469,6 +494,11 @@ class Scheduler {
   // Dispatch rule 10: backup copies of stragglers on idle workers that have the model loaded,
   // when no campaign has a pending shard (scheduler_backup.cpp).
   void start_backup_copies(const std::vector<WorkerInfo*>& idle);
+  // Dispatch rule 11: workers whose slots are full queue shards of their model ahead, when its
+  // shards are short and need no GPU (scheduler_dispatch.cpp).
+  void queue_ahead();
+  // Rules 1 to 9: leases for every free slot a pending shard fits (scheduler_dispatch.cpp).
+  void fill_free_slots();
   void lease_backup(Campaign& c, const ShardKey& key, WorkerInfo& w, std::vector<uint32_t> gpus);
   // A result of a backup copy: a success counts and cancels the first copy, a failure is kept
   // as a stale attempt and changes nothing else.

@@ -301,13 +301,19 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vect
   s.attempt_id = next_attempt_id();
   s.awaiting_given_up_attempt = false;
   s.worker = w.index;
+  // Beyond its slots the worker queues it (rule 11) and starts it when a slot frees.
+  const bool queued = w.free_slots() == 0;
+  if (queued) {
+    w.queued.push_back(s.attempt_id);
+    metrics_.leases_queued_ahead.Increment();
+  }
   w.leases[s.attempt_id] = ShardKey{c.key, ref.group, ref.shard};
   if (!gpus.empty()) {
     mark_gpus(w, gpus, true);
     w.lease_gpus[s.attempt_id] = gpus;
   }
   set_last_model(w, &c, g.model);
-  w.lease_started[s.attempt_id] = WorkerInfo::LeaseStart{clock_.now(), !w.model_proven};
+  w.lease_started[s.attempt_id] = WorkerInfo::LeaseStart{clock_.now(), !w.model_proven, queued};
   write_shard(c, ref.group, ref.shard, &w);
   if (!w.campaigns_sent.contains(c.key)) {
     outgoing_.send(w.name, protocol::CampaignInfo{c.key, c.id, c.spec_json});
@@ -327,6 +333,11 @@ void Scheduler::lease(Campaign& c, const ReadyRef& ref, WorkerInfo& w, std::vect
 }
 
 void Scheduler::dispatch() {
+  fill_free_slots();
+  queue_ahead();
+}
+
+void Scheduler::fill_free_slots() {
   std::vector<WorkerInfo*> idle;
   for (auto& w : workers_) {
     if (w && w->state == WorkerState::kConnected && w->free_slots() > 0) idle.push_back(w.get());
@@ -405,6 +416,84 @@ void Scheduler::dispatch() {
   }
 }
 
+// Rule 11, queueing ahead: a worker whose slots are all leased, and that said it queues attempts
+// beyond them, gets more shards of the model it runs, which it starts as its slots free, without
+// waiting for the round trip of its result and the next ASSIGN. At most as many as its slots are
+// expected to start within kQueueAheadMaxWaitSeconds (so only short shards are queued, and a
+// queued shard never waits long while another worker could have run it), and at most its queue.
+// Only when the model's shards need no GPU (which GPUs free first is not known ahead), every
+// group of it with pending shards has finished shards on the worker's kind to judge by, the
+// worker has the model loaded, and no campaign of higher priority has pending shards.
+void Scheduler::queue_ahead() {
+  std::vector<WorkerInfo*> full;
+  for (auto& w : workers_) {
+    if (w && w->state == WorkerState::kConnected && w->queue_ahead > 0 && w->model_proven &&
+        w->free_slots() == 0 && w->queue_room() > 0) {
+      full.push_back(w.get());
+    }
+  }
+  if (full.empty()) return;
+  if (estimates_stale_) refresh_estimates();  // fill_free_slots skips it when no slot is free
+  int top_priority = std::numeric_limits<int>::min();
+  for (const auto& [key, c] : campaigns_) {
+    if (c->state == CampaignState::kRunning && c->count(ShardState::kPending) > 0) {
+      top_priority = std::max(top_priority, c->spec.priority);
+    }
+  }
+  const auto now = clock_.now();
+  // How many of model m's shards worker w may hold queued: 0 when any of its groups with pending
+  // shards has nothing finished to judge by.
+  auto queue_limit = [&](const Campaign& c, uint32_t m, const WorkerInfo& w) -> size_t {
+    const ModelQueue& q = c.queues[m];
+    double longest = 0;
+    for (uint32_t g = q.first_group; g < q.end_group; ++g) {
+      if (c.groups[g].pending == 0) continue;
+      const double shard_s = straggler_reference_seconds_on(c, g, w);
+      if (shard_s <= 0) return 0;
+      longest = std::max(longest, shard_s);
+    }
+    if (longest <= 0) return 0;
+    // (Durations are kept as floats: 2 x 0.1 / 0.05 must come out as 4, not 3.99999.)
+    const double fits = static_cast<double>(w.slots) * kQueueAheadMaxWaitSeconds / longest;
+    return static_cast<size_t>(std::min(fits * (1 + 1e-6), static_cast<double>(w.queue_ahead)));
+  };
+  struct Taker {
+    WorkerInfo* worker = nullptr;
+    Campaign* campaign = nullptr;  // null once its model has no shard ready
+    size_t limit = 0;
+  };
+  std::vector<Taker> takers;
+  for (WorkerInfo* w : full) {
+    Campaign* c = campaign_by_key(w->last_campaign);
+    if (c == nullptr || c->state != CampaignState::kRunning || w->last_model >= c->queues.size() ||
+        c->queues[w->last_model].pending == 0 || c->spec.priority < top_priority) {
+      continue;
+    }
+    const auto& model = c->spec.models[w->last_model];
+    if (gpus_needed(model.resources, w->gpu_slots.size()) != 0 ||
+        !serve_backoff_.allows(w->name, model, now)) {
+      continue;
+    }
+    const size_t limit = queue_limit(*c, w->last_model, *w);
+    if (w->queued.size() < limit) takers.push_back(Taker{w, c, limit});
+  }
+  // One lease per worker per pass, as in fill_free_slots: no worker's queue takes the rest.
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (Taker& t : takers) {
+      if (t.campaign == nullptr || t.worker->queued.size() >= t.limit) continue;
+      auto ref = next_in_model(*t.campaign, t.worker->last_model);
+      if (!ref) {
+        t.campaign = nullptr;  // the model's pending shards are all backing off
+        continue;
+      }
+      lease(*t.campaign, *ref, *t.worker, {});
+      progress = true;
+    }
+  }
+}
+
 void Scheduler::start_backup_copies(const std::vector<WorkerInfo*>& idle) {
   // The copies each (campaign, model) could race, gathered once per call and only for models an
   // idle worker has loaded, in a campaign that asked for backup copies.
@@ -429,7 +518,7 @@ void Scheduler::start_backup_copies(const std::vector<WorkerInfo*>& idle) {
       const Shard& s = c->groups[key.group].shards[key.shard];
       if (s.attempt_id != id || backup_of_.contains(id)) continue;  // a copy, or has one
       auto started = slot->lease_started.find(id);
-      if (started == slot->lease_started.end()) continue;
+      if (started == slot->lease_started.end() || started->second.queued) continue;
       const double elapsed = seconds_between(started->second.at, now);
       // Against finished attempts only: the estimate a group with none finished gets never falls
       // below what its running shards have taken, so none of them could ever be a straggler.

@@ -46,6 +46,9 @@ void Scheduler::learn_duration(Campaign& c, uint32_t group, WorkerInfo* holder, 
     const double per_example =
         static_cast<double>(r.duration_ms) / 1000.0 / static_cast<double>(examples);
     g.samples.add(per_example, cold);
+    // The group's first finished shard: its estimate from finished attempts exists from the next
+    // dispatch on, not a gauge interval later (rule 11 needs it to queue short shards ahead).
+    if (g.finished_shard_s == 0) estimates_stale_ = true;
     // And for the worker's kind: a node of another GPU model (or a slower one with other labels)
     // keeps its own estimate, which backup copies (dispatch rule 10) compare.
     if (holder != nullptr && holder->kind != kNoKind) {
@@ -122,7 +125,10 @@ void Scheduler::refresh_estimates() {
     for (const auto& [attempt_id, key] : slot->leases) {
       auto started = slot->lease_started.find(attempt_id);
       const Campaign* c = campaign_by_key(key.campaign);
-      if (started == slot->lease_started.end() || started->second.cold || c == nullptr) continue;
+      if (started == slot->lease_started.end() || started->second.cold || started->second.queued ||
+          c == nullptr) {
+        continue;
+      }
       const uint32_t examples = examples_in(*c, key.group, key.shard);
       if (examples == 0) continue;
       const double per_example = seconds_between(started->second.at, now) / examples;

@@ -30,7 +30,9 @@ std::string where(const Campaign& c, uint32_t group, uint32_t shard) {
 
 void Scheduler::check_invariants() const {
   constexpr const char* kOneLease = "a shard is running iff exactly one lease for it exists";
-  constexpr const char* kCredit = "a worker never holds more leases than its slots";
+  constexpr const char* kCredit =
+      "a worker never holds more leases than its slots and its queue; those beyond its slots are "
+      "its queued leases, the latest sent";
   constexpr const char* kQueued =
       "every pending shard is ahead of its model's cursor, requeued, or backing off";
   constexpr const char* kGpus = "a GPU is busy iff exactly one of its worker's leases holds it";
@@ -49,9 +51,25 @@ void Scheduler::check_invariants() const {
       broken(kOneLease, who + " is " + to_string(w.state) + " but still holds " +
                             std::to_string(w.leases.size()) + " leases");
     }
-    if (!departed(w.state) && w.leases.size() > w.slots) {
+    if (!departed(w.state) && w.leases.size() > size_t{w.slots} + w.queue_ahead) {
       broken(kCredit, who + " holds " + std::to_string(w.leases.size()) + " leases with " +
-                          std::to_string(w.slots) + " slots");
+                          std::to_string(w.slots) + " slots and a queue of " +
+                          std::to_string(w.queue_ahead));
+    }
+    const size_t beyond = w.leases.size() > w.slots ? w.leases.size() - w.slots : 0;
+    if (w.queued.size() != beyond) {
+      broken(kCredit, who + " has " + std::to_string(w.queued.size()) + " queued leases but " +
+                          std::to_string(beyond) + " beyond its slots");
+    }
+    uint64_t previous = 0;
+    for (uint64_t id : w.queued) {
+      const auto started = w.lease_started.find(id);
+      if (!w.leases.contains(id) || id <= previous || started == w.lease_started.end() ||
+          !started->second.queued) {
+        broken(kCredit, who + " has queued attempt_id=" + std::to_string(id) +
+                            " that is not a queued lease in the order sent");
+      }
+      previous = id;
     }
     for (const auto& [id, key] : w.leases) {
       auto c = campaigns_.find(key.campaign);

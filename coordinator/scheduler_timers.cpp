@@ -224,12 +224,14 @@ void Scheduler::refresh_gauges() {
   double used = 0;
   double total = 0;
   double free = 0;
+  double queued = 0;
   size_t without_series = 0;
   for (const auto& slot : workers_) {
     if (!slot) continue;
     const WorkerInfo& w = *slot;
     by_state[static_cast<size_t>(w.state)] += 1;
-    const double w_used = static_cast<double>(w.leases.size());
+    const double w_used = static_cast<double>(w.running());
+    queued += static_cast<double>(w.queued.size());
     const double w_total = departed(w.state) ? 0 : w.slots;
     // Free = what dispatch may still hand out: none on a draining or lost worker.
     const double w_free = w.state == WorkerState::kConnected ? w.free_slots() : 0;
@@ -248,6 +250,7 @@ void Scheduler::refresh_gauges() {
   metrics_.fleet_slots.Add({{"kind", "used"}}).Set(used);
   metrics_.fleet_slots.Add({{"kind", "total"}}).Set(total);
   metrics_.fleet_slots.Add({{"kind", "free"}}).Set(free);
+  metrics_.shards_queued_ahead.Set(queued);
   metrics_.workers_without_series.Set(static_cast<double>(without_series));
   for (auto state :
        {WorkerState::kConnected, WorkerState::kDraining, WorkerState::kLost, WorkerState::kLeft}) {

@@ -340,6 +340,26 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   w->state = WorkerState::kConnected;
   estimates_stale_ = true;
   w->slots = hello.slots;
+  if (hello.queue_ahead > kMaxQueueAhead) {
+    spdlog::warn("hello_queue_ahead_capped worker={} queue_ahead={} limit={}", identity,
+                 hello.queue_ahead, kMaxQueueAhead);
+  }
+  w->queue_ahead = std::min(hello.queue_ahead, kMaxQueueAhead);
+  // Its leases beyond its slots are queued there: the latest sent, which have the highest ids.
+  w->queued.clear();
+  if (w->leases.size() > w->slots) {
+    std::vector<uint64_t> ids;
+    ids.reserve(w->leases.size());
+    for (const auto& [id, key] : w->leases) ids.push_back(id);
+    std::sort(ids.begin(), ids.end());
+    w->queued.assign(ids.end() - static_cast<std::ptrdiff_t>(w->leases.size() - w->slots),
+                     ids.end());
+    // (A reclaimed lease has no start of ours; a queued one starts when a slot frees for it.)
+    for (uint64_t id : w->queued) {
+      w->lease_started.try_emplace(id, WorkerInfo::LeaseStart{now, true}).first->second.queued =
+          true;
+    }
+  }
   w->gpu_slots = parse_worker_gpus(hello.gpus);
   for (const auto& [held, indexes] : w->lease_gpus) mark_gpus(*w, indexes, true);
   w->gpus = std::move(hello.gpus);
@@ -363,8 +383,10 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   outgoing_.send(identity,
                  protocol::Welcome{static_cast<uint32_t>(options_.heartbeat.count()),
                                    static_cast<uint32_t>(options_.worker_timeout.count()), epoch_});
-  spdlog::info("worker_connected worker={} slots={} gpus={} running={} restarted={}", w->name,
-               w->slots, w->gpus.size(), w->leases.size(), restarted);
+  spdlog::info(
+      "worker_connected worker={} slots={} queue_ahead={} gpus={} running={} queued={} "
+      "restarted={}",
+      w->name, w->slots, w->queue_ahead, w->gpus.size(), w->running(), w->queued.size(), restarted);
 }
 
 void Scheduler::on_results(const std::string& identity, protocol::Results results) {
@@ -579,11 +601,22 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
       continue;
     }
     const ShardKey key = lease->second;
+    // Queued there for a slot (dispatch rule 11): it never started, so it costs nothing, not
+    // even one of the free hand-backs.
+    const auto started = w.lease_started.find(id);
+    const bool never_started = started != w.lease_started.end() && started->second.queued;
     release_lease(w, id);
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    if (never_started) {
+      fail_attempt(*c, key.group, key.shard, AttemptOutcome::kHandedBack,
+                   "handed back unstarted by worker " + w.name +
+                       " (stopping: it was queued there for a slot)",
+                   w.name, 0, /*counts_as_attempt=*/false);
+      continue;
+    }
     if (promote_backup(
             *c, key, AttemptOutcome::kHandedBack, w.name,
             "handed back unfinished by worker " + w.name + " (stopping: drain timeout)")) {
@@ -640,6 +673,7 @@ size_t Scheduler::end_leases(WorkerInfo& w,
   w.leases.clear();
   w.lease_gpus.clear();
   w.lease_started.clear();
+  w.queued.clear();
   for (auto& slot : w.gpu_slots) slot.busy = false;
   w.campaigns_sent.clear();
   set_last_model(w, nullptr, 0);

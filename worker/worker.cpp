@@ -298,10 +298,10 @@ void Worker::load_outbox() {
 
 int Worker::run(int stop_fd) {
   spdlog::info(
-      "worker_started name={} instance={} coordinator={} slots={} gpus={} labels={} "
+      "worker_started name={} instance={} coordinator={} slots={} queue_ahead={} gpus={} labels={} "
       "work_dir={} held_results={}",
-      config_.name, instance_, config_.coordinator, config_.slots, config_.gpus.size(),
-      config_.labels.dump(), config_.work_dir.string(), unacked_.size());
+      config_.name, instance_, config_.coordinator, config_.slots, config_.queue_ahead,
+      config_.gpus.size(), config_.labels.dump(), config_.work_dir.string(), unacked_.size());
   if (config_.exec_policy.restricted()) {
     spdlog::info("exec_policy allow_exec=\"{}\"", config_.exec_policy.describe());
   } else if (!config_.curve_enabled()) {
@@ -363,6 +363,8 @@ void Worker::loop(int stop_fd) {
     if ((items[3].revents & ZMQ_POLLIN) != 0) on_serve_events();
     if ((items[4].revents & ZMQ_POLLIN) != 0) collect_openai_results();
     flush_results();
+    // Slots freed this turn take queued attempts; noop ones finish at once and free them again.
+    while (start_queued()) flush_results();
     on_timers();
     check_idle_exit();
     send_serve_status();
@@ -420,6 +422,7 @@ void Worker::on_stop(int stop_fd) {
   spdlog::info("drain_started signal={} running={} unacked={} drain_timeout_ms={}", signal_number,
                running_.size(), unacked_.size(), config_.drain_timeout.count());
   send_frame(protocol::encode(protocol::Drain{}));
+  hand_back_queued();
   // No more shards will come: servers nobody uses go now, the others when their shards end.
   model_servers_->stop_idle();
 }
@@ -427,7 +430,7 @@ void Worker::on_stop(int stop_fd) {
 void Worker::check_idle_exit() {
   if (config_.idle_exit.count() <= 0 || draining_) return;
   const auto now = clock_.now();
-  if (!running_.empty() || !unacked_.empty() || !outgoing_.empty()) {
+  if (!running_.empty() || !queued_.empty() || !unacked_.empty() || !outgoing_.empty()) {
     busy_at_ = now;
     return;
   }
@@ -589,10 +592,17 @@ void Worker::fail(const protocol::Assignment& assignment, std::string error) {
 
 void Worker::on_assign(const protocol::Assign& assign) {
   size_t over_capacity = 0;
+  protocol::HandBack not_started;
   for (const auto& a : assign.assignments) {
     ++stats_.assigned;
-    if (running_.count(a.attempt_id) > 0) {
-      spdlog::warn("assign_duplicate attempt_id={} state=running", a.attempt_id);
+    // Attempt ids grow in the order sent, so only an id at or below the newest queued one can be
+    // a repeat of a queued attempt: the search stays off the hot path.
+    const bool queued = !queued_.empty() && a.attempt_id <= queued_.back().attempt_id &&
+                        std::any_of(queued_.begin(), queued_.end(),
+                                    [&a](const auto& q) { return q.attempt_id == a.attempt_id; });
+    if (running_.count(a.attempt_id) > 0 || queued) {
+      spdlog::warn("assign_duplicate attempt_id={} state={}", a.attempt_id,
+                   queued ? "queued" : "running");
       continue;
     }
     if (const auto held = unacked_.find(a.attempt_id); held != unacked_.end()) {
@@ -600,78 +610,120 @@ void Worker::on_assign(const protocol::Assign& assign) {
       resend({&held->second});
       continue;
     }
-    if (running_.size() + outgoing_.size() >= config_.slots) {
+    const size_t busy = running_.size() + outgoing_.size();
+    if (busy + queued_.size() >= size_t{config_.slots} + config_.queue_ahead) {
       ++over_capacity;
       fail(a, "worker over capacity: assignment beyond its " + std::to_string(config_.slots) +
-                  " slots (coordinator ignored credit)");
+                  " slots and queue of " + std::to_string(config_.queue_ahead) +
+                  " (coordinator ignored credit)");
       continue;
     }
-    const auto campaign = campaigns_.find(a.campaign);
-    if (campaign == campaigns_.end()) {
-      spdlog::warn("assign_unknown_campaign attempt_id={} campaign={}", a.attempt_id, a.campaign);
-      fail(a, "worker has no spec for campaign " + std::to_string(a.campaign));
-      continue;
+    if (busy < config_.slots && queued_.empty()) {
+      start_assignment(a);
+    } else if (draining_) {
+      // Sent before the coordinator read our DRAIN; it would wait for a slot of a worker that is
+      // leaving, so it goes back now, unstarted.
+      not_started.attempt_ids.push_back(a.attempt_id);
+    } else {
+      queued_.push_back(a);
     }
-    if (!campaign->second.spec) {
-      fail(a, "worker " + config_.name + " could not parse the spec of campaign " +
-                  campaign->second.id + ": " + campaign->second.error);
-      continue;
-    }
-    const auto& spec = *campaign->second.spec;
-    if (a.model >= spec.models.size() || a.benchmark >= spec.benchmarks.size()) {
-      fail(a, "assignment names model " + std::to_string(a.model) + " and benchmark " +
-                  std::to_string(a.benchmark) + " but campaign " + campaign->second.id + " has " +
-                  std::to_string(spec.models.size()) + " models and " +
-                  std::to_string(spec.benchmarks.size()) + " benchmarks");
-      continue;
-    }
-    if (a.start < 0 || a.end < a.start) {
-      fail(a, "assignment range [" + std::to_string(a.start) + ", " + std::to_string(a.end) +
-                  ") is not a range of examples");
-      continue;
-    }
-    const RunRequest request{a, spec, campaign->second.id};
-    if (spec.runner.type == RunnerType::kNoop) {
-      outgoing_.push_back(Outgoing{*noop_runner_.start(request), false});
-      continue;
-    }
-    const auto& model = spec.models[a.model];
-    // The node's owner decides what runs here, not the spec: checked before anything starts.
-    // A refusal is an ordinary failed attempt (it uses one of the shard's attempts), so a
-    // campaign that no worker will run ends failed with this error instead of circling the
-    // cluster forever.
-    if (auto refused = spec.runner.type != RunnerType::kExec
-                           ? std::nullopt
-                           : config_.exec_policy.check(
-                                 substitute_placeholders(spec.runner.command.front(), request))) {
-      metrics_.count_exec_refused(refused->reason);
-      spdlog::warn("exec_refused attempt_id={} campaign={} reason={} error=\"{}\"", a.attempt_id,
-                   campaign->second.id, to_string(refused->reason), refused->message);
-      fail(a, "worker " + config_.name + " refuses to run " + refused->message);
-      continue;
-    }
-    spdlog::info(
-        "shard_assigned attempt_id={} campaign={} runner={} model={} benchmark={} shard={} gpus={}",
-        a.attempt_id, campaign->second.id, to_string(spec.runner.type), model.name,
-        spec.benchmarks[a.benchmark].name, a.shard, a.gpus.size());
-    running_.emplace(a.attempt_id, a);
-    if (model.serve) {
-      // Runs once the model's server is ready (at once when one is warm): on_serve_events.
-      loading_.emplace(a.attempt_id, true);
-      model_servers_->acquire(ServeRequest{a.attempt_id, model.name, *model.serve, a.gpus});
-      continue;
-    }
-    if (model.endpoint) {
-      start_served(a, model.endpoint->url);
-      continue;
-    }
-    exec_runner_->start(request);
   }
   // One line per message, not per shard: a coordinator that ignores credit must not flood the log.
   if (over_capacity > 0) {
-    spdlog::warn("assign_over_capacity refused={} slots={} running={}", over_capacity,
-                 config_.slots, running_.size());
+    spdlog::warn("assign_over_capacity refused={} slots={} queue_ahead={} running={}",
+                 over_capacity, config_.slots, config_.queue_ahead, running_.size());
   }
+  if (!not_started.attempt_ids.empty()) {
+    const bool sent = send_frame(protocol::encode(not_started));
+    spdlog::info("hand_back attempts={} reason=draining state=queued sent={}",
+                 not_started.attempt_ids.size(), sent);
+  }
+}
+
+bool Worker::start_queued() {
+  bool started = false;
+  while (!queued_.empty() && running_.size() + outgoing_.size() < config_.slots) {
+    const protocol::Assignment a = std::move(queued_.front());
+    queued_.pop_front();
+    start_assignment(a);
+    started = true;
+  }
+  return started;
+}
+
+void Worker::hand_back_queued() {
+  if (queued_.empty()) return;
+  protocol::HandBack hand_back;
+  for (const auto& a : queued_) hand_back.attempt_ids.push_back(a.attempt_id);
+  queued_.clear();
+  const bool sent = send_frame(protocol::encode(hand_back));
+  // Not sent (not connected): the coordinator takes them back at our GOODBYE, or when it finds
+  // us silent; none was started, so nothing runs twice.
+  spdlog::info("hand_back attempts={} reason=draining state=queued sent={}",
+               hand_back.attempt_ids.size(), sent);
+}
+
+void Worker::start_assignment(const protocol::Assignment& a) {
+  const auto campaign = campaigns_.find(a.campaign);
+  if (campaign == campaigns_.end()) {
+    spdlog::warn("assign_unknown_campaign attempt_id={} campaign={}", a.attempt_id, a.campaign);
+    fail(a, "worker has no spec for campaign " + std::to_string(a.campaign));
+    return;
+  }
+  if (!campaign->second.spec) {
+    fail(a, "worker " + config_.name + " could not parse the spec of campaign " +
+                campaign->second.id + ": " + campaign->second.error);
+    return;
+  }
+  const auto& spec = *campaign->second.spec;
+  if (a.model >= spec.models.size() || a.benchmark >= spec.benchmarks.size()) {
+    fail(a, "assignment names model " + std::to_string(a.model) + " and benchmark " +
+                std::to_string(a.benchmark) + " but campaign " + campaign->second.id + " has " +
+                std::to_string(spec.models.size()) + " models and " +
+                std::to_string(spec.benchmarks.size()) + " benchmarks");
+    return;
+  }
+  if (a.start < 0 || a.end < a.start) {
+    fail(a, "assignment range [" + std::to_string(a.start) + ", " + std::to_string(a.end) +
+                ") is not a range of examples");
+    return;
+  }
+  const RunRequest request{a, spec, campaign->second.id};
+  if (spec.runner.type == RunnerType::kNoop) {
+    outgoing_.push_back(Outgoing{*noop_runner_.start(request), false});
+    return;
+  }
+  const auto& model = spec.models[a.model];
+  // The node's owner decides what runs here, not the spec: checked before anything starts.
+  // A refusal is an ordinary failed attempt (it uses one of the shard's attempts), so a
+  // campaign that no worker will run ends failed with this error instead of circling the
+  // cluster forever.
+  if (auto refused = spec.runner.type != RunnerType::kExec
+                         ? std::nullopt
+                         : config_.exec_policy.check(
+                               substitute_placeholders(spec.runner.command.front(), request))) {
+    metrics_.count_exec_refused(refused->reason);
+    spdlog::warn("exec_refused attempt_id={} campaign={} reason={} error=\"{}\"", a.attempt_id,
+                 campaign->second.id, to_string(refused->reason), refused->message);
+    fail(a, "worker " + config_.name + " refuses to run " + refused->message);
+    return;
+  }
+  spdlog::info(
+      "shard_assigned attempt_id={} campaign={} runner={} model={} benchmark={} shard={} gpus={}",
+      a.attempt_id, campaign->second.id, to_string(spec.runner.type), model.name,
+      spec.benchmarks[a.benchmark].name, a.shard, a.gpus.size());
+  running_.emplace(a.attempt_id, a);
+  if (model.serve) {
+    // Runs once the model's server is ready (at once when one is warm): on_serve_events.
+    loading_.emplace(a.attempt_id, true);
+    model_servers_->acquire(ServeRequest{a.attempt_id, model.name, *model.serve, a.gpus});
+    return;
+  }
+  if (model.endpoint) {
+    start_served(a, model.endpoint->url);
+    return;
+  }
+  exec_runner_->start(request);
 }
 
 void Worker::on_ack(const protocol::Ack& ack) {
@@ -690,6 +742,15 @@ void Worker::on_ack(const protocol::Ack& ack) {
 
 void Worker::on_cancel(const protocol::Cancel& cancel) {
   for (const uint64_t attempt_id : cancel.attempt_ids) {
+    const auto queued = std::find_if(queued_.begin(), queued_.end(), [attempt_id](const auto& q) {
+      return q.attempt_id == attempt_id;
+    });
+    if (queued != queued_.end()) {  // never started: nothing to stop
+      queued_.erase(queued);
+      ++stats_.cancelled;
+      spdlog::info("cancel attempt_id={} state=queued", attempt_id);
+      continue;
+    }
     if (running_.erase(attempt_id) == 0) {
       spdlog::debug("cancel_ignored attempt_id={} reason=\"not running here\"", attempt_id);
       continue;
@@ -859,11 +920,11 @@ void Worker::put_unacked(uint64_t attempt_id, Pending pending) {
 }
 
 void Worker::publish_metrics() {
-  metrics_.publish(
-      WorkerCounts{stats_.assigned, stats_.results_sent, stats_.results_failed,
-                   stats_.results_resent, stats_.acked, stats_.bad_messages, stats_.sends_dropped,
-                   stats_.outbox_write_failures},
-      WorkerGauges{running_.size(), unacked_.size(), outbox_files_, outbox_bytes_, connected_});
+  metrics_.publish(WorkerCounts{stats_.assigned, stats_.results_sent, stats_.results_failed,
+                                stats_.results_resent, stats_.acked, stats_.bad_messages,
+                                stats_.sends_dropped, stats_.outbox_write_failures},
+                   WorkerGauges{running_.size(), queued_.size(), unacked_.size(), outbox_files_,
+                                outbox_bytes_, connected_});
 }
 
 void Worker::resend(const std::vector<Pending*>& pending) {
@@ -913,10 +974,11 @@ bool Worker::drain_done() {
   const auto now = clock_.now();
   if (now >= drain_deadline_) {
     if (!running_.empty()) hand_back_running();
+    hand_back_queued();
     return true;
   }
   if (drain_quiet_until_ && now < *drain_quiet_until_) return false;
-  if (!running_.empty()) return false;
+  if (!running_.empty() || !queued_.empty()) return false;
   if (unacked_.empty()) return true;
   // All shards are done; give the ACKs for the last results a moment, then rely on the outbox.
   if (!ack_wait_deadline_) {
@@ -984,13 +1046,15 @@ void Worker::try_send_hello() {
   hello.instance = instance_;
   hello.host = host_;
   hello.slots = config_.slots;
+  hello.queue_ahead = config_.queue_ahead;
   hello.gpus = to_json(config_.gpus);
   hello.labels = config_.labels;
   // Attempts still running and attempts whose results we hold: a restarted coordinator keeps
   // their leases instead of dispatching second copies.
   // (outgoing_ holds results finished earlier in this turn, when a REHELLO arrives mid-turn.)
-  hello.running.reserve(running_.size() + unacked_.size() + outgoing_.size());
+  hello.running.reserve(running_.size() + queued_.size() + unacked_.size() + outgoing_.size());
   for (const auto& [attempt_id, assignment] : running_) hello.running.push_back(attempt_id);
+  for (const auto& a : queued_) hello.running.push_back(a.attempt_id);
   for (const auto& [attempt_id, pending] : unacked_) hello.running.push_back(attempt_id);
   for (const auto& item : outgoing_) hello.running.push_back(item.result.attempt_id);
   std::sort(hello.running.begin(), hello.running.end());

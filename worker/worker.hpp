@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -101,6 +102,12 @@ class Worker {
   void on_welcome(const protocol::Welcome& welcome);
   void on_campaign(const protocol::CampaignInfo& info);
   void on_assign(const protocol::Assign& assign);
+  // Checks an assignment and starts it on its runner (or fails it, naming why).
+  void start_assignment(const protocol::Assignment& a);
+  // Starts queued assignments while slots are free; true if it started any.
+  bool start_queued();
+  // Drain: queued attempts never started; they go back to the coordinator at once.
+  void hand_back_queued();
   void on_ack(const protocol::Ack& ack);
   void on_cancel(const protocol::Cancel& cancel);
   void collect_exec_results();
@@ -160,6 +167,8 @@ class Worker {
 
   std::unordered_map<uint32_t, Campaign> campaigns_;
   std::unordered_map<uint64_t, protocol::Assignment> running_;  // exec and openai attempts
+  // Assignments beyond the slots (--queue-ahead), started in this order as slots free.
+  std::deque<protocol::Assignment> queued_;
   // Of running_, the attempts waiting for their model server (phase "loading").
   std::unordered_map<uint64_t, bool> loading_;
   std::unordered_map<uint64_t, Pending> unacked_;

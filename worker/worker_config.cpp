@@ -41,8 +41,11 @@ po::options_description worker_options() {
                         "coordinator endpoint, tcp://HOST:PORT (required)")(
       "name", po::value<std::string>(), "worker name (default: hostname-pid)")(
       "slots", po::value<int64_t>()->default_value(1), "shards run at once")(
-      "gpus", po::value<std::string>()->default_value("auto"),
-      "auto (ask nvidia-smi), none, or GPU indexes such as 0,1")(
+      "queue-ahead", po::value<int64_t>(),
+      "shards taken beyond --slots, started as slots free; the coordinator queues only short "
+      "shards that need no GPU, as many as the slots start within 0.1 s (default: 4 x --slots, "
+      "at most 256; 0: none)")("gpus", po::value<std::string>()->default_value("auto"),
+                               "auto (ask nvidia-smi), none, or GPU indexes such as 0,1")(
       "labels", po::value<std::string>()->default_value(""), "labels, k=v,k2=v2")(
       "work-dir", po::value<std::string>(), "work directory (default: ./evald-worker-<name>)")(
       "heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat interval")(
@@ -123,6 +126,12 @@ Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
   auto slots = ranged(values, "slots", 1, kMaxSlots);
   if (!slots.ok()) return slots.error();
   config.slots = static_cast<uint32_t>(slots.value());
+  config.queue_ahead = default_queue_ahead(config.slots);
+  if (values.count("queue-ahead") > 0) {
+    auto queue_ahead = ranged(values, "queue-ahead", 0, kMaxSlots);
+    if (!queue_ahead.ok()) return queue_ahead.error();
+    config.queue_ahead = static_cast<uint32_t>(queue_ahead.value());
+  }
 
   auto gpus = parse_gpu_selection(values["gpus"].as<std::string>());
   if (!gpus.ok()) return gpus.error();
@@ -145,7 +154,7 @@ Result<WorkerConfig> worker_config_from(const po::variables_map& values) {
   if (!drain.ok()) return drain.error();
   config.drain_timeout = std::chrono::milliseconds(drain.value());
 
-  auto idle_exit = ranged(values, "idle-exit-s", 0, 30 * 86'400);
+  auto idle_exit = ranged(values, "idle-exit-s", 0, int64_t{30} * 86'400);
   if (!idle_exit.ok()) return idle_exit.error();
   config.idle_exit = std::chrono::seconds(idle_exit.value());
 
@@ -205,6 +214,7 @@ nlohmann::json to_json(const WorkerConfig& config) {
   return {{"coordinator", config.coordinator},
           {"name", config.name},
           {"slots", config.slots},
+          {"queue_ahead", config.queue_ahead},
           {"gpus", to_json(config.gpus)},
           {"labels", config.labels},
           {"work_dir", config.work_dir.string()},

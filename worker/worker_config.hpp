@@ -27,10 +27,23 @@ struct CurveClientKeys {
   std::string server_public_z85;  // the coordinator's, pinned
 };
 
+// --queue-ahead when not given: enough to keep the slots busy across the round trip of a result
+// and the next ASSIGN even for shards as short as that round trip (4 x the slots), and no more
+// than a few hundred: a deeper queue only adds bookkeeping (with 512 slots a queue of 2,048 cost
+// 6 % of the coordinator's shards/s, one of 256 nothing; README, "Queueing short shards ahead").
+inline uint32_t default_queue_ahead(uint32_t slots) {
+  return slots >= 64 ? 256 : 4 * slots;
+}
+
 struct WorkerConfig {
   std::string coordinator;  // tcp://HOST:PORT (ipc:// works too, for tests)
   std::string name;         // said in HELLO; with CURVE it must be the name bound to our key
   uint32_t slots = 1;
+  // --queue-ahead: attempts taken beyond the slots, started in the order received as slots free
+  // (the coordinator sends them only for short shards that need no GPU, and only as many as the
+  // slots start within 0.1 s). The flag's default is default_queue_ahead(--slots); a config
+  // built in code queues nothing unless it says so.
+  uint32_t queue_ahead = 0;
   GpuSelection gpu_selection;
   std::vector<GpuInfo> gpus;  // filled from gpu_selection by resolve_gpus() in main
   nlohmann::json labels = nlohmann::json::object();  // {"k": "v"}

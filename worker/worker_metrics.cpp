@@ -164,6 +164,11 @@ WorkerMetrics::WorkerMetrics(const std::string& worker_name, uint32_t slots,
                    .Help("Exec shard attempts running now")
                    .Register(*registry_)
                    .Add({})),
+      queued_(BuildGauge()
+                  .Name("evald_worker_queued_shards")
+                  .Help("Shard attempts taken beyond the slots, waiting for one (--queue-ahead)")
+                  .Register(*registry_)
+                  .Add({})),
       unacked_(BuildGauge()
                    .Name("evald_worker_unacked_results")
                    .Help("Results sent and not yet acknowledged by the coordinator")
@@ -231,6 +236,7 @@ void WorkerMetrics::publish(const WorkerCounts& counts, const WorkerGauges& gaug
   advance(outbox_write_failures_, counts.outbox_write_failures, published_.outbox_write_failures);
   published_ = counts;
   running_.Set(static_cast<double>(gauges.running));
+  queued_.Set(static_cast<double>(gauges.queued));
   unacked_.Set(static_cast<double>(gauges.unacked));
   outbox_files_.Set(static_cast<double>(gauges.outbox_files));
   outbox_bytes_.Set(static_cast<double>(gauges.outbox_bytes));

@@ -51,6 +51,7 @@ struct WorkerCounts {
 // Gauges, set as a whole once per event-loop turn.
 struct WorkerGauges {
   size_t running = 0;  // exec attempts in flight
+  size_t queued = 0;   // attempts taken beyond the slots, waiting for one (--queue-ahead)
   size_t unacked = 0;  // results sent and not yet ACKed
   size_t outbox_files = 0;
   uint64_t outbox_bytes = 0;
@@ -100,6 +101,7 @@ class WorkerMetrics {
   prometheus::Counter& connections_;
   prometheus::Counter& reconnects_;
   prometheus::Gauge& running_;
+  prometheus::Gauge& queued_;
   prometheus::Gauge& unacked_;
   prometheus::Gauge& outbox_files_;
   prometheus::Gauge& outbox_bytes_;

@@ -66,6 +66,7 @@ struct BenchConfig {
   int64_t models = 1;
   int64_t benchmarks = 1;
   uint32_t slots = 512;
+  std::optional<uint32_t> queue_ahead;  // the workers' default when not given
   int64_t heartbeat_ms = 1000;
   std::chrono::seconds timeout{300};
   bool curve = false;
@@ -82,6 +83,8 @@ struct RunResult {
   double store_commits = 0;  // WAL syncs
   double store_batches = 0;  // batches written (turns that changed anything)
   double keys_written = 0;
+  double queued_ahead =
+      0;  // leases sent beyond the workers' slots (evald_leases_queued_ahead_total)
   double sync_ms_mean = 0;  // mean duration of one WAL sync (fsync)
   double probe_ms = 0;      // fsync_probe_ms() of the data dir's file system before the run
   double load_before = 0;   // 1-minute load average when the run started
@@ -213,6 +216,11 @@ nlohmann::json bench_spec(const BenchConfig& config) {
   return spec;
 }
 
+// The workers' --queue-ahead as given, else "default" (the worker's: min(4 x slots, 256)).
+std::string queue_ahead_of(const BenchConfig& config) {
+  return config.queue_ahead ? std::to_string(*config.queue_ahead) : "default";
+}
+
 RunResult run_once(const BenchConfig& config, size_t workers, int run) {
   RunResult result;
   result.workers = workers;
@@ -221,6 +229,7 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
   ClusterOptions options;
   options.workers = workers;
   options.slots = config.slots;
+  options.queue_ahead = config.queue_ahead;
   options.worker_heartbeat_ms = config.heartbeat_ms;
   options.coordinator.heartbeat_ms = config.heartbeat_ms;
   options.coordinator.worker_timeout_ms = 5 * config.heartbeat_ms;
@@ -256,17 +265,19 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
   result.store_commits = api.metric("evald_store_commits_total");
   result.store_batches = api.metric("evald_store_batches_total");
   result.keys_written = api.metric("evald_store_keys_written_total");
+  result.queued_ahead = api.metric("evald_leases_queued_ahead_total");
   const double syncs = sample(api, "evald_store_commit_seconds_count");
   result.sync_ms_mean =
       syncs > 0 ? 1000 * sample(api, "evald_store_commit_seconds_sum") / syncs : 0;
   std::printf(
-      "run curve=%s workers=%zu slots=%u run=%d shards=%lld state=%s seconds=%.3f "
+      "run curve=%s workers=%zu slots=%u queue_ahead=%s run=%d shards=%lld state=%s seconds=%.3f "
       "shards_per_s=%.0f peak_rss_mib=%.1f store_syncs=%.0f store_batches=%.0f "
       "keys_written=%.0f shards_per_sync=%.1f batches_per_sync=%.2f sync_ms_mean=%.3f "
-      "fsync_probe_ms=%.3f one_sync_per_cycle_bound=%.0f load_1m=%.2f->%.2f\n",
-      config.curve ? "on" : "off", workers, config.slots, run, static_cast<long long>(total),
-      state.c_str(), result.seconds, result.shards_per_s, result.peak_rss_mib, result.store_commits,
-      result.store_batches, result.keys_written,
+      "fsync_probe_ms=%.3f one_sync_per_cycle_bound=%.0f leases_queued_ahead=%.0f "
+      "load_1m=%.2f->%.2f\n",
+      config.curve ? "on" : "off", workers, config.slots, queue_ahead_of(config).c_str(), run,
+      static_cast<long long>(total), state.c_str(), result.seconds, result.shards_per_s,
+      result.peak_rss_mib, result.store_commits, result.store_batches, result.keys_written,
       result.store_commits > 0 ? static_cast<double>(total) / result.store_commits : 0.0,
       result.store_commits > 0 ? result.store_batches / result.store_commits : 0.0,
       result.sync_ms_mean, result.probe_ms,
@@ -275,7 +286,7 @@ RunResult run_once(const BenchConfig& config, size_t workers, int run) {
       result.sync_ms_mean > 0
           ? static_cast<double>(workers) * config.slots * 1000 / result.sync_ms_mean
           : 0.0,
-      result.load_before, result.load_after);
+      result.queued_ahead, result.load_before, result.load_after);
   std::fflush(stdout);
   return result;
 }
@@ -346,6 +357,8 @@ int main(int argc, char** argv) {
       "models", po::value<int64_t>()->default_value(1), "models (shards are split evenly)")(
       "benchmarks", po::value<int64_t>()->default_value(1), "benchmarks")(
       "slots", po::value<uint32_t>()->default_value(512), "--slots of every worker")(
+      "queue-ahead", po::value<uint32_t>(),
+      "--queue-ahead of every worker (default: the worker's, min(4 x --slots, 256); 0: none)")(
       "heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat of all daemons")(
       "timeout-s", po::value<int64_t>()->default_value(300), "give up on a campaign after this")(
       "curve", po::bool_switch(), "CURVE on the worker socket (keys made by the harness)")(
@@ -369,6 +382,7 @@ int main(int argc, char** argv) {
     config.models = v["models"].as<int64_t>();
     config.benchmarks = v["benchmarks"].as<int64_t>();
     config.slots = v["slots"].as<uint32_t>();
+    if (v.count("queue-ahead") > 0) config.queue_ahead = v["queue-ahead"].as<uint32_t>();
     config.heartbeat_ms = v["heartbeat-ms"].as<int64_t>();
     config.timeout = std::chrono::seconds(v["timeout-s"].as<int64_t>());
     config.curve = v["curve"].as<bool>();
@@ -409,9 +423,9 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  std::printf("\ncurve=%s slots=%u\n%-8s %16s %12s %12s %20s %14s\n", config.curve ? "on" : "off",
-              config.slots, "workers", "median shards/s", "min", "max", "median peak RSS MiB",
-              "median load");
+  std::printf("\ncurve=%s slots=%u queue_ahead=%s\n%-8s %16s %12s %12s %20s %14s\n",
+              config.curve ? "on" : "off", config.slots, queue_ahead_of(config).c_str(), "workers",
+              "median shards/s", "min", "max", "median peak RSS MiB", "median load");
   bool all_succeeded = true;
   for (const size_t workers : config.workers) {
     std::vector<double> rates;

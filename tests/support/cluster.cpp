@@ -377,6 +377,9 @@ WorkerOptions Cluster::worker_defaults() const {
   options.name = "w" + std::to_string(workers_.size() + 1);
   options.slots = options_.slots;
   options.heartbeat_ms = options_.worker_heartbeat_ms;
+  if (options_.queue_ahead) {
+    options.extra_args = {"--queue-ahead", std::to_string(*options_.queue_ahead)};
+  }
   return options;
 }
 

@@ -172,6 +172,8 @@ struct ClusterOptions {
   CoordinatorOptions coordinator;
   size_t workers = 2;  // named w1, w2, ...
   uint32_t slots = 2;
+  // Every worker's --queue-ahead; nullopt: the worker's default.
+  std::optional<uint32_t> queue_ahead;
   int64_t worker_heartbeat_ms = 100;
   std::string dir_prefix = "evald-integ";
   bool wait_for_workers = true;  // the constructor returns once all workers are connected

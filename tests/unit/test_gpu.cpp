@@ -93,11 +93,13 @@ TEST_CASE("worker flags resolve into a config, bad ones name the flag", "[unit][
   CHECK(config->work_dir == "evald-worker-gpu-node-1");
   CHECK(config->heartbeat == std::chrono::milliseconds(250));
   CHECK(config->drain_timeout == std::chrono::milliseconds(30000));
+  CHECK(config->queue_ahead == 32);  // 4 x --slots by default
 
   const auto defaults =
       evald::worker::worker_config_from(parse_worker_flags({"--coordinator", "tcp://h:1"}));
   REQUIRE(defaults.ok());
   CHECK(defaults->slots == 1);
+  CHECK(defaults->queue_ahead == 4);
   CHECK(defaults->gpu_selection.mode == GpuMode::kAuto);
   CHECK(defaults->name.find('-') != std::string::npos);  // hostname-pid
 
@@ -109,6 +111,24 @@ TEST_CASE("worker flags resolve into a config, bad ones name the flag", "[unit][
       parse_worker_flags({"--coordinator", "tcp://h:1", "--slots", "0"}));
   REQUIRE_FALSE(zero_slots.ok());
   CHECK(zero_slots.error().message == "--slots: must be between 1 and 65536, got 0");
+
+  // --queue-ahead: 4 x --slots up to 256 unless given; 0 turns it off.
+  auto queue_of = [](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--coordinator", "tcp://h:1"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto parsed = evald::worker::worker_config_from(parse_worker_flags(args));
+    REQUIRE(parsed.ok());
+    return parsed->queue_ahead;
+  };
+  CHECK(queue_of({"--slots", "32"}) == 128);
+  CHECK(queue_of({"--slots", "64"}) == 256);
+  CHECK(queue_of({"--slots", "512"}) == 256);
+  CHECK(queue_of({"--slots", "8", "--queue-ahead", "0"}) == 0);
+  CHECK(queue_of({"--slots", "8", "--queue-ahead", "1000"}) == 1000);
+  auto bad_queue = evald::worker::worker_config_from(
+      parse_worker_flags({"--coordinator", "tcp://h:1", "--queue-ahead", "-1"}));
+  REQUIRE_FALSE(bad_queue.ok());
+  CHECK(bad_queue.error().message == "--queue-ahead: must be between 0 and 65536, got -1");
 
   auto bad_labels = evald::worker::worker_config_from(
       parse_worker_flags({"--coordinator", "tcp://h:1", "--labels", "gpu=h100,oops"}));

@@ -1,8 +1,10 @@
 // Scheduler: leases, credit, exactly-once counting, retries, loss, recovery, rerun and cancel,
 // driven with an injected clock against a real RocksDB directory.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "common/clock.hpp"
@@ -63,11 +65,12 @@ struct Harness {
   }
 
   void hello(const std::string& name, uint32_t slots, std::vector<uint64_t> running = {},
-             const std::string& instance = "i1") {
+             const std::string& instance = "i1", uint32_t queue_ahead = 0) {
     protocol::Hello h;
     h.name = name;
     h.instance = instance;
     h.slots = slots;
+    h.queue_ahead = queue_ahead;
     h.running = std::move(running);
     scheduler->on_message(name, h);
   }
@@ -1179,4 +1182,162 @@ TEST_CASE("max worker series: per-worker series for the first N workers, the fle
   CHECK(value("evald_worker_losses_total") == 3);
   CHECK(value(R"(evald_workers_lost_total{worker="w1"})") == 1);
   CHECK_FALSE(value(R"(evald_workers_lost_total{worker="w3"})").has_value());
+}
+
+// Dispatch rule 11 (docs/scheduling.md): queueing short shards ahead on a worker whose slots are
+// full.
+namespace {
+
+// A result of `a` that took `ms` milliseconds (the duration the estimates learn from).
+void report_after(Harness& h, const std::string& who, const protocol::Assignment& a, uint32_t ms) {
+  protocol::ShardResult r = testing::noop_success(a);
+  r.duration_ms = ms;
+  h.scheduler->on_message(who, protocol::Results{{r}});
+}
+
+const WorkerInfo& worker_named(const Harness& h, const std::string& name) {
+  for (const WorkerInfo* w : h.scheduler->workers()) {
+    if (w->name == name) return *w;
+  }
+  FAIL("no worker " << name);
+  throw std::logic_error("unreachable");
+}
+
+// w1 (2 slots, a queue of `queue_ahead`) runs its first two shards of a 100-shard campaign and
+// reports them after `ms` each; returns what that turn sent it.
+std::vector<protocol::Assignment> after_first_results(Harness& h, uint32_t ms,
+                                                      uint32_t queue_ahead = 4) {
+  REQUIRE(h.scheduler->submit(make_spec(100, 1)).ok());
+  h.hello("w1", 2, {}, "i1", queue_ahead);
+  h.turn();
+  auto first = h.assignments("w1");
+  REQUIRE(first.size() == 2);  // nothing finished yet: no estimate, nothing queued
+  CHECK(worker_named(h, "w1").queued.empty());
+  for (const auto& a : first) report_after(h, "w1", a, ms);
+  h.turn();
+  return h.assignments("w1");
+}
+
+}  // namespace
+
+TEST_CASE("queue ahead: a full worker queues short shards and starts them as slots free",
+          "[unit][scheduler][queue]") {
+  Harness h;
+  // 10 ms shards on 2 slots: 20 start within the 0.1 s bound; the worker's queue of 4 is less.
+  auto next = after_first_results(h, 10);
+  REQUIRE(next.size() == 6);  // two slots refilled, four queued
+  const WorkerInfo& w = worker_named(h, "w1");
+  CHECK(w.running() == 2);
+  REQUIRE(w.queued.size() == 4);
+  CHECK(w.queued.front() == next[2].attempt_id);  // the latest sent, oldest first
+  CHECK(w.lease_started.at(next[2].attempt_id).queued);
+  CHECK_FALSE(w.lease_started.at(next[0].attempt_id).queued);
+  CHECK(h.metrics.leases_queued_ahead.Value() == 4);
+
+  // A result frees a slot: the oldest queued lease starts (its clock with it), one more queues.
+  h.clock.advance(50ms);
+  report_after(h, "w1", next[0], 10);
+  h.turn();
+  auto refill = h.assignments("w1");
+  REQUIRE(refill.size() == 1);
+  CHECK(w.running() == 2);
+  CHECK(w.queued.size() == 4);
+  CHECK_FALSE(w.lease_started.at(next[2].attempt_id).queued);
+  CHECK(w.lease_started.at(next[2].attempt_id).at == h.clock.now());
+  CHECK(w.queued.back() == refill[0].attempt_id);
+
+  // The rest run to the end, and every shard counts once.
+  std::vector<protocol::Assignment> held(next.begin() + 1, next.end());
+  held.push_back(refill[0]);
+  for (int turns = 0; turns < 200 && !held.empty(); ++turns) {
+    for (const auto& a : held) report_after(h, "w1", a, 10);
+    h.turn();
+    held = h.assignments("w1");
+  }
+  const Campaign& c = *h.scheduler->campaigns().begin()->second;
+  CHECK(c.state == CampaignState::kSucceeded);
+  CHECK(c.groups[0].cell.shards_succeeded == 100);
+  CHECK(w.leases.empty());
+  CHECK(w.queued.empty());
+}
+
+TEST_CASE("queue ahead: at most what the slots start within the bound, none for long shards",
+          "[unit][scheduler][queue]") {
+  SECTION("50 ms shards on 2 slots: 4 start within 0.1 s, so 4 of a queue of 16") {
+    Harness h;
+    CHECK(after_first_results(h, 50, 16).size() == 2 + 4);
+  }
+  SECTION("0.2 s shards on 2 slots: one") {
+    Harness h;
+    CHECK(after_first_results(h, 200, 16).size() == 2 + 1);
+  }
+  SECTION("0.5 s shards: none") {
+    Harness h;
+    CHECK(after_first_results(h, 500, 16).size() == 2);
+  }
+  SECTION("a worker that does not queue: none") {
+    Harness h;
+    CHECK(after_first_results(h, 1, 0).size() == 2);
+  }
+}
+
+TEST_CASE("queue ahead: never for shards that need a GPU", "[unit][scheduler][queue]") {
+  Harness h;
+  REQUIRE(h.scheduler->submit(gpu_spec({{{"name", "one-gpu"}}}, 100)).ok());
+  protocol::Hello hello;
+  hello.name = "node-1";
+  hello.instance = "i1";
+  hello.slots = 2;
+  hello.queue_ahead = 8;
+  for (int i = 0; i < 2; ++i) {
+    hello.gpus.push_back({{"index", i}, {"name", "H100"}, {"memory_mib", 81559}});
+  }
+  h.scheduler->on_message("node-1", hello);
+  h.turn();
+  auto first = h.assignments("node-1");
+  REQUIRE(first.size() == 2);
+  for (const auto& a : first) report_after(h, "node-1", a, 1);
+  h.turn();
+  CHECK(h.assignments("node-1").size() == 2);  // the freed GPUs only
+  CHECK(worker_named(h, "node-1").queued.empty());
+}
+
+TEST_CASE("queue ahead: a draining worker's queued shards come back free, a HELLO rebuilds them",
+          "[unit][scheduler][queue]") {
+  Harness h;
+  auto next = after_first_results(h, 10);
+  REQUIRE(next.size() == 6);
+  const WorkerInfo& w = worker_named(h, "w1");
+  const std::vector<uint64_t> queued(w.queued.begin(), w.queued.end());
+
+  SECTION("reconnect: the HELLO lists all six; the four latest are the queue again") {
+    std::vector<uint64_t> all;
+    for (const auto& a : next) all.push_back(a.attempt_id);
+    h.hello("w1", 2, all, "i1", 4);
+    h.turn();
+    CHECK(std::vector<uint64_t>(w.queued.begin(), w.queued.end()) == queued);
+    CHECK(w.running() == 2);
+  }
+  SECTION("drain: handed back unstarted, they use no attempt and no free hand-back") {
+    h.scheduler->on_message("w1", protocol::Drain{});
+    h.scheduler->on_message("w1", protocol::HandBack{queued});
+    h.turn();
+    CHECK(w.queued.empty());
+    CHECK(w.running() == 2);
+    const Campaign& c = *h.scheduler->campaigns().begin()->second;
+    for (const auto& a : next) {
+      const Shard& s = c.groups[0].shards[a.shard];
+      if (std::find(queued.begin(), queued.end(), a.attempt_id) == queued.end()) continue;
+      CHECK(s.state == ShardState::kPending);
+      CHECK(s.attempts == 0);
+      CHECK(s.hand_backs == 0);
+      CHECK_THAT(h.scheduler->last_error(c, 0, a.shard), Catch::Contains("handed back unstarted"));
+    }
+  }
+  SECTION("cancel: the campaign's queued leases end with the rest") {
+    REQUIRE(h.scheduler->cancel(h.scheduler->campaigns().begin()->second->id).ok());
+    h.turn();
+    CHECK(w.queued.empty());
+    CHECK(w.leases.empty());
+  }
 }

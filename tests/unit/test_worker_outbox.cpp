@@ -180,6 +180,11 @@ class RunningWorker {
     thread_.join();
     return exit_code_;
   }
+  // After signal_stop(): waits for the drain to end by itself; returns the exit code.
+  int wait() {
+    thread_.join();
+    return exit_code_;
+  }
   void signal_stop() {
     const unsigned char signal_number = SIGTERM;
     REQUIRE(::write(stop_write_.get(), &signal_number, 1) == 1);
@@ -538,4 +543,66 @@ TEST_CASE("a worker whose coordinator is down waits quietly", "[unit][outbox][wo
   // About two turns per heartbeat interval; a timer that fails to reschedule spins by millions.
   CHECK(worker.stats().loop_turns < 200);
   CHECK(worker.stats().results_sent == 0);
+}
+
+TEST_CASE("queue ahead: assignments beyond the slots start in order as slots free",
+          "[unit][outbox][worker][queue]") {
+  TempDir dir("evald-worker");
+  // Each attempt marks its shard as started, then runs until the test writes go-<shard>.
+  const auto started = dir.path() / "started";
+  std::filesystem::create_directories(started);
+  const auto script = write_script(
+      dir.path(), "cat > /dev/null\ntouch '" + started.string() + "/'\"$1\"\nwhile [ ! -e '" +
+                      dir.path().string() + "/go-'\"$1\" ]; do sleep 0.01; done\n" +
+                      "echo '{\"metrics\": {\"em\": 1}, \"count\": 100}'\n");
+  auto is_started = [&](int shard) {
+    return std::filesystem::exists(started / std::to_string(shard));
+  };
+  auto go = [&](int shard) { std::ofstream(dir.path() / ("go-" + std::to_string(shard))) << ""; };
+  FakeCoordinator coordinator;
+  auto config = worker_config(coordinator, dir.path() / "work", /*slots=*/1);
+  config.queue_ahead = 3;
+  RunningWorker worker(std::move(config));
+  CHECK(coordinator.greet().queue_ahead == 3);
+  coordinator.send(
+      campaign(1, "c-exec", {{"type", "exec"}, {"command", {script.string(), "{shard}"}}}));
+
+  // One slot, a queue of three: the first runs, three wait; a fifth is beyond both.
+  coordinator.send(
+      protocol::Assign{{shard(1, 1, 0), shard(2, 1, 1), shard(3, 1, 2), shard(4, 1, 3)}});
+  REQUIRE(evald::testing::wait_until([&] { return is_started(0); }, 3000ms));
+  coordinator.send(protocol::Assign{{shard(5, 1, 4)}});
+  auto over = coordinator.results(1);
+  REQUIRE(over.count(5) == 1);
+  CHECK_THAT(over[5].error, Catch::StartsWith("worker over capacity"));
+  CHECK_FALSE(is_started(1));  // its slot is taken; the answer above came after the ASSIGN
+
+  // A queued attempt cancelled never starts and reports nothing.
+  coordinator.send(protocol::Cancel{{2}});
+  go(0);
+  auto first = coordinator.results(1);
+  REQUIRE(first.count(1) == 1);
+  CHECK(first[1].ok);
+  REQUIRE(evald::testing::wait_until([&] { return is_started(2); }, 3000ms));
+  CHECK_FALSE(is_started(1));
+  CHECK_FALSE(is_started(3));
+  coordinator.send(protocol::Ack{{1, 5}});
+
+  // A HELLO lists the queued attempts with the running ones, so a restarted coordinator keeps
+  // both; on a drain the queued ones go back at once, unstarted, and the running one finishes.
+  coordinator.send(protocol::ReHello{});
+  CHECK(coordinator.greet().running == std::vector<uint64_t>{3, 4});
+  worker.signal_stop();
+  const auto handed_back = coordinator.expect<protocol::HandBack>();
+  REQUIRE(handed_back);
+  CHECK(handed_back->attempt_ids == std::vector<uint64_t>{4});
+  go(2);
+  auto last = coordinator.results(1);
+  REQUIRE(last.count(3) == 1);
+  CHECK(last[3].ok);
+  coordinator.send(protocol::Ack{{3}});
+  CHECK(worker.wait() == 0);
+  CHECK_FALSE(is_started(3));
+  CHECK(worker.stats().cancelled == 1);
+  CHECK(worker.stats().results_sent == 3);
 }
