@@ -257,6 +257,12 @@ Metrics::Metrics()
                                     "a slot frees (dispatch rule 11)")
                               .Register(*registry)
                               .Add({})),
+      queues_revoked(BuildCounter()
+                         .Name("evald_queues_revoked_total")
+                         .Help("Queues of short shards taken back from a worker whose slots "
+                               "stopped freeing (a shard hangs); their shards run elsewhere")
+                         .Register(*registry)
+                         .Add({})),
       workers_without_series(BuildGauge()
                                  .Name("evald_workers_without_series")
                                  .Help("Known workers that have no per-worker series because "

@@ -107,6 +107,8 @@ struct Metrics {
   // Leases beyond the slots of connected workers (dispatch rule 11).
   prometheus::Gauge& shards_queued_ahead;
   prometheus::Counter& leases_queued_ahead;
+  // Queues taken back because their worker's slots stopped freeing (rule 11).
+  prometheus::Counter& queues_revoked;
   // Workers given no per-worker series because --max-worker-series were taken.
   prometheus::Gauge& workers_without_series;
   // Times any worker was declared lost (evald_workers_lost_total{worker} counts per worker, for

@@ -255,6 +255,7 @@ void Scheduler::mark_gpus(WorkerInfo& w, const std::vector<uint32_t>& indexes, b
 void Scheduler::release_lease(WorkerInfo& w, uint64_t attempt_id) {
   forget_backup(attempt_id);
   if (w.leases.erase(attempt_id) == 0) return;
+  w.queue_stalled = false;  // a lease ended: its slots free again
   bool was_queued = false;
   if (auto started = w.lease_started.find(attempt_id); started != w.lease_started.end()) {
     was_queued = started->second.queued;

@@ -103,10 +103,14 @@ inline constexpr size_t kMaxInstanceBytes = 128;
 inline constexpr uint32_t kMaxQueueAhead = 65536;
 // Dispatch rule 11 queues on a worker at most as many shards as its slots are expected to start
 // within this time (slots x this / the expected seconds of a shard of the model there): a queued
-// shard waits no longer than about this for a slot, so the queue adds at most about this to the
-// end of a campaign, and shards longer than slots x this are never queued. The round trip the
-// queue hides (a result, a durable commit, the next ASSIGN) is about a millisecond.
+// shard is expected to wait no longer than about this for a slot, so the queue adds about this
+// to the end of a campaign, and shards longer than slots x this are never queued. The round trip
+// the queue hides (a result, a durable commit, the next ASSIGN) is about a millisecond.
 inline constexpr double kQueueAheadMaxWaitSeconds = 0.1;
+// When the oldest queued shard of a worker has waited this long, its slots stopped freeing (a
+// shard hangs or runs far longer than the others): the coordinator takes the queue back, so its
+// shards run elsewhere (rule 11).
+inline constexpr std::chrono::milliseconds kQueueAheadRevokeAfter{1000};
 
 // Attempt ids are epoch << 32 | seq; the epoch must stay within 32 bits.
 inline constexpr uint64_t kMaxEpoch = UINT32_MAX;
@@ -314,6 +318,12 @@ struct WorkerInfo {
   // Its leases beyond its slots, oldest first: always the last max(0, leases - slots) sent. The
   // worker starts them in this order as its slots free; the front one starts when a lease ends.
   std::deque<uint64_t> queued;
+  // Its leases right after its last HELLO: a worker restarted with fewer slots or a shorter queue
+  // may hold more than its credit until those end (the credit invariant allows that, no more).
+  size_t leases_at_hello = 0;
+  // Its queue was taken back because its slots stopped freeing (rule 11): no queue until one of
+  // its leases ends.
+  bool queue_stalled = false;
   // A shard of last_model succeeded here since the worker was committed to it: the model is loaded.
   bool model_proven = false;
   // Its kind (labels, GPU names and memory, from its HELLO) for per-kind duration estimates;
@@ -354,6 +364,10 @@ struct WorkerInfo {
     return leases.size() >= limit ? 0 : static_cast<uint32_t>(limit - leases.size());
   }
   size_t running() const { return leases.size() - queued.size(); }
+  bool is_queued(uint64_t attempt_id) const {
+    auto it = lease_started.find(attempt_id);
+    return it != lease_started.end() && it->second.queued;
+  }
 };
 
 // Debug builds check the invariants after every turn (Scheduler::end_turn); release builds leave
@@ -497,6 +511,9 @@ class Scheduler {
   // Dispatch rule 11: workers whose slots are full queue shards of their model ahead, when its
   // shards are short and need no GPU (scheduler_dispatch.cpp).
   void queue_ahead();
+  // Rule 11: takes back the queue of a worker whose oldest queued shard waited past
+  // kQueueAheadRevokeAfter; its shards go back to the queue without using an attempt.
+  void revoke_stalled_queue(WorkerInfo& w);
   // Rules 1 to 9: leases for every free slot a pending shard fits (scheduler_dispatch.cpp).
   void fill_free_slots();
   void lease_backup(Campaign& c, const ShardKey& key, WorkerInfo& w, std::vector<uint32_t> gpus);

@@ -422,13 +422,24 @@ void Scheduler::fill_free_slots() {
 // expected to start within kQueueAheadMaxWaitSeconds (so only short shards are queued, and a
 // queued shard never waits long while another worker could have run it), and at most its queue.
 // Only when the model's shards need no GPU (which GPUs free first is not known ahead), every
-// group of it with pending shards has finished shards on the worker's kind to judge by, the
-// worker has the model loaded, and no campaign of higher priority has pending shards.
+// group of it with pending shards has finished shards to judge by, the worker has the model
+// loaded, no campaign of higher priority has pending shards, and no campaign of the same priority
+// is owed a worker (rule 3: a worker that always has a queued shard never has a free slot for the
+// rules to move it). A queue whose oldest shard waited past kQueueAheadRevokeAfter (the slots
+// stopped freeing: a shard hangs) is taken back, and the worker gets none until a lease ends.
 void Scheduler::queue_ahead() {
+  const auto now = clock_.now();
   std::vector<WorkerInfo*> full;
   for (auto& w : workers_) {
-    if (w && w->state == WorkerState::kConnected && w->queue_ahead > 0 && w->model_proven &&
-        w->free_slots() == 0 && w->queue_room() > 0) {
+    if (!w || w->state != WorkerState::kConnected) continue;
+    if (!w->queued.empty()) {
+      const auto oldest = w->lease_started.find(w->queued.front());
+      if (oldest != w->lease_started.end() && now - oldest->second.at >= kQueueAheadRevokeAfter) {
+        revoke_stalled_queue(*w);
+      }
+    }
+    if (w->queue_ahead > 0 && !w->queue_stalled && w->model_proven && w->free_slots() == 0 &&
+        w->queue_room() > 0) {
       full.push_back(w.get());
     }
   }
@@ -440,7 +451,6 @@ void Scheduler::queue_ahead() {
       top_priority = std::max(top_priority, c->spec.priority);
     }
   }
-  const auto now = clock_.now();
   // How many of model m's shards worker w may hold queued: 0 when any of its groups with pending
   // shards has nothing finished to judge by.
   auto queue_limit = [&](const Campaign& c, uint32_t m, const WorkerInfo& w) -> size_t {
@@ -469,6 +479,14 @@ void Scheduler::queue_ahead() {
         c->queues[w->last_model].pending == 0 || c->spec.priority < top_priority) {
       continue;
     }
+    const bool owes_a_worker =
+        std::any_of(campaigns_.begin(), campaigns_.end(), [&](const auto& e) {
+          const Campaign& other = *e.second;
+          return &other != c && other.state == CampaignState::kRunning &&
+                 other.spec.priority == c->spec.priority && other.count(ShardState::kPending) > 0 &&
+                 other.workers_held + 1 < c->workers_held;
+        });
+    if (owes_a_worker) continue;
     const auto& model = c->spec.models[w->last_model];
     if (gpus_needed(model.resources, w->gpu_slots.size()) != 0 ||
         !serve_backoff_.allows(w->name, model, now)) {
@@ -492,6 +510,31 @@ void Scheduler::queue_ahead() {
       progress = true;
     }
   }
+}
+
+void Scheduler::revoke_stalled_queue(WorkerInfo& w) {
+  const std::vector<uint64_t> ids(w.queued.begin(), w.queued.end());
+  spdlog::warn(
+      "queue_revoked worker={} shards={} reason=\"its oldest queued shard waited {} ms for a "
+      "slot\"",
+      w.name, ids.size(), kQueueAheadRevokeAfter.count());
+  metrics_.queues_revoked.Increment();
+  for (uint64_t id : ids) {
+    const auto lease = w.leases.find(id);
+    if (lease == w.leases.end()) continue;
+    const ShardKey key = lease->second;
+    release_lease(w, id);          // all its slots are taken, so nothing else is promoted
+    outgoing_.cancel(w.name, id);  // should it have started meanwhile, its result is stale
+    Campaign* c = campaign_by_key(key.campaign);
+    if (c == nullptr) continue;
+    const Shard& s = c->groups[key.group].shards[key.shard];
+    if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    fail_attempt(*c, key.group, key.shard, AttemptOutcome::kHandedBack,
+                 "taken back unstarted from worker " + w.name +
+                     " (queued there for a slot, its slots stopped freeing)",
+                 w.name, 0, /*counts_as_attempt=*/false);
+  }
+  w.queue_stalled = true;  // until one of its leases ends
 }
 
 void Scheduler::start_backup_copies(const std::vector<WorkerInfo*>& idle) {

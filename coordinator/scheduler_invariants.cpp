@@ -2,6 +2,7 @@
 // state. Debug builds run it after every turn (Scheduler::end_turn) and the scheduler unit tests
 // after every turn of theirs; a broken invariant is a bug in the scheduler, so it throws rather
 // than trying to repair anything.
+#include <algorithm>
 #include <array>
 #include <map>
 #include <set>
@@ -51,7 +52,8 @@ void Scheduler::check_invariants() const {
       broken(kOneLease, who + " is " + to_string(w.state) + " but still holds " +
                             std::to_string(w.leases.size()) + " leases");
     }
-    if (!departed(w.state) && w.leases.size() > size_t{w.slots} + w.queue_ahead) {
+    if (!departed(w.state) &&
+        w.leases.size() > std::max(size_t{w.slots} + w.queue_ahead, w.leases_at_hello)) {
       broken(kCredit, who + " holds " + std::to_string(w.leases.size()) + " leases with " +
                           std::to_string(w.slots) + " slots and a queue of " +
                           std::to_string(w.queue_ahead));
@@ -70,6 +72,12 @@ void Scheduler::check_invariants() const {
                             " that is not a queued lease in the order sent");
       }
       previous = id;
+    }
+    for (const auto& [id, started] : w.lease_started) {
+      if (started.queued && std::find(w.queued.begin(), w.queued.end(), id) == w.queued.end()) {
+        broken(kCredit, who + " has attempt_id=" + std::to_string(id) +
+                            " marked queued but not in its queue");
+      }
     }
     for (const auto& [id, key] : w.leases) {
       auto c = campaigns_.find(key.campaign);

@@ -277,6 +277,7 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     if (!still_running.contains(id)) dropped.emplace_back(id, key);
   }
   for (const auto& [id, key] : dropped) {
+    const bool never_started = w->is_queued(id);
     release_lease(*w, id);
     // The ASSIGN may still be in flight behind this HELLO; tell the worker not to run it, so
     // both sides agree on its free slots.
@@ -285,6 +286,10 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
     if (c == nullptr) continue;
     Shard& s = c->groups[key.group].shards[key.shard];
     if (s.state != ShardState::kRunning || s.attempt_id != id) continue;
+    if (never_started) {
+      give_back(*c, key, w->name, restarted ? "restarted before it started it" : "never received");
+      continue;
+    }
     const std::string why = restarted ? "worker lost: " + w->name + " (restarted while running it)"
                                       : "worker lost: " + w->name + " (assignment not received)";
     if (promote_backup(*c, key, AttemptOutcome::kLost, w->name, why)) continue;
@@ -346,7 +351,16 @@ void Scheduler::on_hello(const std::string& identity, protocol::Hello hello) {
   }
   w->queue_ahead = std::min(hello.queue_ahead, kMaxQueueAhead);
   // Its leases beyond its slots are queued there: the latest sent, which have the highest ids.
+  // What was queued before may run now (the worker may have more slots): its clock starts.
+  for (uint64_t id : w->queued) {
+    if (auto started = w->lease_started.find(id); started != w->lease_started.end()) {
+      started->second = WorkerInfo::LeaseStart{now, true, false};
+    }
+  }
   w->queued.clear();
+  // A worker restarted with fewer slots or a shorter queue may hold more than its credit (its
+  // outbox's results still hold their leases): no more until it is back under it.
+  w->leases_at_hello = w->leases.size();
   if (w->leases.size() > w->slots) {
     std::vector<uint64_t> ids;
     ids.reserve(w->leases.size());
@@ -633,7 +647,14 @@ void Scheduler::lose_worker(WorkerInfo& w, const std::string& reason) {
   w.state = WorkerState::kLost;
   lost_at_[w.index] = clock_.now();
   wake_worker_timers();
+  // Queued there for a slot, never started: back like a hand-back (free the first few times, so
+  // a worker that keeps crashing still cannot circle a shard forever).
+  const std::unordered_set<uint64_t> never_started(w.queued.begin(), w.queued.end());
   end_leases(w, [&](Campaign& c, const ShardKey& key) {
+    if (never_started.contains(c.groups[key.group].shards[key.shard].attempt_id)) {
+      give_back(c, key, w.name, "lost before it started it: it was queued there for a slot");
+      return;
+    }
     const std::string why = "worker lost: " + w.name;
     if (promote_backup(c, key, AttemptOutcome::kLost, w.name, why)) return;
     fail_attempt(c, key.group, key.shard, AttemptOutcome::kLost, why, w.name, 0,

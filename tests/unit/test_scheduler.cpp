@@ -1341,3 +1341,151 @@ TEST_CASE("queue ahead: a draining worker's queued shards come back free, a HELL
     CHECK(w.leases.empty());
   }
 }
+
+TEST_CASE("queue ahead: a campaign of the same priority is not starved by full queues",
+          "[unit][scheduler][queue]") {
+  Harness h;
+  REQUIRE(h.scheduler->submit(make_spec(400, 1)).ok());
+  h.hello("w1", 2, {}, "i1", 4);
+  h.hello("w2", 2, {}, "i1", 4);
+  h.turn();
+  std::map<std::string, std::vector<protocol::Assignment>> held;
+  for (const std::string w : {"w1", "w2"}) held[w] = h.assignments(w);
+  // One round: the shards running on each worker finish (its queued ones start then), and the
+  // turn hands out what follows. Returns whether any of it is of campaign `key`.
+  auto round = [&](uint32_t key) {
+    for (auto& [w, given] : held) {
+      const WorkerInfo& info = worker_named(h, w);
+      std::vector<protocol::Assignment> running;
+      std::vector<protocol::Assignment> still_queued;
+      for (const auto& a : given) {
+        (info.is_queued(a.attempt_id) ? still_queued : running).push_back(a);
+      }
+      for (const auto& a : running) report_after(h, w, a, 10);
+      given = std::move(still_queued);
+    }
+    h.turn();
+    bool of_key = false;
+    for (const std::string w : {"w1", "w2"}) {
+      for (const auto& a : h.assignments(w)) {
+        of_key = of_key || a.campaign == key;
+        held[w].push_back(a);
+      }
+    }
+    return of_key;
+  };
+  for (int i = 0; i < 3; ++i) round(0);
+  REQUIRE(worker_named(h, "w1").queued.size() == 4);  // both workers hold full queues
+  REQUIRE(worker_named(h, "w2").queued.size() == 4);
+
+  auto second = h.scheduler->submit(make_spec(400, 1, 3, 0, "round2"));
+  REQUIRE(second.ok());
+  const uint32_t second_key = h.campaign(second.value()).key;
+  bool second_ran = false;
+  for (int i = 0; i < 20 && !second_ran; ++i) second_ran = round(second_key);
+  // Rule 3 moves a worker to it once that worker has a free slot: queueing must let one free.
+  CHECK(second_ran);
+}
+
+TEST_CASE("queue ahead: a queue stuck behind a hung shard is taken back",
+          "[unit][scheduler][queue]") {
+  Harness h;
+  auto id = h.scheduler->submit(make_spec(12, 1));
+  REQUIRE(id.ok());
+  h.hello("w1", 1, {}, "i1", 4);
+  h.turn();
+  auto first = h.assignments("w1");
+  REQUIRE(first.size() == 1);
+  report_after(h, "w1", first[0], 10);
+  h.turn();
+  auto next = h.assignments("w1");
+  REQUIRE(next.size() == 5);  // the slot refilled, four queued behind it
+  const WorkerInfo& w = worker_named(h, "w1");
+  REQUIRE(w.queued.size() == 4);
+
+  // next[0] hangs: nothing frees the slot. Short of the bound the queue stays ...
+  h.clock.advance(900ms);
+  h.turn();
+  CHECK(w.queued.size() == 4);
+  // ... past it, the queue is taken back: cancelled there, pending here, no attempt used.
+  h.clock.advance(200ms);
+  h.turn();
+  CHECK(w.queued.empty());
+  CHECK(w.leases.size() == 1);
+  std::vector<uint64_t> cancelled;
+  for (const auto& c : h.take<protocol::Cancel>("w1")) {
+    cancelled.insert(cancelled.end(), c.attempt_ids.begin(), c.attempt_ids.end());
+  }
+  CHECK(cancelled.size() == 4);
+  CHECK(h.metrics.queues_revoked.Value() == 1);
+  const Campaign& c = h.campaign(id.value());
+  for (size_t i = 1; i < next.size(); ++i) {
+    const Shard& s = c.groups[0].shards[next[i].shard];
+    CHECK(s.state == ShardState::kPending);
+    CHECK(s.attempts == 0);
+    CHECK_THAT(h.scheduler->last_error(c, 0, next[i].shard),
+               Catch::Contains("taken back unstarted"));
+  }
+  // The stuck worker gets no new queue; another worker runs the shards.
+  h.turn();
+  CHECK(h.assignments("w1").empty());
+  h.hello("w2", 1);
+  h.turn();
+  CHECK(h.assignments("w2").size() == 1);
+  // Once its shard ends, w1 queues again.
+  report_after(h, "w1", next[0], 10);
+  h.turn();
+  CHECK(h.assignments("w1").size() == 5);
+}
+
+TEST_CASE("queue ahead: a lost worker's queued shards come back as hand-backs, not attempts",
+          "[unit][scheduler][queue]") {
+  Harness h;
+  auto next = after_first_results(h, 10);
+  REQUIRE(next.size() == 6);
+  h.clock.advance(6000ms);  // past the 5 s worker timeout
+  h.turn();
+  const Campaign& c = *h.scheduler->campaigns().begin()->second;
+  for (size_t i = 0; i < next.size(); ++i) {
+    INFO("shard " << next[i].shard);
+    const Shard& s = c.groups[0].shards[next[i].shard];
+    CHECK(s.state == ShardState::kPending);
+    if (i < 2) {  // they ran: a lost attempt
+      CHECK(s.attempts == 1);
+      CHECK(s.hand_backs == 0);
+    } else {  // queued: never started
+      CHECK(s.attempts == 0);
+      CHECK(s.hand_backs == 1);
+    }
+  }
+}
+
+TEST_CASE("queue ahead: a restarted coordinator rebuilds the queue from the HELLO",
+          "[unit][scheduler][queue]") {
+  Harness h;
+  auto next = after_first_results(h, 10);
+  REQUIRE(next.size() == 6);
+  std::vector<uint64_t> all;
+  for (const auto& a : next) all.push_back(a.attempt_id);
+  const std::vector<uint64_t> queued(all.begin() + 2, all.end());
+
+  h.open();  // the coordinator restarts on the same store
+  SECTION("the same worker: the four latest are its queue again") {
+    h.hello("w1", 2, all, "i1", 4);
+    h.turn();
+    const WorkerInfo& w = worker_named(h, "w1");
+    CHECK(std::vector<uint64_t>(w.queued.begin(), w.queued.end()) == queued);
+    CHECK(w.running() == 2);
+  }
+  SECTION("back with --queue-ahead 0: it keeps what it holds, gets nothing more until under") {
+    h.hello("w1", 2, all, "i1", 0);
+    h.turn();  // the invariants hold although 6 leases exceed 2 slots and no queue
+    const WorkerInfo& w = worker_named(h, "w1");
+    CHECK(w.leases.size() == 6);
+    CHECK(h.assignments("w1").empty());
+    for (size_t i = 0; i < 5; ++i) report_after(h, "w1", next[i], 10);
+    h.turn();
+    CHECK(h.assignments("w1").size() == 1);  // down to one lease: one slot free, no queue
+    CHECK(w.queued.empty());
+  }
+}

@@ -562,6 +562,7 @@ TEST_CASE("queue ahead: assignments beyond the slots start in order as slots fre
   FakeCoordinator coordinator;
   auto config = worker_config(coordinator, dir.path() / "work", /*slots=*/1);
   config.queue_ahead = 3;
+  config.drain_timeout = 20000ms;  // the running shard ends when the test says so
   RunningWorker worker(std::move(config));
   CHECK(coordinator.greet().queue_ahead == 3);
   coordinator.send(
@@ -577,8 +578,13 @@ TEST_CASE("queue ahead: assignments beyond the slots start in order as slots fre
   CHECK_THAT(over[5].error, Catch::StartsWith("worker over capacity"));
   CHECK_FALSE(is_started(1));  // its slot is taken; the answer above came after the ASSIGN
 
-  // A queued attempt cancelled never starts and reports nothing.
+  // A queued attempt cancelled never starts and reports nothing. The HELLO that a REHELLO asks
+  // for is written after the CANCEL was read (one socket, read in order), so it proves the
+  // cancel before the slot frees: it lists the running attempt and the two still queued.
+  coordinator.send(protocol::Ack{{5}});
   coordinator.send(protocol::Cancel{{2}});
+  coordinator.send(protocol::ReHello{});
+  CHECK(coordinator.greet().running == std::vector<uint64_t>{1, 3, 4});
   go(0);
   auto first = coordinator.results(1);
   REQUIRE(first.count(1) == 1);
@@ -586,7 +592,7 @@ TEST_CASE("queue ahead: assignments beyond the slots start in order as slots fre
   REQUIRE(evald::testing::wait_until([&] { return is_started(2); }, 3000ms));
   CHECK_FALSE(is_started(1));
   CHECK_FALSE(is_started(3));
-  coordinator.send(protocol::Ack{{1, 5}});
+  coordinator.send(protocol::Ack{{1}});
 
   // A HELLO lists the queued attempts with the running ones, so a restarted coordinator keeps
   // both; on a drain the queued ones go back at once, unstarted, and the running one finishes.
