@@ -495,10 +495,7 @@ HttpResponse Api::get_shards(const Campaign& c, const std::string& query) {
             if (w == nullptr || w->index != s.worker) continue;
             if (w->loading.contains(s.attempt_id)) item["phase"] = "loading";
             // Leased ahead, waiting for a slot of its worker (docs/scheduling.md, rule 11).
-            if (auto started = w->lease_started.find(s.attempt_id);
-                started != w->lease_started.end() && started->second.queued) {
-              item["phase"] = "queued";
-            }
+            if (w->is_queued(s.attempt_id)) item["phase"] = "queued";
           }
         }
       }
@@ -641,11 +638,8 @@ HttpResponse Api::list_workers(const std::string& query) {
     }
     nlohmann::json current = nlohmann::json::array();
     for (const auto& [attempt_id, key] : w->leases) {
-      const auto started = w->lease_started.find(attempt_id);
       nlohmann::json item = {
-          {"attempt_id", attempt_id},
-          {"shard", key.shard},
-          {"queued", started != w->lease_started.end() && started->second.queued}};
+          {"attempt_id", attempt_id}, {"shard", key.shard}, {"queued", w->is_queued(attempt_id)}};
       if (auto found = campaigns.find(key.campaign); found != campaigns.end()) {
         const Campaign& c = *found->second;
         const Group& g = c.groups[key.group];

@@ -617,8 +617,7 @@ void Scheduler::on_hand_back(WorkerInfo& w, const protocol::HandBack& hand_back)
     const ShardKey key = lease->second;
     // Queued there for a slot (dispatch rule 11): it never started, so it costs nothing, not
     // even one of the free hand-backs.
-    const auto started = w.lease_started.find(id);
-    const bool never_started = started != w.lease_started.end() && started->second.queued;
+    const bool never_started = w.is_queued(id);
     release_lease(w, id);
     Campaign* c = campaign_by_key(key.campaign);
     if (c == nullptr) continue;
